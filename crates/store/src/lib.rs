@@ -1,0 +1,204 @@
+//! The account store: accounts, admins, API keys, admin tokens and the audit
+//! log, in SQLite (the embedded default) or PostgreSQL, through sqlx.
+//!
+//! Owns: every line of SQL in dropgate (one migration set per dialect, one
+//! query set that both dialects accept, always with bound parameters) and
+//! argon2id password hashing.
+//!
+//! Must not: decide policy (who may log in, what a permission allows: that is
+//! `dropgate-core`) or touch the file storage.
+
+mod model;
+mod password;
+mod queries;
+
+pub use queries::secret_digest;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+pub use model::*;
+pub use password::{MAX_PASSWORD_LEN, PasswordHasher, Verified};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique name (username, admin) is already taken.
+    #[error("{0} already exists")]
+    Duplicate(String),
+    /// The record does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A field failed validation.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// Passwords are limited to 1 KiB.
+    #[error("password longer than {MAX_PASSWORD_LEN} bytes")]
+    PasswordTooLong,
+    /// Hashing failed (should not happen with valid parameters).
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    /// The database URL is not usable.
+    #[error("database url: {0}")]
+    Url(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value in {0}")]
+    Corrupt(&'static str),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            return StoreError::Duplicate("record".into());
+        }
+        StoreError::Db(e)
+    }
+}
+
+/// Result alias for the store.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The two SQL dialects behind one API.
+#[derive(Clone, Debug)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same sqlx expression on whichever pool this store holds: both
+/// dialects accept the one query text (`$N` placeholders, `RETURNING`,
+/// `ON CONFLICT`), and rows decode through the same `FromRow` types.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            crate::Db::Sqlite($pool) => $body,
+            crate::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    hasher: PasswordHasher,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dialect", &self.dialect())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path` or `postgres://…`). SQLite files
+    /// and their folder are created if missing, in WAL mode with a busy timeout.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Store> {
+        let max_connections = max_connections.max(1);
+        let db = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| StoreError::Url(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(parent) = opts.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| StoreError::Url(format!("{}: {e}", parent.display())))?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await?;
+            Db::Sqlite(pool)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts =
+                PgConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await?;
+            Db::Postgres(pool)
+        } else {
+            return Err(StoreError::Url(
+                "must start with sqlite:// or postgres://".into(),
+            ));
+        };
+        Ok(Store {
+            db,
+            hasher: PasswordHasher::new(default_hash_concurrency())?,
+        })
+    }
+
+    /// Applies the embedded migrations of this dialect.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        match &self.db {
+            Db::Sqlite(p) => sqlx::migrate!("../../migrations/sqlite").run(p).await?,
+            Db::Postgres(p) => sqlx::migrate!("../../migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn dialect(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The password hasher shared by every login path.
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
+    /// Closes the pool (waits for connections to return).
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+}
+
+/// One hash at a time per core: more would only queue inside the CPU and
+/// multiply memory (19 MiB each).
+fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

@@ -1,0 +1,292 @@
+//! The store's suite, run unchanged against SQLite (always) and PostgreSQL
+//! (when `DROPGATE_TEST_POSTGRES_URL` is set: each run gets its own database).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{Duration, Utc};
+use dropgate_store::{
+    Event, EventKind, EventQuery, Outcome, Permission, Protocol, Store, StoreError, User, Verified,
+};
+
+async fn suite(store: Store) {
+    store.migrate().await.unwrap();
+    // Migrations are idempotent.
+    store.migrate().await.unwrap();
+
+    // Users: create, read back every field, duplicate refused.
+    let mut u = User::new("alice");
+    u.public_keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG3cQ alice@laptop".into()];
+    u.permissions.insert(
+        "/inbox".into(),
+        [Permission::List, Permission::Upload].into(),
+    );
+    u.quota.max_bytes = 1 << 30;
+    u.bandwidth.download_kib_s = 512;
+    u.allowed_ips = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    u.protocols = vec![Protocol::Sftp];
+    u.expires_at = Some(Utc::now() + Duration::days(30));
+    u.description = "partner ACME".into();
+    let hash = store.hasher().hash("pw-alice").await.unwrap();
+    store.create_user(&u, Some(&hash)).await.unwrap();
+    assert!(matches!(
+        store.create_user(&u, None).await,
+        Err(StoreError::Duplicate(_))
+    ));
+
+    let rec = store
+        .get_user("alice")
+        .await
+        .unwrap()
+        .expect("alice exists");
+    assert_eq!(rec.user.public_keys, u.public_keys);
+    assert_eq!(rec.user.permissions, u.permissions);
+    assert_eq!(rec.user.quota, u.quota);
+    assert_eq!(rec.user.bandwidth, u.bandwidth);
+    assert_eq!(rec.user.allowed_ips, u.allowed_ips);
+    assert_eq!(rec.user.protocols, u.protocols);
+    assert_eq!(rec.user.description, u.description);
+    assert_eq!(
+        rec.user.expires_at.map(|t| t.timestamp_millis()),
+        u.expires_at.map(|t| t.timestamp_millis())
+    );
+    assert_eq!(
+        store
+            .hasher()
+            .verify("pw-alice", rec.password_hash.as_deref())
+            .await,
+        Verified::Ok
+    );
+    assert!(store.get_user("nobody").await.unwrap().is_none());
+
+    // Invalid fields are refused with the field named, before any SQL.
+    let mut bad = User::new("bob");
+    bad.home = "../escape".into();
+    match store.create_user(&bad, None).await {
+        Err(StoreError::Invalid(e)) => assert_eq!(e.field, "home"),
+        other => panic!("expected invalid home, got {other:?}"),
+    }
+    assert!(matches!(
+        store.create_user(&User::new("-x"), None).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Update, password change, login time, pagination, delete.
+    let mut u2 = rec.user.clone();
+    u2.enabled = false;
+    u2.home = "partners/alice".into();
+    store.update_user(&u2).await.unwrap();
+    let back = store.get_user("alice").await.unwrap().unwrap();
+    assert!(!back.user.enabled);
+    assert_eq!(back.user.home, "partners/alice");
+    assert!(back.password_hash.is_some(), "update keeps the password");
+    assert!(matches!(
+        store.update_user(&User::new("ghost")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let h2 = store.hasher().hash("new-pw").await.unwrap();
+    store
+        .set_user_password_hash("alice", Some(&h2))
+        .await
+        .unwrap();
+    let back = store.get_user("alice").await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .hasher()
+            .verify("new-pw", back.password_hash.as_deref())
+            .await,
+        Verified::Ok
+    );
+    store.touch_user_login("alice", Utc::now()).await.unwrap();
+    assert!(
+        store
+            .get_user("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .user
+            .last_login_at
+            .is_some()
+    );
+
+    for i in 0..5 {
+        store
+            .create_user(&User::new(&format!("user{i}")), None)
+            .await
+            .unwrap();
+    }
+    let (page, total) = store.list_users(2, 1).await.unwrap();
+    assert_eq!(total, 6);
+    assert_eq!(
+        page.iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
+        ["user0", "user1"]
+    );
+    assert!(store.delete_user("user0").await.unwrap());
+    assert!(!store.delete_user("user0").await.unwrap());
+
+    // Admins, tokens and API keys (only digests stored).
+    assert_eq!(store.count_admins().await.unwrap(), 0);
+    let ah = store.hasher().hash("admin-pw").await.unwrap();
+    store.create_admin("admin", &ah).await.unwrap();
+    assert!(matches!(
+        store.create_admin("admin", &ah).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    let admin = store.get_admin("admin").await.unwrap().unwrap();
+    store
+        .create_admin_token(admin.id, "tok-123", Utc::now() + Duration::hours(1))
+        .await
+        .unwrap();
+    store
+        .create_admin_token(admin.id, "tok-old", Utc::now() - Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.admin_for_token("tok-123").await.unwrap().as_deref(),
+        Some("admin")
+    );
+    assert_eq!(store.admin_for_token("tok-old").await.unwrap(), None);
+    assert_eq!(store.admin_for_token("tok-xyz").await.unwrap(), None);
+    assert_eq!(store.purge_expired_tokens().await.unwrap(), 1);
+    store
+        .create_api_key("k1", admin.id, "secret-key-value", "ci")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .admin_for_api_key("secret-key-value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("admin")
+    );
+    assert_eq!(store.admin_for_api_key("wrong").await.unwrap(), None);
+    let keys = store.list_api_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].last_used_at.is_some());
+    assert!(store.delete_api_key("k1").await.unwrap());
+    assert_eq!(
+        store.admin_for_api_key("secret-key-value").await.unwrap(),
+        None
+    );
+
+    // Events: insert, filter, cursor pagination newest first.
+    let t0 = Utc::now();
+    let ev = |i: i64, kind: EventKind, user: &str| Event {
+        id: 0,
+        time: t0 + Duration::seconds(i),
+        kind,
+        username: user.into(),
+        protocol: "sftp".into(),
+        remote_addr: "127.0.0.1:4000".into(),
+        path: Some(format!("/f{i}")),
+        target_path: None,
+        bytes: Some(i as u64 * 10),
+        duration_ms: Some(5),
+        outcome: Outcome::Ok,
+        sha256: (kind == EventKind::Upload).then(|| "ab".repeat(32)),
+        message: None,
+        node: "n1".into(),
+        session_id: Some("s1".into()),
+    };
+    let batch: Vec<Event> = (0..10)
+        .map(|i| {
+            ev(
+                i,
+                if i % 2 == 0 {
+                    EventKind::Upload
+                } else {
+                    EventKind::Download
+                },
+                if i < 6 { "alice" } else { "bob" },
+            )
+        })
+        .collect();
+    store.insert_events(&batch).await.unwrap();
+    let all = store
+        .query_events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let alice_up = store
+        .query_events(&EventQuery {
+            username: Some("alice".into()),
+            kind: Some(EventKind::Upload),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice_up.len(), 3);
+    assert!(
+        alice_up
+            .iter()
+            .all(|e| e.sha256.as_deref() == Some(&"ab".repeat(32)))
+    );
+    let page1 = store
+        .query_events(&EventQuery {
+            limit: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let page2 = store
+        .query_events(&EventQuery {
+            limit: 4,
+            before_id: Some(page1[3].id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 4);
+    assert!(page2[0].id < page1[3].id);
+    let ranged = store
+        .query_events(&EventQuery {
+            since: Some(t0 + Duration::seconds(2)),
+            until: Some(t0 + Duration::seconds(5)),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ranged.len(), 3);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/sub/dropgate.db", dir.path().display());
+    suite(Store::connect(&url, 4).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_suite() {
+    let Ok(base) = std::env::var("DROPGATE_TEST_POSTGRES_URL") else {
+        eprintln!("DROPGATE_TEST_POSTGRES_URL not set: PostgreSQL half of the store suite not run");
+        return;
+    };
+    // A database of its own, so runs never see each other's rows. The name is
+    // ours (not input), hence the one assembled statement.
+    let db = format!("dropgate_store_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let exec = |sql: String| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&admin)
+                .await
+                .unwrap()
+        }
+    };
+    exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+    exec(format!("CREATE DATABASE {db}")).await;
+    let url = match base.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/{db}"),
+        None => panic!("bad postgres url"),
+    };
+    suite(Store::connect(&url, 4).await.unwrap()).await;
+    exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+}

@@ -1,0 +1,304 @@
+//! The virtual filesystem every protocol shares.
+//!
+//! Owns: turning client paths into [`VirtualPath`]s (one canonicalizer for all
+//! protocols), the [`Storage`] trait that covers what FTP and SFTP need, and
+//! the storage backends (today [`LocalStorage`], confined at the OS level under
+//! each account's home with cap-std so a symlink or a race cannot leave it).
+//!
+//! Must not: know about accounts, permissions, quotas or audit (that is
+//! `dropgate-core`), or speak any wire protocol.
+
+mod local;
+mod path;
+
+use std::io;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use local::{LocalStorage, sweep_stale_temporaries};
+pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, TEMP_PREFIX, VirtualPath};
+
+/// What went wrong in the filesystem, in terms every protocol can map to its
+/// own reply codes.
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    /// The path (or a component of it) does not exist.
+    #[error("no such file or directory")]
+    NotFound,
+    /// The OS refused, or the path tried to leave the jail (symlink outside).
+    #[error("permission denied")]
+    PermissionDenied,
+    /// The target exists and the operation must not replace it.
+    #[error("file exists")]
+    AlreadyExists,
+    /// A directory was needed.
+    #[error("not a directory")]
+    NotADirectory,
+    /// A file was needed.
+    #[error("is a directory")]
+    IsADirectory,
+    /// rmdir of a folder that still has entries.
+    #[error("directory not empty")]
+    DirectoryNotEmpty,
+    /// The client-supplied name is not acceptable (NUL, too long, reserved).
+    #[error("invalid name: {0}")]
+    InvalidName(&'static str),
+    /// The disk (or the filesystem's own quota) is full.
+    #[error("no space left on device")]
+    NoSpace,
+    /// A resume offset past the end of the existing file.
+    #[error("invalid offset")]
+    InvalidOffset,
+    /// The backend does not support this operation.
+    #[error("operation not supported")]
+    Unsupported,
+    /// Any other I/O failure (not the client's fault).
+    #[error("i/o error: {0}")]
+    Io(io::Error),
+}
+
+impl From<io::Error> for VfsError {
+    fn from(e: io::Error) -> Self {
+        use io::ErrorKind as K;
+        use rustix::io::Errno;
+        match Errno::from_io_error(&e) {
+            Some(Errno::NOSPC | Errno::DQUOT) => return VfsError::NoSpace,
+            Some(Errno::NOTDIR) => return VfsError::NotADirectory,
+            Some(Errno::ISDIR) => return VfsError::IsADirectory,
+            Some(Errno::NOTEMPTY) => return VfsError::DirectoryNotEmpty,
+            // ELOOP: O_NOFOLLOW on a symlink, or a symlink cycle.
+            Some(Errno::LOOP) => return VfsError::PermissionDenied,
+            Some(Errno::NAMETOOLONG) => return VfsError::InvalidName("name too long"),
+            Some(Errno::XDEV) => return VfsError::Unsupported,
+            _ => {}
+        }
+        match e.kind() {
+            K::NotFound => VfsError::NotFound,
+            K::PermissionDenied => VfsError::PermissionDenied,
+            K::AlreadyExists => VfsError::AlreadyExists,
+            K::NotADirectory => VfsError::NotADirectory,
+            K::IsADirectory => VfsError::IsADirectory,
+            K::DirectoryNotEmpty => VfsError::DirectoryNotEmpty,
+            K::StorageFull | K::QuotaExceeded => VfsError::NoSpace,
+            K::InvalidFilename => VfsError::InvalidName("invalid file name"),
+            _ => VfsError::Io(e),
+        }
+    }
+}
+
+/// Result alias for filesystem operations.
+pub type VfsResult<T> = Result<T, VfsError>;
+
+/// The kind of a filesystem entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A folder.
+    Dir,
+    /// A symbolic link (only from `symlink_metadata`, or one that leads outside the jail).
+    Symlink,
+    /// Anything else (fifo, socket, device).
+    Other,
+}
+
+/// What `stat` returns, backend-neutral.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    /// File, folder, link.
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time.
+    pub modified: SystemTime,
+    /// Last access time.
+    pub accessed: SystemTime,
+    /// Unix permission bits (including the file type bits).
+    pub mode: u32,
+    /// Link count (shown in `ls -l` listings).
+    pub nlink: u64,
+    /// A stable identity within the backend (inode), for MLSD's `unique` fact.
+    pub unique: u64,
+}
+
+impl Metadata {
+    /// Whether this is a folder.
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Dir
+    }
+    /// Whether this is a regular file.
+    pub fn is_file(&self) -> bool {
+        self.kind == FileKind::File
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The entry's name (a single component).
+    pub name: String,
+    /// Its metadata (symlinks inside the jail are followed).
+    pub meta: Metadata,
+}
+
+/// A directory listing that streams: entries arrive as they are read, with a
+/// small bounded buffer, so a folder of a million entries never sits in memory.
+pub struct DirStream {
+    rx: tokio::sync::mpsc::Receiver<VfsResult<DirEntry>>,
+}
+
+impl DirStream {
+    /// The next entry, or `None` at the end.
+    pub async fn next(&mut self) -> Option<VfsResult<DirEntry>> {
+        self.rx.recv().await
+    }
+
+    /// Builds a stream from a channel fed by a backend.
+    pub fn from_channel(rx: tokio::sync::mpsc::Receiver<VfsResult<DirEntry>>) -> Self {
+        DirStream { rx }
+    }
+}
+
+/// Filesystem capacity, for SFTP `statvfs` and FTP `AVBL`-style questions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsStats {
+    /// Block size in bytes.
+    pub block_size: u64,
+    /// Fragment size in bytes.
+    pub fragment_size: u64,
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub blocks_free: u64,
+    /// Blocks available to unprivileged users.
+    pub blocks_available: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub files_free: u64,
+    /// Maximum name length.
+    pub name_max: u64,
+}
+
+/// How uploads reach their final name (SPEC 5.4, `[storage] upload_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UploadMode {
+    /// Hidden temporary, renamed into place on commit, deleted on abort.
+    #[default]
+    Atomic,
+    /// Like atomic, but an interrupted upload keeps its partial under the final name.
+    AtomicResume,
+    /// Write in place.
+    Direct,
+}
+
+/// Where a new upload starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStart {
+    /// Replace whatever is there (FTP STOR, SFTP open with TRUNC).
+    Truncate,
+    /// Keep the first N bytes of the existing file and continue there (FTP REST+STOR).
+    ResumeAt(u64),
+    /// Keep the whole existing file and append (FTP APPE, SFTP APPEND).
+    Append,
+    /// Keep the existing file and write at any offset (SFTP open without TRUNC).
+    Keep,
+}
+
+/// Options for [`Storage::create`].
+#[derive(Debug, Clone, Copy)]
+pub struct CreateOptions {
+    /// The account's upload mode.
+    pub mode: UploadMode,
+    /// Where the new content starts.
+    pub start: WriteStart,
+    /// Fail with [`VfsError::AlreadyExists`] if the target exists (SFTP EXCL, FTP STOU).
+    pub exclusive: bool,
+}
+
+/// Readable file content, positioned reads (safe to share between tasks).
+#[async_trait]
+pub trait FileReader: Send + Sync {
+    /// Reads up to `len` bytes at `offset`; an empty result means end of file.
+    async fn read_at(&self, offset: u64, len: usize) -> VfsResult<Bytes>;
+    /// The size when opened.
+    fn len(&self) -> u64;
+    /// Whether the file was empty when opened.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The underlying local file, for zero-copy transfers (sendfile/splice).
+    fn local_file(&self) -> Option<&std::fs::File>;
+}
+
+/// An upload in progress. Dropping it without [`FileWriter::commit`] aborts it.
+#[async_trait]
+pub trait FileWriter: Send + Sync {
+    /// Writes all of `data` at `offset` (offsets are absolute in the final file).
+    async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()>;
+    /// Bytes already in the file before this upload wrote anything
+    /// (the kept prefix of a resume or append).
+    fn initial_len(&self) -> u64;
+    /// The underlying local file, for zero-copy uploads (splice).
+    fn local_file(&self) -> Option<&std::fs::File>;
+    /// Makes the upload durable and visible under its final name.
+    /// Returns a reader over exactly the committed content (for hashing).
+    async fn commit(self: Box<Self>) -> VfsResult<Committed>;
+    /// Abandons the upload (what happens to the partial depends on the mode).
+    async fn abort(self: Box<Self>);
+}
+
+/// A committed upload.
+pub struct Committed {
+    /// Final size in bytes.
+    pub size: u64,
+    /// The committed content, still readable even if the name is replaced later.
+    pub content: Arc<dyn FileReader>,
+}
+
+/// A storage backend, already confined to one account's home.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Metadata, following symlinks that stay inside the jail.
+    async fn metadata(&self, path: &VirtualPath) -> VfsResult<Metadata>;
+    /// Metadata of the entry itself (a symlink is reported as one).
+    async fn symlink_metadata(&self, path: &VirtualPath) -> VfsResult<Metadata>;
+    /// Streams the entries of a folder (hidden upload temporaries excluded).
+    async fn list(&self, path: &VirtualPath) -> VfsResult<DirStream>;
+    /// Opens a file for reading.
+    async fn open_read(&self, path: &VirtualPath) -> VfsResult<Arc<dyn FileReader>>;
+    /// Starts an upload.
+    async fn create(
+        &self,
+        path: &VirtualPath,
+        opts: CreateOptions,
+    ) -> VfsResult<Box<dyn FileWriter>>;
+    /// Renames; with `overwrite = false` an existing target is an error.
+    async fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> VfsResult<()>;
+    /// Deletes a file (or a symlink itself).
+    async fn remove_file(&self, path: &VirtualPath) -> VfsResult<()>;
+    /// Creates one folder.
+    async fn create_dir(&self, path: &VirtualPath) -> VfsResult<()>;
+    /// Removes an empty folder.
+    async fn remove_dir(&self, path: &VirtualPath) -> VfsResult<()>;
+    /// Sets access and modification times.
+    async fn set_times(
+        &self,
+        path: &VirtualPath,
+        accessed: Option<SystemTime>,
+        modified: Option<SystemTime>,
+    ) -> VfsResult<()>;
+    /// Truncates or extends a file to `size` (SFTP setstat size).
+    async fn set_len(&self, path: &VirtualPath, size: u64) -> VfsResult<()>;
+    /// The target of a symlink, as a virtual path (refused if it leaves the jail).
+    async fn read_link(&self, path: &VirtualPath) -> VfsResult<VirtualPath>;
+    /// Creates `link` pointing at `target` (both inside the jail).
+    async fn symlink(&self, target: &VirtualPath, link: &VirtualPath) -> VfsResult<()>;
+    /// Creates a hard link `dst` to the file `src`.
+    async fn hard_link(&self, src: &VirtualPath, dst: &VirtualPath) -> VfsResult<()>;
+    /// Capacity of the filesystem holding `path`.
+    async fn fs_stats(&self, path: &VirtualPath) -> VfsResult<FsStats>;
+}

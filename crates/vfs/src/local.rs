@@ -1,0 +1,623 @@
+//! Local-disk backend, confined under one account's home with cap-std.
+//!
+//! Every operation goes through a `cap_std::fs::Dir` opened on the home, which
+//! resolves paths with `openat2(RESOLVE_BENEATH)` (or a careful userspace walk
+//! on older kernels): `..` past the home, absolute symlinks and symlinks that
+//! lead outside all fail with EACCES. That is the second line of defence; the
+//! first is [`VirtualPath`]'s canonicalizer. cap-std calls block, so they run
+//! on tokio's blocking pool.
+
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use cap_fs_ext::{DirExt, SystemTimeSpec};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, MetadataExt, OpenOptions};
+
+use crate::{
+    Committed, CreateOptions, DirEntry, DirStream, FileKind, FileReader, FileWriter, FsStats,
+    Metadata, Storage, TEMP_PREFIX, UploadMode, VfsError, VfsResult, VirtualPath, WriteStart,
+};
+
+/// How many listing entries may wait between the disk walker and the client.
+const LIST_BUFFER: usize = 256;
+
+/// Local-disk storage rooted at one account's home.
+#[derive(Clone)]
+pub struct LocalStorage {
+    home: Arc<Dir>,
+}
+
+impl LocalStorage {
+    /// Opens (creating it if needed) the home `home` below `storage_root`.
+    /// `home` itself is resolved beneath the root, so it cannot point elsewhere.
+    pub fn open(storage_root: &Path, home: &str) -> VfsResult<Self> {
+        std::fs::create_dir_all(storage_root)?;
+        let root = Dir::open_ambient_dir(storage_root, ambient_authority())?;
+        let home = home.trim_matches('/');
+        let home_dir = if home.is_empty() {
+            root
+        } else {
+            root.create_dir_all(home)?;
+            root.open_dir(home)?
+        };
+        Ok(LocalStorage {
+            home: Arc::new(home_dir),
+        })
+    }
+}
+
+async fn blocking<T, F>(f: F) -> VfsResult<T>
+where
+    F: FnOnce() -> VfsResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| VfsError::Io(io::Error::other(e)))?
+}
+
+fn to_meta(m: &cap_std::fs::Metadata) -> Metadata {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_file() {
+        FileKind::File
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else {
+        FileKind::Other
+    };
+    let time = |secs: i64, nsec: i64| {
+        if secs >= 0 {
+            UNIX_EPOCH + std::time::Duration::new(secs as u64, nsec.clamp(0, 999_999_999) as u32)
+        } else {
+            UNIX_EPOCH
+        }
+    };
+    Metadata {
+        kind,
+        size: m.len(),
+        modified: time(m.mtime(), m.mtime_nsec()),
+        accessed: time(m.atime(), m.atime_nsec()),
+        mode: m.mode(),
+        nlink: m.nlink(),
+        unique: m.ino(),
+    }
+}
+
+/// Splits a path into its parent (relative) and final name; the root has no name.
+fn split(path: &VirtualPath) -> VfsResult<(String, String)> {
+    let name = path.file_name().ok_or(VfsError::PermissionDenied)?;
+    Ok((path.parent().relative().to_owned(), name.to_owned()))
+}
+
+fn random_suffix() -> String {
+    let n: u64 = rand::random();
+    format!("{n:016x}")
+}
+
+/// Resolves a symlink's stored target against the link's folder, refusing any
+/// target that is absolute or climbs above the home.
+fn resolve_link_target(link_parent: &VirtualPath, target: &str) -> VfsResult<VirtualPath> {
+    if target.starts_with('/') || target.contains('\0') {
+        return Err(VfsError::PermissionDenied);
+    }
+    let mut parts: Vec<&str> = link_parent.components().collect();
+    for comp in target.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(VfsError::PermissionDenied);
+                }
+            }
+            name => parts.push(name),
+        }
+    }
+    VirtualPath::parse(&format!("/{}", parts.join("/")))
+}
+
+/// The relative path from folder `from` to `to`, for storing symlink targets
+/// that stay valid inside the jail (absolute targets would point at the host).
+fn relative_between(from_dir: &VirtualPath, to: &VirtualPath) -> String {
+    let a: Vec<&str> = from_dir.components().collect();
+    let b: Vec<&str> = to.components().collect();
+    let common = a.iter().zip(b.iter()).take_while(|(x, y)| x == y).count();
+    let mut out: Vec<&str> = std::iter::repeat_n("..", a.len() - common).collect();
+    out.extend_from_slice(&b[common..]);
+    if out.is_empty() {
+        ".".to_owned()
+    } else {
+        out.join("/")
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn metadata(&self, path: &VirtualPath) -> VfsResult<Metadata> {
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        blocking(move || Ok(to_meta(&home.metadata(rel)?))).await
+    }
+
+    async fn symlink_metadata(&self, path: &VirtualPath) -> VfsResult<Metadata> {
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        blocking(move || Ok(to_meta(&home.symlink_metadata(rel)?))).await
+    }
+
+    async fn list(&self, path: &VirtualPath) -> VfsResult<DirStream> {
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        let dir = blocking(move || Ok(home.open_dir(rel)?)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(LIST_BUFFER);
+        tokio::task::spawn_blocking(move || {
+            let entries = match dir.entries() {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.into()));
+                    return;
+                }
+            };
+            for entry in entries {
+                let item = entry.map_err(VfsError::from).and_then(|entry| {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let meta = entry.metadata()?;
+                    let mut meta = to_meta(&meta);
+                    if meta.kind == FileKind::Symlink {
+                        // Show what the link points at, if that stays inside the jail.
+                        if let Ok(target) = dir.metadata(&name) {
+                            meta = to_meta(&target);
+                        }
+                    }
+                    Ok(DirEntry { name, meta })
+                });
+                if let Ok(e) = &item
+                    && e.name.starts_with(TEMP_PREFIX)
+                {
+                    continue;
+                }
+                if tx.blocking_send(item).is_err() {
+                    return; // the client stopped listening
+                }
+            }
+        });
+        Ok(DirStream::from_channel(rx))
+    }
+
+    async fn open_read(&self, path: &VirtualPath) -> VfsResult<Arc<dyn FileReader>> {
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        blocking(move || {
+            let file = home.open(rel)?.into_std();
+            let meta = file.metadata()?;
+            if meta.is_dir() {
+                return Err(VfsError::IsADirectory);
+            }
+            if !meta.is_file() {
+                return Err(VfsError::PermissionDenied);
+            }
+            Ok(Arc::new(LocalReader {
+                file: Arc::new(file),
+                len: meta.len(),
+            }) as Arc<dyn FileReader>)
+        })
+        .await
+    }
+
+    async fn create(
+        &self,
+        path: &VirtualPath,
+        opts: CreateOptions,
+    ) -> VfsResult<Box<dyn FileWriter>> {
+        let home = self.home.clone();
+        let (parent_rel, name) = split(path)?;
+        blocking(move || {
+            let parent = home.open_dir(parent_rel)?;
+            let existing = match parent.metadata(&name) {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // A dangling or escaping symlink must not be written through.
+                    if parent.symlink_metadata(&name).is_ok() && opts.mode == UploadMode::Direct {
+                        return Err(VfsError::PermissionDenied);
+                    }
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(m) = &existing {
+                if m.is_dir() {
+                    return Err(VfsError::IsADirectory);
+                }
+                if opts.exclusive {
+                    return Err(VfsError::AlreadyExists);
+                }
+            }
+            let existing_len = existing.as_ref().map(|m| m.len()).unwrap_or(0);
+            let keep = match opts.start {
+                WriteStart::Truncate => 0,
+                WriteStart::ResumeAt(n) if n > existing_len => return Err(VfsError::InvalidOffset),
+                WriteStart::ResumeAt(n) => n,
+                WriteStart::Append | WriteStart::Keep => existing_len,
+            };
+            let (file, temp) = match opts.mode {
+                UploadMode::Direct => {
+                    let mut o = OpenOptions::new();
+                    o.read(true).write(true);
+                    if opts.exclusive {
+                        o.create_new(true);
+                    } else {
+                        o.create(true);
+                    }
+                    let file = parent.open_with(&name, &o)?.into_std();
+                    if existing.is_some() && keep != existing_len {
+                        file.set_len(keep)?;
+                    }
+                    (file, None)
+                }
+                UploadMode::Atomic | UploadMode::AtomicResume => {
+                    let temp_name = format!("{TEMP_PREFIX}{}", random_suffix());
+                    let mut o = OpenOptions::new();
+                    o.read(true).write(true).create_new(true);
+                    let file = parent.open_with(&temp_name, &o)?.into_std();
+                    if keep > 0 {
+                        // copy_file_range under the hood: no bytes through userspace.
+                        let src = parent.open(&name)?.into_std();
+                        let copied = io::copy(&mut (&src).take(keep), &mut &file);
+                        if let Err(e) = copied {
+                            let _ = parent.remove_file(&temp_name);
+                            return Err(e.into());
+                        }
+                    }
+                    (file, Some(temp_name))
+                }
+            };
+            Ok(Box::new(LocalWriter {
+                file: Arc::new(file),
+                parent,
+                name,
+                temp,
+                mode: opts.mode,
+                exclusive: opts.exclusive,
+                initial_len: keep,
+                wrote: AtomicBool::new(false),
+                finished: false,
+            }) as Box<dyn FileWriter>)
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> VfsResult<()> {
+        let home = self.home.clone();
+        let (from_parent, from_name) = split(from)?;
+        let (to_parent, to_name) = split(to)?;
+        blocking(move || {
+            let src_dir = home.open_dir(from_parent)?;
+            let dst_dir = home.open_dir(to_parent)?;
+            let flags = if overwrite {
+                rustix::fs::RenameFlags::empty()
+            } else {
+                rustix::fs::RenameFlags::NOREPLACE
+            };
+            // Single-component names on jailed directory handles: nothing to escape through.
+            rustix::fs::renameat_with(
+                &src_dir,
+                from_name.as_str(),
+                &dst_dir,
+                to_name.as_str(),
+                flags,
+            )
+            .map_err(io::Error::from)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_file(&self, path: &VirtualPath) -> VfsResult<()> {
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        blocking(move || {
+            if home.symlink_metadata(&rel)?.is_dir() {
+                return Err(VfsError::IsADirectory);
+            }
+            Ok(home.remove_file(rel)?)
+        })
+        .await
+    }
+
+    async fn create_dir(&self, path: &VirtualPath) -> VfsResult<()> {
+        if path.is_root() {
+            return Err(VfsError::AlreadyExists);
+        }
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        blocking(move || Ok(home.create_dir(rel)?)).await
+    }
+
+    async fn remove_dir(&self, path: &VirtualPath) -> VfsResult<()> {
+        if path.is_root() {
+            return Err(VfsError::PermissionDenied);
+        }
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        blocking(move || Ok(home.remove_dir(rel)?)).await
+    }
+
+    async fn set_times(
+        &self,
+        path: &VirtualPath,
+        accessed: Option<SystemTime>,
+        modified: Option<SystemTime>,
+    ) -> VfsResult<()> {
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        let spec = |t: SystemTime| SystemTimeSpec::Absolute(cap_std::time::SystemTime::from_std(t));
+        blocking(move || Ok(home.set_times(rel, accessed.map(spec), modified.map(spec))?)).await
+    }
+
+    async fn set_len(&self, path: &VirtualPath, size: u64) -> VfsResult<()> {
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        blocking(move || {
+            let mut o = OpenOptions::new();
+            o.write(true);
+            Ok(home.open_with(rel, &o)?.set_len(size)?)
+        })
+        .await
+    }
+
+    async fn read_link(&self, path: &VirtualPath) -> VfsResult<VirtualPath> {
+        let (home, rel) = (self.home.clone(), path.relative().to_owned());
+        let parent = path.parent();
+        blocking(move || {
+            let target = home.read_link_contents(rel)?;
+            let target = target.to_str().ok_or(VfsError::PermissionDenied)?;
+            resolve_link_target(&parent, target)
+        })
+        .await
+    }
+
+    async fn symlink(&self, target: &VirtualPath, link: &VirtualPath) -> VfsResult<()> {
+        let stored = relative_between(&link.parent(), target);
+        // Paths are canonical, so this only bites on a bypassed canonicalizer;
+        // never store a link that `read_link` would refuse.
+        resolve_link_target(&link.parent(), &stored)?;
+        let (home, rel) = (self.home.clone(), link.relative().to_owned());
+        blocking(move || Ok(home.symlink(stored, rel)?)).await
+    }
+
+    async fn hard_link(&self, src: &VirtualPath, dst: &VirtualPath) -> VfsResult<()> {
+        let home = self.home.clone();
+        let (src, dst) = (src.relative().to_owned(), dst.relative().to_owned());
+        blocking(move || {
+            if !home.symlink_metadata(&src)?.is_file() {
+                return Err(VfsError::PermissionDenied);
+            }
+            Ok(home.hard_link(src, &home, dst)?)
+        })
+        .await
+    }
+
+    async fn fs_stats(&self, _path: &VirtualPath) -> VfsResult<FsStats> {
+        let home = self.home.clone();
+        blocking(move || {
+            let s = rustix::fs::fstatvfs(&*home).map_err(io::Error::from)?;
+            Ok(FsStats {
+                block_size: s.f_bsize,
+                fragment_size: s.f_frsize,
+                blocks: s.f_blocks,
+                blocks_free: s.f_bfree,
+                blocks_available: s.f_bavail,
+                files: s.f_files,
+                files_free: s.f_ffree,
+                name_max: s.f_namemax,
+            })
+        })
+        .await
+    }
+}
+
+/// A file opened for reading; positioned reads, shareable across tasks.
+struct LocalReader {
+    file: Arc<std::fs::File>,
+    len: u64,
+}
+
+#[async_trait]
+impl FileReader for LocalReader {
+    async fn read_at(&self, offset: u64, len: usize) -> VfsResult<Bytes> {
+        let file = self.file.clone();
+        blocking(move || {
+            let mut buf = BytesMut::zeroed(len);
+            let mut filled = 0;
+            while filled < len {
+                match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            buf.truncate(filled);
+            Ok(buf.freeze())
+        })
+        .await
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn local_file(&self) -> Option<&std::fs::File> {
+        Some(&self.file)
+    }
+}
+
+/// An upload in progress on local disk.
+struct LocalWriter {
+    file: Arc<std::fs::File>,
+    /// The folder that holds both the temporary and the final name.
+    parent: Dir,
+    /// The final name in `parent`.
+    name: String,
+    /// The temporary's name in `parent` (atomic modes only).
+    temp: Option<String>,
+    mode: UploadMode,
+    exclusive: bool,
+    initial_len: u64,
+    /// Whether any byte was written (atomic_resume keeps only real partials).
+    wrote: AtomicBool,
+    finished: bool,
+}
+
+impl LocalWriter {
+    fn abort_now(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if let Some(temp) = &self.temp {
+            let keep = self.mode == UploadMode::AtomicResume && self.wrote.load(Ordering::Relaxed);
+            // An exclusive upload must never replace a file that appeared meanwhile.
+            let flags = if self.exclusive {
+                rustix::fs::RenameFlags::NOREPLACE
+            } else {
+                rustix::fs::RenameFlags::empty()
+            };
+            if keep
+                && rustix::fs::renameat_with(
+                    &self.parent,
+                    temp.as_str(),
+                    &self.parent,
+                    self.name.as_str(),
+                    flags,
+                )
+                .is_ok()
+            {
+                return;
+            }
+            if let Err(e) = self.parent.remove_file(temp) {
+                tracing::warn!(error = %e, "could not remove an aborted upload's temporary");
+            }
+        }
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        self.abort_now();
+    }
+}
+
+#[async_trait]
+impl FileWriter for LocalWriter {
+    async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()> {
+        let file = self.file.clone();
+        self.wrote.store(true, Ordering::Relaxed);
+        blocking(move || Ok(file.write_all_at(&data, offset)?)).await
+    }
+
+    fn initial_len(&self) -> u64 {
+        self.initial_len
+    }
+
+    fn local_file(&self) -> Option<&std::fs::File> {
+        Some(&self.file)
+    }
+
+    async fn commit(mut self: Box<Self>) -> VfsResult<Committed> {
+        tokio::task::spawn_blocking(move || {
+            let result = (|| -> VfsResult<u64> {
+                self.file.sync_data()?;
+                if let Some(temp) = &self.temp {
+                    let flags = if self.exclusive {
+                        rustix::fs::RenameFlags::NOREPLACE
+                    } else {
+                        rustix::fs::RenameFlags::empty()
+                    };
+                    rustix::fs::renameat_with(
+                        &self.parent,
+                        temp.as_str(),
+                        &self.parent,
+                        self.name.as_str(),
+                        flags,
+                    )
+                    .map_err(io::Error::from)?;
+                    self.finished = true;
+                    // Make the rename itself durable.
+                    let _ = rustix::fs::fsync(&self.parent);
+                }
+                self.finished = true;
+                Ok(self.file.metadata()?.len())
+            })();
+            match result {
+                Ok(size) => Ok(Committed {
+                    size,
+                    content: Arc::new(LocalReader {
+                        file: self.file.clone(),
+                        len: size,
+                    }) as Arc<dyn FileReader>,
+                }),
+                Err(e) => {
+                    self.abort_now();
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| VfsError::Io(io::Error::other(e)))?
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        let _ = tokio::task::spawn_blocking(move || self.abort_now()).await;
+    }
+}
+
+/// Removes upload temporaries left by a crash anywhere below `root`.
+/// Symlinks are never followed. Returns how many were removed.
+pub fn sweep_stale_temporaries(root: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_targets_stay_in_jail() {
+        let root = VirtualPath::root();
+        let a = VirtualPath::parse("/a/b").unwrap_or_else(|_| VirtualPath::root());
+        assert_eq!(
+            resolve_link_target(&a, "../c").map(|p| p.to_string()).ok(),
+            Some("/a/c".into())
+        );
+        assert!(resolve_link_target(&root, "../x").is_err());
+        assert!(resolve_link_target(&a, "/etc/passwd").is_err());
+        assert!(resolve_link_target(&a, "../../../x").is_err());
+    }
+
+    #[test]
+    fn relative_paths_between_folders() {
+        let p = |s: &str| VirtualPath::parse(s).unwrap_or_else(|_| VirtualPath::root());
+        assert_eq!(relative_between(&p("/a/b"), &p("/a/c/d")), "../c/d");
+        assert_eq!(relative_between(&p("/"), &p("/x")), "x");
+        assert_eq!(relative_between(&p("/x/y"), &p("/")), "../..");
+    }
+}

@@ -1,0 +1,645 @@
+//! Upload modes of the local backend: atomic replace, resume, append,
+//! exclusivity, direct writes, and recovery after a crash mid-upload.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use dropgate_vfs::{
+    LocalStorage, Storage, TEMP_PREFIX, UploadMode, VfsError, VirtualPath, WriteStart,
+    sweep_stale_temporaries,
+};
+
+const OLD: &[u8] = b"old content, 0123456789";
+
+fn b(s: &'static [u8]) -> Bytes {
+    Bytes::from_static(s)
+}
+
+/// A fixture with `/f.txt` holding [`OLD`].
+fn with_old_file() -> Jail {
+    let j = Jail::new();
+    std::fs::write(j.home.join("f.txt"), OLD).unwrap();
+    j
+}
+
+fn temporaries_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(TEMP_PREFIX))
+        .collect()
+}
+
+#[tokio::test]
+async fn atomic_abort_keeps_the_old_content() {
+    let j = with_old_file();
+    let s: &dyn Storage = &j.storage;
+    let f = vp("/f.txt");
+    let w = s
+        .create(&f, opts(UploadMode::Atomic, WriteStart::Truncate, false))
+        .await
+        .unwrap();
+    assert_eq!(w.initial_len(), 0);
+    w.write_at(0, b(b"new and different")).await.unwrap();
+    // In progress: the temporary exists on disk, but nobody sees it.
+    assert_eq!(temporaries_in(&j.home).len(), 1);
+    assert_eq!(
+        list_names(s, &VirtualPath::root()).await.unwrap(),
+        vec!["f.txt".to_owned()]
+    );
+    assert_eq!(read_all(s, &f).await.unwrap(), OLD);
+    w.abort().await;
+    assert_eq!(std::fs::read(j.home.join("f.txt")).unwrap(), OLD);
+    j.assert_no_temporaries();
+}
+
+#[tokio::test]
+async fn atomic_drop_without_commit_keeps_the_old_content() {
+    let j = with_old_file();
+    let s: &dyn Storage = &j.storage;
+    let f = vp("/f.txt");
+    for start in ALL_STARTS {
+        let w = s
+            .create(&f, opts(UploadMode::Atomic, start, false))
+            .await
+            .unwrap();
+        w.write_at(w.initial_len(), b(b"new and different"))
+            .await
+            .unwrap();
+        assert_eq!(temporaries_in(&j.home).len(), 1);
+        drop(w);
+        assert_eq!(
+            std::fs::read(j.home.join("f.txt")).unwrap(),
+            OLD,
+            "{start:?}"
+        );
+        j.assert_no_temporaries();
+    }
+    // A new name that was never committed does not appear at all.
+    let w = s
+        .create(
+            &vp("/new.txt"),
+            opts(UploadMode::Atomic, WriteStart::Truncate, false),
+        )
+        .await
+        .unwrap();
+    w.write_at(0, b(b"partial")).await.unwrap();
+    drop(w);
+    assert!(!j.home.join("new.txt").exists());
+    j.assert_no_temporaries();
+}
+
+#[tokio::test]
+async fn atomic_commit_replaces_in_one_step() {
+    let j = with_old_file();
+    let s: &dyn Storage = &j.storage;
+    let f = vp("/f.txt");
+    let old_ino = std::fs::metadata(j.home.join("f.txt")).unwrap();
+    // A reader opened before the upload keeps seeing the old content.
+    let before = s.open_read(&f).await.unwrap();
+
+    let w = s
+        .create(&f, opts(UploadMode::Atomic, WriteStart::Truncate, false))
+        .await
+        .unwrap();
+    w.write_at(0, b(b"hello ")).await.unwrap();
+    w.write_at(6, b(b"world")).await.unwrap();
+    assert_eq!(
+        list_names(s, &VirtualPath::root()).await.unwrap(),
+        vec!["f.txt".to_owned()]
+    );
+    let committed = w.commit().await.unwrap();
+    assert_eq!(committed.size, 11);
+    assert_eq!(committed.content.len(), 11);
+    assert_eq!(
+        &committed.content.read_at(0, 100).await.unwrap()[..],
+        b"hello world"
+    );
+    assert_eq!(&committed.content.read_at(6, 3).await.unwrap()[..], b"wor");
+    assert!(committed.content.read_at(11, 10).await.unwrap().is_empty());
+    assert_eq!(std::fs::read(j.home.join("f.txt")).unwrap(), b"hello world");
+    assert_eq!(read_all(s, &f).await.unwrap(), b"hello world");
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(j.home.join("f.txt")).unwrap()),
+        std::os::unix::fs::MetadataExt::ino(&old_ino),
+        "atomic upload must replace the inode, not rewrite it"
+    );
+    assert_eq!(&before.read_at(0, 100).await.unwrap()[..], OLD);
+    j.assert_no_temporaries();
+
+    // The committed content stays readable after the name is replaced.
+    upload(s, &f, UploadMode::Atomic, b"third").await.unwrap();
+    assert_eq!(
+        &committed.content.read_at(0, 100).await.unwrap()[..],
+        b"hello world"
+    );
+
+    // Committing a brand-new name in a subfolder.
+    s.create_dir(&vp("/sub")).await.unwrap();
+    let w = s
+        .create(
+            &vp("/sub/new.bin"),
+            opts(UploadMode::Atomic, WriteStart::Truncate, false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(temporaries_in(&j.home.join("sub")).len(), 1);
+    assert!(list_names(s, &vp("/sub")).await.unwrap().is_empty());
+    let data = vec![7u8; 200_000];
+    w.write_at(0, Bytes::from(data.clone())).await.unwrap();
+    let committed = w.commit().await.unwrap();
+    assert_eq!(committed.size, 200_000);
+    assert_eq!(std::fs::read(j.home.join("sub/new.bin")).unwrap(), data);
+    assert_eq!(
+        list_names(s, &vp("/sub")).await.unwrap(),
+        vec!["new.bin".to_owned()]
+    );
+    j.assert_no_temporaries();
+}
+
+#[tokio::test]
+async fn resume_and_append_keep_the_right_prefix() {
+    for mode in ALL_MODES {
+        let j = Jail::new();
+        let s: &dyn Storage = &j.storage;
+        let f = vp("/f.bin");
+        let on_disk = j.home.join("f.bin");
+        let reset = || std::fs::write(&on_disk, b"0123456789").unwrap();
+
+        reset();
+        let w = s
+            .create(&f, opts(mode, WriteStart::ResumeAt(4), false))
+            .await
+            .unwrap();
+        assert_eq!(w.initial_len(), 4, "{mode:?}");
+        w.write_at(4, b(b"abc")).await.unwrap();
+        assert_eq!(w.commit().await.unwrap().size, 7);
+        assert_eq!(
+            std::fs::read(&on_disk).unwrap(),
+            b"0123abc",
+            "{mode:?} ResumeAt(4)"
+        );
+
+        reset();
+        let w = s
+            .create(&f, opts(mode, WriteStart::ResumeAt(10), false))
+            .await
+            .unwrap();
+        assert_eq!(w.initial_len(), 10);
+        w.write_at(10, b(b"AB")).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(
+            std::fs::read(&on_disk).unwrap(),
+            b"0123456789AB",
+            "{mode:?} ResumeAt(len)"
+        );
+
+        reset();
+        let r = s
+            .create(&f, opts(mode, WriteStart::ResumeAt(11), false))
+            .await;
+        assert!(
+            matches!(r, Err(VfsError::InvalidOffset)),
+            "{mode:?} ResumeAt(len+1)"
+        );
+        assert_eq!(std::fs::read(&on_disk).unwrap(), b"0123456789");
+        let r = s
+            .create(&vp("/missing"), opts(mode, WriteStart::ResumeAt(1), false))
+            .await;
+        assert!(
+            matches!(r, Err(VfsError::InvalidOffset)),
+            "{mode:?} ResumeAt on missing file"
+        );
+        assert!(!j.home.join("missing").exists());
+
+        let w = s
+            .create(&f, opts(mode, WriteStart::Append, false))
+            .await
+            .unwrap();
+        assert_eq!(w.initial_len(), 10);
+        w.write_at(10, b(b"XYZ")).await.unwrap();
+        assert_eq!(w.commit().await.unwrap().size, 13);
+        assert_eq!(
+            std::fs::read(&on_disk).unwrap(),
+            b"0123456789XYZ",
+            "{mode:?} Append"
+        );
+
+        reset();
+        let w = s
+            .create(&f, opts(mode, WriteStart::Keep, false))
+            .await
+            .unwrap();
+        assert_eq!(w.initial_len(), 10);
+        w.write_at(2, b(b"ab")).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(
+            std::fs::read(&on_disk).unwrap(),
+            b"01ab456789",
+            "{mode:?} Keep"
+        );
+
+        reset();
+        let w = s
+            .create(&f, opts(mode, WriteStart::Truncate, false))
+            .await
+            .unwrap();
+        assert_eq!(w.initial_len(), 0);
+        w.write_at(0, b(b"T")).await.unwrap();
+        let c = w.commit().await.unwrap();
+        assert_eq!(
+            (c.size, &c.content.read_at(0, 10).await.unwrap()[..]),
+            (1, &b"T"[..])
+        );
+        assert_eq!(std::fs::read(&on_disk).unwrap(), b"T", "{mode:?} Truncate");
+
+        // Append to a file that does not exist starts empty.
+        let w = s
+            .create(&vp("/fresh"), opts(mode, WriteStart::Append, false))
+            .await
+            .unwrap();
+        assert_eq!(w.initial_len(), 0);
+        w.write_at(0, b(b"fresh")).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(std::fs::read(j.home.join("fresh")).unwrap(), b"fresh");
+        j.assert_no_temporaries();
+    }
+}
+
+#[tokio::test]
+async fn exclusive_refuses_an_existing_target() {
+    for mode in ALL_MODES {
+        let j = with_old_file();
+        let s: &dyn Storage = &j.storage;
+        for start in ALL_STARTS {
+            let r = s.create(&vp("/f.txt"), opts(mode, start, true)).await;
+            assert!(
+                matches!(r, Err(VfsError::AlreadyExists)),
+                "{mode:?} {start:?}"
+            );
+        }
+        assert_eq!(std::fs::read(j.home.join("f.txt")).unwrap(), OLD);
+        // A folder is never a file target.
+        std::fs::create_dir(j.home.join("dir")).unwrap();
+        for exclusive in [false, true] {
+            let r = s
+                .create(&vp("/dir"), opts(mode, WriteStart::Truncate, exclusive))
+                .await;
+            assert!(
+                matches!(r, Err(VfsError::IsADirectory | VfsError::AlreadyExists)),
+                "{mode:?} dir"
+            );
+        }
+        // A new name works.
+        let w = s
+            .create(&vp("/new.txt"), opts(mode, WriteStart::Truncate, true))
+            .await
+            .unwrap();
+        w.write_at(0, b(b"new")).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(std::fs::read(j.home.join("new.txt")).unwrap(), b"new");
+        j.assert_no_temporaries();
+    }
+}
+
+#[tokio::test]
+async fn exclusive_commit_loses_to_a_file_created_meanwhile() {
+    for mode in [UploadMode::Atomic, UploadMode::AtomicResume] {
+        let j = Jail::new();
+        let s: &dyn Storage = &j.storage;
+        let w = s
+            .create(&vp("/race.txt"), opts(mode, WriteStart::Truncate, true))
+            .await
+            .unwrap();
+        w.write_at(0, b(b"mine")).await.unwrap();
+        // Someone else (another session) wins the name meanwhile.
+        std::fs::write(j.home.join("race.txt"), b"theirs").unwrap();
+        let r = w.commit().await;
+        assert!(
+            matches!(r, Err(VfsError::AlreadyExists)),
+            "{mode:?}: {:?}",
+            r.err()
+        );
+        assert_eq!(
+            std::fs::read(j.home.join("race.txt")).unwrap(),
+            b"theirs",
+            "{mode:?}"
+        );
+        j.assert_no_temporaries();
+    }
+}
+
+#[tokio::test]
+async fn atomic_resume_keeps_the_partial_on_abort() {
+    let j = with_old_file();
+    let s: &dyn Storage = &j.storage;
+    let f = vp("/f.txt");
+    let on_disk = j.home.join("f.txt");
+
+    // Nothing written: the old content stays.
+    let w = s
+        .create(
+            &f,
+            opts(UploadMode::AtomicResume, WriteStart::Truncate, false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(temporaries_in(&j.home).len(), 1);
+    w.abort().await;
+    assert_eq!(std::fs::read(&on_disk).unwrap(), OLD);
+    j.assert_no_temporaries();
+
+    // Something written, explicit abort: the partial takes the final name.
+    let w = s
+        .create(
+            &f,
+            opts(UploadMode::AtomicResume, WriteStart::Truncate, false),
+        )
+        .await
+        .unwrap();
+    w.write_at(0, b(b"PART")).await.unwrap();
+    assert_eq!(
+        list_names(s, &VirtualPath::root()).await.unwrap(),
+        vec!["f.txt".to_owned()]
+    );
+    assert_eq!(
+        read_all(s, &f).await.unwrap(),
+        OLD,
+        "partial visible before abort"
+    );
+    w.abort().await;
+    assert_eq!(std::fs::read(&on_disk).unwrap(), b"PART");
+    j.assert_no_temporaries();
+
+    // A resumed upload interrupted by a dropped connection keeps prefix + new bytes,
+    // and can be resumed again from there.
+    let w = s
+        .create(
+            &f,
+            opts(UploadMode::AtomicResume, WriteStart::ResumeAt(2), false),
+        )
+        .await
+        .unwrap();
+    w.write_at(2, b(b"rt-2")).await.unwrap();
+    drop(w);
+    assert_eq!(std::fs::read(&on_disk).unwrap(), b"PArt-2");
+    let w = s
+        .create(
+            &f,
+            opts(UploadMode::AtomicResume, WriteStart::ResumeAt(6), false),
+        )
+        .await
+        .unwrap();
+    w.write_at(6, b(b"+done")).await.unwrap();
+    assert_eq!(w.commit().await.unwrap().size, 11);
+    assert_eq!(std::fs::read(&on_disk).unwrap(), b"PArt-2+done");
+
+    // A new name gets its partial too.
+    let w = s
+        .create(
+            &vp("/new"),
+            opts(UploadMode::AtomicResume, WriteStart::Truncate, false),
+        )
+        .await
+        .unwrap();
+    w.write_at(0, b(b"half")).await.unwrap();
+    w.abort().await;
+    assert_eq!(std::fs::read(j.home.join("new")).unwrap(), b"half");
+    j.assert_no_temporaries();
+}
+
+#[tokio::test]
+async fn direct_mode_writes_in_place() {
+    let j = with_old_file();
+    let s: &dyn Storage = &j.storage;
+    let f = vp("/f.txt");
+    let on_disk = j.home.join("f.txt");
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let old_ino = ino(&on_disk);
+
+    let w = s
+        .create(&f, opts(UploadMode::Direct, WriteStart::Truncate, false))
+        .await
+        .unwrap();
+    // Truncated at once, no temporary.
+    assert_eq!(std::fs::read(&on_disk).unwrap(), b"");
+    assert!(temporaries_in(&j.home).is_empty());
+    w.write_at(0, b(b"direct")).await.unwrap();
+    assert_eq!(
+        std::fs::read(&on_disk).unwrap(),
+        b"direct",
+        "bytes not visible in place"
+    );
+    assert_eq!(read_all(s, &f).await.unwrap(), b"direct");
+    let c = w.commit().await.unwrap();
+    assert_eq!(c.size, 6);
+    assert_eq!(
+        ino(&on_disk),
+        old_ino,
+        "direct mode must write the same inode"
+    );
+
+    // Abort keeps what was written.
+    let w = s
+        .create(&f, opts(UploadMode::Direct, WriteStart::Append, false))
+        .await
+        .unwrap();
+    w.write_at(6, b(b"+more")).await.unwrap();
+    w.abort().await;
+    assert_eq!(std::fs::read(&on_disk).unwrap(), b"direct+more");
+    j.assert_no_temporaries();
+}
+
+#[tokio::test]
+async fn upload_targets_must_be_valid() {
+    let j = Jail::new();
+    let s: &dyn Storage = &j.storage;
+    for mode in ALL_MODES {
+        let r = s
+            .create(
+                &VirtualPath::root(),
+                opts(mode, WriteStart::Truncate, false),
+            )
+            .await;
+        assert!(r.is_err(), "{mode:?} created the root");
+        let r = s
+            .create(
+                &vp("/no/such/dir/x"),
+                opts(mode, WriteStart::Truncate, false),
+            )
+            .await;
+        assert!(matches!(r, Err(VfsError::NotFound)), "{mode:?}");
+    }
+    // Temporaries cannot be named by clients.
+    let w = s
+        .create(
+            &vp("/x"),
+            opts(UploadMode::Atomic, WriteStart::Truncate, false),
+        )
+        .await
+        .unwrap();
+    let temp = temporaries_in(&j.home).pop().unwrap();
+    assert!(VirtualPath::parse(&temp).is_err());
+    assert!(VirtualPath::parse(&format!("/sub/../{temp}")).is_err());
+    w.abort().await;
+    j.assert_no_temporaries();
+    assert!(!j.home.join("x").exists());
+}
+
+// ---------------------------------------------------------------------------
+// Crash mid-upload
+// ---------------------------------------------------------------------------
+
+const CRASH_ENV: &str = "DROPGATE_VFS_CRASH_CHILD";
+const CRASH_CHILD_TEST: &str = "crash_child_helper";
+
+/// Not a test on its own: the child side of `crash_mid_upload_*`. With
+/// `DROPGATE_VFS_CRASH_CHILD=<storage root>` it starts an atomic upload of
+/// `/f.txt` in home `alice`, writes, says READY and waits to be killed.
+#[test]
+fn crash_child_helper() {
+    let Some(root) = std::env::var_os(CRASH_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let storage = LocalStorage::open(Path::new(&root), "alice").unwrap();
+        let w = storage
+            .create(
+                &vp("/f.txt"),
+                opts(UploadMode::Atomic, WriteStart::Truncate, false),
+            )
+            .await
+            .unwrap();
+        w.write_at(0, Bytes::from(vec![b'N'; 64 * 1024]))
+            .await
+            .unwrap();
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "READY").unwrap();
+        out.flush().unwrap();
+        drop(out);
+        std::thread::sleep(Duration::from_secs(120));
+        // Never reached in practice: the parent kills us first.
+        drop(w);
+    });
+}
+
+/// Runs the crash child against `root`, kills it with SIGKILL once it is mid-upload.
+fn run_and_kill_child(root: &Path) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            CRASH_CHILD_TEST,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_ENV, root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("READY") {
+                let _ = tx.send(());
+                break;
+            }
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(60));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        ready.is_ok(),
+        "child never became ready (status {status:?})"
+    );
+    assert!(!status.success());
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+}
+
+async fn crash_mid_upload(pre_existing: Option<&[u8]>) {
+    let j = Jail::new();
+    let f = j.home.join("f.txt");
+    if let Some(old) = pre_existing {
+        std::fs::write(&f, old).unwrap();
+    }
+    let started = Instant::now();
+    run_and_kill_child(&j.root);
+    assert!(started.elapsed() < Duration::from_secs(90));
+
+    // The final name is untouched.
+    match pre_existing {
+        Some(old) => assert_eq!(std::fs::read(&f).unwrap(), old),
+        None => assert!(!f.exists()),
+    }
+    // The partial is on disk, as a hidden temporary.
+    let temps = temporaries_in(&j.home);
+    assert_eq!(temps.len(), 1, "{temps:?}");
+    assert_eq!(
+        std::fs::metadata(j.home.join(&temps[0])).unwrap().len(),
+        64 * 1024
+    );
+    let s: &dyn Storage = &j.storage;
+    let names = list_names(s, &VirtualPath::root()).await.unwrap();
+    let expected: Vec<String> = pre_existing.iter().map(|_| "f.txt".to_owned()).collect();
+    assert_eq!(names, expected);
+
+    // The startup sweep removes it and nothing else.
+    std::fs::write(j.home.join("keep.txt"), b"keep").unwrap();
+    let outside = j.snapshot_outside();
+    assert_eq!(sweep_stale_temporaries(&j.root).unwrap(), 1);
+    j.assert_no_temporaries();
+    assert_eq!(std::fs::read(j.home.join("keep.txt")).unwrap(), b"keep");
+    if let Some(old) = pre_existing {
+        assert_eq!(std::fs::read(&f).unwrap(), old);
+    }
+    assert_eq!(j.snapshot_outside(), outside);
+    assert_eq!(sweep_stale_temporaries(&j.root).unwrap(), 0);
+}
+
+#[tokio::test]
+async fn crash_mid_upload_over_an_existing_file() {
+    crash_mid_upload(Some(OLD)).await;
+}
+
+#[tokio::test]
+async fn crash_mid_upload_of_a_new_file() {
+    crash_mid_upload(None).await;
+}
+
+#[test]
+fn sweep_does_not_follow_symlinks() {
+    let j = Jail::new();
+    // A temporary-looking file outside the swept tree, reachable only by a symlink.
+    let elsewhere = j.tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join(format!("{TEMP_PREFIX}0000")), b"not ours").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, j.home.join("link")).unwrap();
+    std::fs::create_dir_all(j.home.join("a/b")).unwrap();
+    std::fs::write(j.home.join(format!("a/b/{TEMP_PREFIX}1111")), b"stale").unwrap();
+    std::fs::write(j.home.join("a/b/regular"), b"regular").unwrap();
+    assert_eq!(sweep_stale_temporaries(&j.root).unwrap(), 1);
+    assert!(elsewhere.join(format!("{TEMP_PREFIX}0000")).exists());
+    assert!(j.home.join("a/b/regular").exists());
+    assert!(!j.home.join(format!("a/b/{TEMP_PREFIX}1111")).exists());
+    assert_eq!(
+        sweep_stale_temporaries(&j.tmp.path().join("missing")).unwrap(),
+        0
+    );
+}
