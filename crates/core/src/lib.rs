@@ -1,1 +1,288 @@
-//! placeholder
+//! What every protocol shares.
+//!
+//! Owns: authentication (`Gateway::authenticate`), the [`Session`] a protocol
+//! gets back (every filesystem operation goes through it: permission check,
+//! quota, audit event), the live-session registry, and the audit writer.
+//!
+//! Protocol crates (`ftp`, `ftps`, `sftp`) talk to this crate and to
+//! `dropgate-vfs` types only: never to the database or the disk directly.
+//! This crate must not know any wire protocol.
+
+mod audit;
+mod error;
+mod permissions;
+mod quota;
+mod registry;
+mod session;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use dropgate_store::{Event, EventKind, Outcome, Protocol, Store, Verified};
+use dropgate_vfs::{LocalStorage, Storage, UploadMode};
+
+pub use audit::AuditLog;
+pub use error::{ErrorClass, FsError, FsResult};
+pub use permissions::PermissionSet;
+pub use quota::{QuotaGuard, QuotaTracker, Usage};
+pub use registry::{Direction, SessionRegistry, SessionSnapshot, TransferSnapshot};
+pub use session::{Download, Session, Upload};
+
+pub use dropgate_store as store;
+pub use dropgate_store::{Permission, User};
+pub use dropgate_vfs as vfs;
+
+/// Settings `core` needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where local homes live (`[storage] root`).
+    pub storage_root: PathBuf,
+    /// `[storage] upload_mode`.
+    pub upload_mode: UploadMode,
+    /// Shown in events and sessions (`[cluster] node_name`).
+    pub node_name: String,
+}
+
+/// What a client proved its identity with.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// A password (FTP PASS, SSH password auth).
+    Password(&'a str),
+    /// An SSH public key whose signature the SSH layer already verified,
+    /// in OpenSSH one-line form (`ssh-ed25519 AAAA…`; a comment is ignored).
+    PublicKey(&'a str),
+}
+
+/// Why a login failed, as far as a protocol may know.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong name or secret, disabled, expired, wrong IP or protocol: one
+    /// generic failure for every reason (the reason goes to the audit log).
+    #[error("authentication failed")]
+    Failed,
+    /// The store or the storage is unreachable (temporary; 421 / disconnect).
+    #[error("service unavailable")]
+    Unavailable,
+}
+
+/// The shared heart of the gateway: one per process, shared by every listener.
+pub struct Gateway {
+    store: Store,
+    config: GatewayConfig,
+    sessions: SessionRegistry,
+    quotas: QuotaTracker,
+    audit: AuditLog,
+    /// Bounds background SHA-256 computations of committed uploads.
+    hash_permits: tokio::sync::Semaphore,
+}
+
+impl Gateway {
+    /// Builds the gateway and starts its audit writer (needs a tokio runtime).
+    pub fn new(store: Store, config: GatewayConfig) -> Arc<Gateway> {
+        let audit = AuditLog::start(store.clone());
+        Arc::new(Gateway {
+            store,
+            config,
+            sessions: SessionRegistry::default(),
+            quotas: QuotaTracker::default(),
+            audit,
+            hash_permits: tokio::sync::Semaphore::new(2),
+        })
+    }
+
+    /// The account store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Live sessions.
+    pub fn sessions(&self) -> &SessionRegistry {
+        &self.sessions
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.config.node_name
+    }
+
+    /// Disconnects every session and waits until all audit events are stored.
+    pub async fn shutdown(&self) {
+        self.sessions.disconnect_all();
+        // Give sessions a moment to record their final events.
+        for _ in 0..50 {
+            if self.sessions.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.audit.flush().await;
+    }
+
+    /// Checks a login and opens a session jailed to the account's home.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        protocol: Protocol,
+        username: &str,
+        credential: Credential<'_>,
+        peer: SocketAddr,
+    ) -> Result<Session, AuthError> {
+        let record = match self.store.get_user(username).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "user lookup failed");
+                return Err(AuthError::Unavailable);
+            }
+        };
+        let fail = |reason: &str| {
+            self.record_login(protocol, username, peer, Outcome::Failed, Some(reason));
+            Err(AuthError::Failed)
+        };
+
+        // The secret is checked first and the same way whether or not the
+        // account exists, so timing does not tell them apart.
+        let verified = match credential {
+            Credential::Password(pw) => {
+                let stored = record.as_ref().and_then(|r| r.password_hash.as_deref());
+                self.store.hasher().verify(pw, stored).await
+            }
+            Credential::PublicKey(offered) => {
+                let matches = record
+                    .as_ref()
+                    .is_some_and(|r| r.user.public_keys.iter().any(|k| same_public_key(k, offered)));
+                if matches { Verified::Ok } else { Verified::Wrong }
+            }
+        };
+        let Some(record) = record else {
+            return fail("unknown user");
+        };
+        if verified == Verified::Wrong {
+            return fail(match credential {
+                Credential::Password(_) => "wrong password",
+                Credential::PublicKey(_) => "unknown public key",
+            });
+        }
+        let user = record.user;
+        if !user.enabled {
+            return fail("account disabled");
+        }
+        if user.expires_at.is_some_and(|t| t <= Utc::now()) {
+            return fail("account expired");
+        }
+        if !user.allowed_ips.is_empty() && !user.allowed_ips.iter().any(|net| net.contains(&canonical_ip(peer.ip()))) {
+            return fail("source address not allowed");
+        }
+        if !user.protocols.contains(&protocol) {
+            return fail("protocol not allowed");
+        }
+
+        if verified == Verified::OkNeedsRehash
+            && let Credential::Password(pw) = credential
+        {
+            match self.store.hasher().hash(pw).await {
+                Ok(h) => {
+                    if let Err(e) = self.store.set_user_password_hash(&user.username, Some(&h)).await {
+                        tracing::warn!(error = %e, "could not upgrade a password hash");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not re-hash a password"),
+            }
+        }
+
+        let fs: Arc<dyn Storage> = match LocalStorage::open(&self.config.storage_root, &user.home) {
+            Ok(fs) => Arc::new(fs),
+            Err(e) => {
+                tracing::error!(error = %e, user = %user.username, "cannot open home");
+                self.record_login(protocol, username, peer, Outcome::Failed, Some("home unavailable"));
+                return Err(AuthError::Unavailable);
+            }
+        };
+        let quota = self.quotas.guard(&user.username, user.quota, fs.as_ref()).await;
+        let now = Utc::now();
+        let store = self.store.clone();
+        let name = user.username.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_user_login(&name, now).await {
+                tracing::warn!(error = %e, "could not record last login");
+            }
+        });
+        let session = Session::open(self.clone(), user, protocol, peer, fs, quota, self.config.upload_mode);
+        self.audit.record(session.event(EventKind::Login, None, Outcome::Ok));
+        Ok(session)
+    }
+
+    fn record_login(&self, protocol: Protocol, username: &str, peer: SocketAddr, outcome: Outcome, why: Option<&str>) {
+        // Cap what a client can make us store.
+        let username: String = username.chars().take(128).collect();
+        self.audit.record(Event {
+            id: 0,
+            time: Utc::now(),
+            kind: EventKind::Login,
+            username,
+            protocol: protocol.as_str().to_owned(),
+            remote_addr: peer.to_string(),
+            path: None,
+            target_path: None,
+            bytes: None,
+            duration_ms: None,
+            outcome,
+            sha256: None,
+            message: why.map(str::to_owned),
+            node: self.config.node_name.clone(),
+            session_id: None,
+        });
+    }
+
+    /// Per-account usage counters (the admin API forgets an account's on delete).
+    pub fn quotas(&self) -> &QuotaTracker {
+        &self.quotas
+    }
+
+    pub(crate) fn hash_permits(&self) -> &tokio::sync::Semaphore {
+        &self.hash_permits
+    }
+}
+
+/// Two OpenSSH key lines name the same key when type and blob match
+/// (comments and options differ freely).
+fn same_public_key(stored: &str, offered: &str) -> bool {
+    let key = |s: &str| {
+        let mut it = s.split_whitespace();
+        (it.next().map(str::to_owned), it.next().map(str::to_owned))
+    };
+    let (a, b) = (key(stored), key(offered));
+    a.0.is_some() && a.1.is_some() && a == b
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) match IPv4 rules.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_comparison_ignores_comments() {
+        assert!(same_public_key("ssh-ed25519 AAAA1 alice@x", "ssh-ed25519 AAAA1"));
+        assert!(!same_public_key("ssh-ed25519 AAAA1", "ssh-ed25519 AAAA2"));
+        assert!(!same_public_key("ssh-rsa AAAA1", "ssh-ed25519 AAAA1"));
+        assert!(!same_public_key("", ""));
+    }
+
+    #[test]
+    fn mapped_addresses_match_v4_rules() {
+        let ip: IpAddr = "::ffff:10.1.2.3".parse().unwrap_or(IpAddr::V4([0, 0, 0, 0].into()));
+        assert_eq!(canonical_ip(ip), IpAddr::V4([10, 1, 2, 3].into()));
+    }
+}

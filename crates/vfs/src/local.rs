@@ -95,6 +95,10 @@ fn to_meta(m: &cap_std::fs::Metadata) -> Metadata {
 /// Splits a path into its parent (relative) and final name; the root has no name.
 fn split(path: &VirtualPath) -> VfsResult<(String, String)> {
     let name = path.file_name().ok_or(VfsError::PermissionDenied)?;
+    // Callers use `name` as a raw single component (renameat): never `.`/`..`.
+    if name == "." || name == ".." {
+        return Err(VfsError::PermissionDenied);
+    }
     Ok((path.parent().relative().to_owned(), name.to_owned()))
 }
 

@@ -1,0 +1,155 @@
+//! Per-account storage usage, enforced while bytes flow.
+//!
+//! Usage is counted in memory, shared by every session of an account, so two
+//! concurrent uploads cannot both slip under the limit: each write reserves
+//! the bytes it adds before they reach the disk. The first session of an
+//! account with a quota measures its home once; from then on uploads and
+//! deletes keep the count.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dropgate_store::Quota;
+use dropgate_vfs::{Storage, VirtualPath};
+
+use crate::FsError;
+
+/// Bytes and files in use by one account (committed plus reserved).
+#[derive(Debug, Default)]
+pub struct Usage {
+    bytes: AtomicU64,
+    files: AtomicU64,
+}
+
+impl Usage {
+    /// Current bytes (committed + reserved by uploads in progress).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    /// Current files.
+    pub fn files(&self) -> u64 {
+        self.files.load(Ordering::Relaxed)
+    }
+}
+
+/// An account's quota together with its live usage.
+#[derive(Debug, Clone)]
+pub struct QuotaGuard {
+    limit: Quota,
+    usage: Option<Arc<Usage>>,
+}
+
+impl QuotaGuard {
+    /// No limits, nothing counted.
+    pub fn unlimited() -> Self {
+        QuotaGuard { limit: Quota::default(), usage: None }
+    }
+
+    /// Reserves `bytes` more, or fails without reserving anything.
+    pub fn reserve_bytes(&self, bytes: u64) -> Result<(), FsError> {
+        let Some(usage) = &self.usage else { return Ok(()) };
+        if bytes == 0 {
+            return Ok(());
+        }
+        let before = usage.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if self.limit.max_bytes > 0 && before.saturating_add(bytes) > self.limit.max_bytes {
+            usage.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(FsError::QuotaExceeded);
+        }
+        Ok(())
+    }
+
+    /// Counts bytes without checking the limit (content that is already on
+    /// disk, e.g. the kept prefix of a committed resume).
+    pub fn reserve_bytes_unchecked(&self, bytes: u64) {
+        if let Some(usage) = &self.usage {
+            usage.bytes.fetch_add(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// Gives bytes back (aborted upload, deleted or replaced file).
+    pub fn release_bytes(&self, bytes: u64) {
+        if let Some(usage) = &self.usage {
+            let _ = usage.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(bytes)));
+        }
+    }
+
+    /// Reserves one more file, or fails.
+    pub fn reserve_file(&self) -> Result<(), FsError> {
+        let Some(usage) = &self.usage else { return Ok(()) };
+        let before = usage.files.fetch_add(1, Ordering::AcqRel);
+        if self.limit.max_files > 0 && before + 1 > self.limit.max_files {
+            usage.files.fetch_sub(1, Ordering::AcqRel);
+            return Err(FsError::QuotaExceeded);
+        }
+        Ok(())
+    }
+
+    /// Gives one file back.
+    pub fn release_file(&self) {
+        if let Some(usage) = &self.usage {
+            let _ = usage.files.fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| Some(f.saturating_sub(1)));
+        }
+    }
+
+    /// The account's usage, when it has a quota.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.usage.as_deref()
+    }
+}
+
+/// Usage of every account with a quota, shared by all sessions of this process.
+#[derive(Default)]
+pub struct QuotaTracker {
+    accounts: Mutex<HashMap<String, Arc<Usage>>>,
+}
+
+impl QuotaTracker {
+    /// The guard for an account; measures the home on first use.
+    pub async fn guard(&self, username: &str, limit: Quota, fs: &dyn Storage) -> QuotaGuard {
+        if limit.max_bytes == 0 && limit.max_files == 0 {
+            return QuotaGuard::unlimited();
+        }
+        let existing = self.accounts.lock().unwrap_or_else(|p| p.into_inner()).get(username).cloned();
+        let usage = match existing {
+            Some(u) => u,
+            None => {
+                let (bytes, files) = measure(fs).await;
+                let mut map = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+                map.entry(username.to_owned())
+                    .or_insert_with(|| {
+                        Arc::new(Usage { bytes: AtomicU64::new(bytes), files: AtomicU64::new(files) })
+                    })
+                    .clone()
+            }
+        };
+        QuotaGuard { limit, usage: Some(usage) }
+    }
+
+    /// Forgets an account's count (it is measured again at the next login).
+    pub fn forget(&self, username: &str) {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).remove(username);
+    }
+}
+
+/// Walks a home and adds up file sizes (symlinks are not followed twice:
+/// only regular files count).
+async fn measure(fs: &dyn Storage) -> (u64, u64) {
+    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut stack = vec![VirtualPath::root()];
+    while let Some(dir) = stack.pop() {
+        let Ok(mut entries) = fs.list(&dir).await else { continue };
+        while let Some(Ok(entry)) = entries.next().await {
+            let Ok(path) = dir.join(&entry.name) else { continue };
+            let Ok(meta) = fs.symlink_metadata(&path).await else { continue };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                bytes += meta.size;
+                files += 1;
+            }
+        }
+    }
+    (bytes, files)
+}

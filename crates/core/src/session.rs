@@ -1,0 +1,721 @@
+//! A logged-in session: the only door protocols have to the filesystem.
+//!
+//! Every method checks the account's permission on the (already jailed)
+//! virtual path, keeps the quota, and records an audit event, so no protocol
+//! can forget one of the three.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use chrono::Utc;
+use dropgate_store::{Event, EventKind, Outcome, Permission, Protocol, User};
+use dropgate_vfs::{
+    CreateOptions, DirStream, FileReader, FileWriter, FsStats, Metadata, Storage, UploadMode, VfsError, VirtualPath,
+    WriteStart,
+};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{Direction, SessionEntry, TransferState};
+use crate::{FsError, FsResult, Gateway, PermissionSet, QuotaGuard};
+
+/// A logged-in session; cheap to clone (all clones are the same session).
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    gateway: Arc<Gateway>,
+    entry: Arc<SessionEntry>,
+    user: User,
+    protocol: Protocol,
+    perms: PermissionSet,
+    fs: Arc<dyn Storage>,
+    quota: QuotaGuard,
+    upload_mode: UploadMode,
+    started: Instant,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.gateway.sessions().remove(&self.entry.id);
+        let mut e = event_base(&self.gateway, &self.entry, self.protocol, EventKind::Logout, Outcome::Ok);
+        e.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        self.gateway.audit().record(e);
+    }
+}
+
+fn event_base(gw: &Gateway, entry: &SessionEntry, protocol: Protocol, kind: EventKind, outcome: Outcome) -> Event {
+    Event {
+        id: 0,
+        time: Utc::now(),
+        kind,
+        username: entry.username.clone(),
+        protocol: protocol.as_str().to_owned(),
+        remote_addr: entry.remote_addr.to_string(),
+        path: None,
+        target_path: None,
+        bytes: None,
+        duration_ms: None,
+        outcome,
+        sha256: None,
+        message: None,
+        node: gw.node_name().to_owned(),
+        session_id: Some(entry.id.clone()),
+    }
+}
+
+fn outcome_of(e: &FsError) -> Outcome {
+    match e {
+        FsError::Denied | FsError::QuotaExceeded => Outcome::Denied,
+        FsError::Vfs(VfsError::PermissionDenied) => Outcome::Denied,
+        _ => Outcome::Failed,
+    }
+}
+
+impl Session {
+    pub(crate) fn open(
+        gateway: Arc<Gateway>,
+        user: User,
+        protocol: Protocol,
+        peer: SocketAddr,
+        fs: Arc<dyn Storage>,
+        quota: QuotaGuard,
+        upload_mode: UploadMode,
+    ) -> Session {
+        let id = format!("{:016x}", rand_id());
+        let entry = Arc::new(SessionEntry {
+            id,
+            username: user.username.clone(),
+            protocol: protocol.as_str().to_owned(),
+            remote_addr: peer,
+            started_at: Utc::now(),
+            cancel: CancellationToken::new(),
+            transfers: Default::default(),
+        });
+        gateway.sessions().insert(entry.clone());
+        let perms = PermissionSet::new(&user.permissions);
+        Session {
+            inner: Arc::new(Inner {
+                gateway,
+                entry,
+                user,
+                protocol,
+                perms,
+                fs,
+                quota,
+                upload_mode,
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    /// The session id (as listed by the admin API).
+    pub fn id(&self) -> &str {
+        &self.inner.entry.id
+    }
+
+    /// The account.
+    pub fn user(&self) -> &User {
+        &self.inner.user
+    }
+
+    /// The account name.
+    pub fn username(&self) -> &str {
+        &self.inner.user.username
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.inner.entry.remote_addr
+    }
+
+    /// Cancelled when an admin ends the session or the server shuts down;
+    /// protocol loops select on it and disconnect.
+    pub fn cancelled(&self) -> CancellationToken {
+        self.inner.entry.cancel.clone()
+    }
+
+    /// Whether the session has been ended from outside.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.entry.cancel.is_cancelled()
+    }
+
+    /// Whether the account may do `perm` on `path` (no error, no event).
+    pub fn allows(&self, path: &VirtualPath, perm: Permission) -> bool {
+        self.inner.perms.allows(path, perm)
+    }
+
+    fn check(&self, path: &VirtualPath, perm: Permission) -> FsResult<()> {
+        if self.is_cancelled() {
+            return Err(FsError::Closed);
+        }
+        if self.inner.perms.allows(path, perm) { Ok(()) } else { Err(FsError::Denied) }
+    }
+
+    pub(crate) fn event(&self, kind: EventKind, path: Option<&VirtualPath>, outcome: Outcome) -> Event {
+        let mut e = event_base(&self.inner.gateway, &self.inner.entry, self.inner.protocol, kind, outcome);
+        e.path = path.map(|p| p.as_str().to_owned());
+        e
+    }
+
+    fn record<T>(&self, kind: EventKind, path: &VirtualPath, target: Option<&VirtualPath>, r: &FsResult<T>) {
+        let mut e = self.event(kind, Some(path), r.as_ref().map_or_else(outcome_of, |_| Outcome::Ok));
+        e.target_path = target.map(|t| t.as_str().to_owned());
+        if let Err(err) = r {
+            e.message = Some(err.to_string());
+        }
+        self.inner.gateway.audit().record(e);
+    }
+
+    /// Metadata of `path` (symlinks inside the jail followed). Needs `list`
+    /// on the containing folder.
+    pub async fn metadata(&self, path: &VirtualPath) -> FsResult<Metadata> {
+        self.check(&path.parent(), Permission::List)?;
+        Ok(self.inner.fs.metadata(path).await?)
+    }
+
+    /// Metadata of the entry itself. Needs `list` on the containing folder.
+    pub async fn symlink_metadata(&self, path: &VirtualPath) -> FsResult<Metadata> {
+        self.check(&path.parent(), Permission::List)?;
+        Ok(self.inner.fs.symlink_metadata(path).await?)
+    }
+
+    /// Streams a folder's entries. Needs `list` on the folder.
+    pub async fn list(&self, path: &VirtualPath) -> FsResult<DirStream> {
+        self.check(path, Permission::List)?;
+        Ok(self.inner.fs.list(path).await?)
+    }
+
+    /// Opens a file for download. Needs `download`.
+    pub async fn open_download(&self, path: &VirtualPath) -> FsResult<Download> {
+        let r = async {
+            self.check(path, Permission::Download)?;
+            Ok(self.inner.fs.open_read(path).await?)
+        }
+        .await;
+        match r {
+            Ok(reader) => Ok(Download {
+                transfer: self.start_transfer(path, Direction::Download),
+                session: self.clone(),
+                path: path.clone(),
+                reader,
+                started: Instant::now(),
+                finished: false,
+            }),
+            Err(e) => {
+                let mut ev = self.event(EventKind::Download, Some(path), outcome_of(&e));
+                ev.message = Some(e.to_string());
+                self.inner.gateway.audit().record(ev);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts an upload. A new file needs `upload`; writing into an existing
+    /// one (replace, resume, append) needs `overwrite`.
+    pub async fn open_upload(&self, path: &VirtualPath, start: WriteStart, exclusive: bool) -> FsResult<Upload> {
+        let r = self.open_upload_inner(path, start, exclusive).await;
+        if let Err(e) = &r {
+            let mut ev = self.event(EventKind::Upload, Some(path), outcome_of(e));
+            ev.message = Some(e.to_string());
+            self.inner.gateway.audit().record(ev);
+        }
+        r
+    }
+
+    async fn open_upload_inner(&self, path: &VirtualPath, start: WriteStart, exclusive: bool) -> FsResult<Upload> {
+        if self.is_cancelled() {
+            return Err(FsError::Closed);
+        }
+        let existing = match self.inner.fs.metadata(path).await {
+            Ok(m) if m.is_dir() => return Err(VfsError::IsADirectory.into()),
+            Ok(m) => Some(m.size),
+            Err(VfsError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match existing {
+            Some(_) if exclusive => return Err(VfsError::AlreadyExists.into()),
+            Some(_) => self.check(path, Permission::Overwrite)?,
+            None => self.check(path, Permission::Upload)?,
+        }
+        let new_file = existing.is_none();
+        if new_file {
+            self.inner.quota.reserve_file()?;
+        }
+        let opts = CreateOptions { mode: self.inner.upload_mode, start, exclusive };
+        let writer = match self.inner.fs.create(path, opts).await {
+            Ok(w) => w,
+            Err(e) => {
+                if new_file {
+                    self.inner.quota.release_file();
+                }
+                return Err(e.into());
+            }
+        };
+        let initial = writer.initial_len();
+        Ok(Upload {
+            transfer: self.start_transfer(path, Direction::Upload),
+            session: self.clone(),
+            path: path.clone(),
+            writer: Some(writer),
+            started: Instant::now(),
+            initial_len: initial,
+            old_size: existing.unwrap_or(0),
+            new_file,
+            end: AtomicU64::new(initial),
+            reserved: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Renames a file or folder. Needs `rename` on both paths, and
+    /// `overwrite` on the target when it exists and `overwrite` is asked for.
+    pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> FsResult<()> {
+        let r = async {
+            self.check(from, Permission::Rename)?;
+            self.check(to, Permission::Rename)?;
+            if from.is_root() || to.is_root() {
+                return Err(FsError::Denied);
+            }
+            let replaced = match self.inner.fs.symlink_metadata(to).await {
+                Ok(m) if overwrite => {
+                    self.check(to, Permission::Overwrite)?;
+                    m.is_file().then_some(m.size)
+                }
+                Ok(_) => return Err(VfsError::AlreadyExists.into()),
+                Err(_) => None,
+            };
+            self.inner.fs.rename(from, to, overwrite).await?;
+            if let Some(size) = replaced {
+                self.inner.quota.release_bytes(size);
+                self.inner.quota.release_file();
+            }
+            Ok(())
+        }
+        .await;
+        self.record(EventKind::Rename, from, Some(to), &r);
+        r
+    }
+
+    /// Deletes a file. Needs `delete`.
+    pub async fn remove_file(&self, path: &VirtualPath) -> FsResult<()> {
+        let r = async {
+            self.check(path, Permission::Delete)?;
+            let meta = self.inner.fs.symlink_metadata(path).await?;
+            self.inner.fs.remove_file(path).await?;
+            if meta.is_file() {
+                self.inner.quota.release_bytes(meta.size);
+                self.inner.quota.release_file();
+            }
+            Ok(())
+        }
+        .await;
+        self.record(EventKind::Delete, path, None, &r);
+        r
+    }
+
+    /// Creates a folder. Needs `mkdir`.
+    pub async fn create_dir(&self, path: &VirtualPath) -> FsResult<()> {
+        let r = async {
+            self.check(path, Permission::Mkdir)?;
+            Ok(self.inner.fs.create_dir(path).await?)
+        }
+        .await;
+        self.record(EventKind::Mkdir, path, None, &r);
+        r
+    }
+
+    /// Removes an empty folder. Needs `rmdir`.
+    pub async fn remove_dir(&self, path: &VirtualPath) -> FsResult<()> {
+        let r = async {
+            self.check(path, Permission::Rmdir)?;
+            Ok(self.inner.fs.remove_dir(path).await?)
+        }
+        .await;
+        self.record(EventKind::Rmdir, path, None, &r);
+        r
+    }
+
+    /// Sets times. Needs `chtimes`.
+    pub async fn set_times(
+        &self,
+        path: &VirtualPath,
+        accessed: Option<SystemTime>,
+        modified: Option<SystemTime>,
+    ) -> FsResult<()> {
+        let r = async {
+            self.check(path, Permission::Chtimes)?;
+            Ok(self.inner.fs.set_times(path, accessed, modified).await?)
+        }
+        .await;
+        self.record(EventKind::Setstat, path, None, &r);
+        r
+    }
+
+    /// Truncates or extends a file. Needs `overwrite`; growth counts against the quota.
+    pub async fn set_len(&self, path: &VirtualPath, size: u64) -> FsResult<()> {
+        let r = async {
+            self.check(path, Permission::Overwrite)?;
+            let old = self.inner.fs.metadata(path).await?.size;
+            if size > old {
+                self.inner.quota.reserve_bytes(size - old)?;
+            }
+            match self.inner.fs.set_len(path, size).await {
+                Ok(()) => {
+                    if size < old {
+                        self.inner.quota.release_bytes(old - size);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    if size > old {
+                        self.inner.quota.release_bytes(size - old);
+                    }
+                    Err(e.into())
+                }
+            }
+        }
+        .await;
+        self.record(EventKind::Setstat, path, None, &r);
+        r
+    }
+
+    /// Where a symlink points (inside the jail). Needs `list` on its folder.
+    pub async fn read_link(&self, path: &VirtualPath) -> FsResult<VirtualPath> {
+        self.check(&path.parent(), Permission::List)?;
+        Ok(self.inner.fs.read_link(path).await?)
+    }
+
+    /// Links may not become a way around path permissions: both ends must be
+    /// governed by exactly the same rights.
+    fn same_rights(&self, a: &VirtualPath, b: &VirtualPath) -> bool {
+        const ALL: [Permission; 9] = [
+            Permission::List,
+            Permission::Download,
+            Permission::Upload,
+            Permission::Overwrite,
+            Permission::Delete,
+            Permission::Rename,
+            Permission::Mkdir,
+            Permission::Rmdir,
+            Permission::Chtimes,
+        ];
+        ALL.iter().all(|p| self.inner.perms.allows(a, *p) == self.inner.perms.allows(b, *p))
+    }
+
+    /// Creates a symlink `link` -> `target`. Needs `upload` on the link and
+    /// the same rights on both ends.
+    pub async fn symlink(&self, target: &VirtualPath, link: &VirtualPath) -> FsResult<()> {
+        let r = async {
+            self.check(link, Permission::Upload)?;
+            if !self.same_rights(target, link) {
+                return Err(FsError::Denied);
+            }
+            Ok(self.inner.fs.symlink(target, link).await?)
+        }
+        .await;
+        self.record(EventKind::Link, link, Some(target), &r);
+        r
+    }
+
+    /// Creates a hard link `dst` to `src`. Needs `upload` on `dst` and the same
+    /// rights on both ends.
+    pub async fn hard_link(&self, src: &VirtualPath, dst: &VirtualPath) -> FsResult<()> {
+        let r = async {
+            self.check(dst, Permission::Upload)?;
+            if !self.same_rights(src, dst) {
+                return Err(FsError::Denied);
+            }
+            self.inner.quota.reserve_file()?;
+            let res = self.inner.fs.hard_link(src, dst).await;
+            if res.is_err() {
+                self.inner.quota.release_file();
+            }
+            Ok(res?)
+        }
+        .await;
+        self.record(EventKind::Link, dst, Some(src), &r);
+        r
+    }
+
+    /// Filesystem capacity (for SFTP statvfs). Needs `list`.
+    pub async fn fs_stats(&self, path: &VirtualPath) -> FsResult<FsStats> {
+        self.check(path, Permission::List)?;
+        Ok(self.inner.fs.fs_stats(path).await?)
+    }
+
+    fn start_transfer(&self, path: &VirtualPath, direction: Direction) -> Arc<TransferState> {
+        let t = Arc::new(TransferState {
+            path: path.as_str().to_owned(),
+            direction,
+            bytes: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        self.inner.entry.transfers.lock().unwrap_or_else(|p| p.into_inner()).push(t.clone());
+        t
+    }
+
+    fn end_transfer(&self, t: &Arc<TransferState>) {
+        self.inner.entry.transfers.lock().unwrap_or_else(|p| p.into_inner()).retain(|x| !Arc::ptr_eq(x, t));
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per instance: unique enough for an id
+    // that only has to be unguessable-ish and unique within one process.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}
+
+/// A download in progress. Report progress with [`Download::add_bytes`] and
+/// end with [`Download::finish`]; dropping it records a failed transfer.
+pub struct Download {
+    session: Session,
+    path: VirtualPath,
+    reader: Arc<dyn FileReader>,
+    transfer: Arc<TransferState>,
+    started: Instant,
+    finished: bool,
+}
+
+impl Download {
+    /// The file content (positioned reads; `local_file()` for zero-copy).
+    pub fn reader(&self) -> &Arc<dyn FileReader> {
+        &self.reader
+    }
+
+    /// The file size when opened.
+    pub fn len(&self) -> u64 {
+        self.reader.len()
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Counts bytes sent to the client.
+    pub fn add_bytes(&self, n: u64) {
+        self.transfer.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes sent so far.
+    pub fn bytes(&self) -> u64 {
+        self.transfer.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Ends the download and records it (`error`: why it failed).
+    pub fn finish(mut self, error: Option<&str>) {
+        self.finish_inner(error);
+    }
+
+    fn finish_inner(&mut self, error: Option<&str>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.session.end_transfer(&self.transfer);
+        let outcome = if error.is_some() { Outcome::Failed } else { Outcome::Ok };
+        let mut e = self.session.event(EventKind::Download, Some(&self.path), outcome);
+        e.bytes = Some(self.bytes());
+        e.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        e.message = error.map(str::to_owned);
+        self.session.inner.gateway.audit().record(e);
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        self.finish_inner(Some("interrupted"));
+    }
+}
+
+/// An upload in progress. Write with [`Upload::write_at`] (bytes beyond the
+/// current end are reserved against the quota first), then [`Upload::commit`]
+/// or [`Upload::abort`]. Dropping it aborts.
+pub struct Upload {
+    session: Session,
+    path: VirtualPath,
+    writer: Option<Box<dyn FileWriter>>,
+    transfer: Arc<TransferState>,
+    started: Instant,
+    /// Bytes kept from the existing file (resume/append).
+    initial_len: u64,
+    /// Size of the file this upload replaces (0 if new).
+    old_size: u64,
+    new_file: bool,
+    /// Highest offset written so far.
+    end: AtomicU64,
+    /// Bytes reserved against the quota beyond `initial_len`.
+    reserved: AtomicU64,
+    failed: AtomicBool,
+}
+
+impl Upload {
+    /// Bytes already in the file when the upload started (resume/append offset).
+    pub fn initial_len(&self) -> u64 {
+        self.initial_len
+    }
+
+    /// The virtual path being written.
+    pub fn path(&self) -> &VirtualPath {
+        &self.path
+    }
+
+    /// Bytes written so far by this upload.
+    pub fn bytes(&self) -> u64 {
+        self.transfer.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Writes `data` at `offset` (absolute in the final file).
+    pub async fn write_at(&self, offset: u64, data: Bytes) -> FsResult<()> {
+        if self.session.is_cancelled() {
+            return Err(FsError::Closed);
+        }
+        let len = data.len() as u64;
+        let new_end = offset.saturating_add(len);
+        // Reserve what this write adds beyond the furthest byte so far.
+        let mut cur = self.end.load(Ordering::Acquire);
+        while new_end > cur {
+            let grow = new_end - cur;
+            self.session.inner.quota.reserve_bytes(grow)?;
+            match self.end.compare_exchange(cur, new_end, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.reserved.fetch_add(grow, Ordering::AcqRel);
+                    break;
+                }
+                Err(actual) => {
+                    self.session.inner.quota.release_bytes(grow);
+                    cur = actual;
+                }
+            }
+        }
+        let Some(writer) = &self.writer else { return Err(FsError::Closed) };
+        match writer.write_at(offset, data).await {
+            Ok(()) => {
+                self.transfer.bytes.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Relaxed);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Makes the upload durable and visible under its final name, then
+    /// records it (with the content's SHA-256, computed in the background).
+    /// Returns the final size.
+    pub async fn commit(mut self) -> FsResult<u64> {
+        let Some(writer) = self.writer.take() else { return Err(FsError::Closed) };
+        let result = writer.commit().await;
+        let session = self.session.clone();
+        session.end_transfer(&self.transfer);
+        let quota = &session.inner.quota;
+        match result {
+            Ok(committed) => {
+                // usage now holds old_size + reserved; the file is initial_len + reserved.
+                quota.release_bytes(self.old_size);
+                quota.reserve_bytes_unchecked(self.initial_len);
+                let mut event = session.event(EventKind::Upload, Some(&self.path), Outcome::Ok);
+                event.bytes = Some(self.bytes());
+                event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+                let size = committed.size;
+                let gateway = session.inner.gateway.clone();
+                let content = committed.content;
+                self.reserved.store(0, Ordering::Relaxed);
+                self.new_file = false;
+                tokio::spawn(async move {
+                    let _permit = gateway.hash_permits().acquire().await;
+                    event.sha256 = sha256_of(content).await;
+                    gateway.audit().record(event);
+                });
+                Ok(size)
+            }
+            Err(e) => {
+                let err = FsError::from(e);
+                self.release_and_record(Some(&err.to_string()));
+                Err(err)
+            }
+        }
+    }
+
+    /// Abandons the upload (what stays on disk depends on the upload mode)
+    /// and records why.
+    pub async fn abort(mut self, reason: &str) {
+        if let Some(w) = self.writer.take() {
+            w.abort().await;
+        }
+        self.release_and_record(Some(reason));
+    }
+
+    fn release_and_record(&mut self, reason: Option<&str>) {
+        let quota = &self.session.inner.quota;
+        quota.release_bytes(self.reserved.swap(0, Ordering::AcqRel));
+        if self.new_file {
+            quota.release_file();
+            self.new_file = false;
+        }
+        self.session.end_transfer(&self.transfer);
+        if let Some(reason) = reason {
+            let mut e = self.session.event(EventKind::Upload, Some(&self.path), Outcome::Failed);
+            e.bytes = Some(self.bytes());
+            e.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+            e.message = Some(reason.to_owned());
+            self.session.inner.gateway.audit().record(e);
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            drop(w); // the writer's own Drop aborts on disk
+            self.release_and_record(Some("interrupted"));
+        }
+    }
+}
+
+async fn sha256_of(content: Arc<dyn FileReader>) -> Option<String> {
+    let len = content.len();
+    if content.local_file().is_some() {
+        return tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let file = content.local_file()?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            while off < len {
+                let want = usize::try_from((len - off).min(buf.len() as u64)).ok()?;
+                let n = file.read_at(&mut buf[..want], off).ok()?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                off += n as u64;
+            }
+            Some(hex::encode(hasher.finalize()))
+        })
+        .await
+        .ok()
+        .flatten();
+    }
+    let mut hasher = Sha256::new();
+    let mut off = 0u64;
+    while off < len {
+        let chunk = content.read_at(off, 1 << 20).await.ok()?;
+        if chunk.is_empty() {
+            break;
+        }
+        hasher.update(&chunk);
+        off += chunk.len() as u64;
+    }
+    Some(hex::encode(hasher.finalize()))
+}
