@@ -1,0 +1,110 @@
+//! Test support: a real [`Gateway`] over a temporary SQLite file and storage
+//! root, and helpers to create accounts and find client tools. Used by the
+//! integration tests of every protocol crate so none of them copies set-up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use dropgate_core::store::{Store, User};
+use dropgate_core::{Gateway, GatewayConfig};
+use dropgate_vfs::UploadMode;
+
+/// A gateway on a temporary directory; everything is deleted on drop.
+pub struct TestGateway {
+    /// The gateway, ready for listeners.
+    pub gateway: Arc<Gateway>,
+    /// The store behind it.
+    pub store: Store,
+    /// Temporary directory holding the database and the storage root.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// A gateway in atomic upload mode.
+    pub async fn new() -> TestGateway {
+        Self::with_mode(UploadMode::Atomic).await
+    }
+
+    /// A gateway with the given upload mode.
+    pub async fn with_mode(mode: UploadMode) -> TestGateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}/dropgate.db", dir.path().display());
+        let store = Store::connect(&url, 4).await.expect("connect sqlite");
+        store.migrate().await.expect("migrate");
+        let gateway = Gateway::new(
+            store.clone(),
+            GatewayConfig { storage_root: dir.path().join("files"), upload_mode: mode, node_name: "test".into() },
+        );
+        TestGateway { gateway, store, dir }
+    }
+
+    /// The storage root (homes are folders below it).
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.path().join("files")
+    }
+
+    /// The on-disk home of `username` (created if missing).
+    pub fn home(&self, username: &str) -> PathBuf {
+        let p = self.storage_root().join(username);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Creates an account with a password and default permissions.
+    pub async fn add_user(&self, username: &str, password: &str) -> User {
+        self.add_user_with(User::new(username), Some(password)).await
+    }
+
+    /// Creates a customised account.
+    pub async fn add_user_with(&self, user: User, password: Option<&str>) -> User {
+        let hash = match password {
+            Some(p) => Some(self.store.hasher().hash(p).await.unwrap()),
+            None => None,
+        };
+        self.store.create_user(&user, hash.as_deref()).await.unwrap();
+        user
+    }
+
+    /// Waits until queued audit events are in the store.
+    pub async fn flush_events(&self) {
+        self.gateway.audit().flush().await;
+    }
+}
+
+/// Makes sure a command-line tool is on PATH, installing its Debian package
+/// when it is missing. Panics (failing the test) rather than skipping.
+pub fn require_tool(tool: &str, package: &str) {
+    if which(tool) {
+        return;
+    }
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(apt-get install -y --no-install-recommends {package} || (apt-get update && apt-get install -y --no-install-recommends {package})) >/dev/null 2>&1"
+        ))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok && which(tool), "{tool} is required (Debian package {package}) and could not be installed");
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool} >/dev/null")).status().is_ok_and(|s| s.success())
+}
+
+/// Writes `len` deterministic pseudo-random bytes to `path`.
+pub fn write_random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
