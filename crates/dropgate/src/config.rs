@@ -350,7 +350,8 @@ pub(crate) fn load(file: Option<&Path>) -> Result<Effective, ConfigError> {
 /// One line naming the key, without figment's provider noise.
 fn describe_figment(e: figment::Error) -> String {
     let key = e.path.join(".");
-    let what = e.kind.to_string();
+    // TOML parse errors carry a multi-line excerpt; the first line says where.
+    let what = e.kind.to_string().lines().next().unwrap_or("invalid value").to_owned();
     let origin = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
     if key.is_empty() {
         format!("configuration: {what}")
