@@ -10,6 +10,7 @@
 
 mod audit;
 mod error;
+mod metrics;
 mod permissions;
 mod quota;
 mod registry;
@@ -25,6 +26,7 @@ use dropgate_vfs::{LocalStorage, Storage, UploadMode};
 
 pub use audit::AuditLog;
 pub use error::{ErrorClass, FsError, FsResult};
+pub use metrics::{Metrics, ProtocolCounters};
 pub use permissions::PermissionSet;
 pub use quota::{QuotaGuard, QuotaTracker, Usage};
 pub use registry::{Direction, SessionRegistry, SessionSnapshot, TransferSnapshot};
@@ -74,6 +76,7 @@ pub struct Gateway {
     sessions: SessionRegistry,
     quotas: QuotaTracker,
     audit: AuditLog,
+    metrics: Metrics,
     /// Bounds background SHA-256 computations of committed uploads.
     hash_permits: tokio::sync::Semaphore,
 }
@@ -88,6 +91,7 @@ impl Gateway {
             sessions: SessionRegistry::default(),
             quotas: QuotaTracker::default(),
             audit,
+            metrics: Metrics::default(),
             hash_permits: tokio::sync::Semaphore::new(2),
         })
     }
@@ -105,6 +109,11 @@ impl Gateway {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// This node's name.
@@ -141,6 +150,7 @@ impl Gateway {
             }
         };
         let fail = |reason: &str| {
+            self.metrics.login(protocol, false);
             self.record_login(protocol, username, peer, Outcome::Failed, Some(reason));
             Err(AuthError::Failed)
         };
@@ -213,6 +223,7 @@ impl Gateway {
             }
         });
         let session = Session::open(self.clone(), user, protocol, peer, fs, quota, self.config.upload_mode);
+        self.metrics.login(protocol, true);
         self.audit.record(session.event(EventKind::Login, None, Outcome::Ok));
         Ok(session)
     }

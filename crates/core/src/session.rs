@@ -129,6 +129,11 @@ impl Session {
         &self.inner.user.username
     }
 
+    /// The protocol this session speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.inner.protocol
+    }
+
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.inner.entry.remote_addr
@@ -167,6 +172,9 @@ impl Session {
         let mut e = self.event(kind, Some(path), r.as_ref().map_or_else(outcome_of, |_| Outcome::Ok));
         e.target_path = target.map(|t| t.as_str().to_owned());
         if let Err(err) = r {
+            if err.class() == crate::ErrorClass::Internal {
+                self.inner.gateway.metrics().error(self.inner.protocol);
+            }
             e.message = Some(err.to_string());
         }
         self.inner.gateway.audit().record(e);
@@ -523,6 +531,8 @@ impl Download {
         self.finished = true;
         self.session.end_transfer(&self.transfer);
         let outcome = if error.is_some() { Outcome::Failed } else { Outcome::Ok };
+        let inner = &self.session.inner;
+        inner.gateway.metrics().download(inner.protocol, self.bytes(), error.is_none());
         let mut e = self.session.event(EventKind::Download, Some(&self.path), outcome);
         e.bytes = Some(self.bytes());
         e.duration_ms = Some(self.started.elapsed().as_millis() as u64);
@@ -624,6 +634,7 @@ impl Upload {
                 // usage now holds old_size + reserved; the file is initial_len + reserved.
                 quota.release_bytes(self.old_size);
                 quota.reserve_bytes_unchecked(self.initial_len);
+                session.inner.gateway.metrics().upload(session.inner.protocol, self.bytes(), true);
                 let mut event = session.event(EventKind::Upload, Some(&self.path), Outcome::Ok);
                 event.bytes = Some(self.bytes());
                 event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
@@ -665,6 +676,8 @@ impl Upload {
         }
         self.session.end_transfer(&self.transfer);
         if let Some(reason) = reason {
+            let inner = &self.session.inner;
+            inner.gateway.metrics().upload(inner.protocol, self.bytes(), false);
             let mut e = self.session.event(EventKind::Upload, Some(&self.path), Outcome::Failed);
             e.bytes = Some(self.bytes());
             e.duration_ms = Some(self.started.elapsed().as_millis() as u64);
