@@ -1,1 +1,94 @@
-//! placeholder
+//! The admin REST API of SPEC section 7 (axum), and the web console's page.
+//!
+//! Owns: the HTTP routes under `/api/v1` with their JSON shapes and error
+//! mapping, admin authentication (login tokens, API keys, the per-address
+//! limit on failed logins), the OpenAPI document generated from the handlers
+//! (`/api/v1/openapi.json`), `/healthz`, `/metrics`, and the hardening of the
+//! admin listener (body limit, timeout, security headers, no CORS).
+//!
+//! Must not: write SQL (every read and write goes through `dropgate-store`),
+//! decide login policy (that is `dropgate-core`), or touch the file storage,
+//! with one exception: `DELETE /api/v1/users/{name}?delete_files=true`
+//! removes the account's home after checking it lies strictly below the
+//! storage root.
+//!
+//! The binary binds with [`AdminServer::bind`] and serves with
+//! [`AdminServer::run`]; tests may take the bare [`router`].
+
+mod auth;
+mod error;
+mod events;
+mod extract;
+mod schema;
+mod server;
+mod sessions;
+mod system;
+mod users;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dropgate_core::Gateway;
+use serde::Serialize;
+
+pub use server::AdminServer;
+
+/// What the admin listener needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `[admin] listen`: where the API listens.
+    pub listen: Vec<SocketAddr>,
+    /// The protocol listeners of this process, `(protocol, address)`, as
+    /// `GET /api/v1/status` reports them (the admin's own are added).
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// `[storage] root`: homes are folders below it (used only by
+    /// `delete_files=true`).
+    pub storage_root: PathBuf,
+}
+
+/// What `GET /api/v1/status` reports besides the gateway's own state.
+#[derive(Debug, Clone)]
+pub struct StatusInfo {
+    /// Listening sockets, `(protocol, address)`.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// When the server started (uptime is measured from here).
+    pub started: Instant,
+}
+
+impl StatusInfo {
+    /// Status for these listeners, started now.
+    pub fn new(listeners: Vec<(String, SocketAddr)>) -> StatusInfo {
+        StatusInfo {
+            listeners,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The complete application (every route and layer) without a listener.
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`, or
+/// the login limiter sees every client as one address.
+pub fn router(gateway: Arc<Gateway>, status: StatusInfo, storage_root: PathBuf) -> axum::Router {
+    server::build_router(gateway, status, storage_root)
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// The gateway: store, sessions, metrics.
+    pub(crate) gateway: Arc<Gateway>,
+    /// Listeners and start time.
+    pub(crate) status: Arc<StatusInfo>,
+    /// Where homes live, for `delete_files=true`.
+    pub(crate) storage_root: PathBuf,
+    /// Failed admin logins per source address.
+    pub(crate) login_limiter: Arc<auth::LoginLimiter>,
+}
+
+/// A list response: `{"items": [...]}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Items<T> {
+    pub(crate) items: Vec<T>,
+}

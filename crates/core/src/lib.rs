@@ -163,10 +163,17 @@ impl Gateway {
                 self.store.hasher().verify(pw, stored).await
             }
             Credential::PublicKey(offered) => {
-                let matches = record
-                    .as_ref()
-                    .is_some_and(|r| r.user.public_keys.iter().any(|k| same_public_key(k, offered)));
-                if matches { Verified::Ok } else { Verified::Wrong }
+                let matches = record.as_ref().is_some_and(|r| {
+                    r.user
+                        .public_keys
+                        .iter()
+                        .any(|k| same_public_key(k, offered))
+                });
+                if matches {
+                    Verified::Ok
+                } else {
+                    Verified::Wrong
+                }
             }
         };
         let Some(record) = record else {
@@ -185,7 +192,12 @@ impl Gateway {
         if user.expires_at.is_some_and(|t| t <= Utc::now()) {
             return fail("account expired");
         }
-        if !user.allowed_ips.is_empty() && !user.allowed_ips.iter().any(|net| net.contains(&canonical_ip(peer.ip()))) {
+        if !user.allowed_ips.is_empty()
+            && !user
+                .allowed_ips
+                .iter()
+                .any(|net| net.contains(&canonical_ip(peer.ip())))
+        {
             return fail("source address not allowed");
         }
         if !user.protocols.contains(&protocol) {
@@ -197,7 +209,11 @@ impl Gateway {
         {
             match self.store.hasher().hash(pw).await {
                 Ok(h) => {
-                    if let Err(e) = self.store.set_user_password_hash(&user.username, Some(&h)).await {
+                    if let Err(e) = self
+                        .store
+                        .set_user_password_hash(&user.username, Some(&h))
+                        .await
+                    {
                         tracing::warn!(error = %e, "could not upgrade a password hash");
                     }
                 }
@@ -209,11 +225,20 @@ impl Gateway {
             Ok(fs) => Arc::new(fs),
             Err(e) => {
                 tracing::error!(error = %e, user = %user.username, "cannot open home");
-                self.record_login(protocol, username, peer, Outcome::Failed, Some("home unavailable"));
+                self.record_login(
+                    protocol,
+                    username,
+                    peer,
+                    Outcome::Failed,
+                    Some("home unavailable"),
+                );
                 return Err(AuthError::Unavailable);
             }
         };
-        let quota = self.quotas.guard(&user.username, user.quota, fs.as_ref()).await;
+        let quota = self
+            .quotas
+            .guard(&user.username, user.quota, fs.as_ref())
+            .await;
         let now = Utc::now();
         let store = self.store.clone();
         let name = user.username.clone();
@@ -222,13 +247,29 @@ impl Gateway {
                 tracing::warn!(error = %e, "could not record last login");
             }
         });
-        let session = Session::open(self.clone(), user, protocol, peer, fs, quota, self.config.upload_mode);
+        let session = Session::open(
+            self.clone(),
+            user,
+            protocol,
+            peer,
+            fs,
+            quota,
+            self.config.upload_mode,
+        );
         self.metrics.login(protocol, true);
-        self.audit.record(session.event(EventKind::Login, None, Outcome::Ok));
+        self.audit
+            .record(session.event(EventKind::Login, None, Outcome::Ok));
         Ok(session)
     }
 
-    fn record_login(&self, protocol: Protocol, username: &str, peer: SocketAddr, outcome: Outcome, why: Option<&str>) {
+    fn record_login(
+        &self,
+        protocol: Protocol,
+        username: &str,
+        peer: SocketAddr,
+        outcome: Outcome,
+        why: Option<&str>,
+    ) {
         // Cap what a client can make us store.
         let username: String = username.chars().take(128).collect();
         self.audit.record(Event {
@@ -285,7 +326,10 @@ mod tests {
 
     #[test]
     fn key_comparison_ignores_comments() {
-        assert!(same_public_key("ssh-ed25519 AAAA1 alice@x", "ssh-ed25519 AAAA1"));
+        assert!(same_public_key(
+            "ssh-ed25519 AAAA1 alice@x",
+            "ssh-ed25519 AAAA1"
+        ));
         assert!(!same_public_key("ssh-ed25519 AAAA1", "ssh-ed25519 AAAA2"));
         assert!(!same_public_key("ssh-rsa AAAA1", "ssh-ed25519 AAAA1"));
         assert!(!same_public_key("", ""));
@@ -293,7 +337,9 @@ mod tests {
 
     #[test]
     fn mapped_addresses_match_v4_rules() {
-        let ip: IpAddr = "::ffff:10.1.2.3".parse().unwrap_or(IpAddr::V4([0, 0, 0, 0].into()));
+        let ip: IpAddr = "::ffff:10.1.2.3"
+            .parse()
+            .unwrap_or(IpAddr::V4([0, 0, 0, 0].into()));
         assert_eq!(canonical_ip(ip), IpAddr::V4([10, 1, 2, 3].into()));
     }
 }

@@ -52,17 +52,29 @@ pub struct ProtocolCounters {
 
 impl Metrics {
     pub(crate) fn login(&self, p: Protocol, ok: bool) {
-        let c = if ok { &self.logins_ok } else { &self.logins_failed };
+        let c = if ok {
+            &self.logins_ok
+        } else {
+            &self.logins_failed
+        };
         c[idx(p)].fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn upload(&self, p: Protocol, bytes: u64, ok: bool) {
         self.bytes_in[idx(p)].fetch_add(bytes, Ordering::Relaxed);
-        let c = if ok { &self.uploads_ok } else { &self.uploads_failed };
+        let c = if ok {
+            &self.uploads_ok
+        } else {
+            &self.uploads_failed
+        };
         c[idx(p)].fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn download(&self, p: Protocol, bytes: u64, ok: bool) {
         self.bytes_out[idx(p)].fetch_add(bytes, Ordering::Relaxed);
-        let c = if ok { &self.downloads_ok } else { &self.downloads_failed };
+        let c = if ok {
+            &self.downloads_ok
+        } else {
+            &self.downloads_failed
+        };
         c[idx(p)].fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn error(&self, p: Protocol) {

@@ -47,7 +47,10 @@ mod tests {
     fn longest_prefix_wins() {
         let map: PermissionMap = BTreeMap::from([
             ("/".into(), BTreeSet::from([Permission::List])),
-            ("/inbox".into(), BTreeSet::from([Permission::List, Permission::Upload])),
+            (
+                "/inbox".into(),
+                BTreeSet::from([Permission::List, Permission::Upload]),
+            ),
             ("/inbox/locked".into(), BTreeSet::new()),
             ("/out".into(), BTreeSet::from([Permission::All])),
         ]);
@@ -56,14 +59,18 @@ mod tests {
         assert!(!p.allows(&vp("/x"), Permission::Upload));
         assert!(p.allows(&vp("/inbox/a.csv"), Permission::Upload));
         assert!(!p.allows(&vp("/inbox/a.csv"), Permission::Delete));
-        assert!(!p.allows(&vp("/inbox2/a.csv"), Permission::Upload), "prefix is per component");
+        assert!(
+            !p.allows(&vp("/inbox2/a.csv"), Permission::Upload),
+            "prefix is per component"
+        );
         assert!(!p.allows(&vp("/inbox/locked/x"), Permission::List));
         assert!(p.allows(&vp("/out/deep/file"), Permission::Delete));
     }
 
     #[test]
     fn no_rule_means_denied() {
-        let map: PermissionMap = BTreeMap::from([("/only".into(), BTreeSet::from([Permission::All]))]);
+        let map: PermissionMap =
+            BTreeMap::from([("/only".into(), BTreeSet::from([Permission::All]))]);
         let p = PermissionSet::new(&map);
         assert!(!p.allows(&vp("/"), Permission::List));
         assert!(p.allows(&vp("/only"), Permission::List));

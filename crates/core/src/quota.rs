@@ -43,12 +43,17 @@ pub struct QuotaGuard {
 impl QuotaGuard {
     /// No limits, nothing counted.
     pub fn unlimited() -> Self {
-        QuotaGuard { limit: Quota::default(), usage: None }
+        QuotaGuard {
+            limit: Quota::default(),
+            usage: None,
+        }
     }
 
     /// Reserves `bytes` more, or fails without reserving anything.
     pub fn reserve_bytes(&self, bytes: u64) -> Result<(), FsError> {
-        let Some(usage) = &self.usage else { return Ok(()) };
+        let Some(usage) = &self.usage else {
+            return Ok(());
+        };
         if bytes == 0 {
             return Ok(());
         }
@@ -71,13 +76,19 @@ impl QuotaGuard {
     /// Gives bytes back (aborted upload, deleted or replaced file).
     pub fn release_bytes(&self, bytes: u64) {
         if let Some(usage) = &self.usage {
-            let _ = usage.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(bytes)));
+            let _ = usage
+                .bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    Some(b.saturating_sub(bytes))
+                });
         }
     }
 
     /// Reserves one more file, or fails.
     pub fn reserve_file(&self) -> Result<(), FsError> {
-        let Some(usage) = &self.usage else { return Ok(()) };
+        let Some(usage) = &self.usage else {
+            return Ok(());
+        };
         let before = usage.files.fetch_add(1, Ordering::AcqRel);
         if self.limit.max_files > 0 && before + 1 > self.limit.max_files {
             usage.files.fetch_sub(1, Ordering::AcqRel);
@@ -89,7 +100,11 @@ impl QuotaGuard {
     /// Gives one file back.
     pub fn release_file(&self) {
         if let Some(usage) = &self.usage {
-            let _ = usage.files.fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| Some(f.saturating_sub(1)));
+            let _ = usage
+                .files
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                    Some(f.saturating_sub(1))
+                });
         }
     }
 
@@ -111,7 +126,12 @@ impl QuotaTracker {
         if limit.max_bytes == 0 && limit.max_files == 0 {
             return QuotaGuard::unlimited();
         }
-        let existing = self.accounts.lock().unwrap_or_else(|p| p.into_inner()).get(username).cloned();
+        let existing = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(username)
+            .cloned();
         let usage = match existing {
             Some(u) => u,
             None => {
@@ -119,17 +139,26 @@ impl QuotaTracker {
                 let mut map = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
                 map.entry(username.to_owned())
                     .or_insert_with(|| {
-                        Arc::new(Usage { bytes: AtomicU64::new(bytes), files: AtomicU64::new(files) })
+                        Arc::new(Usage {
+                            bytes: AtomicU64::new(bytes),
+                            files: AtomicU64::new(files),
+                        })
                     })
                     .clone()
             }
         };
-        QuotaGuard { limit, usage: Some(usage) }
+        QuotaGuard {
+            limit,
+            usage: Some(usage),
+        }
     }
 
     /// Forgets an account's count (it is measured again at the next login).
     pub fn forget(&self, username: &str) {
-        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).remove(username);
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(username);
     }
 }
 
@@ -139,10 +168,16 @@ async fn measure(fs: &dyn Storage) -> (u64, u64) {
     let (mut bytes, mut files) = (0u64, 0u64);
     let mut stack = vec![VirtualPath::root()];
     while let Some(dir) = stack.pop() {
-        let Ok(mut entries) = fs.list(&dir).await else { continue };
+        let Ok(mut entries) = fs.list(&dir).await else {
+            continue;
+        };
         while let Some(Ok(entry)) = entries.next().await {
-            let Ok(path) = dir.join(&entry.name) else { continue };
-            let Ok(meta) = fs.symlink_metadata(&path).await else { continue };
+            let Ok(path) = dir.join(&entry.name) else {
+                continue;
+            };
+            let Ok(meta) = fs.symlink_metadata(&path).await else {
+                continue;
+            };
             if meta.is_dir() {
                 stack.push(path);
             } else if meta.is_file() {

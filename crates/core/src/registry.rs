@@ -108,14 +108,17 @@ impl SessionRegistry {
             .lock()
             .values()
             .map(|e| {
-                let transfer = e.transfers.lock().unwrap_or_else(|p| p.into_inner()).first().map(|t| {
-                    TransferSnapshot {
+                let transfer = e
+                    .transfers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .first()
+                    .map(|t| TransferSnapshot {
                         path: t.path.clone(),
                         direction: t.direction,
                         bytes: t.bytes.load(Ordering::Relaxed),
                         elapsed_secs: t.started.elapsed().as_secs_f64(),
-                    }
-                });
+                    });
                 SessionSnapshot {
                     id: e.id.clone(),
                     username: e.username.clone(),

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use chrono::Utc;
 use dropgate_store::{Event, EventKind, Outcome, Permission, Protocol, User};
 use dropgate_vfs::{
-    CreateOptions, DirStream, FileReader, FileWriter, FsStats, Metadata, Storage, UploadMode, VfsError, VirtualPath,
-    WriteStart,
+    CreateOptions, DirStream, FileReader, FileWriter, FsStats, Metadata, Storage, UploadMode,
+    VfsError, VirtualPath, WriteStart,
 };
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -43,13 +43,25 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.gateway.sessions().remove(&self.entry.id);
-        let mut e = event_base(&self.gateway, &self.entry, self.protocol, EventKind::Logout, Outcome::Ok);
+        let mut e = event_base(
+            &self.gateway,
+            &self.entry,
+            self.protocol,
+            EventKind::Logout,
+            Outcome::Ok,
+        );
         e.duration_ms = Some(self.started.elapsed().as_millis() as u64);
         self.gateway.audit().record(e);
     }
 }
 
-fn event_base(gw: &Gateway, entry: &SessionEntry, protocol: Protocol, kind: EventKind, outcome: Outcome) -> Event {
+fn event_base(
+    gw: &Gateway,
+    entry: &SessionEntry,
+    protocol: Protocol,
+    kind: EventKind,
+    outcome: Outcome,
+) -> Event {
     Event {
         id: 0,
         time: Utc::now(),
@@ -159,17 +171,42 @@ impl Session {
         if self.is_cancelled() {
             return Err(FsError::Closed);
         }
-        if self.inner.perms.allows(path, perm) { Ok(()) } else { Err(FsError::Denied) }
+        if self.inner.perms.allows(path, perm) {
+            Ok(())
+        } else {
+            Err(FsError::Denied)
+        }
     }
 
-    pub(crate) fn event(&self, kind: EventKind, path: Option<&VirtualPath>, outcome: Outcome) -> Event {
-        let mut e = event_base(&self.inner.gateway, &self.inner.entry, self.inner.protocol, kind, outcome);
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        path: Option<&VirtualPath>,
+        outcome: Outcome,
+    ) -> Event {
+        let mut e = event_base(
+            &self.inner.gateway,
+            &self.inner.entry,
+            self.inner.protocol,
+            kind,
+            outcome,
+        );
         e.path = path.map(|p| p.as_str().to_owned());
         e
     }
 
-    fn record<T>(&self, kind: EventKind, path: &VirtualPath, target: Option<&VirtualPath>, r: &FsResult<T>) {
-        let mut e = self.event(kind, Some(path), r.as_ref().map_or_else(outcome_of, |_| Outcome::Ok));
+    fn record<T>(
+        &self,
+        kind: EventKind,
+        path: &VirtualPath,
+        target: Option<&VirtualPath>,
+        r: &FsResult<T>,
+    ) {
+        let mut e = self.event(
+            kind,
+            Some(path),
+            r.as_ref().map_or_else(outcome_of, |_| Outcome::Ok),
+        );
         e.target_path = target.map(|t| t.as_str().to_owned());
         if let Err(err) = r {
             if err.class() == crate::ErrorClass::Internal {
@@ -226,7 +263,12 @@ impl Session {
 
     /// Starts an upload. A new file needs `upload`; writing into an existing
     /// one (replace, resume, append) needs `overwrite`.
-    pub async fn open_upload(&self, path: &VirtualPath, start: WriteStart, exclusive: bool) -> FsResult<Upload> {
+    pub async fn open_upload(
+        &self,
+        path: &VirtualPath,
+        start: WriteStart,
+        exclusive: bool,
+    ) -> FsResult<Upload> {
         let r = self.open_upload_inner(path, start, exclusive).await;
         if let Err(e) = &r {
             let mut ev = self.event(EventKind::Upload, Some(path), outcome_of(e));
@@ -236,7 +278,12 @@ impl Session {
         r
     }
 
-    async fn open_upload_inner(&self, path: &VirtualPath, start: WriteStart, exclusive: bool) -> FsResult<Upload> {
+    async fn open_upload_inner(
+        &self,
+        path: &VirtualPath,
+        start: WriteStart,
+        exclusive: bool,
+    ) -> FsResult<Upload> {
         if self.is_cancelled() {
             return Err(FsError::Closed);
         }
@@ -255,7 +302,11 @@ impl Session {
         if new_file {
             self.inner.quota.reserve_file()?;
         }
-        let opts = CreateOptions { mode: self.inner.upload_mode, start, exclusive };
+        let opts = CreateOptions {
+            mode: self.inner.upload_mode,
+            start,
+            exclusive,
+        };
         let writer = match self.inner.fs.create(path, opts).await {
             Ok(w) => w,
             Err(e) => {
@@ -283,7 +334,12 @@ impl Session {
 
     /// Renames a file or folder. Needs `rename` on both paths, and
     /// `overwrite` on the target when it exists and `overwrite` is asked for.
-    pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> FsResult<()> {
+    pub async fn rename(
+        &self,
+        from: &VirtualPath,
+        to: &VirtualPath,
+        overwrite: bool,
+    ) -> FsResult<()> {
         let r = async {
             self.check(from, Permission::Rename)?;
             self.check(to, Permission::Rename)?;
@@ -413,7 +469,8 @@ impl Session {
             Permission::Rmdir,
             Permission::Chtimes,
         ];
-        ALL.iter().all(|p| self.inner.perms.allows(a, *p) == self.inner.perms.allows(b, *p))
+        ALL.iter()
+            .all(|p| self.inner.perms.allows(a, *p) == self.inner.perms.allows(b, *p))
     }
 
     /// Creates a symlink `link` -> `target`. Needs `upload` on the link and
@@ -464,12 +521,22 @@ impl Session {
             bytes: AtomicU64::new(0),
             started: Instant::now(),
         });
-        self.inner.entry.transfers.lock().unwrap_or_else(|p| p.into_inner()).push(t.clone());
+        self.inner
+            .entry
+            .transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(t.clone());
         t
     }
 
     fn end_transfer(&self, t: &Arc<TransferState>) {
-        self.inner.entry.transfers.lock().unwrap_or_else(|p| p.into_inner()).retain(|x| !Arc::ptr_eq(x, t));
+        self.inner
+            .entry
+            .transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|x| !Arc::ptr_eq(x, t));
     }
 }
 
@@ -478,7 +545,12 @@ fn rand_id() -> u64 {
     // RandomState is seeded from the OS per instance: unique enough for an id
     // that only has to be unguessable-ish and unique within one process.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish()
 }
 
@@ -530,10 +602,19 @@ impl Download {
         }
         self.finished = true;
         self.session.end_transfer(&self.transfer);
-        let outcome = if error.is_some() { Outcome::Failed } else { Outcome::Ok };
+        let outcome = if error.is_some() {
+            Outcome::Failed
+        } else {
+            Outcome::Ok
+        };
         let inner = &self.session.inner;
-        inner.gateway.metrics().download(inner.protocol, self.bytes(), error.is_none());
-        let mut e = self.session.event(EventKind::Download, Some(&self.path), outcome);
+        inner
+            .gateway
+            .metrics()
+            .download(inner.protocol, self.bytes(), error.is_none());
+        let mut e = self
+            .session
+            .event(EventKind::Download, Some(&self.path), outcome);
         e.bytes = Some(self.bytes());
         e.duration_ms = Some(self.started.elapsed().as_millis() as u64);
         e.message = error.map(str::to_owned);
@@ -596,7 +677,10 @@ impl Upload {
         while new_end > cur {
             let grow = new_end - cur;
             self.session.inner.quota.reserve_bytes(grow)?;
-            match self.end.compare_exchange(cur, new_end, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .end
+                .compare_exchange(cur, new_end, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     self.reserved.fetch_add(grow, Ordering::AcqRel);
                     break;
@@ -607,7 +691,9 @@ impl Upload {
                 }
             }
         }
-        let Some(writer) = &self.writer else { return Err(FsError::Closed) };
+        let Some(writer) = &self.writer else {
+            return Err(FsError::Closed);
+        };
         match writer.write_at(offset, data).await {
             Ok(()) => {
                 self.transfer.bytes.fetch_add(len, Ordering::Relaxed);
@@ -624,7 +710,9 @@ impl Upload {
     /// records it (with the content's SHA-256, computed in the background).
     /// Returns the final size.
     pub async fn commit(mut self) -> FsResult<u64> {
-        let Some(writer) = self.writer.take() else { return Err(FsError::Closed) };
+        let Some(writer) = self.writer.take() else {
+            return Err(FsError::Closed);
+        };
         let result = writer.commit().await;
         let session = self.session.clone();
         session.end_transfer(&self.transfer);
@@ -634,7 +722,11 @@ impl Upload {
                 // usage now holds old_size + reserved; the file is initial_len + reserved.
                 quota.release_bytes(self.old_size);
                 quota.reserve_bytes_unchecked(self.initial_len);
-                session.inner.gateway.metrics().upload(session.inner.protocol, self.bytes(), true);
+                session
+                    .inner
+                    .gateway
+                    .metrics()
+                    .upload(session.inner.protocol, self.bytes(), true);
                 let mut event = session.event(EventKind::Upload, Some(&self.path), Outcome::Ok);
                 event.bytes = Some(self.bytes());
                 event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
@@ -677,8 +769,13 @@ impl Upload {
         self.session.end_transfer(&self.transfer);
         if let Some(reason) = reason {
             let inner = &self.session.inner;
-            inner.gateway.metrics().upload(inner.protocol, self.bytes(), false);
-            let mut e = self.session.event(EventKind::Upload, Some(&self.path), Outcome::Failed);
+            inner
+                .gateway
+                .metrics()
+                .upload(inner.protocol, self.bytes(), false);
+            let mut e = self
+                .session
+                .event(EventKind::Upload, Some(&self.path), Outcome::Failed);
             e.bytes = Some(self.bytes());
             e.duration_ms = Some(self.started.elapsed().as_millis() as u64);
             e.message = Some(reason.to_owned());

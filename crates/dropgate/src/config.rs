@@ -22,8 +22,10 @@ fn bad(key: &str, msg: impl std::fmt::Display) -> ConfigError {
 
 /// Top-level keys; environment variables outside these are not ours
 /// (`DROPGATE_CONFIG`, test variables) and are ignored.
-const SECTIONS: &[&str] =
-    &["data_dir", "database", "storage", "ftp", "ftps", "sftp", "admin", "cluster", "events", "limits"];
+const SECTIONS: &[&str] = &[
+    "data_dir", "database", "storage", "ftp", "ftps", "sftp", "admin", "cluster", "events",
+    "limits",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -101,7 +103,14 @@ impl Listen {
             Listen::Many(v) => v.iter().collect(),
         };
         list.into_iter()
-            .map(|s| s.parse::<SocketAddr>().map_err(|_| bad(key, format!("{s:?} is not an address like 0.0.0.0:2121 or [::]:2121"))))
+            .map(|s| {
+                s.parse::<SocketAddr>().map_err(|_| {
+                    bad(
+                        key,
+                        format!("{s:?} is not an address like 0.0.0.0:2121 or [::]:2121"),
+                    )
+                })
+            })
             .collect()
     }
 }
@@ -197,7 +206,10 @@ impl Default for Config {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: String::new(), max_connections: 16 }
+        DatabaseConfig {
+            url: String::new(),
+            max_connections: 16,
+        }
     }
 }
 
@@ -266,13 +278,20 @@ impl Default for SftpSection {
 
 impl Default for AdminSection {
     fn default() -> Self {
-        AdminSection { enabled: true, listen: Listen::One("127.0.0.1:8080".into()) }
+        AdminSection {
+            enabled: true,
+            listen: Listen::One("127.0.0.1:8080".into()),
+        }
     }
 }
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        ClusterSection { node_name: String::new(), proxy_protocol: false, trusted_proxies: Vec::new() }
+        ClusterSection {
+            node_name: String::new(),
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -310,14 +329,20 @@ pub(crate) struct Effective {
 pub(crate) fn locate(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     if let Some(p) = explicit {
         if !p.is_file() {
-            return Err(ConfigError(format!("config file {} does not exist", p.display())));
+            return Err(ConfigError(format!(
+                "config file {} does not exist",
+                p.display()
+            )));
         }
         return Ok(Some(p.to_path_buf()));
     }
     if let Some(p) = std::env::var_os("DROPGATE_CONFIG").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            return Err(ConfigError(format!("DROPGATE_CONFIG: config file {} does not exist", p.display())));
+            return Err(ConfigError(format!(
+                "DROPGATE_CONFIG: config file {} does not exist",
+                p.display()
+            )));
         }
         return Ok(Some(p));
     }
@@ -336,12 +361,23 @@ pub(crate) fn load(file: Option<&Path>) -> Result<Effective, ConfigError> {
             .split("__")
             // The filter may see the key before or after `__` becomes `.`.
             .filter(|k| {
-                let first = k.as_str().split("__").next().unwrap_or("").split('.').next().unwrap_or("");
+                let first = k
+                    .as_str()
+                    .split("__")
+                    .next()
+                    .unwrap_or("")
+                    .split('.')
+                    .next()
+                    .unwrap_or("");
                 SECTIONS.contains(&first.to_ascii_lowercase().as_str())
             }),
     );
     let raw: Config = fig.extract().map_err(|e| {
-        let first = e.into_iter().next().map(describe_figment).unwrap_or_else(|| "invalid configuration".into());
+        let first = e
+            .into_iter()
+            .next()
+            .map(describe_figment)
+            .unwrap_or_else(|| "invalid configuration".into());
         ConfigError(first)
     })?;
     resolve(raw, file)
@@ -351,8 +387,18 @@ pub(crate) fn load(file: Option<&Path>) -> Result<Effective, ConfigError> {
 fn describe_figment(e: figment::Error) -> String {
     let key = e.path.join(".");
     // TOML parse errors carry a multi-line excerpt; the first line says where.
-    let what = e.kind.to_string().lines().next().unwrap_or("invalid value").to_owned();
-    let origin = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+    let what = e
+        .kind
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or("invalid value")
+        .to_owned();
+    let origin = e
+        .metadata
+        .as_ref()
+        .map(|m| m.name.to_string())
+        .unwrap_or_default();
     if key.is_empty() {
         format!("configuration: {what}")
     } else if origin.is_empty() {
@@ -365,10 +411,17 @@ fn describe_figment(e: figment::Error) -> String {
 fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
     let base = match file.and_then(|f| f.parent()) {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::env::current_dir().map_err(|e| ConfigError(format!("cannot read the working directory: {e}")))?,
+        _ => std::env::current_dir()
+            .map_err(|e| ConfigError(format!("cannot read the working directory: {e}")))?,
     };
     let base = std::fs::canonicalize(&base).unwrap_or(base);
-    let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
 
     if raw.data_dir.as_os_str().is_empty() {
         return Err(bad("data_dir", "must not be empty"));
@@ -377,7 +430,9 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
     let database_url = if raw.database.url.is_empty() {
         format!("sqlite://{}", data_dir.join("dropgate.db").display())
     } else if let Some(path) = raw.database.url.strip_prefix("sqlite://") {
-        let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
+        let (path, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
         if path.is_empty() {
             return Err(bad("database.url", "sqlite:// needs a file path"));
         }
@@ -386,16 +441,24 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
             Some(q) => format!("sqlite://{}?{q}", p.display()),
             None => format!("sqlite://{}", p.display()),
         }
-    } else if raw.database.url.starts_with("postgres://") || raw.database.url.starts_with("postgresql://") {
+    } else if raw.database.url.starts_with("postgres://")
+        || raw.database.url.starts_with("postgresql://")
+    {
         raw.database.url.clone()
     } else {
-        return Err(bad("database.url", "must start with sqlite:// or postgres://"));
+        return Err(bad(
+            "database.url",
+            "must start with sqlite:// or postgres://",
+        ));
     };
     if raw.database.max_connections == 0 {
         return Err(bad("database.max_connections", "must be at least 1"));
     }
     if raw.storage.backend == Backend::S3 {
-        return Err(bad("storage.backend", "\"s3\" is not available in this version yet; use \"local\""));
+        return Err(bad(
+            "storage.backend",
+            "\"s3\" is not available in this version yet; use \"local\"",
+        ));
     }
     let storage_root = if raw.storage.root.as_os_str().is_empty() {
         data_dir.join("files")
@@ -404,12 +467,26 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
     };
     let ftp_listen = raw.ftp.listen.addrs("ftp.listen")?;
     let passive_ports = parse_port_range(&raw.ftp.passive_ports).ok_or_else(|| {
-        bad("ftp.passive_ports", format!("{:?} is not a range like \"50000-50100\" (1024-65535)", raw.ftp.passive_ports))
+        bad(
+            "ftp.passive_ports",
+            format!(
+                "{:?} is not a range like \"50000-50100\" (1024-65535)",
+                raw.ftp.passive_ports
+            ),
+        )
     })?;
     if !raw.ftp.passive_address.is_empty()
-        && (raw.ftp.passive_address.contains(char::is_whitespace) || raw.ftp.passive_address.parse::<std::net::Ipv6Addr>().is_ok())
+        && (raw.ftp.passive_address.contains(char::is_whitespace)
+            || raw
+                .ftp
+                .passive_address
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok())
     {
-        return Err(bad("ftp.passive_address", "must be an IPv4 address or a DNS name"));
+        return Err(bad(
+            "ftp.passive_address",
+            "must be an IPv4 address or a DNS name",
+        ));
     }
     if raw.ftp.idle_timeout_secs == 0 {
         return Err(bad("ftp.idle_timeout_secs", "must be at least 1"));
@@ -419,13 +496,19 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
     }
     let implicit_ftps_listen = raw.ftps.implicit_listen.addrs("ftps.implicit_listen")?;
     if raw.ftps.cert.as_os_str().is_empty() != raw.ftps.key.as_os_str().is_empty() {
-        return Err(bad("ftps.cert", "ftps.cert and ftps.key must be given together"));
+        return Err(bad(
+            "ftps.cert",
+            "ftps.cert and ftps.key must be given together",
+        ));
     }
     let sftp_listen = raw.sftp.listen.addrs("sftp.listen")?;
     let admin_listen = raw.admin.listen.addrs("admin.listen")?;
     for (i, cidr) in raw.cluster.trusted_proxies.iter().enumerate() {
         if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
-            return Err(bad(&format!("cluster.trusted_proxies[{i}]"), format!("{cidr:?} is not a CIDR")));
+            return Err(bad(
+                &format!("cluster.trusted_proxies[{i}]"),
+                format!("{cidr:?} is not a CIDR"),
+            ));
         }
     }
     if raw.limits.max_connections == 0 {
@@ -442,8 +525,16 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
         raw.cluster.node_name.clone()
     };
     let mut raw = raw;
-    raw.ftps.cert = if raw.ftps.cert.as_os_str().is_empty() { PathBuf::new() } else { abs(&raw.ftps.cert) };
-    raw.ftps.key = if raw.ftps.key.as_os_str().is_empty() { PathBuf::new() } else { abs(&raw.ftps.key) };
+    raw.ftps.cert = if raw.ftps.cert.as_os_str().is_empty() {
+        PathBuf::new()
+    } else {
+        abs(&raw.ftps.cert)
+    };
+    raw.ftps.key = if raw.ftps.key.as_os_str().is_empty() {
+        PathBuf::new()
+    } else {
+        abs(&raw.ftps.key)
+    };
     raw.sftp.host_keys = raw.sftp.host_keys.iter().map(|p| abs(p)).collect();
     Ok(Effective {
         raw,
@@ -516,7 +607,10 @@ mod tests {
 
     #[test]
     fn masks_passwords() {
-        assert_eq!(mask_url("postgres://u:secret@h:5432/db"), "postgres://u:****@h:5432/db");
+        assert_eq!(
+            mask_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:****@h:5432/db"
+        );
         assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(mask_url("sqlite:///x/y.db"), "sqlite:///x/y.db");
     }

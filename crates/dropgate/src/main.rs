@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{ConfigError, Effective};
 
 #[derive(Parser)]
-#[command(name = "dropgate", version, about = "Multi-protocol managed file transfer gateway (FTP, FTPS, SFTP)")]
+#[command(
+    name = "dropgate",
+    version,
+    about = "Multi-protocol managed file transfer gateway (FTP, FTPS, SFTP)"
+)]
 struct Cli {
     /// Config file (default: $DROPGATE_CONFIG, else ./dropgate.toml if present, else built-in defaults).
     #[arg(long, global = true, value_name = "PATH")]
@@ -60,7 +64,10 @@ impl From<ConfigError> for CliError {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dropgate: cannot start the runtime: {e}");
@@ -82,8 +89,15 @@ fn main() -> ExitCode {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // Colour only for a person at a terminal; log files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn load_config(cli: &Cli) -> Result<Effective, CliError> {
@@ -115,10 +129,14 @@ pub(crate) fn read_password_stdin() -> Result<String, CliError> {
     std::io::stdin()
         .take(64 * 1024)
         .read_to_string(&mut buf)
-        .map_err(|e| CliError::Usage(format!("--password-stdin: cannot read standard input: {e}")))?;
+        .map_err(|e| {
+            CliError::Usage(format!("--password-stdin: cannot read standard input: {e}"))
+        })?;
     let pw = buf.lines().next().unwrap_or("").to_owned();
     if pw.is_empty() {
-        return Err(CliError::Usage("--password-stdin: standard input holds no password".into()));
+        return Err(CliError::Usage(
+            "--password-stdin: standard input holds no password".into(),
+        ));
     }
     Ok(pw)
 }

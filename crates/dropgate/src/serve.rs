@@ -5,8 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use anyhow::Context;
+use dropgate_admin::{AdminConfig, AdminServer};
 use dropgate_core::{Gateway, GatewayConfig};
+use dropgate_ftp::{FtpConfig, FtpServer};
+use dropgate_sftp::{SftpConfig, SftpError, SftpServer};
 use dropgate_store::Store;
 use dropgate_vfs::UploadMode;
 use tokio::task::JoinSet;
@@ -71,11 +76,78 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
 }
 
 async fn start_listeners(
-    _cfg: &Effective,
-    _gateway: &Arc<Gateway>,
-    _shutdown: &CancellationToken,
-    _set: &mut JoinSet<()>,
+    cfg: &Effective,
+    gateway: &Arc<Gateway>,
+    shutdown: &CancellationToken,
+    set: &mut JoinSet<()>,
 ) -> Result<(), CliError> {
+    let limits = &cfg.raw.limits;
+    let mut bound: Vec<(String, SocketAddr)> = Vec::new();
+    let announce = |protocol: &str, addrs: &[SocketAddr], bound: &mut Vec<(String, SocketAddr)>| {
+        for a in addrs {
+            tracing::info!(protocol, address = %a, "listening");
+            bound.push((protocol.to_owned(), *a));
+        }
+    };
+
+    if cfg.raw.ftp.enabled && !cfg.ftp_listen.is_empty() {
+        let ftp_cfg = FtpConfig {
+            listen: cfg.ftp_listen.clone(),
+            passive_ports: cfg.passive_ports.clone(),
+            passive_address: Some(cfg.raw.ftp.passive_address.clone()).filter(|s| !s.is_empty()),
+            active_mode: cfg.raw.ftp.active_mode,
+            idle_timeout: Duration::from_secs(cfg.raw.ftp.idle_timeout_secs),
+            banner: cfg.raw.ftp.banner.clone(),
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+        };
+        let server = FtpServer::bind(ftp_cfg, gateway.clone())
+            .await
+            .with_context(|| format!("starting the FTP listener on {:?}", cfg.ftp_listen))?;
+        announce("ftp", &server.local_addrs(), &mut bound);
+        set.spawn(server.run(shutdown.clone()));
+    }
+
+    if cfg.raw.sftp.enabled && !cfg.sftp_listen.is_empty() {
+        let sftp_cfg = SftpConfig {
+            listen: cfg.sftp_listen.clone(),
+            host_keys: cfg.raw.sftp.host_keys.clone(),
+            data_dir: cfg.data_dir.clone(),
+            legacy_algorithms: cfg.raw.sftp.legacy_algorithms,
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            idle_timeout: Duration::from_secs(cfg.raw.ftp.idle_timeout_secs.max(60) * 2),
+        };
+        let server = SftpServer::bind(sftp_cfg, gateway.clone())
+            .await
+            .map_err(|e| match e {
+                e @ SftpError::LoadHostKey { .. } if !cfg.raw.sftp.host_keys.is_empty() => {
+                    CliError::Usage(format!("config key `sftp.host_keys`: {e}"))
+                }
+                other => CliError::Runtime(anyhow::anyhow!(
+                    "starting the SFTP listener on {:?}: {other}",
+                    cfg.sftp_listen
+                )),
+            })?;
+        for fp in server.host_key_fingerprints() {
+            tracing::info!(fingerprint = %fp, "SFTP host key");
+        }
+        announce("sftp", &server.local_addrs(), &mut bound);
+        set.spawn(server.run(shutdown.clone()));
+    }
+
+    if cfg.raw.admin.enabled && !cfg.admin_listen.is_empty() {
+        let admin_cfg = AdminConfig {
+            listen: cfg.admin_listen.clone(),
+            listeners: bound.clone(),
+            storage_root: cfg.storage_root.clone(),
+        };
+        let server = AdminServer::bind(admin_cfg, gateway.clone())
+            .await
+            .with_context(|| format!("starting the admin listener on {:?}", cfg.admin_listen))?;
+        announce("admin", &server.local_addrs(), &mut bound);
+        set.spawn(server.run(shutdown.clone()));
+    }
     Ok(())
 }
 
@@ -97,12 +169,23 @@ async fn ensure_first_admin(store: &Store, data_dir: &Path) -> Result<(), CliErr
         return Ok(());
     }
     let password = random_password();
-    let hash = store.hasher().hash(&password).await.context("hashing the admin password")?;
-    store.create_admin("admin", &hash).await.context("creating the first admin")?;
+    let hash = store
+        .hasher()
+        .hash(&password)
+        .await
+        .context("hashing the admin password")?;
+    store
+        .create_admin("admin", &hash)
+        .await
+        .context("creating the first admin")?;
     let file = data_dir.join("initial-admin-password");
-    write_private(&file, &format!("{password}\n")).with_context(|| format!("writing {}", file.display()))?;
+    write_private(&file, &format!("{password}\n"))
+        .with_context(|| format!("writing {}", file.display()))?;
     eprintln!("dropgate: created admin account `admin` with password: {password}");
-    eprintln!("dropgate: (also written to {}; change it and delete the file)", file.display());
+    eprintln!(
+        "dropgate: (also written to {}; change it and delete the file)",
+        file.display()
+    );
     Ok(())
 }
 
@@ -110,14 +193,21 @@ fn random_password() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     let mut rng = rand::rng();
-    (0..24).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..24)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Writes a file readable by its owner only (created 0600, never widened).
 pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(content.as_bytes())?;
     f.sync_all()
 }

@@ -69,7 +69,10 @@ pub(crate) async fn open_store(cfg: &Effective) -> Result<Store, CliError> {
             StoreError::Url(m) => CliError::Usage(format!("config key `database.url`: {m}")),
             other => CliError::Runtime(anyhow::anyhow!("cannot open the database: {other}")),
         })?;
-    store.migrate().await.context("applying database migrations")?;
+    store
+        .migrate()
+        .await
+        .context("applying database migrations")?;
     Ok(store)
 }
 
@@ -84,13 +87,18 @@ fn usage(e: StoreError) -> CliError {
 }
 
 fn parse_perm(spec: &str) -> Result<(String, BTreeSet<Permission>), CliError> {
-    let (path, list) = spec
-        .split_once('=')
-        .ok_or_else(|| CliError::Usage(format!("--perm {spec:?}: expected PATH=PERM,PERM (e.g. /inbox=list,upload)")))?;
+    let (path, list) = spec.split_once('=').ok_or_else(|| {
+        CliError::Usage(format!(
+            "--perm {spec:?}: expected PATH=PERM,PERM (e.g. /inbox=list,upload)"
+        ))
+    })?;
     let perms = list
         .split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(|p| p.parse::<Permission>().map_err(|e| CliError::Usage(format!("--perm {spec:?}: {e}"))))
+        .map(|p| {
+            p.parse::<Permission>()
+                .map_err(|e| CliError::Usage(format!("--perm {spec:?}: {e}")))
+        })
         .collect::<Result<BTreeSet<_>, _>>()?;
     Ok((path.to_owned(), perms))
 }
@@ -98,7 +106,15 @@ fn parse_perm(spec: &str) -> Result<(String, BTreeSet<Permission>), CliError> {
 pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliError> {
     // Parse every argument before touching the database.
     match cmd {
-        UserCommand::Add { name, password_stdin, keys, home, perms, quota_bytes, disabled } => {
+        UserCommand::Add {
+            name,
+            password_stdin,
+            keys,
+            home,
+            perms,
+            quota_bytes,
+            disabled,
+        } => {
             let mut user = User::new(&name);
             if let Some(h) = home {
                 user.home = h;
@@ -113,7 +129,11 @@ pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliErr
             for file in &keys {
                 let text = std::fs::read_to_string(file)
                     .map_err(|e| CliError::Usage(format!("--key {}: {e}", file.display())))?;
-                for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                for line in text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                {
                     user.public_keys.push(line.to_owned());
                 }
             }
@@ -121,24 +141,37 @@ pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliErr
                 user.quota.max_bytes = q;
             }
             user.enabled = !disabled;
-            user.validate().map_err(|f| CliError::Usage(format!("invalid {}: {}", f.field, f.message)))?;
-            let password = if password_stdin { Some(crate::read_password_stdin()?) } else { None };
+            user.validate()
+                .map_err(|f| CliError::Usage(format!("invalid {}: {}", f.field, f.message)))?;
+            let password = if password_stdin {
+                Some(crate::read_password_stdin()?)
+            } else {
+                None
+            };
             if password.is_none() && user.public_keys.is_empty() {
-                eprintln!("dropgate: note: {name} has neither a password nor a key and cannot log in yet");
+                eprintln!(
+                    "dropgate: note: {name} has neither a password nor a key and cannot log in yet"
+                );
             }
             let store = open_store(cfg).await?;
             let hash = match &password {
                 Some(p) => Some(store.hasher().hash(p).await.map_err(usage)?),
                 None => None,
             };
-            store.create_user(&user, hash.as_deref()).await.map_err(usage)?;
+            store
+                .create_user(&user, hash.as_deref())
+                .await
+                .map_err(usage)?;
             println!("user {name} created");
             Ok(())
         }
         UserCommand::List => {
             let store = open_store(cfg).await?;
             let mut offset = 0u64;
-            println!("{:<24} {:<8} {:<24} {}", "USERNAME", "ENABLED", "LAST LOGIN", "HOME");
+            println!(
+                "{:<24} {:<8} {:<24} {}",
+                "USERNAME", "ENABLED", "LAST LOGIN", "HOME"
+            );
             loop {
                 let (page, _total) = store.list_users(500, offset).await.map_err(usage)?;
                 if page.is_empty() {
@@ -146,8 +179,16 @@ pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliErr
                 }
                 offset += page.len() as u64;
                 for u in page {
-                    let last = u.last_login_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string());
-                    println!("{:<24} {:<8} {:<24} {}", u.username, u.enabled, last.as_deref().unwrap_or("-"), u.home);
+                    let last = u
+                        .last_login_at
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+                    println!(
+                        "{:<24} {:<8} {:<24} {}",
+                        u.username,
+                        u.enabled,
+                        last.as_deref().unwrap_or("-"),
+                        u.home
+                    );
                 }
             }
             Ok(())
@@ -168,11 +209,17 @@ pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliErr
             println!("user {name} deleted (files kept)");
             Ok(())
         }
-        UserCommand::Passwd { name, password_stdin: _ } => {
+        UserCommand::Passwd {
+            name,
+            password_stdin: _,
+        } => {
             let password = crate::read_password_stdin()?;
             let store = open_store(cfg).await?;
             let hash = store.hasher().hash(&password).await.map_err(usage)?;
-            store.set_user_password_hash(&name, Some(&hash)).await.map_err(usage)?;
+            store
+                .set_user_password_hash(&name, Some(&hash))
+                .await
+                .map_err(usage)?;
             println!("password of {name} changed");
             Ok(())
         }
@@ -181,7 +228,10 @@ pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliErr
 
 pub(crate) async fn admin(cmd: AdminCommand, cfg: &Effective) -> Result<(), CliError> {
     match cmd {
-        AdminCommand::Add { name, password_stdin: _ } => {
+        AdminCommand::Add {
+            name,
+            password_stdin: _,
+        } => {
             dropgate_store::validate_username(&name)
                 .map_err(|f| CliError::Usage(format!("invalid {}: {}", f.field, f.message)))?;
             let password = crate::read_password_stdin()?;

@@ -10,13 +10,25 @@ use std::time::{Duration, Instant};
 
 fn dropgate(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dropgate"));
-    c.current_dir(dir).env_remove("DROPGATE_CONFIG").env("RUST_LOG", "warn");
+    c.current_dir(dir)
+        .env_remove("DROPGATE_CONFIG")
+        .env("RUST_LOG", "warn");
     c
 }
 
 fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -24,24 +36,53 @@ fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
 fn user_add_then_show_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let keyfile = dir.path().join("k.pub");
-    std::fs::write(&keyfile, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8m partner@host\n").unwrap();
+    std::fs::write(
+        &keyfile,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8m partner@host\n",
+    )
+    .unwrap();
     let mut add = dropgate(dir.path());
-    add.args(["user", "add", "acme", "--password-stdin", "--home", "partners/acme", "--quota-bytes", "1048576"])
-        .args(["--perm", "/=list", "--perm", "/inbox=list,upload", "--key"])
-        .arg(&keyfile);
+    add.args([
+        "user",
+        "add",
+        "acme",
+        "--password-stdin",
+        "--home",
+        "partners/acme",
+        "--quota-bytes",
+        "1048576",
+    ])
+    .args(["--perm", "/=list", "--perm", "/inbox=list,upload", "--key"])
+    .arg(&keyfile);
     let out = run_with_stdin(add, "s3cret\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let out = dropgate(dir.path()).args(["user", "show", "acme"]).output().unwrap();
+    let out = dropgate(dir.path())
+        .args(["user", "show", "acme"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["username"], "acme");
     assert_eq!(v["home"], "partners/acme");
     assert_eq!(v["quota"]["max_bytes"], 1048576);
-    assert_eq!(v["permissions"]["/inbox"], serde_json::json!(["list", "upload"]));
-    assert_eq!(v["public_keys"][0], "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8m partner@host");
+    assert_eq!(
+        v["permissions"]["/inbox"],
+        serde_json::json!(["list", "upload"])
+    );
+    assert_eq!(
+        v["public_keys"][0],
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8m partner@host"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("argon2") && !text.contains("s3cret"), "no secret in output: {text}");
+    assert!(
+        !text.contains("argon2") && !text.contains("s3cret"),
+        "no secret in output: {text}"
+    );
 
     // The database landed in ./data by default.
     assert!(dir.path().join("data/dropgate.db").is_file());
@@ -57,7 +98,10 @@ fn user_add_then_show_round_trips() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
-    let out = dropgate(dir.path()).args(["user", "list"]).output().unwrap();
+    let out = dropgate(dir.path())
+        .args(["user", "list"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("acme"));
     let out = run_with_stdin(
         {
@@ -68,9 +112,15 @@ fn user_add_then_show_round_trips() {
         "n3w\n",
     );
     assert!(out.status.success());
-    let out = dropgate(dir.path()).args(["user", "delete", "acme"]).output().unwrap();
+    let out = dropgate(dir.path())
+        .args(["user", "delete", "acme"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let out = dropgate(dir.path()).args(["user", "show", "acme"]).output().unwrap();
+    let out = dropgate(dir.path())
+        .args(["user", "show", "acme"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -78,10 +128,16 @@ fn user_add_then_show_round_trips() {
 fn bad_config_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str)] = &[
-        ("[ftp]\nidle_timeout_secs = \"soon\"\n", "ftp.idle_timeout_secs"),
+        (
+            "[ftp]\nidle_timeout_secs = \"soon\"\n",
+            "ftp.idle_timeout_secs",
+        ),
         ("[ftp]\npassive_ports = \"10-5\"\n", "ftp.passive_ports"),
         ("[sftp]\nlisten = \"nowhere\"\n", "sftp.listen"),
-        ("[storage]\nupload_mode = \"sideways\"\n", "storage.upload_mode"),
+        (
+            "[storage]\nupload_mode = \"sideways\"\n",
+            "storage.upload_mode",
+        ),
         ("[database]\nurl = \"mysql://x\"\n", "database.url"),
         ("[ftp]\nno_such_key = 1\n", "no_such_key"),
         ("not toml at all [[[", "TOML"),
@@ -91,17 +147,30 @@ fn bad_config_exits_2_naming_the_key() {
         let out = dropgate(dir.path()).arg("check-config").output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{body}: {err}");
-        assert!(err.contains(key), "{body}: error does not name {key}: {err}");
+        assert!(
+            err.contains(key),
+            "{body}: error does not name {key}: {err}"
+        );
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
     }
     // Environment overrides are checked the same way.
     std::fs::remove_file(dir.path().join("dropgate.toml")).unwrap();
-    let out = dropgate(dir.path()).arg("check-config").env("DROPGATE_LIMITS__BAN_SECS", "later").output().unwrap();
+    let out = dropgate(dir.path())
+        .arg("check-config")
+        .env("DROPGATE_LIMITS__BAN_SECS", "later")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.ban_secs"));
     // A missing --config file is a usage error too.
-    let out = dropgate(dir.path()).args(["--config", "nope.toml", "check-config"]).output().unwrap();
+    let out = dropgate(dir.path())
+        .args(["--config", "nope.toml", "check-config"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -113,14 +182,24 @@ fn check_config_masks_secrets_and_applies_env() {
         "[database]\nurl = \"postgres://svc:hunter2@127.0.0.1:5432/db\"\n[storage.s3]\nsecret_access_key = \"AKIASECRET\"\n",
     )
     .unwrap();
-    let out = dropgate(dir.path()).arg("check-config").env("DROPGATE_FTP__BANNER", "welcome partners").output().unwrap();
+    let out = dropgate(dir.path())
+        .arg("check-config")
+        .env("DROPGATE_FTP__BANNER", "welcome partners")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("hunter2") && !text.contains("AKIASECRET"), "{text}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("AKIASECRET"),
+        "{text}"
+    );
     assert!(text.contains("svc:****@"));
     assert!(text.contains("banner = \"welcome partners\""));
     // Relative paths resolve against the config file's folder.
-    assert!(text.contains(&format!("data_dir = \"{}", std::fs::canonicalize(dir.path()).unwrap().display())));
+    assert!(text.contains(&format!(
+        "data_dir = \"{}",
+        std::fs::canonicalize(dir.path()).unwrap().display()
+    )));
 }
 
 #[test]
@@ -153,23 +232,42 @@ fn serve_creates_first_admin_and_stops_on_sigterm() {
 
     let started = Instant::now();
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "serve did not stop within 5 s of SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "serve did not stop within 5 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(stderr.contains(pw.trim()), "password printed once to stderr");
+    assert!(
+        stderr.contains(pw.trim()),
+        "password printed once to stderr"
+    );
 
     // A second start keeps the admin (no new password).
-    let again = dropgate(dir.path()).arg("serve").stderr(Stdio::piped()).spawn().unwrap();
+    let again = dropgate(dir.path())
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    Command::new("kill").args(["-TERM", &again.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &again.id().to_string()])
+        .status()
+        .unwrap();
     let out = again.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("created admin account"));

@@ -1,1 +1,63 @@
-//! placeholder
+//! The FTP listener: RFC 959 with FEAT/OPTS (RFC 2389), EPRT/EPSV (RFC 2428),
+//! SIZE/MDTM/REST STREAM/MLST/MLSD (RFC 3659), UTF-8 (RFC 2640), MFMT and
+//! HASH, over passive and active data connections.
+//!
+//! Owns: the accept loop and connection limits ([`FtpServer`]), control
+//! connection framing, the command parser and reply formatting, listing
+//! formats, the passive port pool shared by all sessions of a listener, and
+//! moving bytes over data connections (zero-copy downloads).
+//!
+//! Must not: touch the database or the disk directly, or decide policy. A
+//! login is `Gateway::authenticate`; every file operation is a method of the
+//! `dropgate_core::Session` it returns (permissions, quota and audit happen
+//! there); every client path goes through `VirtualPath::resolve`. It must not
+//! let a data connection from another host in (passive) or connect anywhere
+//! but the client (active: no FTP bounce), nor reveal a host path in a reply.
+//!
+//! TLS is not here: `AUTH` is refused. The FTPS work plugs in at
+//! `security.rs` (the seam is described there); the control connection
+//! already runs over a boxed stream and data connections over an enum.
+
+mod ascii;
+mod commands;
+mod connection;
+mod control;
+mod data;
+mod error;
+mod listing;
+mod parse;
+mod passive;
+mod reply;
+mod security;
+mod server;
+mod transfer;
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+pub use error::FtpError;
+pub use server::FtpServer;
+
+/// Settings of one FTP listener (the `[ftp]` section and `[limits]`).
+#[derive(Debug, Clone)]
+pub struct FtpConfig {
+    /// Addresses to listen on (port 0: any free port, see
+    /// [`FtpServer::local_addrs`]).
+    pub listen: Vec<SocketAddr>,
+    /// Ports for passive data connections, shared by every session.
+    pub passive_ports: RangeInclusive<u16>,
+    /// IPv4 address or DNS name announced in PASV replies (behind NAT);
+    /// `None`: the control connection's local address.
+    pub passive_address: Option<String>,
+    /// Whether PORT/EPRT are allowed (only ever to the client's own address).
+    pub active_mode: bool,
+    /// A session with no command and no transfer for this long is closed.
+    pub idle_timeout: Duration,
+    /// Text of the 220 greeting.
+    pub banner: String,
+    /// Most simultaneous connections on this listener (0: no limit).
+    pub max_connections: usize,
+    /// Most simultaneous connections from one IP address (0: no limit).
+    pub max_connections_per_ip: usize,
+}

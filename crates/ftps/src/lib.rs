@@ -83,7 +83,9 @@ pub struct FtpsTls {
 
 impl std::fmt::Debug for FtpsTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FtpsTls").field("settings", &self.settings).finish()
+        f.debug_struct("FtpsTls")
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
@@ -91,7 +93,10 @@ impl FtpsTls {
     /// Loads (or generates) the certificate and builds the base configuration.
     pub fn load(settings: TlsSettings) -> Result<Arc<FtpsTls>, TlsError> {
         let base = build_config(&settings)?;
-        Ok(Arc::new(FtpsTls { settings, base: RwLock::new(base) }))
+        Ok(Arc::new(FtpsTls {
+            settings,
+            base: RwLock::new(base),
+        }))
     }
 
     /// Re-reads the certificate files (SIGHUP). Sessions already running keep
@@ -111,9 +116,14 @@ impl FtpsTls {
         cfg.session_storage = ServerSessionMemoryCache::new(SESSIONS_PER_CONTROL);
         match rustls::crypto::aws_lc_rs::Ticketer::new() {
             Ok(t) => cfg.ticketer = t,
-            Err(e) => tracing::warn!(error = %e, "no TLS ticketer; TLS 1.3 data channels may not resume"),
+            Err(e) => {
+                tracing::warn!(error = %e, "no TLS ticketer; TLS 1.3 data channels may not resume")
+            }
         }
-        ControlTls { config: Arc::new(cfg), require_reuse: self.settings.require_session_reuse }
+        ControlTls {
+            config: Arc::new(cfg),
+            require_reuse: self.settings.require_session_reuse,
+        }
     }
 
     /// Whether data channels must resume the control session.
@@ -145,8 +155,12 @@ impl ControlTls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let stream = TlsAcceptor::from(self.config.clone()).accept(io).await.map_err(DataTlsError::Handshake)?;
-        if self.require_reuse && stream.get_ref().1.handshake_kind() != Some(HandshakeKind::Resumed) {
+        let stream = TlsAcceptor::from(self.config.clone())
+            .accept(io)
+            .await
+            .map_err(DataTlsError::Handshake)?;
+        if self.require_reuse && stream.get_ref().1.handshake_kind() != Some(HandshakeKind::Resumed)
+        {
             return Err(DataTlsError::NotResumed);
         }
         Ok(stream)
@@ -163,7 +177,10 @@ fn build_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Cert(format!("{}: {e}", cert_path.display())))?;
     if certs.is_empty() {
-        return Err(TlsError::Cert(format!("{}: no PEM certificate found", cert_path.display())));
+        return Err(TlsError::Cert(format!(
+            "{}: no PEM certificate found",
+            cert_path.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| TlsError::Key(format!("{}: {e}", key_path.display())))?;
@@ -193,9 +210,12 @@ fn ensure_generated(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
     if cert.is_file() && key.is_file() {
         return Ok((cert, key));
     }
-    let fail = |e: &dyn std::fmt::Display| TlsError::Generate(data_dir.to_path_buf(), e.to_string());
+    let fail =
+        |e: &dyn std::fmt::Display| TlsError::Generate(data_dir.to_path_buf(), e.to_string());
     std::fs::create_dir_all(data_dir).map_err(|e| fail(&e))?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
     let mut names = vec!["localhost".to_owned()];
     if !host.is_empty() && host != "localhost" {
         names.push(host);
@@ -210,7 +230,11 @@ fn ensure_generated(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
 fn write_file(path: &Path, content: &str, mode: u32) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
     f.write_all(content.as_bytes())?;
     f.sync_all()
 }
@@ -233,10 +257,17 @@ mod tests {
         let _ = FtpsTls::load(s.clone()).unwrap();
         let first = std::fs::read(dir.path().join(GENERATED_CERT)).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(GENERATED_KEY)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.path().join(GENERATED_KEY))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let tls = FtpsTls::load(s).unwrap();
-        assert_eq!(first, std::fs::read(dir.path().join(GENERATED_CERT)).unwrap());
+        assert_eq!(
+            first,
+            std::fs::read(dir.path().join(GENERATED_CERT)).unwrap()
+        );
         tls.reload().unwrap();
     }
 

@@ -1,1 +1,33 @@
-//! placeholder
+//! The SFTP listener: SSH-2 (russh) with the SFTP version 3 subsystem, as
+//! OpenSSH's `sftp-server` speaks it, over `dropgate-core`.
+//!
+//! Owns: the SSH side (host keys generated once and kept, the algorithm
+//! policy, password and public-key authentication through
+//! [`Gateway::authenticate`](dropgate_core::Gateway::authenticate), connection
+//! limits, login grace and idle timeouts, refusing shells, commands, ptys and
+//! forwarding), and the SFTP side (a byte-exact v3 codec with OpenSSH's
+//! extensions and a pipelined request dispatcher).
+//!
+//! Must not: touch the disk or the database. Every file operation goes
+//! through [`dropgate_core::Session`] (which checks permissions, keeps quotas
+//! and writes the audit log), and every client path through
+//! [`dropgate_vfs::VirtualPath`], the one canonicalizer. Host keys are the
+//! only files this crate writes, into `data_dir`.
+//!
+//! Layout: [`server`] (accept loop, limits, shutdown), `ssh` (the russh
+//! handler), `host_keys`, `codec` (pure wire format), `dispatcher` (reader,
+//! executor and writer of one SFTP session), `ops` (what each request does),
+//! `listing` (attributes and `ls -l` names), `status` (error → status table).
+
+mod codec;
+mod dispatcher;
+mod error;
+mod host_keys;
+mod listing;
+mod ops;
+pub mod server;
+mod ssh;
+mod status;
+
+pub use error::SftpError;
+pub use server::{SftpConfig, SftpServer};

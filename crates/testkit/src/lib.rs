@@ -35,9 +35,17 @@ impl TestGateway {
         store.migrate().await.expect("migrate");
         let gateway = Gateway::new(
             store.clone(),
-            GatewayConfig { storage_root: dir.path().join("files"), upload_mode: mode, node_name: "test".into() },
+            GatewayConfig {
+                storage_root: dir.path().join("files"),
+                upload_mode: mode,
+                node_name: "test".into(),
+            },
         );
-        TestGateway { gateway, store, dir }
+        TestGateway {
+            gateway,
+            store,
+            dir,
+        }
     }
 
     /// The storage root (homes are folders below it).
@@ -54,7 +62,8 @@ impl TestGateway {
 
     /// Creates an account with a password and default permissions.
     pub async fn add_user(&self, username: &str, password: &str) -> User {
-        self.add_user_with(User::new(username), Some(password)).await
+        self.add_user_with(User::new(username), Some(password))
+            .await
     }
 
     /// Creates a customised account.
@@ -63,7 +72,10 @@ impl TestGateway {
             Some(p) => Some(self.store.hasher().hash(p).await.unwrap()),
             None => None,
         };
-        self.store.create_user(&user, hash.as_deref()).await.unwrap();
+        self.store
+            .create_user(&user, hash.as_deref())
+            .await
+            .unwrap();
         user
     }
 
@@ -87,16 +99,25 @@ pub fn require_tool(tool: &str, package: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok && which(tool), "{tool} is required (Debian package {package}) and could not be installed");
+    assert!(
+        ok && which(tool),
+        "{tool} is required (Debian package {package}) and could not be installed"
+    );
 }
 
 fn which(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool} >/dev/null")).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Writes `len` deterministic pseudo-random bytes to `path`.
 pub fn write_random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let data: Vec<u8> = (0..len)
         .map(|_| {
             x ^= x << 13;

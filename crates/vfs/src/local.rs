@@ -547,7 +547,16 @@ impl FileWriter for LocalWriter {
                     .map_err(io::Error::from)?;
                     self.finished = true;
                     // Make the rename itself durable.
-                    let _ = rustix::fs::fsync(&self.parent);
+                    // cap-std holds folders as O_PATH handles, which cannot be
+                    // fsynced: open the folder itself (read-only) for that.
+                    match self.parent.open(".") {
+                        Ok(dir) => {
+                            if let Err(e) = dir.sync_all() {
+                                tracing::warn!(error = %e, "could not fsync the upload's folder");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not open the upload's folder to fsync it"),
+                    }
                 }
                 self.finished = true;
                 Ok(self.file.metadata()?.len())

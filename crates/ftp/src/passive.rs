@@ -1,0 +1,447 @@
+//! Passive data connections: one [`PassivePortPool`] per listener shared by
+//! every session, and the task that waits for the client's data connection.
+//!
+//! A port is leased when a client sends PASV/EPSV and returns to the pool as
+//! soon as the data connection is accepted, when nobody connects within the
+//! wait limit, or when the session moves on (a new PASV, a disconnect): the
+//! lease lives in the [`PendingPassive`] that owns the listener, and is
+//! dropped with it in all three cases.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// How many ports one PASV tries before giving up (ports held by other
+/// processes are skipped).
+const MAX_BIND_ATTEMPTS: usize = 256;
+
+/// The passive port range of one listener, shared by all its sessions.
+#[derive(Clone)]
+pub(crate) struct PassivePortPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    first: u16,
+    state: Mutex<PoolState>,
+}
+
+struct PoolState {
+    /// One flag per port of the range.
+    in_use: Vec<bool>,
+    /// Where the next search starts: round robin, so a port just released
+    /// (and maybe still in TIME_WAIT on the client side) is reused last.
+    next: usize,
+    leased: usize,
+}
+
+/// A port taken from the pool; dropping it gives the port back.
+pub(crate) struct PortLease {
+    pool: Arc<PoolInner>,
+    port: u16,
+}
+
+impl PortLease {
+    /// The leased port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        let mut st = self.pool.lock();
+        let i = usize::from(self.port - self.pool.first);
+        if st.in_use[i] {
+            st.in_use[i] = false;
+            st.leased -= 1;
+        }
+    }
+}
+
+impl PoolInner {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // Nothing can be left half-updated by a panic under this lock.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl PassivePortPool {
+    /// A pool over `range` (port 0 is never handed out; an empty range makes
+    /// every PASV fail with 425).
+    pub(crate) fn new(range: RangeInclusive<u16>) -> PassivePortPool {
+        let first = (*range.start()).max(1);
+        let last = *range.end();
+        let len = if last >= first {
+            usize::from(last - first) + 1
+        } else {
+            0
+        };
+        PassivePortPool {
+            inner: Arc::new(PoolInner {
+                first,
+                state: Mutex::new(PoolState {
+                    in_use: vec![false; len],
+                    next: 0,
+                    leased: 0,
+                }),
+            }),
+        }
+    }
+
+    /// Takes a free port, or `None` when all are leased.
+    pub(crate) fn lease(&self) -> Option<PortLease> {
+        let mut st = self.inner.lock();
+        let len = st.in_use.len();
+        for k in 0..len {
+            let i = (st.next + k) % len;
+            if !st.in_use[i] {
+                st.in_use[i] = true;
+                st.leased += 1;
+                st.next = (i + 1) % len;
+                let port = self.inner.first + u16::try_from(i).ok()?;
+                return Some(PortLease {
+                    pool: self.inner.clone(),
+                    port,
+                });
+            }
+        }
+        None
+    }
+
+    /// How many ports are leased right now.
+    #[cfg(test)]
+    pub(crate) fn leased(&self) -> usize {
+        self.inner.lock().leased
+    }
+
+    /// How many ports the range holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.inner.lock().in_use.len()
+    }
+
+    /// Binds a listener on `ip` at a leased port.
+    pub(crate) fn bind(&self, ip: IpAddr) -> io::Result<(TcpListener, PortLease)> {
+        for _ in 0..self.capacity().min(MAX_BIND_ATTEMPTS) {
+            let Some(lease) = self.lease() else { break };
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            match socket.bind(SocketAddr::new(ip, lease.port())) {
+                Ok(()) => return Ok((socket.listen(8)?, lease)),
+                // Held by another process: try the next one.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            "no passive port available",
+        ))
+    }
+}
+
+/// A passive listener waiting for the client's data connection.
+///
+/// It owns its listener and port lease, so dropping it (a new PASV, the end
+/// of the session, its expiry) closes the listener and frees the port at
+/// once. Connections are accepted when the transfer starts; until then the
+/// kernel holds a client that connected early.
+pub(crate) struct PendingPassive {
+    listener: TcpListener,
+    lease: PortLease,
+    /// Only this host may connect.
+    client: IpAddr,
+    /// After this, the port goes back to the pool.
+    deadline: Instant,
+}
+
+impl PendingPassive {
+    /// A listener for `client`, valid for `wait`.
+    pub(crate) fn new(
+        listener: TcpListener,
+        lease: PortLease,
+        client: IpAddr,
+        wait: Duration,
+    ) -> PendingPassive {
+        PendingPassive {
+            listener,
+            lease,
+            client,
+            deadline: Instant::now() + wait,
+        }
+    }
+
+    /// When the listener expires.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The client's data connection. Connections from any other address
+    /// are closed unread and the wait goes on, up to the deadline. The port
+    /// is freed when this returns.
+    pub(crate) async fn accept(self) -> io::Result<TcpStream> {
+        let PendingPassive {
+            listener,
+            lease,
+            client,
+            deadline,
+        } = self;
+        let result = tokio::time::timeout_at(deadline.into(), async {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, from)) if same_host(from.ip(), client) => return Ok(stream),
+                    Ok((stream, from)) => {
+                        tracing::warn!(%from, expected = %client, port = lease.port(), "data connection from a foreign address refused");
+                        drop(stream);
+                    }
+                    Err(e) if is_transient(&e) => {
+                        tracing::debug!(error = %e, "passive accept failed");
+                        // Out of descriptors and the like: do not spin.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no data connection")));
+        drop(listener);
+        drop(lease);
+        result
+    }
+}
+
+/// Accept errors that concern one connection or a momentary shortage.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || e.raw_os_error().is_some_and(|c| {
+        c == rustix::io::Errno::MFILE.raw_os_error()
+            || c == rustix::io::Errno::NFILE.raw_os_error()
+            || c == rustix::io::Errno::NOBUFS.raw_os_error()
+            || c == rustix::io::Errno::NOMEM.raw_os_error()
+    })
+}
+
+/// How long a resolved `passive_address` name is reused.
+const NAME_CACHE: Duration = Duration::from_secs(60);
+
+/// The address PASV replies announce.
+pub(crate) enum AdvertisedAddress {
+    /// The control connection's local address.
+    ControlLocal,
+    /// A fixed IPv4 address (`passive_address = "203.0.113.7"`).
+    Fixed(Ipv4Addr),
+    /// A DNS name, resolved to IPv4 and cached briefly (dynamic addresses).
+    Name {
+        host: String,
+        cached: Mutex<Option<(Instant, Ipv4Addr)>>,
+    },
+}
+
+impl AdvertisedAddress {
+    /// From the configuration (`None` or empty: the control connection's address).
+    pub(crate) fn new(config: Option<&str>) -> AdvertisedAddress {
+        match config.map(str::trim).filter(|s| !s.is_empty()) {
+            None => AdvertisedAddress::ControlLocal,
+            Some(s) => match s.parse::<Ipv4Addr>() {
+                Ok(ip) => AdvertisedAddress::Fixed(ip),
+                Err(_) => AdvertisedAddress::Name {
+                    host: s.to_owned(),
+                    cached: Mutex::new(None),
+                },
+            },
+        }
+    }
+
+    /// The IPv4 address to put in a PASV reply on a connection whose local
+    /// address is `local`; `None` if there is none (IPv6 without a
+    /// configured address, or a name that does not resolve).
+    pub(crate) async fn resolve(&self, local: IpAddr) -> Option<Ipv4Addr> {
+        match self {
+            AdvertisedAddress::ControlLocal => match local.to_canonical() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            },
+            AdvertisedAddress::Fixed(ip) => Some(*ip),
+            AdvertisedAddress::Name { host, cached } => {
+                if let Some((at, ip)) = *cached.lock().unwrap_or_else(|p| p.into_inner())
+                    && at.elapsed() < NAME_CACHE
+                {
+                    return Some(ip);
+                }
+                let found = tokio::net::lookup_host((host.as_str(), 0))
+                    .await
+                    .ok()?
+                    .find_map(|a| match a.ip() {
+                        IpAddr::V4(v4) => Some(v4),
+                        IpAddr::V6(_) => None,
+                    });
+                match found {
+                    Some(ip) => {
+                        *cached.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((Instant::now(), ip));
+                        Some(ip)
+                    }
+                    None => {
+                        tracing::warn!(%host, "passive_address does not resolve to an IPv4 address");
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether two addresses are the same host (IPv4-mapped IPv6 equals IPv4).
+pub(crate) fn same_host(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn leases_round_robin_and_release_on_drop() {
+        let pool = PassivePortPool::new(5000..=5002);
+        assert_eq!(pool.capacity(), 3);
+        let a = pool.lease().unwrap();
+        let b = pool.lease().unwrap();
+        let c = pool.lease().unwrap();
+        assert_eq!((a.port(), b.port(), c.port()), (5000, 5001, 5002));
+        assert!(pool.lease().is_none());
+        assert_eq!(pool.leased(), 3);
+        drop(b);
+        assert_eq!(pool.leased(), 2);
+        let d = pool.lease().unwrap();
+        assert_eq!(d.port(), 5001);
+        drop((a, c, d));
+        assert_eq!(pool.leased(), 0);
+        // Round robin: the search continues after the last port handed out.
+        assert_eq!(pool.lease().unwrap().port(), 5002);
+    }
+
+    #[test]
+    fn empty_and_zero_ranges() {
+        #[allow(clippy::reversed_empty_ranges)]
+        let pool = PassivePortPool::new(6000..=5999);
+        assert_eq!(pool.capacity(), 0);
+        assert!(pool.lease().is_none());
+        let pool = PassivePortPool::new(0..=1);
+        let only = pool.lease().unwrap();
+        assert_eq!(only.port(), 1);
+        assert!(pool.lease().is_none());
+    }
+
+    #[test]
+    fn churn_does_not_leak() {
+        let pool = PassivePortPool::new(7000..=7009);
+        let pools: Vec<_> = (0..8).map(|_| pool.clone()).collect();
+        std::thread::scope(|s| {
+            for p in &pools {
+                s.spawn(move || {
+                    for _ in 0..10_000 {
+                        if let Some(l) = p.lease() {
+                            assert!((7000..=7009).contains(&l.port()));
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(pool.leased(), 0);
+    }
+
+    #[test]
+    fn mapped_addresses_are_the_same_host() {
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(same_host(v4, mapped));
+        assert!(!same_host(v4, other));
+    }
+
+    #[tokio::test]
+    async fn foreign_connections_are_closed_and_the_wait_goes_on() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pool = PassivePortPool::new(45000..=45999);
+        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        let (listener, lease) = pool.bind(client).unwrap();
+        let addr = SocketAddr::new(client, lease.port());
+        let pending = PendingPassive::new(listener, lease, client, Duration::from_secs(10));
+        let foreign = TcpSocket::new_v4().unwrap();
+        foreign.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut foreign = foreign.connect(addr).await.unwrap();
+        let mut real = TcpStream::connect(addr).await.unwrap();
+        let mut accepted = pending.accept().await.unwrap();
+        assert_eq!(pool.leased(), 0, "released on use");
+        let mut buf = [0u8; 8];
+        assert_eq!(foreign.read(&mut buf).await.unwrap_or(0), 0);
+        real.write_all(b"hi").await.unwrap();
+        accepted.read_exact(&mut buf[..2]).await.unwrap();
+        assert_eq!(&buf[..2], b"hi");
+    }
+
+    #[tokio::test]
+    async fn advertised_addresses() {
+        let local: IpAddr = "10.1.2.3".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(
+            AdvertisedAddress::new(None).resolve(local).await,
+            Some(Ipv4Addr::new(10, 1, 2, 3))
+        );
+        assert_eq!(
+            AdvertisedAddress::new(Some("")).resolve(mapped).await,
+            Some(Ipv4Addr::new(10, 1, 2, 3))
+        );
+        assert_eq!(AdvertisedAddress::new(None).resolve(v6).await, None);
+        assert_eq!(
+            AdvertisedAddress::new(Some("203.0.113.7"))
+                .resolve(v6)
+                .await,
+            Some(Ipv4Addr::new(203, 0, 113, 7))
+        );
+        assert_eq!(
+            AdvertisedAddress::new(Some("localhost"))
+                .resolve(local)
+                .await,
+            Some(Ipv4Addr::LOCALHOST)
+        );
+    }
+
+    #[tokio::test]
+    async fn skips_ports_in_use_and_frees_on_timeout() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let Some(next) = port.checked_add(1) else {
+            return;
+        };
+        let pool = PassivePortPool::new(port..=next);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        match pool.bind(ip) {
+            Ok((listener, lease)) => {
+                assert_eq!(lease.port(), next);
+                let pending = PendingPassive::new(listener, lease, ip, Duration::from_millis(50));
+                assert_eq!(pool.leased(), 1);
+                let err = pending.accept().await.unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+                assert_eq!(pool.leased(), 0);
+            }
+            // The neighbouring port happened to be taken too.
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::AddrNotAvailable),
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Moving bytes over a data connection: downloads (zero-copy `sendfile` for
+//! local files in binary mode), uploads (large reused buffers, one disk
+//! write in flight while the next buffer fills), and listings streamed
+//! straight from the directory reader.
+//!
+//! A transfer runs in its own task so the control connection keeps reading
+//! (ABOR, STAT, NOOP); it reports back with a [`TransferOutcome`].
+
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use dropgate_core::store::Permission;
+use dropgate_core::vfs::{DirStream, Metadata, VirtualPath};
+use dropgate_core::{Download, FsError, Session, Upload};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::ascii;
+use crate::data::{DataSetup, DataStream};
+use crate::error::TransferError;
+use crate::listing::{self, EntryRights, ListFormat};
+use crate::reply::{Reply, push_escaped};
+
+/// Most bytes one `sendfile` call may move.
+const SENDFILE_CHUNK: u64 = 4 << 20;
+/// Read size of the download fallback (ASCII, non-local storage).
+const COPY_CHUNK: usize = 1 << 20;
+/// Upload buffer size (two of them per upload).
+const UPLOAD_CHUNK: usize = 1 << 20;
+/// Listing output buffer.
+const LISTING_BUFFER: usize = 64 * 1024;
+
+/// How a transfer ended.
+#[derive(Debug)]
+pub(crate) enum TransferOutcome {
+    /// Complete: the final reply (226).
+    Done(Reply),
+    /// Failed: the reply that says why (425, 426, 451, 452, 552, ...).
+    Failed(Reply),
+    /// Stopped by ABOR, a disconnect or the end of the session.
+    Aborted,
+}
+
+/// What to listen to while a transfer runs.
+pub(crate) struct TransferControl {
+    /// Cancelled by ABOR, disconnect, shutdown or admin kick.
+    pub(crate) abort: CancellationToken,
+    /// Bytes moved so far (STAT during a transfer).
+    pub(crate) progress: Arc<AtomicU64>,
+    /// A data connection silent for this long fails the transfer.
+    pub(crate) idle: Duration,
+    /// Asks the connection whether the client is still there before an
+    /// upload is committed (answer `false`: abort).
+    pub(crate) commit_gate: mpsc::Sender<oneshot::Sender<bool>>,
+}
+
+/// A listing's source.
+pub(crate) enum ListSource {
+    /// A folder's entries, streamed.
+    Dir {
+        path: VirtualPath,
+        entries: DirStream,
+    },
+    /// One entry (the argument named a file).
+    One { path: VirtualPath, meta: Metadata },
+}
+
+/// One transfer to run.
+pub(crate) enum Work {
+    /// RETR: `offset` from REST.
+    Download {
+        download: Download,
+        offset: u64,
+        ascii: bool,
+    },
+    /// STOR, STOU, APPE: `done` is the 226 text.
+    Upload {
+        upload: Upload,
+        ascii: bool,
+        done: String,
+    },
+    /// LIST, NLST, MLSD.
+    Listing {
+        source: ListSource,
+        format: ListFormat,
+        session: Session,
+    },
+}
+
+/// Opens the data connection and runs `work` over it.
+pub(crate) async fn run(
+    setup: DataSetup,
+    local_ip: IpAddr,
+    work: Work,
+    ctl: TransferControl,
+) -> TransferOutcome {
+    let stream = tokio::select! {
+        biased;
+        _ = ctl.abort.cancelled() => Err(TransferError::Aborted),
+        r = setup.open(local_ip) => r.map_err(TransferError::Connect),
+    };
+    match work {
+        Work::Download {
+            download,
+            offset,
+            ascii,
+        } => {
+            let result = match stream {
+                Ok(s) => send_file(s, &download, offset, ascii, &ctl).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    download.finish(None);
+                    TransferOutcome::Done(Reply::new(226, "Transfer complete."))
+                }
+                Err(e) => {
+                    download.finish(Some(&e.to_string()));
+                    failed(e)
+                }
+            }
+        }
+        Work::Upload {
+            upload,
+            ascii,
+            done,
+        } => {
+            let result = match stream {
+                Ok(s) => receive_file(s, &upload, ascii, &ctl).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                upload.abort(&e.to_string()).await;
+                return failed(e);
+            }
+            // The data connection's end means the end of the file, unless
+            // the client died (then its control connection closed as well).
+            if !client_still_there(&ctl).await {
+                upload.abort("control connection closed").await;
+                return TransferOutcome::Aborted;
+            }
+            match upload.commit().await {
+                Ok(_) => TransferOutcome::Done(Reply::new(226, done)),
+                Err(e) => failed(TransferError::Fs(e)),
+            }
+        }
+        Work::Listing {
+            source,
+            format,
+            session,
+        } => {
+            let result = match stream {
+                Ok(s) => send_listing(s, source, format, &session, &ctl).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => TransferOutcome::Done(Reply::new(226, "Directory send OK.")),
+                Err(e) => failed(e),
+            }
+        }
+    }
+}
+
+fn failed(e: TransferError) -> TransferOutcome {
+    match e {
+        TransferError::Aborted => TransferOutcome::Aborted,
+        e => {
+            tracing::debug!(error = %e, "transfer failed");
+            TransferOutcome::Failed(e.reply())
+        }
+    }
+}
+
+async fn client_still_there(ctl: &TransferControl) -> bool {
+    let (tx, rx) = oneshot::channel();
+    // The connection may be busy stopping this very transfer (ABOR): never
+    // wait for it without also watching the abort.
+    tokio::select! {
+        biased;
+        _ = ctl.abort.cancelled() => false,
+        answer = async {
+            ctl.commit_gate.send(tx).await.is_ok() && rx.await.unwrap_or(false)
+        } => answer,
+    }
+}
+
+/// Awaits data-socket I/O, giving up on abort or when the socket stays idle.
+async fn net<T>(
+    ctl: &TransferControl,
+    io: impl Future<Output = io::Result<T>>,
+) -> Result<T, TransferError> {
+    tokio::select! {
+        biased;
+        _ = ctl.abort.cancelled() => Err(TransferError::Aborted),
+        r = tokio::time::timeout(ctl.idle, io) => match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(TransferError::Data(e)),
+            Err(_) => Err(TransferError::Data(io::Error::new(io::ErrorKind::TimedOut, "data connection idle"))),
+        },
+    }
+}
+
+/// Awaits storage I/O, giving up on abort.
+async fn disk<T>(
+    ctl: &TransferControl,
+    io: impl Future<Output = Result<T, FsError>>,
+) -> Result<T, TransferError> {
+    tokio::select! {
+        biased;
+        _ = ctl.abort.cancelled() => Err(TransferError::Aborted),
+        r = io => r.map_err(TransferError::Fs),
+    }
+}
+
+async fn send_file(
+    mut stream: DataStream,
+    download: &Download,
+    offset: u64,
+    ascii: bool,
+    ctl: &TransferControl,
+) -> Result<(), TransferError> {
+    let len = download.len();
+    if offset < len {
+        match (&stream, ascii, download.reader().local_file()) {
+            (DataStream::Plain(tcp), false, Some(file)) => {
+                send_zero_copy(tcp, file, offset, len, download, ctl).await?
+            }
+            _ => send_copy(&mut stream, download, offset, ascii, ctl).await?,
+        }
+    }
+    net(ctl, stream.shutdown()).await
+}
+
+/// `sendfile(2)` from the page cache straight into the socket, driven by
+/// tokio's readiness so the socket stays non-blocking.
+async fn send_zero_copy(
+    tcp: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    download: &Download,
+    ctl: &TransferControl,
+) -> Result<(), TransferError> {
+    let mut pos = offset;
+    while pos < len {
+        net(ctl, tcp.writable()).await?;
+        let want = usize::try_from((len - pos).min(SENDFILE_CHUNK)).unwrap_or(usize::MAX);
+        let sent = tcp.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(tcp, file, Some(&mut pos), want).map_err(io::Error::from)
+        });
+        match sent {
+            // The file shrank after it was opened: send what there is.
+            Ok(0) => break,
+            Ok(n) => {
+                download.add_bytes(n as u64);
+                ctl.progress.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(TransferError::Data(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Positioned reads and writes, with the next read running while the
+/// current chunk is written; converts line ends in ASCII mode.
+async fn send_copy(
+    stream: &mut DataStream,
+    download: &Download,
+    offset: u64,
+    ascii: bool,
+    ctl: &TransferControl,
+) -> Result<(), TransferError> {
+    let reader = download.reader().clone();
+    let len = download.len();
+    let read = |at: u64| {
+        let reader = reader.clone();
+        async move {
+            if at >= len {
+                return Ok(Bytes::new());
+            }
+            let want = usize::try_from((len - at).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
+            reader.read_at(at, want).await.map_err(FsError::from)
+        }
+    };
+    let mut to_net = ascii.then(ascii::ToNetwork::default);
+    let mut converted = Vec::new();
+    let mut pos = offset;
+    let mut chunk = disk(ctl, read(pos)).await?;
+    while !chunk.is_empty() {
+        let next = pos + chunk.len() as u64;
+        let out: &[u8] = match to_net.as_mut() {
+            Some(conv) => {
+                converted.clear();
+                conv.convert(&chunk, &mut converted);
+                &converted
+            }
+            None => &chunk,
+        };
+        let (written, following) =
+            tokio::join!(net(ctl, stream.write_all(out)), disk(ctl, read(next)));
+        written?;
+        download.add_bytes(chunk.len() as u64);
+        ctl.progress
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        chunk = following?;
+        pos = next;
+    }
+    Ok(())
+}
+
+async fn receive_file(
+    mut stream: DataStream,
+    upload: &Upload,
+    ascii: bool,
+    ctl: &TransferControl,
+) -> Result<(), TransferError> {
+    let mut from_net = ascii.then(ascii::FromNetwork::default);
+    let mut pos = upload.initial_len();
+    let mut current = BytesMut::with_capacity(UPLOAD_CHUNK);
+    let mut next = BytesMut::with_capacity(UPLOAD_CHUNK);
+    let mut eof = fill(&mut stream, &mut current, ctl).await?;
+    loop {
+        let data = match from_net.as_mut() {
+            Some(conv) => {
+                let mut v = Vec::with_capacity(current.len() + 1);
+                conv.convert(&current, &mut v);
+                if eof {
+                    conv.finish(&mut v);
+                }
+                current.clear();
+                Bytes::from(v)
+            }
+            None => current.split().freeze(),
+        };
+        let n = data.len() as u64;
+        if eof {
+            if n > 0 {
+                disk(ctl, upload.write_at(pos, data)).await?;
+                ctl.progress.fetch_add(n, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        // One disk write in flight while the next buffer fills.
+        let (_, at_end) = tokio::try_join!(
+            disk(ctl, upload.write_at(pos, data)),
+            fill(&mut stream, &mut next, ctl)
+        )?;
+        pos += n;
+        ctl.progress.fetch_add(n, Ordering::Relaxed);
+        eof = at_end;
+        std::mem::swap(&mut current, &mut next);
+    }
+}
+
+/// Reads until `buf` holds a full chunk or the client closes; `true` at EOF.
+async fn fill(
+    stream: &mut DataStream,
+    buf: &mut BytesMut,
+    ctl: &TransferControl,
+) -> Result<bool, TransferError> {
+    // Reclaims the allocation once the previous chunk's write dropped it.
+    buf.reserve(UPLOAD_CHUNK);
+    while buf.len() < UPLOAD_CHUNK {
+        let n = net(ctl, stream.read_buf(buf)).await?;
+        if n == 0 {
+            return Ok(true);
+        }
+        ctl.progress.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    Ok(false)
+}
+
+async fn send_listing(
+    stream: DataStream,
+    source: ListSource,
+    format: ListFormat,
+    session: &Session,
+    ctl: &TransferControl,
+) -> Result<(), TransferError> {
+    let mut out = BufWriter::with_capacity(LISTING_BUFFER, stream);
+    write_listing(
+        &mut out, source, format, session, false, &ctl.abort, ctl.idle,
+    )
+    .await?;
+    net(ctl, out.flush()).await?;
+    net(ctl, out.shutdown()).await
+}
+
+/// Writes a listing entry by entry to `out` (a buffered data connection,
+/// or the control connection for STAT, where `escape` protects line ends).
+pub(crate) async fn write_listing<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    source: ListSource,
+    format: ListFormat,
+    session: &Session,
+    escape: bool,
+    abort: &CancellationToken,
+    idle: Duration,
+) -> Result<(), TransferError> {
+    let mut w = ListingWriter {
+        out,
+        format,
+        session,
+        escape,
+        abort,
+        idle,
+        now: SystemTime::now(),
+        line: Vec::with_capacity(256),
+    };
+    match source {
+        ListSource::One { path, meta } => {
+            let name = path.file_name().unwrap_or("/").to_owned();
+            w.entry(Some(&path), &name, &meta).await?;
+        }
+        ListSource::Dir { path, mut entries } => loop {
+            let next = tokio::select! {
+                biased;
+                _ = abort.cancelled() => return Err(TransferError::Aborted),
+                e = entries.next() => e,
+            };
+            match next {
+                None => break,
+                Some(Ok(entry)) => {
+                    let child = path.join(&entry.name).ok();
+                    w.entry(child.as_ref(), &entry.name, &entry.meta).await?;
+                }
+                // An entry that vanished or cannot be read: leave it out.
+                Some(Err(e)) => tracing::debug!(error = %e, "listing entry skipped"),
+            }
+        },
+    }
+    Ok(())
+}
+
+/// Formats and writes listing lines, reusing one line buffer.
+struct ListingWriter<'a, W> {
+    out: &'a mut W,
+    format: ListFormat,
+    session: &'a Session,
+    escape: bool,
+    abort: &'a CancellationToken,
+    idle: Duration,
+    now: SystemTime,
+    line: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> ListingWriter<'_, W> {
+    async fn entry(
+        &mut self,
+        path: Option<&VirtualPath>,
+        name: &str,
+        meta: &Metadata,
+    ) -> Result<(), TransferError> {
+        let text = match self.format {
+            ListFormat::Long => listing::long_line(name, meta, self.now),
+            ListFormat::Names => name.to_owned(),
+            ListFormat::Machine(facts) => {
+                let rights = match (facts.perm, path) {
+                    (true, Some(p)) => entry_rights(self.session, p),
+                    _ => EntryRights::default(),
+                };
+                listing::facts_line(name, meta, facts, rights)
+            }
+        };
+        self.line.clear();
+        if self.escape {
+            push_escaped(&mut self.line, &text);
+        } else {
+            self.line.extend_from_slice(text.as_bytes());
+        }
+        self.line.extend_from_slice(b"\r\n");
+        tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => Err(TransferError::Aborted),
+            r = tokio::time::timeout(self.idle, self.out.write_all(&self.line)) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(TransferError::Data(e)),
+                Err(_) => Err(TransferError::Data(io::Error::new(io::ErrorKind::TimedOut, "listing stalled"))),
+            },
+        }
+    }
+}
+
+/// What the account may do with `path`, for the MLSx `perm` fact.
+pub(crate) fn entry_rights(session: &Session, path: &VirtualPath) -> EntryRights {
+    let can = |p| session.allows(path, p);
+    EntryRights {
+        list: can(Permission::List),
+        download: can(Permission::Download),
+        upload: can(Permission::Upload),
+        overwrite: can(Permission::Overwrite),
+        delete: can(Permission::Delete),
+        rename: can(Permission::Rename),
+        mkdir: can(Permission::Mkdir),
+        rmdir: can(Permission::Rmdir),
+    }
+}

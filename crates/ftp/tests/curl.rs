@@ -1,0 +1,236 @@
+//! curl against the real listener: passive (EPSV and PASV) and active
+//! (EPRT and PORT) uploads and downloads, `--ftp-create-dirs`, and resumed
+//! uploads and downloads (`-C -`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{run_tool, sha256_hex};
+use dropgate_core::store::EventKind;
+use dropgate_testkit::{require_tool, write_random_file};
+
+const SIX_MIB: usize = 6 * 1024 * 1024 + 12345;
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Upload then download one file with the given extra curl options, and
+/// check the bytes on disk, the bytes downloaded, and the audit trail.
+async fn round_trip(mode: &[&str], seed: u64) {
+    require_tool("curl", "curl");
+    let server = common::start().await;
+    let home = server.user("alice", "secret-pw").await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src.bin");
+    let data = write_random_file(&src, SIX_MIB, seed);
+
+    let mut up = args(&["-sS", "--fail", "--max-time", "60", "-T"]);
+    up.push(src.display().to_string());
+    up.extend(args(mode));
+    up.push(server.url("alice", "secret-pw", "/big.bin"));
+    run_tool("curl", &up, None).await;
+    assert_eq!(
+        std::fs::read(home.join("big.bin")).unwrap(),
+        data,
+        "uploaded bytes"
+    );
+
+    let dst = work.path().join("dst.bin");
+    let mut down = args(&["-sS", "--fail", "--max-time", "60", "-o"]);
+    down.push(dst.display().to_string());
+    down.extend(args(mode));
+    down.push(server.url("alice", "secret-pw", "/big.bin"));
+    run_tool("curl", &down, None).await;
+    assert_eq!(std::fs::read(&dst).unwrap(), data, "downloaded bytes");
+
+    assert_eq!(
+        server.upload_event_sha256("alice", "/big.bin").await,
+        sha256_hex(&data)
+    );
+    assert!(
+        server
+            .has_event("alice", EventKind::Download, "/big.bin")
+            .await
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_epsv() {
+    round_trip(&[], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_pasv() {
+    round_trip(&["--disable-epsv"], 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_eprt() {
+    round_trip(&["--ftp-port", "-"], 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_port() {
+    round_trip(&["--ftp-port", "-", "--disable-eprt"], 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_dirs() {
+    require_tool("curl", "curl");
+    let server = common::start().await;
+    let home = server.user("bob", "pw-bob-1").await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f.txt");
+    let data = write_random_file(&src, 1000, 5);
+    let mut up = args(&[
+        "-sS",
+        "--fail",
+        "--max-time",
+        "60",
+        "--ftp-create-dirs",
+        "-T",
+    ]);
+    up.push(src.display().to_string());
+    up.push(server.url("bob", "pw-bob-1", "/a/b/c/f.txt"));
+    run_tool("curl", &up, None).await;
+    assert_eq!(std::fs::read(home.join("a/b/c/f.txt")).unwrap(), data);
+
+    // Without the option a missing folder is an error.
+    let mut up = args(&["-sS", "--max-time", "60", "-T"]);
+    up.push(src.display().to_string());
+    up.push(server.url("bob", "pw-bob-1", "/x/y/f.txt"));
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .arg("curl")
+        .args(&up)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!home.join("x").exists());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_upload_and_download() {
+    require_tool("curl", "curl");
+    for active in [false, true] {
+        let server = common::start().await;
+        let home = server.user("carol", "pw-carol-1").await;
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src.bin");
+        let data = write_random_file(&src, SIX_MIB, 6);
+        let mode: Vec<String> = if active {
+            args(&["--ftp-port", "-"])
+        } else {
+            Vec::new()
+        };
+
+        // A partial upload is on the server; `-C -` sends the rest.
+        let cut = 2_500_000;
+        std::fs::write(home.join("up.bin"), &data[..cut]).unwrap();
+        let mut up = args(&["-sS", "--fail", "--max-time", "60", "-C", "-", "-T"]);
+        up.push(src.display().to_string());
+        up.extend(mode.clone());
+        up.push(server.url("carol", "pw-carol-1", "/up.bin"));
+        run_tool("curl", &up, None).await;
+        assert_eq!(
+            std::fs::read(home.join("up.bin")).unwrap(),
+            data,
+            "resumed upload (active: {active})"
+        );
+
+        // A partial download is here; `-C -` fetches the rest (REST + RETR).
+        let dst = work.path().join("down.bin");
+        std::fs::write(&dst, &data[..1_000_000]).unwrap();
+        let mut down = args(&["-sS", "--fail", "--max-time", "60", "-C", "-", "-o"]);
+        down.push(dst.display().to_string());
+        down.extend(mode);
+        down.push(server.url("carol", "pw-carol-1", "/up.bin"));
+        run_tool("curl", &down, None).await;
+        assert_eq!(
+            std::fs::read(&dst).unwrap(),
+            data,
+            "resumed download (active: {active})"
+        );
+
+        assert_eq!(
+            server.upload_event_sha256("carol", "/up.bin").await,
+            sha256_hex(&data)
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_and_quote_commands() {
+    require_tool("curl", "curl");
+    let server = common::start().await;
+    let home = server.user("dave", "pw-dave-1").await;
+    std::fs::create_dir(home.join("sub")).unwrap();
+    std::fs::write(home.join("sub/one.txt"), b"1").unwrap();
+    std::fs::write(home.join("two.txt"), b"22").unwrap();
+
+    let out = run_tool(
+        "curl",
+        &args(&[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            &server.url("dave", "pw-dave-1", "/"),
+        ]),
+        None,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('d') && l.ends_with(" sub")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('-') && l.contains(" 2 ") && l.ends_with(" two.txt")),
+        "{text}"
+    );
+
+    let out = run_tool(
+        "curl",
+        &args(&[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "--list-only",
+            &server.url("dave", "pw-dave-1", "/sub/"),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "one.txt");
+
+    // -Q sends commands before the transfer: rename and delete.
+    run_tool(
+        "curl",
+        &args(&[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "-Q",
+            "RNFR two.txt",
+            "-Q",
+            "RNTO three.txt",
+            "-Q",
+            "DELE sub/one.txt",
+            &server.url("dave", "pw-dave-1", "/"),
+        ]),
+        None,
+    )
+    .await;
+    assert!(home.join("three.txt").exists() && !home.join("two.txt").exists());
+    assert!(!home.join("sub/one.txt").exists());
+    server.stop().await;
+}

@@ -1,0 +1,120 @@
+//! Host keys: the configured ones, or an ed25519 and an RSA-3072 key generated
+//! into `data_dir` on first start and loaded on every start after, so the
+//! fingerprints clients pinned never change across restarts.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::ssh_key::private::{KeypairData, RsaKeypair};
+use russh::keys::{Algorithm, HashAlg, PrivateKey};
+
+use crate::SftpError;
+
+/// File name of the generated ed25519 key (OpenSSH's naming).
+pub(crate) const ED25519_FILE: &str = "ssh_host_ed25519_key";
+/// File name of the generated RSA key.
+pub(crate) const RSA_FILE: &str = "ssh_host_rsa_key";
+/// RSA size for generated keys (OpenSSH's default since 9.x is 3072).
+const RSA_BITS: usize = 3072;
+
+/// Loads the explicit keys, or loads/generates the default pair in `data_dir`.
+pub(crate) async fn load_or_generate(explicit: &[PathBuf], data_dir: &Path) -> Result<Vec<PrivateKey>, SftpError> {
+    if !explicit.is_empty() {
+        return explicit.iter().map(|p| load(p)).collect();
+    }
+    let mut keys = Vec::with_capacity(2);
+    for (file, kind) in [(ED25519_FILE, KeyKind::Ed25519), (RSA_FILE, KeyKind::Rsa)] {
+        let path = data_dir.join(file);
+        if path.exists() {
+            keys.push(load(&path)?);
+        } else {
+            let (dir, target) = (data_dir.to_owned(), path.clone());
+            // RSA generation takes a while: keep it off the async workers.
+            let key = tokio::task::spawn_blocking(move || generate(&dir, &target, kind))
+                .await
+                .map_err(|e| SftpError::CreateHostKey { path, message: e.to_string() })??;
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+/// `SHA256:…` fingerprint of a host key, as `ssh-keygen -l` prints it.
+pub(crate) fn fingerprint(key: &PrivateKey) -> String {
+    key.public_key().fingerprint(HashAlg::Sha256).to_string()
+}
+
+fn load(path: &Path) -> Result<PrivateKey, SftpError> {
+    russh::keys::load_secret_key(path, None)
+        .map_err(|e| SftpError::LoadHostKey { path: path.to_owned(), message: e.to_string() })
+}
+
+#[derive(Clone, Copy)]
+enum KeyKind {
+    Ed25519,
+    Rsa,
+}
+
+/// Generates a key and writes it (mode 0600, via a temporary renamed into
+/// place so a crash never leaves a half-written key), plus its `.pub`.
+fn generate(data_dir: &Path, path: &Path, kind: KeyKind) -> Result<PrivateKey, SftpError> {
+    let fail = |message: String| SftpError::CreateHostKey { path: path.to_owned(), message };
+    std::fs::create_dir_all(data_dir).map_err(|e| fail(e.to_string()))?;
+    let mut rng = russh::keys::key::safe_rng();
+    let key = match kind {
+        KeyKind::Ed25519 => PrivateKey::random(&mut rng, Algorithm::Ed25519),
+        KeyKind::Rsa => RsaKeypair::random(&mut rng, RSA_BITS)
+            .and_then(|pair| PrivateKey::new(KeypairData::from(pair), "dropgate host key")),
+    }
+    .map_err(|e| fail(e.to_string()))?;
+    let pem = key.to_openssh(LineEnding::LF).map_err(|e| fail(e.to_string()))?;
+    let public = key.public_key().to_openssh().map_err(|e| fail(e.to_string()))?;
+
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(pem.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::write(path.with_extension("pub"), format!("{public}\n"))?;
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(e.to_string())
+    })?;
+    tracing::info!(path = %path.display(), fingerprint = %fingerprint(&key), "generated SSH host key");
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn generated_keys_persist_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_generate(&[], dir.path()).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].algorithm(), Algorithm::Ed25519);
+        assert!(first[1].algorithm().is_rsa());
+        for f in [ED25519_FILE, RSA_FILE] {
+            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+            assert!(dir.path().join(format!("{f}.pub")).exists());
+        }
+        let second = load_or_generate(&[], dir.path()).await.unwrap();
+        let fp = |k: &Vec<PrivateKey>| k.iter().map(fingerprint).collect::<Vec<_>>();
+        assert_eq!(fp(&first), fp(&second));
+        assert!(fp(&first)[0].starts_with("SHA256:"));
+        // Explicit keys replace the generated pair.
+        let only = load_or_generate(&[dir.path().join(ED25519_FILE)], dir.path()).await.unwrap();
+        assert_eq!(fp(&only), vec![fp(&first)[0].clone()]);
+        let missing = load_or_generate(&[dir.path().join("nope")], dir.path()).await;
+        assert!(matches!(missing, Err(SftpError::LoadHostKey { .. })));
+    }
+}
