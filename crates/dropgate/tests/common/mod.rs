@@ -1,0 +1,186 @@
+//! Starts the real `dropgate serve` on ephemeral loopback ports in a scratch
+//! folder and talks to it with real clients (curl, OpenSSH) — the same way an
+//! operator and a partner would.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running gateway; stopped (SIGTERM) on drop.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub log: Arc<Mutex<String>>,
+    pub admin_password: String,
+}
+
+impl Gateway {
+    pub fn start(extra_toml: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("dropgate.toml"),
+            format!(
+                "[ftp]\nlisten = \"127.0.0.1:0\"\npassive_ports = \"46000-46999\"\n\
+                 [sftp]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra_toml}"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dropgate"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env_remove("DROPGATE_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addrs = loop {
+            let text = log.lock().unwrap().clone();
+            if text.contains("dropgate started") {
+                break parse_listeners(&text);
+            }
+            assert!(Instant::now() < deadline, "gateway did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let admin_password =
+            std::fs::read_to_string(dir.path().join("data/initial-admin-password")).unwrap().trim().to_owned();
+        Gateway { dir, child, addrs, log, admin_password }
+    }
+
+    pub fn addr(&self, protocol: &str) -> SocketAddr {
+        self.addrs[protocol]
+    }
+
+    pub fn home(&self, user: &str) -> PathBuf {
+        self.dir.path().join("data/files").join(user)
+    }
+
+    /// A bearer token for the first admin.
+    pub fn token(&self) -> String {
+        let body = format!(r#"{{"username":"admin","password":"{}"}}"#, self.admin_password);
+        let (status, v) = self.api("POST", "/api/v1/auth/token", None, Some(&body));
+        assert_eq!(status, 200, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// One REST call with curl: (status, JSON body or Null).
+    pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
+        let url = format!("http://{}{}", self.addr("admin"), path);
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &url]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        let v = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
+        (code.trim().parse().unwrap_or(0), v)
+    }
+
+    /// Waits until `pred` holds for the audit events (newest first).
+    pub fn wait_events(&self, token: &str, query: &str, pred: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, v) = self.api("GET", &format!("/api/v1/events?{query}"), Some(token), None);
+            assert_eq!(status, 200);
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if pred(&items) {
+                return items;
+            }
+            assert!(Instant::now() < deadline, "events never matched: {items:#?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+fn parse_listeners(log: &str) -> HashMap<String, SocketAddr> {
+    let mut out = HashMap::new();
+    for line in log.lines().filter(|l| l.contains("listening protocol=")) {
+        let proto = line.split("protocol=\"").nth(1).and_then(|s| s.split('"').next()).unwrap();
+        let addr = line.split("address=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap();
+        out.insert(proto.to_owned(), addr.parse().unwrap());
+    }
+    out
+}
+
+/// Makes sure a client tool is installed (Debian package), failing otherwise.
+pub fn require_tool(tool: &str, package: &str) {
+    let have = |t: &str| Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success());
+    if have(tool) {
+        return;
+    }
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("apt-get install -y -qq --no-install-recommends {package} >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends {package} >/dev/null 2>&1)"))
+        .status();
+    assert!(have(tool), "{tool} (Debian package {package}) is required");
+}
+
+/// An ed25519 key pair made with ssh-keygen: (private key path, public line).
+pub fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    require_tool("ssh-keygen", "openssh-client");
+    let key = dir.join(name);
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key).status().unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_owned();
+    (key, public)
+}
+
+/// OpenSSH `sftp -b` with a key; returns the process output.
+pub fn sftp_batch(addr: SocketAddr, user: &str, key: &Path, batch: &str) -> Output {
+    require_tool("sftp", "openssh-client");
+    let mut child = sftp_command(addr, user, key).args(["-b", "-"]).arg(format!("{user}@{}", addr.ip())).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(batch.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub fn sftp_command(addr: SocketAddr, _user: &str, key: &Path) -> Command {
+    let mut c = Command::new("sftp");
+    c.args(["-P", &addr.port().to_string(), "-i"])
+        .arg(key)
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"]);
+    c
+}
+
+/// curl for FTP/SFTP transfers; returns the output.
+pub fn curl(args: &[&str]) -> Output {
+    require_tool("curl", "curl");
+    Command::new("curl").args(["-s", "-S", "--max-time", "60"]).args(args).output().unwrap()
+}
