@@ -121,42 +121,128 @@ pub(crate) struct Attrs {
 /// An extended request (`SSH_FXP_EXTENDED`) we understand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ExtendedRequest {
-    PosixRename { from: Bytes, to: Bytes },
-    Statvfs { path: Bytes },
-    Fstatvfs { handle: Bytes },
-    Hardlink { from: Bytes, to: Bytes },
-    Fsync { handle: Bytes },
+    PosixRename {
+        from: Bytes,
+        to: Bytes,
+    },
+    Statvfs {
+        path: Bytes,
+    },
+    Fstatvfs {
+        handle: Bytes,
+    },
+    Hardlink {
+        from: Bytes,
+        to: Bytes,
+    },
+    Fsync {
+        handle: Bytes,
+    },
     Limits,
-    ExpandPath { path: Bytes },
+    ExpandPath {
+        path: Bytes,
+    },
     /// Any other name: answered with OP_UNSUPPORTED.
-    Unknown { name: Bytes },
+    Unknown {
+        name: Bytes,
+    },
 }
 
 /// A decoded client request. Strings are raw bytes (paths, handles).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
-    Init { version: u32 },
-    Open { id: u32, path: Bytes, pflags: u32, attrs: Attrs },
-    Close { id: u32, handle: Bytes },
-    Read { id: u32, handle: Bytes, offset: u64, len: u32 },
-    Write { id: u32, handle: Bytes, offset: u64, data: Bytes },
-    Lstat { id: u32, path: Bytes },
-    Fstat { id: u32, handle: Bytes },
-    Setstat { id: u32, path: Bytes, attrs: Attrs },
-    Fsetstat { id: u32, handle: Bytes, attrs: Attrs },
-    Opendir { id: u32, path: Bytes },
-    Readdir { id: u32, handle: Bytes },
-    Remove { id: u32, path: Bytes },
-    Mkdir { id: u32, path: Bytes, attrs: Attrs },
-    Rmdir { id: u32, path: Bytes },
-    Realpath { id: u32, path: Bytes },
-    Stat { id: u32, path: Bytes },
-    Rename { id: u32, from: Bytes, to: Bytes },
-    Readlink { id: u32, path: Bytes },
+    Init {
+        version: u32,
+    },
+    Open {
+        id: u32,
+        path: Bytes,
+        pflags: u32,
+        attrs: Attrs,
+    },
+    Close {
+        id: u32,
+        handle: Bytes,
+    },
+    Read {
+        id: u32,
+        handle: Bytes,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        id: u32,
+        handle: Bytes,
+        offset: u64,
+        data: Bytes,
+    },
+    Lstat {
+        id: u32,
+        path: Bytes,
+    },
+    Fstat {
+        id: u32,
+        handle: Bytes,
+    },
+    Setstat {
+        id: u32,
+        path: Bytes,
+        attrs: Attrs,
+    },
+    Fsetstat {
+        id: u32,
+        handle: Bytes,
+        attrs: Attrs,
+    },
+    Opendir {
+        id: u32,
+        path: Bytes,
+    },
+    Readdir {
+        id: u32,
+        handle: Bytes,
+    },
+    Remove {
+        id: u32,
+        path: Bytes,
+    },
+    Mkdir {
+        id: u32,
+        path: Bytes,
+        attrs: Attrs,
+    },
+    Rmdir {
+        id: u32,
+        path: Bytes,
+    },
+    Realpath {
+        id: u32,
+        path: Bytes,
+    },
+    Stat {
+        id: u32,
+        path: Bytes,
+    },
+    Rename {
+        id: u32,
+        from: Bytes,
+        to: Bytes,
+    },
+    Readlink {
+        id: u32,
+        path: Bytes,
+    },
     /// OpenSSH sends the arguments in the reverse of the draft's order:
     /// the link's target first, then the path of the link to create.
-    Symlink { id: u32, target: Bytes, link: Bytes },
-    Extended { id: u32, request: ExtendedRequest },
+    Symlink {
+        id: u32,
+        target: Bytes,
+        link: Bytes,
+    },
+    Extended {
+        id: u32,
+        request: ExtendedRequest,
+    },
 }
 
 impl Request {
@@ -238,7 +324,9 @@ impl FrameDecoder {
     /// The next whole packet (type byte onward), `None` if more bytes are
     /// needed. Never holds more than one partial packet plus one push.
     pub(crate) fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
-        let Some(head) = self.buf.get(..4) else { return Ok(None) };
+        let Some(head) = self.buf.get(..4) else {
+            return Ok(None);
+        };
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         if len == 0 || len > MAX_PACKET_LEN {
             return Err(FrameError::BadLength(len));
@@ -322,20 +410,30 @@ impl Fields {
 /// Decodes one packet (as returned by [`FrameDecoder::next_frame`]).
 pub(crate) fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
     let mut f = Fields { buf: frame };
-    let kind = f.u8().map_err(|_| DecodeError::Malformed { kind: 0, id: None })?;
+    let kind = f
+        .u8()
+        .map_err(|_| DecodeError::Malformed { kind: 0, id: None })?;
     if kind == packet::INIT {
-        let version = f.u32().map_err(|_| DecodeError::Malformed { kind, id: None })?;
+        let version = f
+            .u32()
+            .map_err(|_| DecodeError::Malformed { kind, id: None })?;
         // Clients may append extension pairs; v3 clients (OpenSSH) send none.
         // They carry nothing we act on, but they must be well-formed.
         while !f.is_empty() {
-            f.string().and_then(|_| f.string()).map_err(|_| DecodeError::Malformed { kind, id: None })?;
+            f.string()
+                .and_then(|_| f.string())
+                .map_err(|_| DecodeError::Malformed { kind, id: None })?;
         }
         return Ok(Request::Init { version });
     }
-    let id = f.u32().map_err(|_| DecodeError::Malformed { kind, id: None })?;
+    let id = f
+        .u32()
+        .map_err(|_| DecodeError::Malformed { kind, id: None })?;
     let malformed = |_: Short| DecodeError::Malformed { kind, id: Some(id) };
     let req = decode_body(kind, id, &mut f).map_err(malformed)?;
-    let Some(req) = req else { return Err(DecodeError::Unsupported { kind, id: Some(id) }) };
+    let Some(req) = req else {
+        return Err(DecodeError::Unsupported { kind, id: Some(id) });
+    };
     // The single exception to the strict end check: pkg/sftp (the Go library
     // under rclone, restic and others; at least up to the version Debian 12
     // ships) sends WRITE packets framed with its whole buffer after a shorter
@@ -350,38 +448,111 @@ pub(crate) fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
 fn decode_body(kind: u8, id: u32, f: &mut Fields) -> Result<Option<Request>, Short> {
     use packet as p;
     Ok(Some(match kind {
-        p::OPEN => Request::Open { id, path: f.string()?, pflags: f.u32()?, attrs: f.attrs()? },
-        p::CLOSE => Request::Close { id, handle: f.string()? },
-        p::READ => Request::Read { id, handle: f.string()?, offset: f.u64()?, len: f.u32()? },
-        p::WRITE => Request::Write { id, handle: f.string()?, offset: f.u64()?, data: f.string()? },
-        p::LSTAT => Request::Lstat { id, path: f.string()? },
-        p::FSTAT => Request::Fstat { id, handle: f.string()? },
-        p::SETSTAT => Request::Setstat { id, path: f.string()?, attrs: f.attrs()? },
-        p::FSETSTAT => Request::Fsetstat { id, handle: f.string()?, attrs: f.attrs()? },
-        p::OPENDIR => Request::Opendir { id, path: f.string()? },
-        p::READDIR => Request::Readdir { id, handle: f.string()? },
-        p::REMOVE => Request::Remove { id, path: f.string()? },
-        p::MKDIR => Request::Mkdir { id, path: f.string()?, attrs: f.attrs()? },
-        p::RMDIR => Request::Rmdir { id, path: f.string()? },
-        p::REALPATH => Request::Realpath { id, path: f.string()? },
-        p::STAT => Request::Stat { id, path: f.string()? },
-        p::RENAME => Request::Rename { id, from: f.string()?, to: f.string()? },
-        p::READLINK => Request::Readlink { id, path: f.string()? },
-        p::SYMLINK => Request::Symlink { id, target: f.string()?, link: f.string()? },
+        p::OPEN => Request::Open {
+            id,
+            path: f.string()?,
+            pflags: f.u32()?,
+            attrs: f.attrs()?,
+        },
+        p::CLOSE => Request::Close {
+            id,
+            handle: f.string()?,
+        },
+        p::READ => Request::Read {
+            id,
+            handle: f.string()?,
+            offset: f.u64()?,
+            len: f.u32()?,
+        },
+        p::WRITE => Request::Write {
+            id,
+            handle: f.string()?,
+            offset: f.u64()?,
+            data: f.string()?,
+        },
+        p::LSTAT => Request::Lstat {
+            id,
+            path: f.string()?,
+        },
+        p::FSTAT => Request::Fstat {
+            id,
+            handle: f.string()?,
+        },
+        p::SETSTAT => Request::Setstat {
+            id,
+            path: f.string()?,
+            attrs: f.attrs()?,
+        },
+        p::FSETSTAT => Request::Fsetstat {
+            id,
+            handle: f.string()?,
+            attrs: f.attrs()?,
+        },
+        p::OPENDIR => Request::Opendir {
+            id,
+            path: f.string()?,
+        },
+        p::READDIR => Request::Readdir {
+            id,
+            handle: f.string()?,
+        },
+        p::REMOVE => Request::Remove {
+            id,
+            path: f.string()?,
+        },
+        p::MKDIR => Request::Mkdir {
+            id,
+            path: f.string()?,
+            attrs: f.attrs()?,
+        },
+        p::RMDIR => Request::Rmdir {
+            id,
+            path: f.string()?,
+        },
+        p::REALPATH => Request::Realpath {
+            id,
+            path: f.string()?,
+        },
+        p::STAT => Request::Stat {
+            id,
+            path: f.string()?,
+        },
+        p::RENAME => Request::Rename {
+            id,
+            from: f.string()?,
+            to: f.string()?,
+        },
+        p::READLINK => Request::Readlink {
+            id,
+            path: f.string()?,
+        },
+        p::SYMLINK => Request::Symlink {
+            id,
+            target: f.string()?,
+            link: f.string()?,
+        },
         p::EXTENDED => {
             let name = f.string()?;
             let request = match &name[..] {
-                n if n == ext::POSIX_RENAME.as_bytes() => {
-                    ExtendedRequest::PosixRename { from: f.string()?, to: f.string()? }
-                }
+                n if n == ext::POSIX_RENAME.as_bytes() => ExtendedRequest::PosixRename {
+                    from: f.string()?,
+                    to: f.string()?,
+                },
                 n if n == ext::STATVFS.as_bytes() => ExtendedRequest::Statvfs { path: f.string()? },
-                n if n == ext::FSTATVFS.as_bytes() => ExtendedRequest::Fstatvfs { handle: f.string()? },
-                n if n == ext::HARDLINK.as_bytes() => {
-                    ExtendedRequest::Hardlink { from: f.string()?, to: f.string()? }
-                }
-                n if n == ext::FSYNC.as_bytes() => ExtendedRequest::Fsync { handle: f.string()? },
+                n if n == ext::FSTATVFS.as_bytes() => ExtendedRequest::Fstatvfs {
+                    handle: f.string()?,
+                },
+                n if n == ext::HARDLINK.as_bytes() => ExtendedRequest::Hardlink {
+                    from: f.string()?,
+                    to: f.string()?,
+                },
+                n if n == ext::FSYNC.as_bytes() => ExtendedRequest::Fsync {
+                    handle: f.string()?,
+                },
                 n if n == ext::LIMITS.as_bytes() => ExtendedRequest::Limits,
-                n if n == ext::EXPAND_PATH.as_bytes() => ExtendedRequest::ExpandPath { path: f.string()? },
+                n if n == ext::EXPAND_PATH.as_bytes() => {
+                    ExtendedRequest::ExpandPath { path: f.string()? }
+                }
                 _ => {
                     // Unknown extensions carry data we cannot check: consume it.
                     f.buf.advance(f.buf.remaining());
@@ -477,7 +648,10 @@ pub(crate) fn encode_version() -> Bytes {
 /// `SSH_FXP_STATUS` (language tag empty, as OpenSSH sends it).
 pub(crate) fn encode_status(id: u32, code: StatusCode, message: &str) -> Bytes {
     let mut b = ReplyBuilder::new(packet::STATUS, 16 + message.len());
-    b.u32(id).u32(code as u32).string(message.as_bytes()).string(b"");
+    b.u32(id)
+        .u32(code as u32)
+        .string(message.as_bytes())
+        .string(b"");
     b.finish()
 }
 
@@ -521,7 +695,9 @@ pub(crate) fn encode_name(id: u32, entries: &[NameEntry]) -> Bytes {
     let mut b = ReplyBuilder::new(packet::NAME, cap);
     b.u32(id).u32(entries.len() as u32);
     for e in entries {
-        b.string(e.filename.as_bytes()).string(e.longname.as_bytes()).attrs(&e.attrs);
+        b.string(e.filename.as_bytes())
+            .string(e.longname.as_bytes())
+            .attrs(&e.attrs);
     }
     b.finish()
 }
@@ -581,7 +757,13 @@ mod tests {
         }
         d.push(&p[p.len() - 1..]);
         let f = d.next_frame().unwrap().unwrap();
-        assert_eq!(decode_request(f).unwrap(), Request::Close { id: 7, handle: b(b"h1") });
+        assert_eq!(
+            decode_request(f).unwrap(),
+            Request::Close {
+                id: 7,
+                handle: b(b"h1")
+            }
+        );
         assert_eq!(d.next_frame().unwrap(), None);
     }
 
@@ -593,8 +775,20 @@ mod tests {
         d.push(&all);
         let a = decode_request(d.next_frame().unwrap().unwrap()).unwrap();
         let c = decode_request(d.next_frame().unwrap().unwrap()).unwrap();
-        assert_eq!(a, Request::Stat { id: 1, path: b(b"/a") });
-        assert_eq!(c, Request::Lstat { id: 2, path: b(b"/b") });
+        assert_eq!(
+            a,
+            Request::Stat {
+                id: 1,
+                path: b(b"/a")
+            }
+        );
+        assert_eq!(
+            c,
+            Request::Lstat {
+                id: 2,
+                path: b(b"/b")
+            }
+        );
         assert_eq!(d.next_frame().unwrap(), None);
     }
 
@@ -605,7 +799,10 @@ mod tests {
         assert_eq!(d.next_frame(), Err(FrameError::BadLength(u32::MAX)));
         let mut d = FrameDecoder::default();
         d.push(&(MAX_PACKET_LEN + 1).to_be_bytes());
-        assert_eq!(d.next_frame(), Err(FrameError::BadLength(MAX_PACKET_LEN + 1)));
+        assert_eq!(
+            d.next_frame(),
+            Err(FrameError::BadLength(MAX_PACKET_LEN + 1))
+        );
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 0]);
         assert_eq!(d.next_frame(), Err(FrameError::BadLength(0)));
@@ -617,11 +814,20 @@ mod tests {
 
     #[test]
     fn decodes_init_with_and_without_extensions() {
-        assert_eq!(decode(&pkt(packet::INIT, &u32b(3))).unwrap(), Request::Init { version: 3 });
+        assert_eq!(
+            decode(&pkt(packet::INIT, &u32b(3))).unwrap(),
+            Request::Init { version: 3 }
+        );
         let with_ext = [&u32b(6)[..], &s(b"x@y"), &s(b"1")].concat();
-        assert_eq!(decode(&pkt(packet::INIT, &with_ext)).unwrap(), Request::Init { version: 6 });
+        assert_eq!(
+            decode(&pkt(packet::INIT, &with_ext)).unwrap(),
+            Request::Init { version: 6 }
+        );
         let broken = [&u32b(3)[..], &s(b"x@y")].concat();
-        assert!(matches!(decode(&pkt(packet::INIT, &broken)), Err(DecodeError::Malformed { id: None, .. })));
+        assert!(matches!(
+            decode(&pkt(packet::INIT, &broken)),
+            Err(DecodeError::Malformed { id: None, .. })
+        ));
     }
 
     #[test]
@@ -664,23 +870,61 @@ mod tests {
         let h = s(b"\x00\x00\x00\x01");
         let no_attrs = u32b(0);
         let cases: Vec<(u8, Vec<u8>, Request)> = vec![
-            (packet::CLOSE, [&id[..], &h].concat(), Request::Close { id: 42, handle: b(b"\0\0\0\x01") }),
+            (
+                packet::CLOSE,
+                [&id[..], &h].concat(),
+                Request::Close {
+                    id: 42,
+                    handle: b(b"\0\0\0\x01"),
+                },
+            ),
             (
                 packet::READ,
                 [&id[..], &h, &u64b(1 << 40), &u32b(32768)].concat(),
-                Request::Read { id: 42, handle: b(b"\0\0\0\x01"), offset: 1 << 40, len: 32768 },
+                Request::Read {
+                    id: 42,
+                    handle: b(b"\0\0\0\x01"),
+                    offset: 1 << 40,
+                    len: 32768,
+                },
             ),
             (
                 packet::WRITE,
                 [&id[..], &h, &u64b(5), &s(b"data")].concat(),
-                Request::Write { id: 42, handle: b(b"\0\0\0\x01"), offset: 5, data: b(b"data") },
+                Request::Write {
+                    id: 42,
+                    handle: b(b"\0\0\0\x01"),
+                    offset: 5,
+                    data: b(b"data"),
+                },
             ),
-            (packet::LSTAT, [&id[..], &s(b"l")].concat(), Request::Lstat { id: 42, path: b(b"l") }),
-            (packet::FSTAT, [&id[..], &h].concat(), Request::Fstat { id: 42, handle: b(b"\0\0\0\x01") }),
+            (
+                packet::LSTAT,
+                [&id[..], &s(b"l")].concat(),
+                Request::Lstat {
+                    id: 42,
+                    path: b(b"l"),
+                },
+            ),
+            (
+                packet::FSTAT,
+                [&id[..], &h].concat(),
+                Request::Fstat {
+                    id: 42,
+                    handle: b(b"\0\0\0\x01"),
+                },
+            ),
             (
                 packet::SETSTAT,
                 [&id[..], &s(b"p"), &u32b(8), &u32b(1), &u32b(2)].concat(),
-                Request::Setstat { id: 42, path: b(b"p"), attrs: Attrs { times: Some((1, 2)), ..Attrs::default() } },
+                Request::Setstat {
+                    id: 42,
+                    path: b(b"p"),
+                    attrs: Attrs {
+                        times: Some((1, 2)),
+                        ..Attrs::default()
+                    },
+                },
             ),
             (
                 packet::FSETSTAT,
@@ -688,30 +932,94 @@ mod tests {
                 Request::Fsetstat {
                     id: 42,
                     handle: b(b"\0\0\0\x01"),
-                    attrs: Attrs { size: Some(0), ..Attrs::default() },
+                    attrs: Attrs {
+                        size: Some(0),
+                        ..Attrs::default()
+                    },
                 },
             ),
-            (packet::OPENDIR, [&id[..], &s(b"/")].concat(), Request::Opendir { id: 42, path: b(b"/") }),
-            (packet::READDIR, [&id[..], &h].concat(), Request::Readdir { id: 42, handle: b(b"\0\0\0\x01") }),
-            (packet::REMOVE, [&id[..], &s(b"f")].concat(), Request::Remove { id: 42, path: b(b"f") }),
+            (
+                packet::OPENDIR,
+                [&id[..], &s(b"/")].concat(),
+                Request::Opendir {
+                    id: 42,
+                    path: b(b"/"),
+                },
+            ),
+            (
+                packet::READDIR,
+                [&id[..], &h].concat(),
+                Request::Readdir {
+                    id: 42,
+                    handle: b(b"\0\0\0\x01"),
+                },
+            ),
+            (
+                packet::REMOVE,
+                [&id[..], &s(b"f")].concat(),
+                Request::Remove {
+                    id: 42,
+                    path: b(b"f"),
+                },
+            ),
             (
                 packet::MKDIR,
                 [&id[..], &s(b"d"), &no_attrs].concat(),
-                Request::Mkdir { id: 42, path: b(b"d"), attrs: Attrs::default() },
+                Request::Mkdir {
+                    id: 42,
+                    path: b(b"d"),
+                    attrs: Attrs::default(),
+                },
             ),
-            (packet::RMDIR, [&id[..], &s(b"d")].concat(), Request::Rmdir { id: 42, path: b(b"d") }),
-            (packet::REALPATH, [&id[..], &s(b".")].concat(), Request::Realpath { id: 42, path: b(b".") }),
-            (packet::STAT, [&id[..], &s(b"s")].concat(), Request::Stat { id: 42, path: b(b"s") }),
+            (
+                packet::RMDIR,
+                [&id[..], &s(b"d")].concat(),
+                Request::Rmdir {
+                    id: 42,
+                    path: b(b"d"),
+                },
+            ),
+            (
+                packet::REALPATH,
+                [&id[..], &s(b".")].concat(),
+                Request::Realpath {
+                    id: 42,
+                    path: b(b"."),
+                },
+            ),
+            (
+                packet::STAT,
+                [&id[..], &s(b"s")].concat(),
+                Request::Stat {
+                    id: 42,
+                    path: b(b"s"),
+                },
+            ),
             (
                 packet::RENAME,
                 [&id[..], &s(b"a"), &s(b"b")].concat(),
-                Request::Rename { id: 42, from: b(b"a"), to: b(b"b") },
+                Request::Rename {
+                    id: 42,
+                    from: b(b"a"),
+                    to: b(b"b"),
+                },
             ),
-            (packet::READLINK, [&id[..], &s(b"l")].concat(), Request::Readlink { id: 42, path: b(b"l") }),
+            (
+                packet::READLINK,
+                [&id[..], &s(b"l")].concat(),
+                Request::Readlink {
+                    id: 42,
+                    path: b(b"l"),
+                },
+            ),
             (
                 packet::SYMLINK,
                 [&id[..], &s(b"target"), &s(b"link")].concat(),
-                Request::Symlink { id: 42, target: b(b"target"), link: b(b"link") },
+                Request::Symlink {
+                    id: 42,
+                    target: b(b"target"),
+                    link: b(b"link"),
+                },
             ),
         ];
         for (kind, body, want) in cases {
@@ -722,7 +1030,11 @@ mod tests {
             let mut long = body.clone();
             long.push(0);
             if kind == packet::WRITE {
-                assert_eq!(decode(&pkt(kind, &long)).unwrap(), want, "WRITE ignores a tail");
+                assert_eq!(
+                    decode(&pkt(kind, &long)).unwrap(),
+                    want,
+                    "WRITE ignores a tail"
+                );
             } else {
                 assert_eq!(
                     decode(&pkt(kind, &long)),
@@ -742,44 +1054,90 @@ mod tests {
     #[test]
     fn decodes_extended_requests() {
         let id = u32b(5);
-        let ext = |name: &str, rest: &[u8]| pkt(packet::EXTENDED, &[&id[..], &s(name.as_bytes()), rest].concat());
+        let ext = |name: &str, rest: &[u8]| {
+            pkt(
+                packet::EXTENDED,
+                &[&id[..], &s(name.as_bytes()), rest].concat(),
+            )
+        };
         let r = |x: Vec<u8>| decode(&x).unwrap();
         assert_eq!(
             r(ext(ext::POSIX_RENAME, &[&s(b"a")[..], &s(b"b")].concat())),
-            Request::Extended { id: 5, request: ExtendedRequest::PosixRename { from: b(b"a"), to: b(b"b") } }
+            Request::Extended {
+                id: 5,
+                request: ExtendedRequest::PosixRename {
+                    from: b(b"a"),
+                    to: b(b"b")
+                }
+            }
         );
         assert_eq!(
             r(ext(ext::STATVFS, &s(b"/"))),
-            Request::Extended { id: 5, request: ExtendedRequest::Statvfs { path: b(b"/") } }
+            Request::Extended {
+                id: 5,
+                request: ExtendedRequest::Statvfs { path: b(b"/") }
+            }
         );
         assert_eq!(
             r(ext(ext::FSTATVFS, &s(b"h"))),
-            Request::Extended { id: 5, request: ExtendedRequest::Fstatvfs { handle: b(b"h") } }
+            Request::Extended {
+                id: 5,
+                request: ExtendedRequest::Fstatvfs { handle: b(b"h") }
+            }
         );
         assert_eq!(
             r(ext(ext::HARDLINK, &[&s(b"a")[..], &s(b"b")].concat())),
-            Request::Extended { id: 5, request: ExtendedRequest::Hardlink { from: b(b"a"), to: b(b"b") } }
+            Request::Extended {
+                id: 5,
+                request: ExtendedRequest::Hardlink {
+                    from: b(b"a"),
+                    to: b(b"b")
+                }
+            }
         );
         assert_eq!(
             r(ext(ext::FSYNC, &s(b"h"))),
-            Request::Extended { id: 5, request: ExtendedRequest::Fsync { handle: b(b"h") } }
+            Request::Extended {
+                id: 5,
+                request: ExtendedRequest::Fsync { handle: b(b"h") }
+            }
         );
-        assert_eq!(r(ext(ext::LIMITS, b"")), Request::Extended { id: 5, request: ExtendedRequest::Limits });
+        assert_eq!(
+            r(ext(ext::LIMITS, b"")),
+            Request::Extended {
+                id: 5,
+                request: ExtendedRequest::Limits
+            }
+        );
         assert_eq!(
             r(ext(ext::EXPAND_PATH, &s(b"~/x"))),
-            Request::Extended { id: 5, request: ExtendedRequest::ExpandPath { path: b(b"~/x") } }
+            Request::Extended {
+                id: 5,
+                request: ExtendedRequest::ExpandPath { path: b(b"~/x") }
+            }
         );
         assert_eq!(
             r(ext("copy-data", b"anything")),
-            Request::Extended { id: 5, request: ExtendedRequest::Unknown { name: b(b"copy-data") } }
+            Request::Extended {
+                id: 5,
+                request: ExtendedRequest::Unknown {
+                    name: b(b"copy-data")
+                }
+            }
         );
         assert_eq!(
             decode(&ext(ext::LIMITS, b"x")),
-            Err(DecodeError::Malformed { kind: packet::EXTENDED, id: Some(5) })
+            Err(DecodeError::Malformed {
+                kind: packet::EXTENDED,
+                id: Some(5)
+            })
         );
         assert_eq!(
             decode(&ext(ext::STATVFS, b"")),
-            Err(DecodeError::Malformed { kind: packet::EXTENDED, id: Some(5) })
+            Err(DecodeError::Malformed {
+                kind: packet::EXTENDED,
+                id: Some(5)
+            })
         );
     }
 
@@ -787,14 +1145,26 @@ mod tests {
     fn unknown_types_and_truncated_ids() {
         assert_eq!(
             decode(&pkt(99, &u32b(3))),
-            Err(DecodeError::Unsupported { kind: 99, id: Some(3) })
+            Err(DecodeError::Unsupported {
+                kind: 99,
+                id: Some(3)
+            })
         );
         // A reply type sent by a client is not a request either.
         assert_eq!(
             decode(&pkt(packet::STATUS, &[&u32b(3)[..], &u32b(0)].concat())),
-            Err(DecodeError::Unsupported { kind: packet::STATUS, id: Some(3) })
+            Err(DecodeError::Unsupported {
+                kind: packet::STATUS,
+                id: Some(3)
+            })
         );
-        assert_eq!(decode(&pkt(packet::OPEN, &[0, 1])), Err(DecodeError::Malformed { kind: packet::OPEN, id: None }));
+        assert_eq!(
+            decode(&pkt(packet::OPEN, &[0, 1])),
+            Err(DecodeError::Malformed {
+                kind: packet::OPEN,
+                id: None
+            })
+        );
     }
 
     #[test]
@@ -802,14 +1172,23 @@ mod tests {
         let body = [&u32b(1)[..], &s(b"p"), &u32b(0x8000_0000), &u32b(u32::MAX)].concat();
         assert_eq!(
             decode(&pkt(packet::SETSTAT, &body)),
-            Err(DecodeError::Malformed { kind: packet::SETSTAT, id: Some(1) })
+            Err(DecodeError::Malformed {
+                kind: packet::SETSTAT,
+                id: Some(1)
+            })
         );
     }
 
     #[test]
     fn raw_non_utf8_names_are_kept_byte_for_byte() {
         let body = [&u32b(1)[..], &s(b"/caf\xe9")].concat();
-        assert_eq!(decode(&pkt(packet::STAT, &body)).unwrap(), Request::Stat { id: 1, path: b(b"/caf\xe9") });
+        assert_eq!(
+            decode(&pkt(packet::STAT, &body)).unwrap(),
+            Request::Stat {
+                id: 1,
+                path: b(b"/caf\xe9")
+            }
+        );
     }
 
     #[test]
@@ -829,29 +1208,79 @@ mod tests {
     #[test]
     fn encodes_status_byte_for_byte() {
         let got = encode_status(7, StatusCode::NoSuchFile, "No such file");
-        let want = [&u32b(1 + 4 + 4 + 4 + 12 + 4)[..], &[101], &u32b(7), &u32b(2), &s(b"No such file"), &s(b"")].concat();
+        let want = [
+            &u32b(1 + 4 + 4 + 4 + 12 + 4)[..],
+            &[101],
+            &u32b(7),
+            &u32b(2),
+            &s(b"No such file"),
+            &s(b""),
+        ]
+        .concat();
         assert_eq!(&got[..], &want[..]);
     }
 
     #[test]
     fn encodes_handle_data_attrs_name_extended() {
-        assert_eq!(&encode_handle(1, b"\0\0\0\x05")[..], &[&u32b(13)[..], &[102], &u32b(1), &s(b"\0\0\0\x05")].concat()[..]);
-        assert_eq!(&encode_data(2, b"abc")[..], &[&u32b(12)[..], &[103], &u32b(2), &s(b"abc")].concat()[..]);
-        let attrs = Attrs { size: Some(3), permissions: Some(0o100600), times: Some((1, 2)), ..Attrs::default() };
-        let a = [&u32b(0x0d)[..], &u64b(3), &u32b(0o100600), &u32b(1), &u32b(2)].concat();
-        assert_eq!(&encode_attrs(3, &attrs)[..], &[&u32b(1 + 4 + a.len() as u32)[..], &[105], &u32b(3), &a].concat()[..]);
+        assert_eq!(
+            &encode_handle(1, b"\0\0\0\x05")[..],
+            &[&u32b(13)[..], &[102], &u32b(1), &s(b"\0\0\0\x05")].concat()[..]
+        );
+        assert_eq!(
+            &encode_data(2, b"abc")[..],
+            &[&u32b(12)[..], &[103], &u32b(2), &s(b"abc")].concat()[..]
+        );
+        let attrs = Attrs {
+            size: Some(3),
+            permissions: Some(0o100600),
+            times: Some((1, 2)),
+            ..Attrs::default()
+        };
+        let a = [
+            &u32b(0x0d)[..],
+            &u64b(3),
+            &u32b(0o100600),
+            &u32b(1),
+            &u32b(2),
+        ]
+        .concat();
+        assert_eq!(
+            &encode_attrs(3, &attrs)[..],
+            &[&u32b(1 + 4 + a.len() as u32)[..], &[105], &u32b(3), &a].concat()[..]
+        );
         let with_ext = Attrs {
             uid_gid: Some((1, 2)),
             extended: vec![(b(b"a"), b(b"b"))],
             ..Attrs::default()
         };
-        let a2 = [&u32b(0x8000_0002)[..], &u32b(1), &u32b(2), &u32b(1), &s(b"a"), &s(b"b")].concat();
-        assert_eq!(&encode_attrs(4, &with_ext)[..], &[&u32b(1 + 4 + a2.len() as u32)[..], &[105], &u32b(4), &a2].concat()[..]);
-        let e = NameEntry { filename: "/".into(), longname: "/".into(), attrs: Attrs::default() };
+        let a2 = [
+            &u32b(0x8000_0002)[..],
+            &u32b(1),
+            &u32b(2),
+            &u32b(1),
+            &s(b"a"),
+            &s(b"b"),
+        ]
+        .concat();
+        assert_eq!(
+            &encode_attrs(4, &with_ext)[..],
+            &[&u32b(1 + 4 + a2.len() as u32)[..], &[105], &u32b(4), &a2].concat()[..]
+        );
+        let e = NameEntry {
+            filename: "/".into(),
+            longname: "/".into(),
+            attrs: Attrs::default(),
+        };
         let body = [&[104][..], &u32b(5), &u32b(1), &s(b"/"), &s(b"/"), &u32b(0)].concat();
-        assert_eq!(&encode_name(5, &[e])[..], &[&u32b(body.len() as u32)[..], &body].concat()[..]);
+        assert_eq!(
+            &encode_name(5, &[e])[..],
+            &[&u32b(body.len() as u32)[..], &body].concat()[..]
+        );
         let body = [&[201][..], &u32b(6), &u64b(1), &u64b(2)].concat();
-        assert_eq!(&encode_extended_u64s(6, &[1, 2])[..], &[&u32b(body.len() as u32)[..], &body].concat()[..]);
+        assert_eq!(
+            &encode_extended_u64s(6, &[1, 2])[..],
+            &[&u32b(body.len() as u32)[..], &body].concat()[..]
+        );
     }
 
     #[test]
@@ -865,7 +1294,9 @@ mod tests {
         };
         let reply = encode_attrs(1, &attrs);
         // Reuse the request decoder's attrs parser on the reply body.
-        let mut f = Fields { buf: reply.slice(9..) };
+        let mut f = Fields {
+            buf: reply.slice(9..),
+        };
         assert_eq!(f.attrs().unwrap(), attrs);
         assert!(f.is_empty());
     }

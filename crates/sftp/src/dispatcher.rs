@@ -36,9 +36,9 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use dropgate_core::{Download, Session, Upload};
 use dropgate_vfs::{DirStream, VirtualPath};
+use futures_util::FutureExt;
 use russh::server::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
-use futures_util::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,6 +87,11 @@ pub(crate) struct WriteHandle {
     /// Times from FSETSTAT, applied after the commit (in atomic mode the
     /// final name does not exist until then).
     pub(crate) pending_times: Mutex<Option<(Option<SystemTime>, Option<SystemTime>)>>,
+    /// A size from FSETSTAT (arrival order of that request, length), applied
+    /// after the commit. OpenSSH 9.x scp opens without TRUNC and truncates at
+    /// the end this way; the upload API only writes. Writes that arrived
+    /// later and reach further extend it.
+    pub(crate) pending_len: Mutex<Option<(u64, u64)>>,
 }
 
 /// An open directory: its entry stream, read a page at a time.
@@ -107,14 +112,22 @@ pub(crate) struct OpenHandle {
 
 impl OpenHandle {
     pub(crate) fn new(path: VirtualPath, kind: HandleKind) -> Self {
-        OpenHandle { path, kind, ops: TaskTracker::new(), sequence_tail: Mutex::new(None) }
+        OpenHandle {
+            path,
+            kind,
+            ops: TaskTracker::new(),
+            sequence_tail: Mutex::new(None),
+        }
     }
 
     /// Takes the next place in this handle's sequential chain.
     fn sequence(&self) -> SequenceSlot {
         let (done, next_tail) = oneshot::channel();
         let previous = lock(&self.sequence_tail).replace(next_tail);
-        SequenceSlot { previous, _done: done }
+        SequenceSlot {
+            previous,
+            _done: done,
+        }
     }
 }
 
@@ -140,7 +153,11 @@ pub(crate) enum Target {
     /// The request names no handle, or an unknown one.
     None,
     /// A live handle, with this request registered on it.
-    Handle { handle: Arc<OpenHandle>, registration: TaskTrackerToken, sequence: Option<SequenceSlot> },
+    Handle {
+        handle: Arc<OpenHandle>,
+        registration: TaskTrackerToken,
+        sequence: Option<SequenceSlot>,
+    },
     /// CLOSE of a live handle (already removed from the table).
     Closing(Arc<OpenHandle>),
 }
@@ -195,10 +212,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SessionState {
     /// Registers a new handle; gives it back when the session has too many open.
-    pub(crate) fn insert_handle(&self, handle: OpenHandle) -> Result<[u8; 4], OpenHandle> {
+    pub(crate) fn insert_handle(&self, handle: OpenHandle) -> Result<[u8; 4], Box<OpenHandle>> {
         let mut table = lock(&self.handles);
         if table.len() >= MAX_OPEN_HANDLES {
-            return Err(handle);
+            return Err(Box::new(handle));
         }
         // Handle values are never reused within a session, so a stale handle
         // can never reach a newer file.
@@ -260,7 +277,7 @@ pub(crate) async fn serve(
     });
     let (job_tx, job_rx) = mpsc::unbounded_channel();
     let tasks = TaskTracker::new();
-    let executor = tokio::spawn(execute(state.clone(), job_rx, tasks.clone()));
+    let mut executor = tokio::spawn(execute(state.clone(), job_rx, tasks.clone()));
 
     let mut reader = Reader {
         state: state.clone(),
@@ -273,30 +290,34 @@ pub(crate) async fn serve(
     let end = reader.run(&mut rx, &cancel).await;
     drop(reader);
 
-    match &end {
-        End::Eof => {
-            // Answer everything already asked, but stop if the channel or
-            // connection goes away meanwhile (a client that sent EOF and
-            // never reads would otherwise hold us forever).
-            let finish = async {
-                let _ = executor.await;
-                tasks.close();
-                tasks.wait().await;
-            };
-            tokio::select! {
-                () = finish => {}
-                () = watch_for_close(&mut rx) => cancel.cancel(),
-                () = cancel.cancelled() => {}
-            }
-        }
-        End::Gone | End::Violation(_) => {
-            cancel.cancel();
-            drop(rx);
-            let _ = executor.await;
+    let mut executor_done = false;
+    if matches!(end, End::Eof) {
+        // Answer everything already asked, but stop if the channel or the
+        // connection goes away meanwhile (a client that sent EOF and then
+        // never reads would otherwise hold us forever).
+        let answered = async {
+            let _ = (&mut executor).await;
+            executor_done = true;
             tasks.close();
             tasks.wait().await;
+        };
+        tokio::select! {
+            () = answered => {}
+            () = watch_for_close(&mut rx) => cancel.cancel(),
+            () = cancel.cancelled() => {}
         }
+    } else {
+        cancel.cancel();
     }
+    drop(rx);
+    // After a cancel, queued requests are dropped and running ones end soon
+    // (their replies have nowhere to go); wait for them so no task still
+    // holds a handle below. (A finished JoinHandle must not be polled again.)
+    if !executor_done {
+        let _ = executor.await;
+    }
+    tasks.close();
+    tasks.wait().await;
 
     // Whatever is still open was never closed by the client: uploads are
     // aborted (atomic mode: nothing appears under the final name).
@@ -323,7 +344,8 @@ pub(crate) async fn serve(
         }
         End::Violation(why) => {
             tracing::info!(peer = %conn.peer, reason = %why, "dropping SFTP session: protocol violation");
-            conn.drop_connection(russh::Disconnect::ProtocolError, "SFTP protocol violation").await;
+            conn.drop_connection(russh::Disconnect::ProtocolError, "SFTP protocol violation")
+                .await;
         }
     }
 }
@@ -344,8 +366,14 @@ async fn release_unclosed(handle: Arc<OpenHandle>) {
     handle.ops.wait().await;
     match Arc::try_unwrap(handle) {
         Ok(h) => match h.kind {
-            HandleKind::Write(w) => w.upload.abort("connection closed before the upload was closed").await,
-            HandleKind::Read(d) => d.finish(Some("connection closed before the download was closed")),
+            HandleKind::Write(w) => {
+                w.upload
+                    .abort("connection closed before the upload was closed")
+                    .await
+            }
+            HandleKind::Read(d) => {
+                d.finish(Some("connection closed before the download was closed"))
+            }
             HandleKind::Dir(_) => {}
         },
         // A task still holds it (cannot happen once all tasks ended); its
@@ -404,21 +432,31 @@ impl Reader {
     fn on_frame(&mut self, frame: Bytes) -> Result<(), String> {
         let cost = frame.len() + REQUEST_OVERHEAD;
         let charged = self.budget.fetch_add(cost, Ordering::AcqRel) + cost;
-        let charge = BudgetCharge { counter: self.budget.clone(), bytes: cost };
+        let charge = BudgetCharge {
+            counter: self.budget.clone(),
+            bytes: cost,
+        };
         if charged > MAX_QUEUED_BYTES {
-            return Err(format!("more than {MAX_QUEUED_BYTES} bytes of requests outstanding"));
+            return Err(format!(
+                "more than {MAX_QUEUED_BYTES} bytes of requests outstanding"
+            ));
         }
-        let request = match codec::decode_request(frame.clone()) {
+        let len = frame.len();
+        let request = match codec::decode_request(frame) {
             Ok(r) => r,
             Err(e) => {
-                tracing::debug!(error = %e, len = frame.len(), head = ?&frame[..frame.len().min(64)], "undecodable SFTP packet");
-                let Some(id) = e.id() else { return Err(e.to_string()) };
+                tracing::debug!(error = %e, len, "undecodable SFTP packet");
+                let Some(id) = e.id() else {
+                    return Err(e.to_string());
+                };
                 if !self.initialized {
                     return Err("request before INIT".into());
                 }
                 let (code, msg) = match e {
                     DecodeError::Malformed { .. } => (StatusCode::BadMessage, "Malformed request"),
-                    DecodeError::Unsupported { .. } => (StatusCode::OpUnsupported, "Operation not supported"),
+                    DecodeError::Unsupported { .. } => {
+                        (StatusCode::OpUnsupported, "Operation not supported")
+                    }
                 };
                 self.queue(Work::Reply(codec::encode_status(id, code, msg)), charge);
                 return Ok(());
@@ -453,30 +491,47 @@ impl Reader {
             }
             Request::Readdir { handle, .. } => (handle, true),
             Request::Write { handle, .. } => (handle, false),
-            Request::Read { handle, .. } | Request::Fstat { handle, .. } | Request::Fsetstat { handle, .. } => {
-                (handle, false)
-            }
-            Request::Extended { request: E::Fstatvfs { handle } | E::Fsync { handle }, .. } => (handle, false),
+            Request::Read { handle, .. }
+            | Request::Fstat { handle, .. }
+            | Request::Fsetstat { handle, .. } => (handle, false),
+            Request::Extended {
+                request: E::Fstatvfs { handle } | E::Fsync { handle },
+                ..
+            } => (handle, false),
             _ => return Target::None,
         };
-        let Some(handle) = self.state.lookup(raw) else { return Target::None };
+        let Some(handle) = self.state.lookup(raw) else {
+            return Target::None;
+        };
         let sequential = sequential
             || matches!((request, &handle.kind), (Request::Write { .. }, HandleKind::Write(w)) if w.append);
         let registration = handle.ops.token();
         let sequence = sequential.then(|| handle.sequence());
-        Target::Handle { handle, registration, sequence }
+        Target::Handle {
+            handle,
+            registration,
+            sequence,
+        }
     }
 
     fn queue(&mut self, work: Work, budget: BudgetCharge) {
         let seq = self.next_seq;
         self.next_seq += 1;
         // Err: the executor stopped (session ending); the job is dropped.
-        let _ = self.jobs.send(Job { seq, work, _budget: budget });
+        let _ = self.jobs.send(Job {
+            seq,
+            work,
+            _budget: budget,
+        });
     }
 }
 
 /// Starts queued requests as tasks, [`MAX_CONCURRENT_REQUESTS`] at a time.
-async fn execute(state: Arc<SessionState>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks: TaskTracker) {
+async fn execute(
+    state: Arc<SessionState>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    tasks: TaskTracker,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     loop {
         let permit = tokio::select! {
@@ -495,19 +550,35 @@ async fn execute(state: Arc<SessionState>, mut jobs: mpsc::UnboundedReceiver<Job
         };
         let Job { seq, work, _budget } = job;
         match work {
-            Work::Reply(reply) => state.send(Outgoing { seq, reply, _permit: permit }).await,
+            Work::Reply(reply) => {
+                state
+                    .send(Outgoing {
+                        seq,
+                        reply,
+                        _permit: permit,
+                    })
+                    .await
+            }
             Work::Request(request, target) => {
                 let state = state.clone();
                 tasks.spawn(async move {
                     let id = request.id().unwrap_or(0);
-                    let run = std::panic::AssertUnwindSafe(crate::ops::execute(&state, request, target));
+                    let run = std::panic::AssertUnwindSafe(crate::ops::execute(
+                        &state, seq, request, target,
+                    ));
                     // A bug in one request must not leave a hole in the reply
                     // order (which would stall every later reply).
                     let reply = run.catch_unwind().await.unwrap_or_else(|_| {
                         tracing::error!(id, "SFTP request handler panicked");
                         codec::encode_status(id, StatusCode::Failure, "Internal error")
                     });
-                    state.send(Outgoing { seq, reply, _permit: permit }).await;
+                    state
+                        .send(Outgoing {
+                            seq,
+                            reply,
+                            _permit: permit,
+                        })
+                        .await;
                     drop(_budget);
                 });
             }
@@ -530,7 +601,9 @@ async fn write_replies(
             r = replies.recv() => r,
             () = cancel.cancelled() => return None,
         };
-        let Some(received) = received else { return Some(tx) };
+        let Some(received) = received else {
+            return Some(tx);
+        };
         order.insert(received);
         while let Ok(more) = replies.try_recv() {
             order.insert(more);
@@ -578,5 +651,39 @@ impl ReplyOrder {
         let o = self.waiting.remove(&self.next)?;
         self.next += 1;
         Some(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_leave_in_request_order() {
+        let permits = Arc::new(Semaphore::new(8));
+        let out = |seq: u64| Outgoing {
+            seq,
+            reply: Bytes::from(vec![seq as u8]),
+            _permit: permits
+                .clone()
+                .try_acquire_owned()
+                .unwrap_or_else(|_| unreachable!()),
+        };
+        let mut order = ReplyOrder::default();
+        order.insert(out(2));
+        order.insert(out(1));
+        assert!(order.pop_next().is_none(), "0 has not arrived");
+        order.insert(out(0));
+        let seqs: Vec<u64> = std::iter::from_fn(|| order.pop_next())
+            .map(|o| o.seq)
+            .collect();
+        assert_eq!(seqs, vec![0, 1, 2]);
+        order.insert(out(4));
+        assert!(order.pop_next().is_none());
+        order.insert(out(3));
+        assert_eq!(order.pop_next().map(|o| o.seq), Some(3));
+        assert_eq!(order.pop_next().map(|o| o.seq), Some(4));
+        // Permits come back once replies are gone.
+        assert_eq!(permits.available_permits(), 8);
     }
 }

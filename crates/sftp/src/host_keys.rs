@@ -20,7 +20,10 @@ pub(crate) const RSA_FILE: &str = "ssh_host_rsa_key";
 const RSA_BITS: usize = 3072;
 
 /// Loads the explicit keys, or loads/generates the default pair in `data_dir`.
-pub(crate) async fn load_or_generate(explicit: &[PathBuf], data_dir: &Path) -> Result<Vec<PrivateKey>, SftpError> {
+pub(crate) async fn load_or_generate(
+    explicit: &[PathBuf],
+    data_dir: &Path,
+) -> Result<Vec<PrivateKey>, SftpError> {
     if !explicit.is_empty() {
         return explicit.iter().map(|p| load(p)).collect();
     }
@@ -34,7 +37,10 @@ pub(crate) async fn load_or_generate(explicit: &[PathBuf], data_dir: &Path) -> R
             // RSA generation takes a while: keep it off the async workers.
             let key = tokio::task::spawn_blocking(move || generate(&dir, &target, kind))
                 .await
-                .map_err(|e| SftpError::CreateHostKey { path, message: e.to_string() })??;
+                .map_err(|e| SftpError::CreateHostKey {
+                    path,
+                    message: e.to_string(),
+                })??;
             keys.push(key);
         }
     }
@@ -47,8 +53,20 @@ pub(crate) fn fingerprint(key: &PrivateKey) -> String {
 }
 
 fn load(path: &Path) -> Result<PrivateKey, SftpError> {
-    russh::keys::load_secret_key(path, None)
-        .map_err(|e| SftpError::LoadHostKey { path: path.to_owned(), message: e.to_string() })
+    let key = russh::keys::load_secret_key(path, None).map_err(|e| SftpError::LoadHostKey {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    // Only these are offered (see the algorithm policy in server.rs); any
+    // other key would silently never be used.
+    let algorithm = key.algorithm();
+    if algorithm != Algorithm::Ed25519 && !key.algorithm().is_rsa() {
+        return Err(SftpError::LoadHostKey {
+            path: path.to_owned(),
+            message: format!("unsupported host key type {algorithm} (use ed25519 or RSA)"),
+        });
+    }
+    Ok(key)
 }
 
 #[derive(Clone, Copy)]
@@ -60,7 +78,10 @@ enum KeyKind {
 /// Generates a key and writes it (mode 0600, via a temporary renamed into
 /// place so a crash never leaves a half-written key), plus its `.pub`.
 fn generate(data_dir: &Path, path: &Path, kind: KeyKind) -> Result<PrivateKey, SftpError> {
-    let fail = |message: String| SftpError::CreateHostKey { path: path.to_owned(), message };
+    let fail = |message: String| SftpError::CreateHostKey {
+        path: path.to_owned(),
+        message,
+    };
     std::fs::create_dir_all(data_dir).map_err(|e| fail(e.to_string()))?;
     let mut rng = russh::keys::key::safe_rng();
     let key = match kind {
@@ -69,12 +90,22 @@ fn generate(data_dir: &Path, path: &Path, kind: KeyKind) -> Result<PrivateKey, S
             .and_then(|pair| PrivateKey::new(KeypairData::from(pair), "dropgate host key")),
     }
     .map_err(|e| fail(e.to_string()))?;
-    let pem = key.to_openssh(LineEnding::LF).map_err(|e| fail(e.to_string()))?;
-    let public = key.public_key().to_openssh().map_err(|e| fail(e.to_string()))?;
+    let pem = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| fail(e.to_string()))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| fail(e.to_string()))?;
 
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(pem.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -103,7 +134,10 @@ mod tests {
         assert_eq!(first[0].algorithm(), Algorithm::Ed25519);
         assert!(first[1].algorithm().is_rsa());
         for f in [ED25519_FILE, RSA_FILE] {
-            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
             assert!(dir.path().join(format!("{f}.pub")).exists());
         }
@@ -112,9 +146,30 @@ mod tests {
         assert_eq!(fp(&first), fp(&second));
         assert!(fp(&first)[0].starts_with("SHA256:"));
         // Explicit keys replace the generated pair.
-        let only = load_or_generate(&[dir.path().join(ED25519_FILE)], dir.path()).await.unwrap();
+        let only = load_or_generate(&[dir.path().join(ED25519_FILE)], dir.path())
+            .await
+            .unwrap();
         assert_eq!(fp(&only), vec![fp(&first)[0].clone()]);
         let missing = load_or_generate(&[dir.path().join("nope")], dir.path()).await;
         assert!(matches!(missing, Err(SftpError::LoadHostKey { .. })));
+        // An ECDSA key is refused with a clear message rather than never offered.
+        let mut rng = russh::keys::key::safe_rng();
+        let ecdsa = PrivateKey::random(
+            &mut rng,
+            Algorithm::Ecdsa {
+                curve: russh::keys::EcdsaCurve::NistP256,
+            },
+        )
+        .unwrap();
+        let ecdsa_path = dir.path().join("ecdsa");
+        ecdsa
+            .write_openssh_file(&ecdsa_path, LineEnding::LF)
+            .unwrap();
+        match load_or_generate(&[ecdsa_path], dir.path()).await {
+            Err(SftpError::LoadHostKey { message, .. }) => {
+                assert!(message.contains("unsupported"), "{message}")
+            }
+            other => panic!("ECDSA host key accepted: {:?}", other.map(|k| k.len())),
+        }
     }
 }

@@ -14,7 +14,7 @@
 //! [`dropgate_vfs::VirtualPath`], the one canonicalizer. Host keys are the
 //! only files this crate writes, into `data_dir`.
 //!
-//! Layout: [`server`] (accept loop, limits, shutdown), `ssh` (the russh
+//! Layout: `server` (accept loop, limits, shutdown), `ssh` (the russh
 //! handler), `host_keys`, `codec` (pure wire format), `dispatcher` (reader,
 //! executor and writer of one SFTP session), `ops` (what each request does),
 //! `listing` (attributes and `ls -l` names), `status` (error → status table).
@@ -25,7 +25,7 @@ mod error;
 mod host_keys;
 mod listing;
 mod ops;
-pub mod server;
+mod server;
 mod ssh;
 mod status;
 

@@ -20,12 +20,18 @@ fn type_bits(kind: FileKind) -> u32 {
 
 /// Seconds since the epoch, clamped into the v3 32-bit field.
 fn epoch_secs(t: SystemTime) -> u32 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32)
+        .unwrap_or(0)
 }
 
 /// The mode with file-type bits always present.
 fn full_mode(meta: &Metadata) -> u32 {
-    if meta.mode & S_IFMT == 0 { meta.mode | type_bits(meta.kind) } else { meta.mode }
+    if meta.mode & S_IFMT == 0 {
+        meta.mode | type_bits(meta.kind)
+    } else {
+        meta.mode
+    }
 }
 
 /// SFTP attributes of an entry. Owner ids are left out on purpose: they are
@@ -54,7 +60,10 @@ fn mode_string(mode: u32) -> String {
     let mut s = String::with_capacity(10);
     s.push(kind);
     let bit = |m: u32, c: char| if mode & m != 0 { c } else { '-' };
-    let special = |x: u32, special: u32, set_x: char, set_nox: char| match (mode & x != 0, mode & special != 0) {
+    let special = |x: u32, special: u32, set_x: char, set_nox: char| match (
+        mode & x != 0,
+        mode & special != 0,
+    ) {
         (true, true) => set_x,
         (false, true) => set_nox,
         (true, false) => 'x',
@@ -87,7 +96,9 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// `%b %e %H:%M` for the last six months, else `%b %e  %Y` (UTC), as `ls -l`.
 fn ls_date(mtime: u64, now: u64) -> String {
@@ -105,8 +116,15 @@ fn ls_date(mtime: u64, now: u64) -> String {
 
 /// The `ls -l` line OpenSSH's server sends as a NAME entry's longname.
 pub(crate) fn long_name(name: &str, meta: &Metadata, owner: &str, now: SystemTime) -> String {
-    let mtime = meta.modified.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mtime = meta
+        .modified
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     format!(
         "{} {:>3} {:<8} {:<8} {:>8} {} {}",
         mode_string(full_mode(meta)),
@@ -163,9 +181,15 @@ mod tests {
     fn long_name_matches_openssh_layout() {
         let now = UNIX_EPOCH + Duration::from_secs(1_709_647_629 + 60);
         let m = meta(FileKind::File, 0o100644, 1234, 1_709_647_629);
-        assert_eq!(long_name("a.txt", &m, "alice", now), "-rw-r--r--   1 alice    alice        1234 Mar  5 14:07 a.txt");
+        assert_eq!(
+            long_name("a.txt", &m, "alice", now),
+            "-rw-r--r--   1 alice    alice        1234 Mar  5 14:07 a.txt"
+        );
         let d = meta(FileKind::Dir, 0o755, 4096, 1_709_647_629);
-        assert!(long_name("sub", &d, "bob", now).starts_with("drwxr-xr-x   1 bob      bob          4096 "));
+        assert!(
+            long_name("sub", &d, "bob", now)
+                .starts_with("drwxr-xr-x   1 bob      bob          4096 ")
+        );
     }
 
     #[test]

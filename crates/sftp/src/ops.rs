@@ -9,11 +9,12 @@ use dropgate_core::{ErrorClass, FsError, Permission, Session};
 use dropgate_vfs::{VfsError, VirtualPath, WriteStart};
 
 use crate::codec::{
-    self, Attrs, ExtendedRequest, MAX_IO_LEN, MAX_PACKET_LEN, NameEntry, Request, StatusCode, open_flags,
+    self, Attrs, ExtendedRequest, MAX_IO_LEN, MAX_PACKET_LEN, NameEntry, Request, StatusCode,
+    open_flags,
 };
 use crate::dispatcher::{
-    DirState, HandleKind, MAX_OPEN_HANDLES, OpenHandle, SequenceSlot, SessionState, Target, WriteHandle, lock,
-    take_closed,
+    DirState, HandleKind, MAX_OPEN_HANDLES, OpenHandle, SequenceSlot, SessionState, Target,
+    WriteHandle, lock, take_closed,
 };
 use crate::listing;
 use crate::status;
@@ -64,15 +65,24 @@ fn time(secs: u32) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::from(secs))
 }
 
-/// Runs one request and returns its reply.
-pub(crate) async fn execute(state: &SessionState, request: Request, target: Target) -> Bytes {
+/// Runs one request (`seq`: its arrival order) and returns its reply.
+pub(crate) async fn execute(
+    state: &SessionState,
+    seq: u64,
+    request: Request,
+    target: Target,
+) -> Bytes {
     let id = request.id().unwrap_or(0);
     let result = match target {
         Target::Closing(handle) => close(state, id, handle).await,
-        Target::Handle { handle, registration, sequence } => {
+        Target::Handle {
+            handle,
+            registration,
+            sequence,
+        } => {
             // `handle` is consumed (dropped) inside, before the registration
             // ends: CLOSE relies on being the last owner once it may proceed.
-            let r = on_handle(state, request, handle, sequence).await;
+            let r = on_handle(state, seq, request, handle, sequence).await;
             drop(registration);
             r
         }
@@ -84,20 +94,37 @@ pub(crate) async fn execute(state: &SessionState, request: Request, target: Targ
 async fn without_handle(state: &SessionState, request: Request) -> OpResult {
     let s = &state.session;
     match request {
-        Request::Open { id, path: p, pflags, .. } => open(state, id, &p, pflags).await,
+        Request::Open {
+            id,
+            path: p,
+            pflags,
+            ..
+        } => open(state, id, &p, pflags).await,
         Request::Opendir { id, path: p } => {
             let p = path(&p)?;
             if !state.handle_slots_left() {
                 return Err(TOO_MANY_HANDLES);
             }
             let stream = s.list(&p).await?;
-            let dir = DirState { stream, done: false };
-            insert(state, id, OpenHandle::new(p, HandleKind::Dir(tokio::sync::Mutex::new(dir)))).await
+            let dir = DirState {
+                stream,
+                done: false,
+            };
+            insert(
+                state,
+                id,
+                OpenHandle::new(p, HandleKind::Dir(tokio::sync::Mutex::new(dir))),
+            )
+            .await
         }
-        Request::Stat { id, path: p } => Ok(codec::encode_attrs(id, &listing::attrs_of(&s.metadata(&path(&p)?).await?))),
-        Request::Lstat { id, path: p } => {
-            Ok(codec::encode_attrs(id, &listing::attrs_of(&s.symlink_metadata(&path(&p)?).await?)))
-        }
+        Request::Stat { id, path: p } => Ok(codec::encode_attrs(
+            id,
+            &listing::attrs_of(&s.metadata(&path(&p)?).await?),
+        )),
+        Request::Lstat { id, path: p } => Ok(codec::encode_attrs(
+            id,
+            &listing::attrs_of(&s.symlink_metadata(&path(&p)?).await?),
+        )),
         Request::Setstat { id, path: p, attrs } => {
             apply_attrs(s, &path(&p)?, &attrs).await?;
             Ok(ok(id))
@@ -160,14 +187,21 @@ async fn extended(s: &Session, id: u32, request: ExtendedRequest) -> OpResult {
         ExtendedRequest::Statvfs { path: p } => statvfs(s, id, &path(&p)?).await,
         ExtendedRequest::Limits => Ok(codec::encode_extended_u64s(
             id,
-            &[u64::from(MAX_PACKET_LEN), u64::from(MAX_IO_LEN), u64::from(MAX_IO_LEN), MAX_OPEN_HANDLES as u64],
+            &[
+                u64::from(MAX_PACKET_LEN),
+                u64::from(MAX_IO_LEN),
+                u64::from(MAX_IO_LEN),
+                MAX_OPEN_HANDLES as u64,
+            ],
         )),
         ExtendedRequest::ExpandPath { path: p } => {
             let expanded = expand_path(utf8(&p)?, s.username())?;
             Ok(single_name(id, expanded.as_str()))
         }
         ExtendedRequest::Fstatvfs { .. } | ExtendedRequest::Fsync { .. } => Err(INVALID_HANDLE),
-        ExtendedRequest::Unknown { .. } => Err(Failure(StatusCode::OpUnsupported, "Unsupported extension")),
+        ExtendedRequest::Unknown { .. } => {
+            Err(Failure(StatusCode::OpUnsupported, "Unsupported extension"))
+        }
     }
 }
 
@@ -191,7 +225,11 @@ fn expand_path(raw: &str, username: &str) -> Result<VirtualPath, Failure> {
 fn single_name(id: u32, name: &str) -> Bytes {
     codec::encode_name(
         id,
-        &[NameEntry { filename: name.to_owned(), longname: name.to_owned(), attrs: Attrs::default() }],
+        &[NameEntry {
+            filename: name.to_owned(),
+            longname: name.to_owned(),
+            attrs: Attrs::default(),
+        }],
     )
 }
 
@@ -254,7 +292,8 @@ async fn open(state: &SessionState, id: u32, raw: &[u8], pflags: u32) -> OpResul
     // Any flag that creates or changes the file makes an upload (paramiko's
     // mode "x" is CREAT|EXCL alone); READ|CREAT alone stays a download.
     let changes = f::WRITE | f::APPEND | f::TRUNC | f::EXCL;
-    let writing = pflags & changes != 0 || (pflags & f::CREAT != 0 && pflags & open_flags::READ == 0);
+    let writing =
+        pflags & changes != 0 || (pflags & f::CREAT != 0 && pflags & open_flags::READ == 0);
     let kind = if writing {
         let start = if pflags & f::TRUNC != 0 {
             WriteStart::Truncate
@@ -278,6 +317,7 @@ async fn open(state: &SessionState, id: u32, raw: &[u8], pflags: u32) -> OpResul
             end: initial.into(),
             failure: Default::default(),
             pending_times: Default::default(),
+            pending_len: Default::default(),
         })
     } else {
         HandleKind::Read(s.open_download(&p).await?)
@@ -305,7 +345,15 @@ async fn close(state: &SessionState, id: u32, handle: std::sync::Arc<OpenHandle>
                 return Err(Failure(code, msg));
             }
             let times = lock(&w.pending_times).take();
-            w.upload.commit().await?;
+            let resize = lock(&w.pending_len).take();
+            let committed = w.upload.commit().await?;
+            if let Some((_, size)) = resize
+                && size != committed
+            {
+                // The upload API only writes, so a truncation asked for on the
+                // handle lands right after the rename (see WriteHandle::pending_len).
+                state.session.set_len(&p, size).await?;
+            }
             if let Some((accessed, modified)) = times {
                 state.session.set_times(&p, accessed, modified).await?;
             }
@@ -316,6 +364,7 @@ async fn close(state: &SessionState, id: u32, handle: std::sync::Arc<OpenHandle>
 
 async fn on_handle(
     state: &SessionState,
+    seq: u64,
     request: Request,
     handle: std::sync::Arc<OpenHandle>,
     mut sequence: Option<SequenceSlot>,
@@ -325,29 +374,56 @@ async fn on_handle(
     }
     let s = &state.session;
     match (request, &handle.kind) {
-        (Request::Read { id, offset, len, .. }, HandleKind::Read(d)) => {
+        (
+            Request::Read {
+                id, offset, len, ..
+            },
+            HandleKind::Read(d),
+        ) => {
             let len = len.min(MAX_IO_LEN) as usize;
             if len == 0 {
                 return Ok(codec::encode_data(id, &[]));
             }
-            let data = d.reader().read_at(offset, len).await.map_err(FsError::from)?;
+            let data = d
+                .reader()
+                .read_at(offset, len)
+                .await
+                .map_err(FsError::from)?;
             if data.is_empty() {
                 return Err(Failure(StatusCode::Eof, "End of file"));
             }
             d.add_bytes(data.len() as u64);
             Ok(codec::encode_data(id, &data))
         }
-        (Request::Read { .. }, _) => Err(Failure(StatusCode::Failure, "Handle not open for reading")),
-        (Request::Write { id, offset, data, .. }, HandleKind::Write(w)) => {
+        (Request::Read { .. }, _) => {
+            Err(Failure(StatusCode::Failure, "Handle not open for reading"))
+        }
+        (
+            Request::Write {
+                id, offset, data, ..
+            },
+            HandleKind::Write(w),
+        ) => {
             if state.session.is_cancelled() {
                 return Err(FsError::Closed.into());
             }
             let len = data.len() as u64;
             // Append handles run one write at a time (sequenced), so the end is stable.
-            let at = if w.append { w.end.load(std::sync::atomic::Ordering::Acquire) } else { offset };
+            let at = if w.append {
+                w.end.load(std::sync::atomic::Ordering::Acquire)
+            } else {
+                offset
+            };
             match w.upload.write_at(at, data).await {
                 Ok(()) => {
-                    w.end.fetch_max(at.saturating_add(len), std::sync::atomic::Ordering::AcqRel);
+                    let reached = at.saturating_add(len);
+                    w.end
+                        .fetch_max(reached, std::sync::atomic::Ordering::AcqRel);
+                    if let Some((set_at, size)) = lock(&w.pending_len).as_mut()
+                        && seq > *set_at
+                    {
+                        *size = (*size).max(reached);
+                    }
                     Ok(ok(id))
                 }
                 Err(e) => {
@@ -357,29 +433,46 @@ async fn on_handle(
                 }
             }
         }
-        (Request::Write { .. }, _) => Err(Failure(StatusCode::Failure, "Handle not open for writing")),
+        (Request::Write { .. }, _) => {
+            Err(Failure(StatusCode::Failure, "Handle not open for writing"))
+        }
         (Request::Readdir { id, .. }, HandleKind::Dir(dir)) => readdir(s, id, dir).await,
         (Request::Readdir { .. }, _) => Err(Failure(StatusCode::Failure, "Not a directory handle")),
         (Request::Fstat { id, .. }, kind) => {
             let attrs = match kind {
                 HandleKind::Write(w) => Attrs {
-                    size: Some(w.end.load(std::sync::atomic::Ordering::Acquire)),
+                    size: Some(match *lock(&w.pending_len) {
+                        Some((_, size)) => size,
+                        None => w.end.load(std::sync::atomic::Ordering::Acquire),
+                    }),
                     permissions: Some(0o100644),
                     ..Attrs::default()
                 },
                 HandleKind::Read(d) => match s.metadata(&handle.path).await {
                     Ok(m) => listing::attrs_of(&m),
-                    Err(_) => Attrs { size: Some(d.len()), permissions: Some(0o100644), ..Attrs::default() },
+                    Err(_) => Attrs {
+                        size: Some(d.len()),
+                        permissions: Some(0o100644),
+                        ..Attrs::default()
+                    },
                 },
                 HandleKind::Dir(_) => listing::attrs_of(&s.metadata(&handle.path).await?),
             };
             Ok(codec::encode_attrs(id, &attrs))
         }
         (Request::Fsetstat { id, attrs, .. }, HandleKind::Write(w)) => {
-            if let Some(size) = attrs.size
-                && size != w.end.load(std::sync::atomic::Ordering::Acquire)
-            {
-                return Err(Failure(StatusCode::OpUnsupported, "Cannot resize a file while it is uploaded"));
+            if let Some(size) = attrs.size {
+                // A real size change needs `overwrite` when applied at CLOSE:
+                // refuse it now rather than after the commit.
+                if size != w.end.load(std::sync::atomic::Ordering::Acquire)
+                    && !s.allows(&handle.path, Permission::Overwrite)
+                {
+                    return Err(Failure(StatusCode::PermissionDenied, "Permission denied"));
+                }
+                let mut pending = lock(&w.pending_len);
+                if pending.is_none_or(|(set_at, _)| seq > set_at) {
+                    *pending = Some((seq, size));
+                }
             }
             if let Some((atime, mtime)) = attrs.times {
                 if !s.allows(&handle.path, Permission::Chtimes) {
@@ -393,12 +486,22 @@ async fn on_handle(
             apply_attrs(s, &handle.path, &attrs).await?;
             Ok(ok(id))
         }
-        (Request::Extended { id, request: ExtendedRequest::Fstatvfs { .. } }, _) => {
-            statvfs(s, id, &handle.path).await
-        }
+        (
+            Request::Extended {
+                id,
+                request: ExtendedRequest::Fstatvfs { .. },
+            },
+            _,
+        ) => statvfs(s, id, &handle.path).await,
         // Uploads are made durable (fsync + rename) by CLOSE; before that the
         // data has no final name to be durable under, so there is nothing to add.
-        (Request::Extended { id, request: ExtendedRequest::Fsync { .. } }, _) => Ok(ok(id)),
+        (
+            Request::Extended {
+                id,
+                request: ExtendedRequest::Fsync { .. },
+            },
+            _,
+        ) => Ok(ok(id)),
         (other, _) => {
             tracing::error!(request = ?other.id(), "request routed to a handle it does not use");
             Err(Failure(StatusCode::Failure, "Internal error"))
@@ -444,6 +547,7 @@ async fn readdir(s: &Session, id: u32, dir: &tokio::sync::Mutex<DirState>) -> Op
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn exp(raw: &str) -> Result<String, Failure> {
@@ -457,7 +561,10 @@ mod tests {
         assert_eq!(exp("~/x/y").unwrap(), "/x/y");
         assert_eq!(exp("~alice/x").unwrap(), "/x");
         assert_eq!(exp("~alice").unwrap(), "/");
-        assert_eq!(exp("~bob/x"), Err(Failure(StatusCode::NoSuchFile, "No such user")));
+        assert_eq!(
+            exp("~bob/x"),
+            Err(Failure(StatusCode::NoSuchFile, "No such user"))
+        );
         assert_eq!(exp("x").unwrap(), "/x");
         assert_eq!(exp("/../../etc").unwrap(), "/etc");
         assert_eq!(exp("").unwrap(), "/");
@@ -465,10 +572,22 @@ mod tests {
 
     #[test]
     fn paths_are_canonical_and_utf8() {
-        assert_eq!(path(b"/../..").map(|p| p.as_str().to_owned()), Ok("/".to_owned()));
-        assert_eq!(path(b".").map(|p| p.as_str().to_owned()), Ok("/".to_owned()));
-        assert_eq!(path(b"a/../b/./c").map(|p| p.as_str().to_owned()), Ok("/b/c".to_owned()));
-        assert_eq!(path(b"/caf\xe9").map(|p| p.as_str().to_owned()), Err(NOT_UTF8));
+        assert_eq!(
+            path(b"/../..").map(|p| p.as_str().to_owned()),
+            Ok("/".to_owned())
+        );
+        assert_eq!(
+            path(b".").map(|p| p.as_str().to_owned()),
+            Ok("/".to_owned())
+        );
+        assert_eq!(
+            path(b"a/../b/./c").map(|p| p.as_str().to_owned()),
+            Ok("/b/c".to_owned())
+        );
+        assert_eq!(
+            path(b"/caf\xe9").map(|p| p.as_str().to_owned()),
+            Err(NOT_UTF8)
+        );
         assert!(path(b"a\0b").is_err());
     }
 }

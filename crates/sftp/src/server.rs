@@ -95,12 +95,23 @@ const KEX_LEGACY: &[kex::Name] = &[
     kex::EXTENSION_SUPPORT_AS_SERVER,
     kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
 ];
-const HOST_KEY_ALGS: &[Algorithm] =
-    &[Algorithm::Ed25519, Algorithm::Rsa { hash: Some(HashAlg::Sha512) }, Algorithm::Rsa { hash: Some(HashAlg::Sha256) }];
+const HOST_KEY_ALGS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
 const HOST_KEY_ALGS_LEGACY: &[Algorithm] = &[
     Algorithm::Ed25519,
-    Algorithm::Rsa { hash: Some(HashAlg::Sha512) },
-    Algorithm::Rsa { hash: Some(HashAlg::Sha256) },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
     Algorithm::Rsa { hash: None },
 ];
 /// AEAD ciphers first; CTR only with the MACs below. No CBC, no 3DES.
@@ -116,7 +127,12 @@ const CIPHERS: &[cipher::Name] = &[
 /// before 1.11 (curl on Debian 12, many appliances) knows no -etm MAC and
 /// would otherwise find nothing in common with us; they are not SHA-1, and
 /// strict kex closes the Terrapin prefix-truncation hole for them too.
-const MACS: &[mac::Name] = &[mac::HMAC_SHA256_ETM, mac::HMAC_SHA512_ETM, mac::HMAC_SHA256, mac::HMAC_SHA512];
+const MACS: &[mac::Name] = &[
+    mac::HMAC_SHA256_ETM,
+    mac::HMAC_SHA512_ETM,
+    mac::HMAC_SHA256,
+    mac::HMAC_SHA512,
+];
 const MACS_LEGACY: &[mac::Name] = &[
     mac::HMAC_SHA256_ETM,
     mac::HMAC_SHA512_ETM,
@@ -144,7 +160,11 @@ fn ssh_config(keys: Vec<PrivateKey>, config: &SftpConfig) -> russh::server::Conf
         event_buffer_size: 64,
         preferred: Preferred {
             kex: Cow::Borrowed(if legacy { KEX_LEGACY } else { KEX }),
-            key: Cow::Borrowed(if legacy { HOST_KEY_ALGS_LEGACY } else { HOST_KEY_ALGS }),
+            key: Cow::Borrowed(if legacy {
+                HOST_KEY_ALGS_LEGACY
+            } else {
+                HOST_KEY_ALGS
+            }),
             cipher: Cow::Borrowed(CIPHERS),
             mac: Cow::Borrowed(if legacy { MACS_LEGACY } else { MACS }),
             compression: Cow::Borrowed(&[compression::NONE]),
@@ -186,7 +206,12 @@ impl SftpServer {
         let fingerprints = keys.iter().map(host_keys::fingerprint).collect();
         let mut listeners = Vec::with_capacity(config.listen.len());
         for addr in &config.listen {
-            let l = TcpListener::bind(addr).await.map_err(|source| SftpError::Bind { addr: *addr, source })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| SftpError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
             listeners.push(l);
         }
         Ok(SftpServer {
@@ -201,7 +226,10 @@ impl SftpServer {
 
     /// The bound addresses (with the real port when 0 was asked for).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// `SHA256:…` fingerprint of each host key, as `ssh-keygen -lf` shows it.
@@ -212,7 +240,11 @@ impl SftpServer {
     /// Accepts connections until `shutdown` is cancelled, then disconnects
     /// every session and returns once they are gone.
     pub async fn run(self, shutdown: CancellationToken) {
-        let limit = if self.max_connections == 0 { Semaphore::MAX_PERMITS } else { self.max_connections };
+        let limit = if self.max_connections == 0 {
+            Semaphore::MAX_PERMITS
+        } else {
+            self.max_connections
+        };
         let shared = Arc::new(Shared {
             ssh: self.ssh,
             gateway: self.gateway,
@@ -276,7 +308,13 @@ impl Shared {
             return None;
         }
         *n += 1;
-        Some((permit, IpSlot { shared: self.clone(), ip }))
+        Some((
+            permit,
+            IpSlot {
+                shared: self.clone(),
+                ip,
+            },
+        ))
     }
 }
 
@@ -294,7 +332,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     tracing::info!(%peer, "SFTP connection refused: too many connections");
                     continue;
                 };
-                shared.tasks.spawn(serve_connection(tcp, peer, shared.clone(), admission));
+                shared
+                    .tasks
+                    .spawn(serve_connection(tcp, peer, shared.clone(), admission));
             }
             Err(e) => {
                 // EMFILE and friends: wait rather than spin.
@@ -409,17 +449,28 @@ impl KillableStream {
         }
     }
 
-    fn killed(kill: &CancellationToken, fut: &mut Pin<Box<WaitForCancellationFutureOwned>>, cx: &mut Context<'_>) -> bool {
+    fn killed(
+        kill: &CancellationToken,
+        fut: &mut Pin<Box<WaitForCancellationFutureOwned>>,
+        cx: &mut Context<'_>,
+    ) -> bool {
         kill.is_cancelled() || fut.as_mut().poll(cx).is_ready()
     }
 }
 
 fn aborted() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed by the server")
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed by the server",
+    )
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if Self::killed(&this.kill, &mut this.read_kill, cx) {
             return Poll::Ready(Err(aborted()));
@@ -429,7 +480,11 @@ impl AsyncRead for KillableStream {
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if Self::killed(&this.kill, &mut this.write_kill, cx) {
             return Poll::Ready(Err(aborted()));

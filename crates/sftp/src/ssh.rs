@@ -12,7 +12,9 @@ use bytes::Bytes;
 use dropgate_core::store::Protocol;
 use dropgate_core::{AuthError, Credential, Gateway, Session};
 use russh::server::{Auth, Handle, Msg, PublicKeyOffer, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, Disconnect, MethodKind, MethodSet};
+use russh::{
+    Channel, ChannelId, ChannelMsg, ChannelOpenFailure, Disconnect, MethodKind, MethodSet,
+};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -83,8 +85,12 @@ impl ConnControl {
             kill.cancel();
         });
         // The request queue is bounded; never wait on it longer than the kill.
-        let _ = tokio::time::timeout(KILL_DELAY, self.handle.disconnect(reason, message.to_owned(), String::new()))
-            .await;
+        let _ = tokio::time::timeout(
+            KILL_DELAY,
+            self.handle
+                .disconnect(reason, message.to_owned(), String::new()),
+        )
+        .await;
     }
 }
 
@@ -93,7 +99,10 @@ impl ConnControl {
 /// different from a wrong key and stop clients from retrying a mistyped one
 /// (the attempt cap still applies).
 fn reject() -> Auth {
-    Auth::Reject { proceed_with_methods: Some(auth_methods()), partial_success: false }
+    Auth::Reject {
+        proceed_with_methods: Some(auth_methods()),
+        partial_success: false,
+    }
 }
 
 /// The only authentication methods there are.
@@ -119,14 +128,23 @@ pub(crate) struct SshHandler {
 
 impl SshHandler {
     pub(crate) fn new(gateway: Arc<Gateway>, conn: Arc<ConnShared>) -> Self {
-        SshHandler { gateway, conn, session: None, channels: HashMap::new() }
+        SshHandler {
+            gateway,
+            conn,
+            session: None,
+            channels: HashMap::new(),
+        }
     }
 
     async fn login(&mut self, user: &str, credential: Credential<'_>, method: &str) -> Auth {
         if self.session.is_some() {
             return reject();
         }
-        match self.gateway.authenticate(Protocol::Sftp, user, credential, self.conn.peer).await {
+        match self
+            .gateway
+            .authenticate(Protocol::Sftp, user, credential, self.conn.peer)
+            .await
+        {
             Ok(session) => {
                 tracing::info!(user = %session.username(), peer = %self.conn.peer, method, "SFTP login");
                 self.session = Some(session);
@@ -142,7 +160,11 @@ impl SshHandler {
     }
 
     /// Refuses an exec or shell request with a clear message and exit status 1.
-    fn refuse_shell(&mut self, channel: ChannelId, session: &mut russh::server::Session) -> Result<(), russh::Error> {
+    fn refuse_shell(
+        &mut self,
+        channel: ChannelId,
+        session: &mut russh::server::Session,
+    ) -> Result<(), russh::Error> {
         // Dropping the sender ends the task holding the channel.
         self.channels.insert(channel, None);
         session.channel_success(channel)?;
@@ -157,7 +179,11 @@ impl SshHandler {
 /// Holds a session channel until its request arrives; anything the client
 /// sends before that is drained (never left to fill russh's channel buffer,
 /// which would stall the connection's whole loop) and discarded.
-async fn hold_channel(channel: Channel<Msg>, mut start: oneshot::Receiver<ChannelStart>, end: CancellationToken) {
+async fn hold_channel(
+    channel: Channel<Msg>,
+    mut start: oneshot::Receiver<ChannelStart>,
+    end: CancellationToken,
+) {
     let (mut rx, tx) = channel.split();
     loop {
         tokio::select! {
@@ -181,22 +207,39 @@ impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        Ok(self.login(user, Credential::Password(password), "password").await)
+        Ok(self
+            .login(user, Credential::Password(password), "password")
+            .await)
     }
 
     /// Every offered key is welcome to prove itself: answering here whether
     /// the key belongs to the account would tell who exists.
-    async fn auth_publickey_offered(&mut self, _user: &str, _offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
         Ok(Auth::Accept)
     }
 
     /// Called after russh verified the signature.
-    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        let Ok(line) = key.public_key.to_openssh() else { return Ok(reject()) };
-        Ok(self.login(user, Credential::PublicKey(&line), "publickey").await)
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let Ok(line) = key.public_key.to_openssh() else {
+            return Ok(reject());
+        };
+        Ok(self
+            .login(user, Credential::PublicKey(&line), "publickey")
+            .await)
     }
 
-    async fn auth_succeeded(&mut self, session: &mut russh::server::Session) -> Result<(), Self::Error> {
+    async fn auth_succeeded(
+        &mut self,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
         self.conn.authenticated.store(true, Ordering::Release);
         if let Some(core) = &self.session {
             // An administrator ending the session ends the connection.
@@ -264,7 +307,11 @@ impl russh::server::Handler for SshHandler {
         self.refuse_shell(channel, session)
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut russh::server::Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
         tracing::debug!(peer = %self.conn.peer, "shell refused");
         self.refuse_shell(channel, session)
     }
@@ -308,7 +355,11 @@ impl russh::server::Handler for SshHandler {
         session.channel_failure(channel)
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _session: &mut russh::server::Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }

@@ -43,11 +43,23 @@ mod tests {
     #[test]
     fn table() {
         assert_eq!(status_code(ErrorClass::NotFound), StatusCode::NoSuchFile);
-        assert_eq!(status_code(ErrorClass::Denied), StatusCode::PermissionDenied);
+        assert_eq!(
+            status_code(ErrorClass::Denied),
+            StatusCode::PermissionDenied
+        );
         assert_eq!(status_code(ErrorClass::QuotaExceeded), StatusCode::Failure);
         assert_eq!(status_code(ErrorClass::NoSpace), StatusCode::Failure);
-        assert_eq!(status_code(ErrorClass::Unsupported), StatusCode::OpUnsupported);
-        assert_eq!(of_fs_error(&FsError::QuotaExceeded), (StatusCode::Failure, "Quota exceeded"));
-        assert_eq!(of_vfs_error(VfsError::InvalidName("x")), (StatusCode::Failure, "Invalid file name"));
+        assert_eq!(
+            status_code(ErrorClass::Unsupported),
+            StatusCode::OpUnsupported
+        );
+        assert_eq!(
+            of_fs_error(&FsError::QuotaExceeded),
+            (StatusCode::Failure, "Quota exceeded")
+        );
+        assert_eq!(
+            of_vfs_error(VfsError::InvalidName("x")),
+            (StatusCode::Failure, "Invalid file name")
+        );
     }
 }
