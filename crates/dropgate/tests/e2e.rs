@@ -153,16 +153,20 @@ fn admin_kick_ends_live_ftp_and_sftp_sessions() {
     line.clear();
     let n = reader.read_line(&mut line).unwrap_or(0);
     assert!(n == 0 || line.starts_with("421"), "expected 421 or close, got {line:?}");
-    // SFTP: the client's connection is closed, so it exits on its own.
+    // SFTP: the client (which only notices at its next command) finds the
+    // connection gone: the command fails, where a live session would succeed.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = sftp_in.write_all(b"ls /\n");
+    drop(sftp_in);
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if sftp.try_wait().unwrap().is_some() {
-            break;
+    let status = loop {
+        if let Some(st) = sftp.try_wait().unwrap() {
+            break st;
         }
         assert!(Instant::now() < deadline, "sftp client still connected after the kick");
         std::thread::sleep(Duration::from_millis(100));
-    }
-    drop(sftp_in);
+    };
+    assert!(!status.success(), "the kicked SFTP session must be gone");
     let (_, v) = gw.api("GET", "/api/v1/sessions", Some(&token), None);
     assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "{v}");
 }
