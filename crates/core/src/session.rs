@@ -706,6 +706,28 @@ impl Upload {
         }
     }
 
+    /// Truncates or extends the upload to `size` before it is committed
+    /// (growth is reserved against the quota first).
+    pub async fn set_len(&self, size: u64) -> FsResult<()> {
+        if self.session.is_cancelled() {
+            return Err(FsError::Closed);
+        }
+        let cur = self.end.load(Ordering::Acquire);
+        if size > cur {
+            self.session.inner.quota.reserve_bytes(size - cur)?;
+            self.reserved.fetch_add(size - cur, Ordering::AcqRel);
+        }
+        // Shrinking keeps its reservation until commit, which recounts exactly.
+        self.end.store(size, Ordering::Release);
+        let Some(writer) = &self.writer else {
+            return Err(FsError::Closed);
+        };
+        writer.set_len(size).await.map_err(|e| {
+            self.failed.store(true, Ordering::Relaxed);
+            FsError::from(e)
+        })
+    }
+
     /// Makes the upload durable and visible under its final name, then
     /// records it (with the content's SHA-256, computed in the background).
     /// Returns the final size.
@@ -719,9 +741,10 @@ impl Upload {
         let quota = &session.inner.quota;
         match result {
             Ok(committed) => {
-                // usage now holds old_size + reserved; the file is initial_len + reserved.
-                quota.release_bytes(self.old_size);
-                quota.reserve_bytes_unchecked(self.initial_len);
+                // Usage holds the replaced file plus every reservation; from
+                // now on it holds exactly the committed size instead.
+                quota.release_bytes(self.old_size + self.reserved.swap(0, Ordering::AcqRel));
+                quota.reserve_bytes_unchecked(committed.size);
                 session
                     .inner
                     .gateway

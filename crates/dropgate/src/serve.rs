@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use dropgate_admin::{AdminConfig, AdminServer};
 use dropgate_core::{Gateway, GatewayConfig};
-use dropgate_ftp::{FtpConfig, FtpServer};
+use dropgate_ftp::{FtpConfig, FtpServer, TlsMode};
+use dropgate_ftps::{FtpsTls, TlsError, TlsSettings};
 use dropgate_sftp::{SftpConfig, SftpError, SftpServer};
 use dropgate_store::Store;
 use dropgate_vfs::UploadMode;
@@ -18,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::CliError;
-use crate::config::{Effective, UploadModeSetting};
+use crate::config::{Effective, TlsSetting, UploadModeSetting};
 
 /// How long listeners get to close their sessions after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -90,6 +91,33 @@ async fn start_listeners(
         }
     };
 
+    // One certificate for explicit and implicit FTPS; loaded (or generated)
+    // only when some listener can use it, reloaded on SIGHUP.
+    let wants_tls = (cfg.raw.ftp.enabled && cfg.raw.ftp.tls != TlsSetting::Off)
+        || !cfg.implicit_ftps_listen.is_empty();
+    let tls = if wants_tls {
+        let settings = TlsSettings {
+            cert: Some(cfg.raw.ftps.cert.clone()).filter(|p| !p.as_os_str().is_empty()),
+            key: Some(cfg.raw.ftps.key.clone()).filter(|p| !p.as_os_str().is_empty()),
+            data_dir: cfg.data_dir.clone(),
+            require_session_reuse: cfg.raw.ftps.require_session_reuse,
+            tls12_only: cfg.raw.ftps.data_tls12_only,
+        };
+        let tls = FtpsTls::load(settings).map_err(|e| match e {
+            TlsError::Generate(..) => CliError::Runtime(anyhow::anyhow!(e)),
+            other => CliError::Usage(other.to_string()),
+        })?;
+        set.spawn(reload_on_sighup(tls.clone(), shutdown.clone()));
+        Some(tls)
+    } else {
+        None
+    };
+    let tls_mode = match cfg.raw.ftp.tls {
+        TlsSetting::Off => TlsMode::Off,
+        TlsSetting::Optional => TlsMode::Optional,
+        TlsSetting::Required => TlsMode::Required,
+    };
+
     if cfg.raw.ftp.enabled && !cfg.ftp_listen.is_empty() {
         let ftp_cfg = FtpConfig {
             listen: cfg.ftp_listen.clone(),
@@ -100,11 +128,45 @@ async fn start_listeners(
             banner: cfg.raw.ftp.banner.clone(),
             max_connections: limits.max_connections,
             max_connections_per_ip: limits.max_connections_per_ip,
+            tls: tls.clone(),
+            tls_mode,
+            implicit_tls: false,
         };
         let server = FtpServer::bind(ftp_cfg, gateway.clone())
             .await
             .with_context(|| format!("starting the FTP listener on {:?}", cfg.ftp_listen))?;
         announce("ftp", &server.local_addrs(), &mut bound);
+        set.spawn(server.run(shutdown.clone()));
+    }
+
+    if !cfg.implicit_ftps_listen.is_empty() {
+        // Shares the passive range: the port pool is per listener, so the two
+        // listeners must not hand out the same ports at once. Split the range.
+        let (lo, hi) = (*cfg.passive_ports.start(), *cfg.passive_ports.end());
+        let mid = lo + (hi - lo) / 2;
+        let implicit_ports = if hi > lo { (mid + 1)..=hi } else { lo..=hi };
+        let ftps_cfg = FtpConfig {
+            listen: cfg.implicit_ftps_listen.clone(),
+            passive_ports: implicit_ports,
+            passive_address: Some(cfg.raw.ftp.passive_address.clone()).filter(|s| !s.is_empty()),
+            active_mode: cfg.raw.ftp.active_mode,
+            idle_timeout: Duration::from_secs(cfg.raw.ftp.idle_timeout_secs),
+            banner: cfg.raw.ftp.banner.clone(),
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            tls: tls.clone(),
+            tls_mode: TlsMode::Required,
+            implicit_tls: true,
+        };
+        let server = FtpServer::bind(ftps_cfg, gateway.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the implicit FTPS listener on {:?}",
+                    cfg.implicit_ftps_listen
+                )
+            })?;
+        announce("ftps", &server.local_addrs(), &mut bound);
         set.spawn(server.run(shutdown.clone()));
     }
 
@@ -149,6 +211,29 @@ async fn start_listeners(
         set.spawn(server.run(shutdown.clone()));
     }
     Ok(())
+}
+
+/// SIGHUP re-reads the FTPS certificate; sessions already running keep theirs.
+async fn reload_on_sighup(tls: Arc<FtpsTls>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; certificate reload disabled");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                match tls.reload() {
+                    Ok(()) => tracing::info!("FTPS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "FTPS certificate reload failed; keeping the old one"),
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<(), CliError> {

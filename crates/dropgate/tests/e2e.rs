@@ -14,7 +14,11 @@ use common::{Gateway, curl, sftp_batch, sftp_command, ssh_key};
 
 fn sha256_file(path: &std::path::Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -31,55 +35,126 @@ fn user_lifecycle_over_rest_ftp_and_sftp() {
         "public_keys": [public],
         "permissions": {"/": ["list"], "/inbox": ["list", "upload", "mkdir"], "/outbox": ["list", "download"]},
     });
-    let (status, user) = gw.api("POST", "/api/v1/users", Some(&token), Some(&body.to_string()));
+    let (status, user) = gw.api(
+        "POST",
+        "/api/v1/users",
+        Some(&token),
+        Some(&body.to_string()),
+    );
     assert_eq!(status, 201, "{user}");
     assert!(!user.to_string().contains("S3cure-pass") && !user.to_string().contains("argon2"));
     std::fs::create_dir_all(gw.home("acme").join("outbox")).unwrap();
     std::fs::create_dir_all(gw.home("acme").join("inbox")).unwrap();
-    std::fs::write(gw.home("acme").join("outbox/prices.csv"), "sku,price\n1,9.99\n").unwrap();
+    std::fs::write(
+        gw.home("acme").join("outbox/prices.csv"),
+        "sku,price\n1,9.99\n",
+    )
+    .unwrap();
 
     // FTP with the password: upload into the inbox, refused at the root.
     let local = work.path().join("orders.csv");
     common_write(&local, 300_000);
     let ftp = gw.addr("ftp");
-    let out = curl(&["-T", local.to_str().unwrap(), &format!("ftp://acme:S3cure-pass@{ftp}/inbox/orders.csv")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = curl(&["-T", local.to_str().unwrap(), &format!("ftp://acme:S3cure-pass@{ftp}/orders.csv")]);
-    assert!(!out.status.success(), "upload outside the inbox must be refused");
+    let out = curl(&[
+        "-T",
+        local.to_str().unwrap(),
+        &format!("ftp://acme:S3cure-pass@{ftp}/inbox/orders.csv"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = curl(&[
+        "-T",
+        local.to_str().unwrap(),
+        &format!("ftp://acme:S3cure-pass@{ftp}/orders.csv"),
+    ]);
+    assert!(
+        !out.status.success(),
+        "upload outside the inbox must be refused"
+    );
 
     // SFTP with the key sees the same file at once (listed with its size), may
     // not read it back (the inbox is write-only), and can fetch from the outbox.
     let on_disk = gw.home("acme").join("inbox/orders.csv");
-    assert_eq!(std::fs::read(&on_disk).unwrap(), std::fs::read(&local).unwrap(), "byte-identical");
+    assert_eq!(
+        std::fs::read(&on_disk).unwrap(),
+        std::fs::read(&local).unwrap(),
+        "byte-identical"
+    );
     let out = sftp_batch(
         gw.addr("sftp"),
         "acme",
         &key,
-        &format!("ls -l /inbox\nget /outbox/prices.csv {}\n-get /inbox/orders.csv {}\n", work.path().join("p.csv").display(), work.path().join("back.csv").display()),
+        &format!(
+            "ls -l /inbox\nget /outbox/prices.csv {}\n-get /inbox/orders.csv {}\n",
+            work.path().join("p.csv").display(),
+            work.path().join("back.csv").display()
+        ),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.contains("orders.csv") && listing.contains("300000"), "{listing}");
-    assert_eq!(std::fs::read(work.path().join("p.csv")).unwrap(), b"sku,price\n1,9.99\n");
-    assert!(!work.path().join("back.csv").exists(), "download from the inbox must be refused");
+    assert!(
+        listing.contains("orders.csv") && listing.contains("300000"),
+        "{listing}"
+    );
+    assert_eq!(
+        std::fs::read(work.path().join("p.csv")).unwrap(),
+        b"sku,price\n1,9.99\n"
+    );
+    assert!(
+        !work.path().join("back.csv").exists(),
+        "download from the inbox must be refused"
+    );
     // Permission refusals are ordinary errors, not disconnects.
-    let out = sftp_batch(gw.addr("sftp"), "acme", &key, "-rm /outbox/prices.csv\nls /inbox\n");
-    assert!(out.status.success(), "session survives a refusal: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ermission denied"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sftp_batch(
+        gw.addr("sftp"),
+        "acme",
+        &key,
+        "-rm /outbox/prices.csv\nls /inbox\n",
+    );
+    assert!(
+        out.status.success(),
+        "session survives a refusal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ermission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(gw.home("acme").join("outbox/prices.csv").exists());
 
     // Disabled: both protocols refuse, with the same failure as a wrong password.
-    let (status, _) = gw.api("PATCH", "/api/v1/users/acme", Some(&token), Some(r#"{"enabled": false}"#));
+    let (status, _) = gw.api(
+        "PATCH",
+        "/api/v1/users/acme",
+        Some(&token),
+        Some(r#"{"enabled": false}"#),
+    );
     assert_eq!(status, 200);
     let refused = curl(&[&format!("ftp://acme:S3cure-pass@{ftp}/inbox/")]);
     let wrong_pw = curl(&[&format!("ftp://acme:wrong@{ftp}/inbox/")]);
     assert_eq!(refused.status.code(), Some(67), "curl: login denied");
     assert_eq!(refused.status.code(), wrong_pw.status.code());
     let out = sftp_batch(gw.addr("sftp"), "acme", &key, "ls /\n");
-    assert!(!out.status.success(), "disabled account must not log in over SFTP");
+    assert!(
+        !out.status.success(),
+        "disabled account must not log in over SFTP"
+    );
 
     // Enabled again, then deleted: refused, files kept.
-    let (status, _) = gw.api("PATCH", "/api/v1/users/acme", Some(&token), Some(r#"{"enabled": true}"#));
+    let (status, _) = gw.api(
+        "PATCH",
+        "/api/v1/users/acme",
+        Some(&token),
+        Some(r#"{"enabled": true}"#),
+    );
     assert_eq!(status, 200);
     let ok = curl(&[&format!("ftp://acme:S3cure-pass@{ftp}/inbox/")]);
     assert!(ok.status.success());
@@ -87,8 +162,15 @@ fn user_lifecycle_over_rest_ftp_and_sftp() {
     assert_eq!(status, 204);
     let out = curl(&[&format!("ftp://acme:S3cure-pass@{ftp}/inbox/")]);
     assert_eq!(out.status.code(), Some(67));
-    assert!(!sftp_batch(gw.addr("sftp"), "acme", &key, "ls /\n").status.success());
-    assert!(gw.home("acme").join("inbox/orders.csv").exists(), "files are kept unless delete_files=true");
+    assert!(
+        !sftp_batch(gw.addr("sftp"), "acme", &key, "ls /\n")
+            .status
+            .success()
+    );
+    assert!(
+        gw.home("acme").join("inbox/orders.csv").exists(),
+        "files are kept unless delete_files=true"
+    );
 }
 
 fn common_write(path: &std::path::Path, len: usize) {
@@ -102,8 +184,18 @@ fn admin_kick_ends_live_ftp_and_sftp_sessions() {
     let token = gw.token();
     let work = tempfile::tempdir().unwrap();
     let (key, public) = ssh_key(work.path(), "kick");
-    let body = serde_json::json!({"username": "bob", "password": "pw-bob-123", "public_keys": [public]});
-    assert_eq!(gw.api("POST", "/api/v1/users", Some(&token), Some(&body.to_string())).0, 201);
+    let body =
+        serde_json::json!({"username": "bob", "password": "pw-bob-123", "public_keys": [public]});
+    assert_eq!(
+        gw.api(
+            "POST",
+            "/api/v1/users",
+            Some(&token),
+            Some(&body.to_string())
+        )
+        .0,
+        201
+    );
 
     // A live FTP session (raw control connection) ...
     let ctl = TcpStream::connect(gw.addr("ftp")).unwrap();
@@ -137,7 +229,9 @@ fn admin_kick_ends_live_ftp_and_sftp_sessions() {
         let (status, v) = gw.api("GET", "/api/v1/sessions", Some(&token), None);
         assert_eq!(status, 200);
         let items = v["items"].as_array().cloned().unwrap_or_default();
-        if items.iter().any(|s| s["protocol"] == "sftp") && items.iter().any(|s| s["protocol"] == "ftp") {
+        if items.iter().any(|s| s["protocol"] == "sftp")
+            && items.iter().any(|s| s["protocol"] == "ftp")
+        {
             break items;
         }
         assert!(Instant::now() < deadline, "sessions not listed: {v}");
@@ -146,13 +240,25 @@ fn admin_kick_ends_live_ftp_and_sftp_sessions() {
     for s in &sessions {
         assert_eq!(s["username"], "bob");
         let id = s["id"].as_str().unwrap();
-        assert_eq!(gw.api("DELETE", &format!("/api/v1/sessions/{id}"), Some(&token), None).0, 204);
+        assert_eq!(
+            gw.api(
+                "DELETE",
+                &format!("/api/v1/sessions/{id}"),
+                Some(&token),
+                None
+            )
+            .0,
+            204
+        );
     }
 
     // FTP: 421 then close.
     line.clear();
     let n = reader.read_line(&mut line).unwrap_or(0);
-    assert!(n == 0 || line.starts_with("421"), "expected 421 or close, got {line:?}");
+    assert!(
+        n == 0 || line.starts_with("421"),
+        "expected 421 or close, got {line:?}"
+    );
     // SFTP: the client (which only notices at its next command) finds the
     // connection gone: the command fails, where a live session would succeed.
     std::thread::sleep(Duration::from_millis(500));
@@ -163,7 +269,10 @@ fn admin_kick_ends_live_ftp_and_sftp_sessions() {
         if let Some(st) = sftp.try_wait().unwrap() {
             break st;
         }
-        assert!(Instant::now() < deadline, "sftp client still connected after the kick");
+        assert!(
+            Instant::now() < deadline,
+            "sftp client still connected after the kick"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!status.success(), "the kicked SFTP session must be gone");
@@ -177,23 +286,53 @@ fn audit_events_record_real_transfers_with_sha256() {
     let token = gw.token();
     let work = tempfile::tempdir().unwrap();
     let (key, public) = ssh_key(work.path(), "audit");
-    let body = serde_json::json!({"username": "carol", "password": "pw-carol-1", "public_keys": [public]});
-    assert_eq!(gw.api("POST", "/api/v1/users", Some(&token), Some(&body.to_string())).0, 201);
+    let body =
+        serde_json::json!({"username": "carol", "password": "pw-carol-1", "public_keys": [public]});
+    assert_eq!(
+        gw.api(
+            "POST",
+            "/api/v1/users",
+            Some(&token),
+            Some(&body.to_string())
+        )
+        .0,
+        201
+    );
 
     let up_ftp = work.path().join("a.bin");
     common_write(&up_ftp, 1_500_000);
     let up_sftp = work.path().join("b.bin");
     common_write(&up_sftp, 700_001);
     let ftp = gw.addr("ftp");
-    assert!(curl(&["-T", up_ftp.to_str().unwrap(), &format!("ftp://carol:pw-carol-1@{ftp}/a.bin")]).status.success());
+    assert!(
+        curl(&[
+            "-T",
+            up_ftp.to_str().unwrap(),
+            &format!("ftp://carol:pw-carol-1@{ftp}/a.bin")
+        ])
+        .status
+        .success()
+    );
     let out = sftp_batch(
         gw.addr("sftp"),
         "carol",
         &key,
-        &format!("put {} /b.bin\nmkdir /d\nrename /b.bin /d/b.bin\nget /a.bin {}\nrm /a.bin\n", up_sftp.display(), work.path().join("x").display()),
+        &format!(
+            "put {} /b.bin\nmkdir /d\nrename /b.bin /d/b.bin\nget /a.bin {}\nrm /a.bin\n",
+            up_sftp.display(),
+            work.path().join("x").display()
+        ),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!curl(&[&format!("ftp://carol:nope@{ftp}/")]).status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !curl(&[&format!("ftp://carol:nope@{ftp}/")])
+            .status
+            .success()
+    );
 
     let events = gw.wait_events(&token, "username=carol&kind=upload", |items| {
         items.len() >= 2 && items.iter().all(|e| e["sha256"].is_string())
@@ -210,11 +349,16 @@ fn audit_events_record_real_transfers_with_sha256() {
     assert!(a["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
 
     let all = gw.wait_events(&token, "username=carol&limit=100", |items| {
-        ["download", "rename", "mkdir", "delete"].iter().all(|k| items.iter().any(|e| e["kind"] == *k))
+        ["download", "rename", "mkdir", "delete"]
+            .iter()
+            .all(|k| items.iter().any(|e| e["kind"] == *k))
     });
     let rename = all.iter().find(|e| e["kind"] == "rename").unwrap();
     assert_eq!(rename["path"], "/b.bin");
     assert_eq!(rename["target_path"], "/d/b.bin");
-    let failed_login = all.iter().find(|e| e["kind"] == "login" && e["outcome"] == "failed").unwrap();
+    let failed_login = all
+        .iter()
+        .find(|e| e["kind"] == "login" && e["outcome"] == "failed")
+        .unwrap();
     assert_eq!(failed_login["protocol"], "ftp");
 }

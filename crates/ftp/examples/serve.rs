@@ -1,15 +1,17 @@
 //! A throwaway FTP server for trying clients by hand and for quick speed
-//! checks: a temporary gateway (deleted on exit) with one account.
+//! checks: a temporary gateway (deleted on exit) with one account. Explicit
+//! FTPS (`AUTH TLS`, optional) is on with a generated self-signed
+//! certificate, and implicit FTPS listens on a free port (printed).
 //!
 //! ```text
 //! cargo run -p dropgate-ftp --example serve -- [PORT] [USER] [PASSWORD]
 //! ```
-//! Prints the address and the account's home folder; stops on Ctrl-C.
+//! Prints the addresses and the account's home folder; stops on Ctrl-C.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use dropgate_ftp::{FtpConfig, FtpServer};
+use dropgate_ftp::{FtpConfig, FtpServer, FtpsTls, TlsMode, TlsSettings};
 use dropgate_testkit::TestGateway;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +27,14 @@ async fn main() {
 
     let tg = TestGateway::new().await;
     tg.add_user(&user, &password).await;
+    let tls = FtpsTls::load(TlsSettings {
+        cert: None,
+        key: None,
+        data_dir: tg.dir.path().join("data"),
+        require_session_reuse: true,
+        tls12_only: false,
+    })
+    .expect("FTPS certificate");
     let config = FtpConfig {
         listen: vec![format!("127.0.0.1:{port}").parse().unwrap()],
         passive_ports: 41000..=41999,
@@ -34,19 +44,34 @@ async fn main() {
         banner: "dropgate ready".into(),
         max_connections: 2000,
         max_connections_per_ip: 500,
+        tls: Some(tls),
+        tls_mode: TlsMode::Optional,
+        implicit_tls: false,
+    };
+    let implicit = FtpConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        passive_ports: 42000..=42999,
+        implicit_tls: true,
+        ..config.clone()
     };
     let server = FtpServer::bind(config, tg.gateway.clone())
         .await
         .expect("bind");
+    let implicit = FtpServer::bind(implicit, tg.gateway.clone())
+        .await
+        .expect("bind implicit FTPS");
     println!(
-        "listening on {:?}; user {user}, home {}",
+        "listening on {:?} (FTP, explicit FTPS) and {:?} (implicit FTPS); user {user}, home {}",
         server.local_addrs(),
+        implicit.local_addrs(),
         tg.home(&user).display()
     );
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(server.run(shutdown.clone()));
+    let run_implicit = tokio::spawn(implicit.run(shutdown.clone()));
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
     let _ = run.await;
+    let _ = run_implicit.await;
     tg.gateway.shutdown().await;
 }

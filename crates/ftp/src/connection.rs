@@ -133,7 +133,7 @@ pub(crate) struct Connection {
     pub(crate) refusals: u32,
     pub(crate) running: Option<Running>,
     /// Commands received during a transfer, run after it.
-    deferred: VecDeque<Bytes>,
+    pub(crate) deferred: VecDeque<Bytes>,
     /// QUIT arrived during a transfer: say goodbye after it.
     quit_after_transfer: bool,
     /// Transfers ask here whether the client is still there before commit.
@@ -144,9 +144,12 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// A connection over `stream` (plain TCP, or TLS already handshaken by
+    /// the implicit listener, as `security` says).
     pub(crate) fn new(
         ctx: Arc<ServerContext>,
         stream: ControlStream,
+        security: ChannelSecurity,
         peer: SocketAddr,
         local: SocketAddr,
         shutdown: CancellationToken,
@@ -162,7 +165,7 @@ impl Connection {
             peer,
             local,
             shutdown,
-            security: ChannelSecurity::default(),
+            security,
             login: Login::Pending(None),
             cwd: VirtualPath::root(),
             transfer_type: TransferType::Binary,
@@ -491,7 +494,9 @@ impl Connection {
             commit_gate: self.commit_tx.clone(),
         };
         let local_ip = self.local.ip();
-        let handle = tokio::spawn(crate::transfer::run(setup, local_ip, work, ctl));
+        // Callers refused clear-text data under `tls = required` before 150.
+        let tls = self.security.data_tls().ok().flatten();
+        let handle = tokio::spawn(crate::transfer::run(setup, local_ip, tls, work, ctl));
         self.running = Some(Running {
             handle,
             abort,

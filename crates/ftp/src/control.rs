@@ -1,9 +1,10 @@
 //! Framing of the control connection: bounded command lines in, replies out.
 //!
 //! The stream is boxed so FTPS can swap a TLS stream in after `AUTH TLS`
-//! (see [`ControlChannel::take_stream`]) and the implicit-FTPS listener can
+//! (see [`ControlChannel::upgrade`]) and the implicit-FTPS listener can
 //! hand over an already-encrypted one; nothing here knows which it is.
 
+use std::future::Future;
 use std::io;
 use std::time::Duration;
 
@@ -145,12 +146,22 @@ impl ControlChannel {
         self.write_timeout
     }
 
-    /// FTPS seam: hands out the stream for a TLS handshake, dropping every
-    /// byte received but not yet read as a command (commands pipelined
-    /// before the handshake must not run: STARTTLS injection).
-    #[allow(dead_code)] // Used by the FTPS upgrade.
-    pub(crate) fn take_stream(self) -> ControlStream {
-        self.stream
+    /// Swaps the stream for what `handshake` makes of it (the TLS upgrade
+    /// after `AUTH TLS`). Every byte received but not yet returned as a
+    /// command is dropped first: commands pipelined before the handshake
+    /// must never run (STARTTLS command injection). Bytes still in the
+    /// socket reach the handshake and fail it. On error the channel is left
+    /// closed.
+    pub(crate) async fn upgrade<F, Fut>(&mut self, handshake: F) -> io::Result<()>
+    where
+        F: FnOnce(ControlStream) -> Fut,
+        Fut: Future<Output = io::Result<ControlStream>>,
+    {
+        self.input.clear();
+        self.eof = false;
+        let plain = std::mem::replace(&mut self.stream, closed_stream());
+        self.stream = handshake(plain).await?;
+        Ok(())
     }
 
     /// Closes gracefully: sends FIN, then reads and discards what the client
@@ -174,6 +185,11 @@ impl ControlChannel {
     pub(crate) async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
     }
+}
+
+/// A stream whose peer is gone: reads end, writes fail.
+fn closed_stream() -> ControlStream {
+    Box::new(tokio::io::duplex(1).0)
 }
 
 #[cfg(test)]
@@ -211,6 +227,22 @@ mod tests {
         let mut c = channel(&big);
         assert!(matches!(c.read_line().await, Err(LineError::TooLong)));
         assert!(c.input.len() <= MAX_LINE + READ_CHUNK as usize);
+    }
+
+    #[tokio::test]
+    async fn upgrade_drops_pipelined_commands() {
+        let mut c = channel(b"AUTH TLS\r\nUSER x\r\nPASS y\r\n");
+        assert_eq!(c.read_line().await.unwrap().unwrap(), &b"AUTH TLS"[..]);
+        // The rest arrived with the same read and sits in the buffer.
+        assert!(c.input.starts_with(b"USER x"));
+        c.upgrade(|old| async move {
+            drop(old);
+            Ok(Box::new(std::io::Cursor::new(b"NOOP\r\n".to_vec())) as ControlStream)
+        })
+        .await
+        .unwrap();
+        assert_eq!(c.read_line().await.unwrap().unwrap(), &b"NOOP"[..]);
+        assert!(c.read_line().await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -7,8 +7,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use dropgate_ftps::{ControlTls, DataTlsError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::server::TlsStream;
 
 use crate::passive::PendingPassive;
 
@@ -18,15 +20,33 @@ const ACTIVE_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a passive listener waits for the client's data connection.
 pub(crate) const PASSIVE_WAIT: Duration = Duration::from_secs(30);
 
+/// How long the TLS handshake of a data connection may take.
+const DATA_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An open data connection.
 ///
-/// Plain TCP stays a bare [`TcpStream`] so downloads can use `sendfile`.
-/// FTPS adds a variant for `PROT P` (a TLS stream over the TCP one); code
-/// that only needs bytes uses the `AsyncRead`/`AsyncWrite` impls below and
-/// works with either.
+/// Plain TCP stays a bare [`TcpStream`] so downloads can use `sendfile`;
+/// `PROT P` connections are TLS over it. Code that only needs bytes uses
+/// the `AsyncRead`/`AsyncWrite` impls below and works with either.
 pub(crate) enum DataStream {
     /// Clear-text TCP (`PROT C`, plain FTP).
     Plain(TcpStream),
+    /// TLS (`PROT P`). Shutting it down sends `close_notify`; reading a
+    /// TCP end without one fails with `UnexpectedEof` (a truncated upload).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Why no data connection could be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// No TCP connection (timeout, refused, no port), or its TLS handshake
+    /// failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The TLS handshake did not resume the control connection's session
+    /// (`require_session_reuse`).
+    #[error("data connection did not resume the control connection's TLS session")]
+    NotResumed,
 }
 
 impl AsyncRead for DataStream {
@@ -37,6 +57,7 @@ impl AsyncRead for DataStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             DataStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            DataStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -49,18 +70,21 @@ impl AsyncWrite for DataStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             DataStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            DataStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             DataStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            DataStream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             DataStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            DataStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -75,13 +99,40 @@ pub(crate) enum DataSetup {
 
 impl DataSetup {
     /// Opens the data connection. `local_ip` is the control connection's
-    /// local address: active connections come from it.
-    pub(crate) async fn open(self, local_ip: IpAddr) -> io::Result<DataStream> {
+    /// local address: active connections come from it. With `tls` (`PROT
+    /// P`) the connection is then handshaken as the TLS server, whichever
+    /// side connected (RFC 4217 section 7); a passive connection from
+    /// another host was already refused before any TLS. `upload`: the
+    /// client only writes (no TLS 1.3 tickets are sent it would not read).
+    pub(crate) async fn open(
+        self,
+        local_ip: IpAddr,
+        tls: Option<&ControlTls>,
+        upload: bool,
+    ) -> Result<DataStream, OpenError> {
         let tcp = match self {
             DataSetup::Passive(pending) => pending.accept().await?,
             DataSetup::Active(addr) => connect_active(local_ip, addr).await?,
         };
-        Ok(DataStream::Plain(tcp))
+        let Some(tls) = tls else {
+            return Ok(DataStream::Plain(tcp));
+        };
+        let handshake = async {
+            if upload {
+                tls.accept_upload(tcp).await
+            } else {
+                tls.accept_data(tcp).await
+            }
+        };
+        match tokio::time::timeout(DATA_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => Ok(DataStream::Tls(Box::new(stream))),
+            Ok(Err(DataTlsError::NotResumed)) => Err(OpenError::NotResumed),
+            Ok(Err(DataTlsError::Handshake(e))) => Err(OpenError::Io(e)),
+            Err(_) => Err(OpenError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "data connection TLS handshake timed out",
+            ))),
+        }
     }
 }
 

@@ -14,7 +14,12 @@ pub(crate) enum TransferError {
     /// No data connection could be set up (timeout, refused, no port left).
     #[error("cannot open data connection: {0}")]
     Connect(io::Error),
-    /// The data connection failed while bytes were flowing.
+    /// The data connection's TLS handshake did not resume the control
+    /// connection's session (`require_session_reuse`).
+    #[error("data connection TLS session not resumed")]
+    NotResumed,
+    /// The data connection failed while bytes were flowing (for TLS, also
+    /// a TCP end without `close_notify`: a truncated upload).
     #[error("data connection failed: {0}")]
     Data(io::Error),
     /// The storage or the account's policy refused.
@@ -25,12 +30,26 @@ pub(crate) enum TransferError {
     Aborted,
 }
 
+impl From<crate::data::OpenError> for TransferError {
+    fn from(e: crate::data::OpenError) -> TransferError {
+        match e {
+            crate::data::OpenError::Io(e) => TransferError::Connect(e),
+            crate::data::OpenError::NotResumed => TransferError::NotResumed,
+        }
+    }
+}
+
 impl TransferError {
     /// The reply for a failed transfer. `Aborted` has its own sequence
     /// (426 then 226) handled by the connection.
     pub(crate) fn reply(&self) -> Reply {
         match self {
             TransferError::Connect(_) => Reply::new(425, "Can't open data connection."),
+            // FileZilla Server's wording; vsftpd says 522.
+            TransferError::NotResumed => Reply::new(
+                425,
+                "Unable to build data connection: TLS session of data connection not resumed.",
+            ),
             TransferError::Data(_) | TransferError::Aborted => {
                 Reply::new(426, "Connection closed; transfer aborted.")
             }
@@ -50,6 +69,10 @@ pub enum FtpError {
         /// Why.
         source: io::Error,
     },
+    /// `implicit_tls` or `TlsMode::Required` without TLS settings
+    /// (`tls: None`): nobody could ever log in.
+    #[error("implicit FTPS and `tls = required` need TLS settings (a certificate)")]
+    MissingTls,
 }
 
 /// THE table: the FTP code for each class of filesystem error.
@@ -125,6 +148,7 @@ mod tests {
             TransferError::Data(io::Error::other("x")).reply().code(),
             426
         );
+        assert_eq!(TransferError::NotResumed.reply().code(), 425);
         assert_eq!(
             TransferError::Fs(FsError::QuotaExceeded).reply().code(),
             552

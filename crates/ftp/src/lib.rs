@@ -14,9 +14,11 @@
 //! let a data connection from another host in (passive) or connect anywhere
 //! but the client (active: no FTP bounce), nor reveal a host path in a reply.
 //!
-//! TLS is not here: `AUTH` is refused. The FTPS work plugs in at
-//! `security.rs` (the seam is described there); the control connection
-//! already runs over a boxed stream and data connections over an enum.
+//! FTPS (RFC 4217) is plugged in at `security.rs`: with
+//! [`FtpConfig::tls`] set, `AUTH TLS` upgrades the control connection and
+//! `PROT P` data connections are TLS (handshaken by `dropgate-ftps`, which
+//! owns certificates and the per-control-connection session store); with
+//! [`FtpConfig::implicit_tls`] the listener speaks TLS from the first byte.
 
 mod ascii;
 mod commands;
@@ -34,7 +36,10 @@ mod transfer;
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use dropgate_ftps::{FtpsTls, TlsSettings};
 
 pub use error::FtpError;
 pub use server::FtpServer;
@@ -60,4 +65,30 @@ pub struct FtpConfig {
     pub max_connections: usize,
     /// Most simultaneous connections from one IP address (0: no limit).
     pub max_connections_per_ip: usize,
+    /// Certificate and TLS settings for FTPS (`[ftps]`); `None`: no TLS on
+    /// this listener (`AUTH` is answered 502).
+    pub tls: Option<Arc<FtpsTls>>,
+    /// Explicit FTPS policy (`[ftp] tls`). Ignored for the control
+    /// connection of an implicit listener (always TLS), but `Required`
+    /// still forbids `PROT C` data connections there. `Required` needs
+    /// `tls` ([`FtpServer::bind`] refuses it otherwise).
+    pub tls_mode: TlsMode,
+    /// This listener speaks TLS from the first byte (implicit FTPS, the
+    /// `[ftps] implicit_listen` addresses): the handshake comes before the
+    /// 220 greeting and data connections default to `PROT P`. Needs `tls`.
+    pub implicit_tls: bool,
+}
+
+/// Explicit FTPS policy of a listener (`[ftp] tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// No TLS: `AUTH` is refused (502) even when a certificate is loaded.
+    Off,
+    /// `AUTH TLS` is offered; clear-text sessions are allowed too.
+    #[default]
+    Optional,
+    /// `USER`/`PASS` before `AUTH TLS` get `530 Please use AUTH TLS.` (no
+    /// credential is ever checked in the clear), and data connections must
+    /// be protected (`PROT P`; transfers under `PROT C` get 521).
+    Required,
 }

@@ -169,6 +169,8 @@ pub(crate) enum Command {
     Pbsz(u64),
     /// `PROT C|S|E|P`.
     Prot(char),
+    /// `CCC` (clear the command channel; always refused).
+    Ccc,
     /// A verb we do not know (upper-cased, possibly truncated).
     Unknown(String),
 }
@@ -183,6 +185,7 @@ impl Command {
                 | Command::Auth(_)
                 | Command::Pbsz(_)
                 | Command::Prot(_)
+                | Command::Ccc
                 | Command::Feat
                 | Command::Opts(_)
                 | Command::Syst
@@ -308,6 +311,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
                 .map_err(|_| ParseError::BadArgument("PBSZ"))?,
         ),
         "PROT" => Command::Prot(single_letter(&need("PROT")?, "PROT")?),
+        "CCC" => Command::Ccc,
         _ => Command::Unknown(verb),
     })
 }
@@ -671,6 +675,7 @@ mod tests {
         assert_eq!(p(b"AUTH tls"), Ok(Command::Auth("TLS".into())));
         assert_eq!(p(b"PBSZ 0"), Ok(Command::Pbsz(0)));
         assert_eq!(p(b"PROT p"), Ok(Command::Prot('P')));
+        assert_eq!(p(b"CCC"), Ok(Command::Ccc));
         assert_eq!(p(b"SITE help"), Ok(Command::SiteHelp));
         assert_eq!(p(b"SITE CHMOD 777 x"), Ok(Command::SiteOther));
     }

@@ -16,8 +16,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, ServerContext};
+use crate::control::ControlStream;
 use crate::passive::{AdvertisedAddress, PassivePortPool};
-use crate::{FtpConfig, FtpError};
+use crate::security::{ChannelSecurity, TLS_HANDSHAKE_TIMEOUT};
+use crate::{FtpConfig, FtpError, TlsMode};
 
 /// Pending connections the kernel queues per listen socket.
 const BACKLOG: u32 = 1024;
@@ -35,7 +37,16 @@ pub struct FtpServer {
 
 impl FtpServer {
     /// Binds every address of `config.listen` (port 0 picks a free port).
+    /// An implicit-FTPS listener, or `TlsMode::Required`, without TLS
+    /// settings is refused ([`FtpError::MissingTls`], kind `InvalidInput`).
     pub async fn bind(config: FtpConfig, gateway: Arc<Gateway>) -> io::Result<FtpServer> {
+        let needs_tls = config.implicit_tls || config.tls_mode == TlsMode::Required;
+        if needs_tls && config.tls.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                FtpError::MissingTls,
+            ));
+        }
         let mut listeners = Vec::with_capacity(config.listen.len());
         let mut addrs = Vec::with_capacity(config.listen.len());
         for &addr in &config.listen {
@@ -92,7 +103,11 @@ impl FtpServer {
                         }
                         None => {
                             tracing::info!(%peer, "connection refused: too many connections");
-                            sessions.spawn(refuse(stream));
+                            // An implicit-FTPS client expects a TLS handshake,
+                            // not a clear-text reply: just close.
+                            if !ctx.config.implicit_tls {
+                                sessions.spawn(refuse(stream));
+                            }
                         }
                     }
                 }
@@ -164,7 +179,33 @@ async fn serve_connection(
             return;
         }
     };
-    Connection::new(ctx, Box::new(stream), peer, local, shutdown)
+    let (stream, security): (ControlStream, ChannelSecurity) = match &ctx.config.tls {
+        Some(tls) if ctx.config.implicit_tls => {
+            // Implicit FTPS: TLS before the greeting. A fresh session per
+            // connection, so a certificate reload applies from now on.
+            let control = tls.control_session();
+            let handshake = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, control.accept_control(stream)) => r,
+            };
+            match handshake {
+                Ok(Ok(tls_stream)) => (
+                    Box::new(tls_stream),
+                    ChannelSecurity::implicit(&ctx.config, control),
+                ),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "implicit FTPS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "implicit FTPS handshake timed out");
+                    return;
+                }
+            }
+        }
+        _ => (Box::new(stream), ChannelSecurity::new(&ctx.config)),
+    };
+    Connection::new(ctx, stream, security, peer, local, shutdown)
         .serve()
         .await;
 }

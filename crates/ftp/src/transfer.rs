@@ -1,7 +1,9 @@
 //! Moving bytes over a data connection: downloads (zero-copy `sendfile` for
-//! local files in binary mode), uploads (large reused buffers, one disk
-//! write in flight while the next buffer fills), and listings streamed
-//! straight from the directory reader.
+//! local files in binary mode over clear-text connections; TLS ones copy
+//! through rustls and end with `close_notify`), uploads (large reused
+//! buffers, one disk write in flight while the next buffer fills; over TLS
+//! an end without `close_notify` is a truncation and fails with 426), and
+//! listings streamed straight from the directory reader.
 //!
 //! A transfer runs in its own task so the control connection keeps reading
 //! (ABOR, STAT, NOOP); it reports back with a [`TransferOutcome`].
@@ -17,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use dropgate_core::store::Permission;
 use dropgate_core::vfs::{DirStream, Metadata, VirtualPath};
 use dropgate_core::{Download, FsError, Session, Upload};
+use dropgate_ftps::ControlTls;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -30,12 +33,14 @@ use crate::reply::{Reply, push_escaped};
 
 /// Most bytes one `sendfile` call may move.
 const SENDFILE_CHUNK: u64 = 4 << 20;
-/// Read size of the download fallback (ASCII, non-local storage).
+/// Read size of the download fallback (TLS, ASCII, non-local storage).
 const COPY_CHUNK: usize = 1 << 20;
 /// Upload buffer size (two of them per upload).
 const UPLOAD_CHUNK: usize = 1 << 20;
 /// Listing output buffer.
 const LISTING_BUFFER: usize = 64 * 1024;
+/// How long answering an upload's TLS `close_notify` may take.
+const TLS_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// How a transfer ended.
 #[derive(Debug)]
@@ -98,13 +103,14 @@ pub(crate) enum Work {
 pub(crate) async fn run(
     setup: DataSetup,
     local_ip: IpAddr,
+    tls: Option<ControlTls>,
     work: Work,
     ctl: TransferControl,
 ) -> TransferOutcome {
     let stream = tokio::select! {
         biased;
         _ = ctl.abort.cancelled() => Err(TransferError::Aborted),
-        r = setup.open(local_ip) => r.map_err(TransferError::Connect),
+        r = setup.open(local_ip, tls.as_ref(), matches!(work, Work::Upload { .. })) => r.map_err(TransferError::from),
     };
     match work {
         Work::Download {
@@ -349,6 +355,12 @@ async fn receive_file(
             if n > 0 {
                 disk(ctl, upload.write_at(pos, data)).await?;
                 ctl.progress.fetch_add(n, Ordering::Relaxed);
+            }
+            // TLS: the client ended with close_notify; answer with ours
+            // (clients such as Python's `unwrap()` wait for it). Best effort:
+            // the bytes are all here whatever happens to the socket now.
+            if matches!(stream, DataStream::Tls(_)) {
+                let _ = tokio::time::timeout(TLS_CLOSE_WAIT, stream.shutdown()).await;
             }
             return Ok(());
         }

@@ -120,8 +120,13 @@ impl FtpsTls {
                 tracing::warn!(error = %e, "no TLS ticketer; TLS 1.3 data channels may not resume")
             }
         }
+        // A clone shares the session store and the ticketer (both Arcs).
+        let mut upload_cfg = cfg.clone();
+        upload_cfg.send_tls13_tickets = 0;
+        upload_cfg.max_tls13_tickets = 0;
         ControlTls {
             config: Arc::new(cfg),
+            upload_config: Arc::new(upload_cfg),
             require_reuse: self.settings.require_session_reuse,
         }
     }
@@ -136,7 +141,18 @@ impl FtpsTls {
 #[derive(Clone)]
 pub struct ControlTls {
     config: Arc<ServerConfig>,
+    /// The same session store and ticket keys, but no TLS 1.3 tickets sent:
+    /// for data connections the client only writes to (uploads).
+    upload_config: Arc<ServerConfig>,
     require_reuse: bool,
+}
+
+impl std::fmt::Debug for ControlTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlTls")
+            .field("require_reuse", &self.require_reuse)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlTls {
@@ -155,12 +171,35 @@ impl ControlTls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let stream = TlsAcceptor::from(self.config.clone())
+        Self::accept_with(self.config.clone(), self.require_reuse, io).await
+    }
+
+    /// [`accept_data`](Self::accept_data) for a data connection the client
+    /// only writes to (an upload): no TLS 1.3 session tickets are sent on
+    /// it. A client that never reads them (lftp/GnuTLS) closes its socket
+    /// with unread bytes, which makes the kernel send a reset that destroys
+    /// upload data still in flight. Clients resume the control session's
+    /// ticket anyway.
+    pub async fn accept_upload<IO>(&self, io: IO) -> Result<TlsStream<IO>, DataTlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        Self::accept_with(self.upload_config.clone(), self.require_reuse, io).await
+    }
+
+    async fn accept_with<IO>(
+        config: Arc<ServerConfig>,
+        require_reuse: bool,
+        io: IO,
+    ) -> Result<TlsStream<IO>, DataTlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = TlsAcceptor::from(config)
             .accept(io)
             .await
             .map_err(DataTlsError::Handshake)?;
-        if self.require_reuse && stream.get_ref().1.handshake_kind() != Some(HandshakeKind::Resumed)
-        {
+        if require_reuse && stream.get_ref().1.handshake_kind() != Some(HandshakeKind::Resumed) {
             return Err(DataTlsError::NotResumed);
         }
         Ok(stream)

@@ -88,8 +88,8 @@ pub(crate) struct WriteHandle {
     /// final name does not exist until then).
     pub(crate) pending_times: Mutex<Option<(Option<SystemTime>, Option<SystemTime>)>>,
     /// A size from FSETSTAT (arrival order of that request, length), applied
-    /// after the commit. OpenSSH 9.x scp opens without TRUNC and truncates at
-    /// the end this way; the upload API only writes. Writes that arrived
+    /// to the upload at CLOSE, before the commit. OpenSSH 9.x scp opens
+    /// without TRUNC and truncates at the end this way. Writes that arrived
     /// later and reach further extend it.
     pub(crate) pending_len: Mutex<Option<(u64, u64)>>,
 }

@@ -346,14 +346,12 @@ async fn close(state: &SessionState, id: u32, handle: std::sync::Arc<OpenHandle>
             }
             let times = lock(&w.pending_times).take();
             let resize = lock(&w.pending_len).take();
-            let committed = w.upload.commit().await?;
-            if let Some((_, size)) = resize
-                && size != committed
-            {
-                // The upload API only writes, so a truncation asked for on the
-                // handle lands right after the rename (see WriteHandle::pending_len).
-                state.session.set_len(&p, size).await?;
+            if let Some((_, size)) = resize {
+                // Applied to the upload itself, so the final name only ever
+                // shows the whole, correctly sized content.
+                w.upload.set_len(size).await?;
             }
+            w.upload.commit().await?;
             if let Some((accessed, modified)) = times {
                 state.session.set_times(&p, accessed, modified).await?;
             }

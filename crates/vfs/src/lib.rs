@@ -239,6 +239,9 @@ pub trait FileReader: Send + Sync {
 pub trait FileWriter: Send + Sync {
     /// Writes all of `data` at `offset` (offsets are absolute in the final file).
     async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()>;
+    /// Truncates or extends the upload's content to `len` (SFTP fsetstat size,
+    /// scp overwriting a longer file), before it is committed.
+    async fn set_len(&self, len: u64) -> VfsResult<()>;
     /// Bytes already in the file before this upload wrote anything
     /// (the kept prefix of a resume or append).
     fn initial_len(&self) -> u64;

@@ -519,6 +519,12 @@ impl FileWriter for LocalWriter {
         blocking(move || Ok(file.write_all_at(&data, offset)?)).await
     }
 
+    async fn set_len(&self, len: u64) -> VfsResult<()> {
+        let file = self.file.clone();
+        self.wrote.store(true, Ordering::Relaxed);
+        blocking(move || Ok(file.set_len(len)?)).await
+    }
+
     fn initial_len(&self) -> u64 {
         self.initial_len
     }

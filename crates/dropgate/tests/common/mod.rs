@@ -60,8 +60,17 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(100));
         };
         let admin_password =
-            std::fs::read_to_string(dir.path().join("data/initial-admin-password")).unwrap().trim().to_owned();
-        Gateway { dir, child, addrs, log, admin_password }
+            std::fs::read_to_string(dir.path().join("data/initial-admin-password"))
+                .unwrap()
+                .trim()
+                .to_owned();
+        Gateway {
+            dir,
+            child,
+            addrs,
+            log,
+            admin_password,
+        }
     }
 
     pub fn addr(&self, protocol: &str) -> SocketAddr {
@@ -74,14 +83,23 @@ impl Gateway {
 
     /// A bearer token for the first admin.
     pub fn token(&self) -> String {
-        let body = format!(r#"{{"username":"admin","password":"{}"}}"#, self.admin_password);
+        let body = format!(
+            r#"{{"username":"admin","password":"{}"}}"#,
+            self.admin_password
+        );
         let (status, v) = self.api("POST", "/api/v1/auth/token", None, Some(&body));
         assert_eq!(status, 200, "{v}");
         v["token"].as_str().unwrap().to_owned()
     }
 
     /// One REST call with curl: (status, JSON body or Null).
-    pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let url = format!("http://{}{}", self.addr("admin"), path);
         let mut c = Command::new("curl");
         c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &url]);
@@ -99,16 +117,25 @@ impl Gateway {
     }
 
     /// Waits until `pred` holds for the audit events (newest first).
-    pub fn wait_events(&self, token: &str, query: &str, pred: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    pub fn wait_events(
+        &self,
+        token: &str,
+        query: &str,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let (status, v) = self.api("GET", &format!("/api/v1/events?{query}"), Some(token), None);
+            let (status, v) =
+                self.api("GET", &format!("/api/v1/events?{query}"), Some(token), None);
             assert_eq!(status, 200);
             let items = v["items"].as_array().cloned().unwrap_or_default();
             if pred(&items) {
                 return items;
             }
-            assert!(Instant::now() < deadline, "events never matched: {items:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "events never matched: {items:#?}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -116,7 +143,9 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(8);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -131,8 +160,16 @@ impl Drop for Gateway {
 fn parse_listeners(log: &str) -> HashMap<String, SocketAddr> {
     let mut out = HashMap::new();
     for line in log.lines().filter(|l| l.contains("listening protocol=")) {
-        let proto = line.split("protocol=\"").nth(1).and_then(|s| s.split('"').next()).unwrap();
-        let addr = line.split("address=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap();
+        let proto = line
+            .split("protocol=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap();
+        let addr = line
+            .split("address=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap();
         out.insert(proto.to_owned(), addr.parse().unwrap());
     }
     out
@@ -140,7 +177,13 @@ fn parse_listeners(log: &str) -> HashMap<String, SocketAddr> {
 
 /// Makes sure a client tool is installed (Debian package), failing otherwise.
 pub fn require_tool(tool: &str, package: &str) {
-    let have = |t: &str| Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success());
+    let have = |t: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if have(tool) {
         return;
     }
@@ -155,18 +198,37 @@ pub fn require_tool(tool: &str, package: &str) {
 pub fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
     require_tool("ssh-keygen", "openssh-client");
     let key = dir.join(name);
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key).status().unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
     assert!(st.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_owned();
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_owned();
     (key, public)
 }
 
 /// OpenSSH `sftp -b` with a key; returns the process output.
 pub fn sftp_batch(addr: SocketAddr, user: &str, key: &Path, batch: &str) -> Output {
     require_tool("sftp", "openssh-client");
-    let mut child = sftp_command(addr, user, key).args(["-b", "-"]).arg(format!("{user}@{}", addr.ip())).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = sftp_command(addr, user, key)
+        .args(["-b", "-"])
+        .arg(format!("{user}@{}", addr.ip()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(batch.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -174,13 +236,31 @@ pub fn sftp_command(addr: SocketAddr, _user: &str, key: &Path) -> Command {
     let mut c = Command::new("sftp");
     c.args(["-P", &addr.port().to_string(), "-i"])
         .arg(key)
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-        .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"]);
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "LogLevel=ERROR",
+        ]);
     c
 }
 
 /// curl for FTP/SFTP transfers; returns the output.
 pub fn curl(args: &[&str]) -> Output {
     require_tool("curl", "curl");
-    Command::new("curl").args(["-s", "-S", "--max-time", "60"]).args(args).output().unwrap()
+    Command::new("curl")
+        .args(["-s", "-S", "--max-time", "60"])
+        .args(args)
+        .output()
+        .unwrap()
 }

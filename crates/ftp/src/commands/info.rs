@@ -8,8 +8,12 @@ use crate::reply::Reply;
 
 impl Connection {
     pub(super) async fn feat(&mut self) -> io::Result<Flow> {
-        let lines = vec![
-            "Features:".to_owned(),
+        let mut lines = vec!["Features:".to_owned()];
+        if self.security.auth_offered() {
+            lines.push(" AUTH SSL".to_owned());
+            lines.push(" AUTH TLS".to_owned());
+        }
+        lines.extend([
             " EPRT".to_owned(),
             " EPSV".to_owned(),
             " HASH SHA-256*".to_owned(),
@@ -17,12 +21,18 @@ impl Connection {
             " MFMT".to_owned(),
             format!(" MLST {}", self.facts.feat_list()),
             " PASV".to_owned(),
+        ]);
+        if self.security.prot_offered() {
+            lines.push(" PBSZ".to_owned());
+            lines.push(" PROT".to_owned());
+        }
+        lines.extend([
             " REST STREAM".to_owned(),
             " SIZE".to_owned(),
             " TVFS".to_owned(),
             " UTF8".to_owned(),
             "End".to_owned(),
-        ];
+        ]);
         self.send(Reply::multi(211, lines)).await?;
         Ok(Flow::Continue)
     }
@@ -49,13 +59,12 @@ impl Connection {
     pub(super) async fn help(&mut self) -> io::Result<Flow> {
         let lines = vec![
             "The following commands are recognized.".to_owned(),
-            " ABOR ACCT ALLO APPE AUTH CDUP CWD  DELE EPRT EPSV FEAT HASH HELP LIST MDTM"
+            " ABOR ACCT ALLO APPE AUTH CCC  CDUP CWD  DELE EPRT EPSV FEAT HASH HELP LIST"
                 .to_owned(),
-            " MFMT MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD  QUIT"
+            " MDTM MFMT MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD".to_owned(),
+            " QUIT REIN REST RETR RMD  RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE"
                 .to_owned(),
-            " REIN REST RETR RMD  RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER"
-                .to_owned(),
-            " XCUP XCWD XMKD XPWD XRMD".to_owned(),
+            " USER XCUP XCWD XMKD XPWD XRMD".to_owned(),
             "Help OK.".to_owned(),
         ];
         self.send(Reply::multi(214, lines)).await?;
@@ -71,6 +80,12 @@ impl Connection {
         match &self.login {
             Login::Done(s) => lines.push(format!("     Logged in as {}", s.username())),
             Login::Pending(_) => lines.push("     Not logged in".to_owned()),
+        }
+        if self.security.is_tls() {
+            lines.push("     Control connection is encrypted (TLS)".to_owned());
+            if matches!(self.security.data_tls(), Ok(Some(_))) {
+                lines.push("     Data connections will be encrypted".to_owned());
+            }
         }
         lines.push(
             match self.transfer_type {

@@ -11,11 +11,19 @@ use crate::reply::Reply;
 
 impl Connection {
     pub(super) async fn user(&mut self, name: String) -> io::Result<Flow> {
+        if let Err(reply) = self.security.login_allowed() {
+            return self.refuse_if_anonymous(reply).await;
+        }
         self.login = Login::Pending(Some(name));
         self.reply(331, "Please specify the password.").await
     }
 
     pub(super) async fn pass(&mut self, password: String) -> io::Result<Flow> {
+        // `tls = required`: no credential is ever looked at in the clear.
+        if let Err(reply) = self.security.login_allowed() {
+            self.login = Login::Pending(None);
+            return self.refuse_if_anonymous(reply).await;
+        }
         let Login::Pending(Some(name)) = std::mem::replace(&mut self.login, Login::Pending(None))
         else {
             return self
@@ -51,9 +59,11 @@ impl Connection {
         }
     }
 
-    /// REIN: back to the state right after the greeting (logs out).
+    /// REIN: back to the state right after the greeting (logs out). A TLS
+    /// control connection stays TLS; `PROT` starts over.
     pub(super) async fn rein(&mut self) -> io::Result<Flow> {
         self.login = Login::Pending(None);
+        self.security.rein();
         self.cwd = VirtualPath::root();
         self.transfer_type = TransferType::Binary;
         self.rest = 0;

@@ -7,6 +7,7 @@ mod files;
 mod info;
 mod login;
 mod navigate;
+mod tls;
 mod transfers;
 
 use std::io;
@@ -127,21 +128,10 @@ impl Connection {
             Command::Type(t) => self.set_type(t).await,
             Command::Mode(m) => self.set_mode(m).await,
             Command::Stru(s) => self.set_stru(s).await,
-            Command::Auth(mechanism) => {
-                let reply = self.security.auth(&mechanism);
-                self.send(reply).await?;
-                Ok(Flow::Continue)
-            }
-            Command::Pbsz(size) => {
-                let reply = self.security.pbsz(size);
-                self.send(reply).await?;
-                Ok(Flow::Continue)
-            }
-            Command::Prot(level) => {
-                let reply = self.security.prot(level);
-                self.send(reply).await?;
-                Ok(Flow::Continue)
-            }
+            Command::Auth(mechanism) => self.auth(mechanism).await,
+            Command::Pbsz(size) => self.pbsz(size).await,
+            Command::Prot(level) => self.prot(level).await,
+            Command::Ccc => self.ccc().await,
             // Everything else was handled by the caller; reaching here is a
             // command that needs a login.
             _ => {

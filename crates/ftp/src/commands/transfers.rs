@@ -62,6 +62,9 @@ impl Connection {
         if self.data.is_none() {
             return self.reply(425, "Use PORT or PASV first.").await;
         }
+        if self.refuse_clear_data().await? {
+            return Ok(Flow::Continue);
+        }
         let path = match self.resolve(arg) {
             Ok(p) => p,
             Err(r) => return self.send(r).await.map(|()| Flow::Continue),
@@ -110,6 +113,9 @@ impl Connection {
         if self.data.is_none() {
             return self.reply(425, "Use PORT or PASV first.").await;
         }
+        if self.refuse_clear_data().await? {
+            return Ok(Flow::Continue);
+        }
         let path = match self.resolve(arg) {
             Ok(p) => p,
             Err(r) => return self.send(r).await.map(|()| Flow::Continue),
@@ -138,6 +144,9 @@ impl Connection {
         self.rest = 0;
         if self.data.is_none() {
             return self.reply(425, "Use PORT or PASV first.").await;
+        }
+        if self.refuse_clear_data().await? {
+            return Ok(Flow::Continue);
         }
         let base = base.unwrap_or("stou");
         let mut last_err = None;
@@ -209,6 +218,9 @@ impl Connection {
         self.rest = 0;
         if self.data.is_none() {
             return self.reply(425, "Use PORT or PASV first.").await;
+        }
+        if self.refuse_clear_data().await? {
+            return Ok(Flow::Continue);
         }
         let path = match arg
             .map(|a| self.resolve(a))

@@ -5,12 +5,14 @@
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use dropgate_core::store::{EventKind, EventQuery};
 use dropgate_core::vfs::UploadMode;
-use dropgate_ftp::{FtpConfig, FtpServer};
+use dropgate_ftp::{FtpConfig, FtpServer, FtpsTls, TlsMode};
+use dropgate_ftps::TlsSettings;
 use dropgate_testkit::TestGateway;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -40,6 +42,27 @@ pub struct Options {
     pub passive_address: Option<String>,
     pub upload_mode: UploadMode,
     pub listen: SocketAddr,
+    /// FTPS: a certificate generated in the gateway's temporary folder, and
+    /// an implicit-FTPS listener next to the explicit one.
+    pub ftps: Option<FtpsOptions>,
+}
+
+/// FTPS settings of a test server.
+#[derive(Debug, Clone, Copy)]
+pub struct FtpsOptions {
+    pub mode: TlsMode,
+    pub require_session_reuse: bool,
+    pub tls12_only: bool,
+}
+
+impl Default for FtpsOptions {
+    fn default() -> Self {
+        FtpsOptions {
+            mode: TlsMode::Optional,
+            require_session_reuse: true,
+            tls12_only: false,
+        }
+    }
 }
 
 impl Default for Options {
@@ -53,6 +76,7 @@ impl Default for Options {
             passive_address: None,
             upload_mode: UploadMode::Atomic,
             listen: "127.0.0.1:0".parse().unwrap(),
+            ftps: None,
         }
     }
 }
@@ -63,6 +87,10 @@ pub struct Server {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<()>>,
+    /// The implicit-FTPS listener (with `Options::ftps`).
+    pub implicit_addr: Option<SocketAddr>,
+    pub implicit_task: Option<JoinHandle<()>>,
+    pub tls: Option<Arc<FtpsTls>>,
 }
 
 pub async fn start() -> Server {
@@ -71,6 +99,17 @@ pub async fn start() -> Server {
 
 pub async fn start_with(opts: Options) -> Server {
     let tg = TestGateway::with_mode(opts.upload_mode).await;
+    let tls = opts.ftps.map(|f| {
+        FtpsTls::load(TlsSettings {
+            cert: None,
+            key: None,
+            data_dir: tg.dir.path().join("data"),
+            require_session_reuse: f.require_session_reuse,
+            tls12_only: f.tls12_only,
+        })
+        .expect("FTPS certificate")
+    });
+    let tls_mode = opts.ftps.map(|f| f.mode).unwrap_or_default();
     let config = FtpConfig {
         listen: vec![opts.listen],
         passive_ports: opts.passive_ports.unwrap_or_else(next_passive_range),
@@ -80,18 +119,40 @@ pub async fn start_with(opts: Options) -> Server {
         banner: "dropgate ready".into(),
         max_connections: opts.max_connections,
         max_connections_per_ip: opts.max_connections_per_ip,
+        tls: tls.clone(),
+        tls_mode,
+        implicit_tls: false,
     };
+    let implicit_config = tls.as_ref().map(|_| FtpConfig {
+        listen: vec![SocketAddr::new(opts.listen.ip(), 0)],
+        passive_ports: next_passive_range(),
+        implicit_tls: true,
+        ..config.clone()
+    });
     let server = FtpServer::bind(config, tg.gateway.clone())
         .await
         .expect("bind");
     let addr = server.local_addrs()[0];
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
+    let (implicit_addr, implicit_task) = match implicit_config {
+        Some(config) => {
+            let server = FtpServer::bind(config, tg.gateway.clone())
+                .await
+                .expect("bind implicit");
+            let addr = server.local_addrs()[0];
+            (Some(addr), Some(tokio::spawn(server.run(shutdown.clone()))))
+        }
+        None => (None, None),
+    };
     Server {
         tg,
         addr,
         shutdown,
         task: Some(task),
+        implicit_addr,
+        implicit_task,
+        tls,
     }
 }
 
@@ -126,7 +187,10 @@ impl Server {
     /// Stops the listener and waits for it.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.implicit_task.take()]
+            .into_iter()
+            .flatten()
+        {
             tokio::time::timeout(WAIT, task)
                 .await
                 .expect("server stops")
