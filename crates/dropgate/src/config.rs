@@ -163,7 +163,7 @@ pub(crate) struct AdminSection {
     pub(crate) listen: Listen,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ClusterSection {
     pub(crate) node_name: String,
@@ -281,16 +281,6 @@ impl Default for AdminSection {
         AdminSection {
             enabled: true,
             listen: Listen::One("127.0.0.1:8080".into()),
-        }
-    }
-}
-
-impl Default for ClusterSection {
-    fn default() -> Self {
-        ClusterSection {
-            node_name: String::new(),
-            proxy_protocol: false,
-            trusted_proxies: Vec::new(),
         }
     }
 }

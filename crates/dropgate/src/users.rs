@@ -169,8 +169,8 @@ pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliErr
             let store = open_store(cfg).await?;
             let mut offset = 0u64;
             println!(
-                "{:<24} {:<8} {:<24} {}",
-                "USERNAME", "ENABLED", "LAST LOGIN", "HOME"
+                "{:<24} {:<8} {:<24} HOME",
+                "USERNAME", "ENABLED", "LAST LOGIN"
             );
             loop {
                 let (page, _total) = store.list_users(500, offset).await.map_err(usage)?;
