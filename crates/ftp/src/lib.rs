@@ -92,3 +92,37 @@ pub enum TlsMode {
     /// be protected (`PROT P`; transfers under `PROT C` get 521).
     Required,
 }
+
+/// Pure functions exposed for `cargo bench` (`benches/protocol.rs`); not a
+/// stable API.
+#[doc(hidden)]
+pub mod bench_support {
+    use std::time::SystemTime;
+
+    use dropgate_vfs::Metadata;
+
+    /// Parses one control line (without CR LF); true if it is a command.
+    pub fn parse_line(line: &[u8]) -> bool {
+        crate::parse::parse(line).is_ok()
+    }
+
+    /// One `LIST` (`ls -l`) line.
+    pub fn list_line(name: &str, meta: &Metadata, now: SystemTime) -> String {
+        crate::listing::long_line(name, meta, now)
+    }
+
+    /// One `MLSD` line with every fact, for an account with every right.
+    pub fn mlsd_line(name: &str, meta: &Metadata) -> String {
+        let rights = crate::listing::EntryRights {
+            list: true,
+            download: true,
+            upload: true,
+            overwrite: true,
+            delete: true,
+            rename: true,
+            mkdir: true,
+            rmdir: true,
+        };
+        crate::listing::facts_line(name, meta, crate::parse::Facts::ALL, rights)
+    }
+}

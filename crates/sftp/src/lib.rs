@@ -31,3 +31,22 @@ mod status;
 
 pub use error::SftpError;
 pub use server::{SftpConfig, SftpServer};
+
+/// Pure functions exposed for `cargo bench` (`benches/codec.rs`); not a
+/// stable API.
+#[doc(hidden)]
+pub mod bench_support {
+    /// Splits a channel byte stream into packets and decodes each request;
+    /// returns how many decoded.
+    pub fn decode_stream(stream: &[u8]) -> usize {
+        let mut frames = crate::codec::FrameDecoder::default();
+        frames.push(stream);
+        let mut n = 0;
+        while let Ok(Some(frame)) = frames.next_frame() {
+            if crate::codec::decode_request(frame).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+}
