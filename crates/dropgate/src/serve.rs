@@ -118,45 +118,34 @@ async fn start_listeners(
         TlsSetting::Required => TlsMode::Required,
     };
 
-    if cfg.raw.ftp.enabled && !cfg.ftp_listen.is_empty() {
-        let ftp_cfg = FtpConfig {
-            listen: cfg.ftp_listen.clone(),
-            passive_ports: cfg.passive_ports.clone(),
-            passive_address: Some(cfg.raw.ftp.passive_address.clone()).filter(|s| !s.is_empty()),
-            active_mode: cfg.raw.ftp.active_mode,
-            idle_timeout: Duration::from_secs(cfg.raw.ftp.idle_timeout_secs),
-            banner: cfg.raw.ftp.banner.clone(),
-            max_connections: limits.max_connections,
-            max_connections_per_ip: limits.max_connections_per_ip,
-            tls: tls.clone(),
-            tls_mode,
-            implicit_tls: false,
-        };
-        let server = FtpServer::bind(ftp_cfg, gateway.clone())
-            .await
-            .with_context(|| format!("starting the FTP listener on {:?}", cfg.ftp_listen))?;
-        announce("ftp", &server.local_addrs(), &mut bound);
-        set.spawn(server.run(shutdown.clone()));
-    }
+    // The explicit listener's settings; the implicit FTPS listener differs
+    // only in address, passive range and TLS from the first byte.
+    let ftp_cfg = FtpConfig {
+        listen: cfg.ftp_listen.clone(),
+        passive_ports: cfg.passive_ports.clone(),
+        passive_address: Some(cfg.raw.ftp.passive_address.clone()).filter(|s| !s.is_empty()),
+        active_mode: cfg.raw.ftp.active_mode,
+        idle_timeout: Duration::from_secs(cfg.raw.ftp.idle_timeout_secs),
+        banner: cfg.raw.ftp.banner.clone(),
+        max_connections: limits.max_connections,
+        max_connections_per_ip: limits.max_connections_per_ip,
+        tls: tls.clone(),
+        tls_mode,
+        implicit_tls: false,
+    };
 
     if !cfg.implicit_ftps_listen.is_empty() {
-        // Shares the passive range: the port pool is per listener, so the two
-        // listeners must not hand out the same ports at once. Split the range.
+        // The port pool is per listener, so the two listeners must not hand
+        // out the same ports: the implicit one takes the upper half.
         let (lo, hi) = (*cfg.passive_ports.start(), *cfg.passive_ports.end());
         let mid = lo + (hi - lo) / 2;
         let implicit_ports = if hi > lo { (mid + 1)..=hi } else { lo..=hi };
         let ftps_cfg = FtpConfig {
             listen: cfg.implicit_ftps_listen.clone(),
             passive_ports: implicit_ports,
-            passive_address: Some(cfg.raw.ftp.passive_address.clone()).filter(|s| !s.is_empty()),
-            active_mode: cfg.raw.ftp.active_mode,
-            idle_timeout: Duration::from_secs(cfg.raw.ftp.idle_timeout_secs),
-            banner: cfg.raw.ftp.banner.clone(),
-            max_connections: limits.max_connections,
-            max_connections_per_ip: limits.max_connections_per_ip,
-            tls: tls.clone(),
             tls_mode: TlsMode::Required,
             implicit_tls: true,
+            ..ftp_cfg.clone()
         };
         let server = FtpServer::bind(ftps_cfg, gateway.clone())
             .await
@@ -167,6 +156,19 @@ async fn start_listeners(
                 )
             })?;
         announce("ftps", &server.local_addrs(), &mut bound);
+        set.spawn(server.run(shutdown.clone()));
+    }
+
+    if cfg.raw.ftp.enabled && !cfg.ftp_listen.is_empty() {
+        let mut explicit = ftp_cfg;
+        if !cfg.implicit_ftps_listen.is_empty() {
+            let (lo, hi) = (*cfg.passive_ports.start(), *cfg.passive_ports.end());
+            explicit.passive_ports = lo..=(lo + (hi - lo) / 2);
+        }
+        let server = FtpServer::bind(explicit, gateway.clone())
+            .await
+            .with_context(|| format!("starting the FTP listener on {:?}", cfg.ftp_listen))?;
+        announce("ftp", &server.local_addrs(), &mut bound);
         set.spawn(server.run(shutdown.clone()));
     }
 

@@ -362,3 +362,67 @@ fn audit_events_record_real_transfers_with_sha256() {
         .unwrap();
     assert_eq!(failed_login["protocol"], "ftp");
 }
+
+#[test]
+fn ftps_explicit_and_implicit_listeners_share_one_filesystem() {
+    let gw = Gateway::start("[ftps]\nimplicit_listen = \"127.0.0.1:0\"\n");
+    let token = gw.token();
+    let body = serde_json::json!({"username": "dana", "password": "pw-dana-1"});
+    assert_eq!(
+        gw.api(
+            "POST",
+            "/api/v1/users",
+            Some(&token),
+            Some(&body.to_string())
+        )
+        .0,
+        201
+    );
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("tls.bin");
+    common_write(&local, 2_000_000);
+    let (ftp, ftps) = (gw.addr("ftp"), gw.addr("ftps"));
+
+    // Up over explicit AUTH TLS (PROT P data), down over the implicit listener.
+    let up = curl(&[
+        "--ssl-reqd",
+        "-k",
+        "-T",
+        local.to_str().unwrap(),
+        &format!("ftp://dana:pw-dana-1@{ftp}/tls.bin"),
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let back = work.path().join("back.bin");
+    let down = curl(&[
+        "-k",
+        "-o",
+        back.to_str().unwrap(),
+        &format!("ftps://dana:pw-dana-1@{ftps}/tls.bin"),
+    ]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&local).unwrap()
+    );
+    // The generated certificate persists in data_dir.
+    assert!(gw.dir.path().join("data/ftps-cert.pem").is_file());
+
+    let events = gw.wait_events(&token, "username=dana&limit=50", |items| {
+        items
+            .iter()
+            .any(|e| e["kind"] == "upload" && e["sha256"].is_string())
+            && items.iter().any(|e| e["kind"] == "download")
+    });
+    assert!(
+        events.iter().all(|e| e["protocol"] == "ftps"),
+        "TLS sessions are audited as ftps: {events:#?}"
+    );
+}

@@ -175,24 +175,7 @@ fn parse_listeners(log: &str) -> HashMap<String, SocketAddr> {
     out
 }
 
-/// Makes sure a client tool is installed (Debian package), failing otherwise.
-pub fn require_tool(tool: &str, package: &str) {
-    let have = |t: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if have(tool) {
-        return;
-    }
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!("apt-get install -y -qq --no-install-recommends {package} >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends {package} >/dev/null 2>&1)"))
-        .status();
-    assert!(have(tool), "{tool} (Debian package {package}) is required");
-}
+pub use dropgate_testkit::require_tool;
 
 /// An ed25519 key pair made with ssh-keygen: (private key path, public line).
 pub fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
