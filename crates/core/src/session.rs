@@ -287,6 +287,11 @@ impl Session {
         if self.is_cancelled() {
             return Err(FsError::Closed);
         }
+        // Without any write right here the answer is "denied", before the
+        // target is even looked at (so it does not tell what exists).
+        if !self.allows(path, Permission::Upload) && !self.allows(path, Permission::Overwrite) {
+            return Err(FsError::Denied);
+        }
         let existing = match self.inner.fs.metadata(path).await {
             Ok(m) if m.is_dir() => return Err(VfsError::IsADirectory.into()),
             Ok(m) => Some(m.size),

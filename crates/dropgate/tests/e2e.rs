@@ -35,13 +35,7 @@ fn user_lifecycle_over_rest_ftp_and_sftp() {
         "public_keys": [public],
         "permissions": {"/": ["list"], "/inbox": ["list", "upload", "mkdir"], "/outbox": ["list", "download"]},
     });
-    let (status, user) = gw.api(
-        "POST",
-        "/api/v1/users",
-        Some(&token),
-        Some(&body.to_string()),
-    );
-    assert_eq!(status, 201, "{user}");
+    let user = gw.create_user(&token, &body);
     assert!(!user.to_string().contains("S3cure-pass") && !user.to_string().contains("argon2"));
     std::fs::create_dir_all(gw.home("acme").join("outbox")).unwrap();
     std::fs::create_dir_all(gw.home("acme").join("inbox")).unwrap();
@@ -186,16 +180,7 @@ fn admin_kick_ends_live_ftp_and_sftp_sessions() {
     let (key, public) = ssh_key(work.path(), "kick");
     let body =
         serde_json::json!({"username": "bob", "password": "pw-bob-123", "public_keys": [public]});
-    assert_eq!(
-        gw.api(
-            "POST",
-            "/api/v1/users",
-            Some(&token),
-            Some(&body.to_string())
-        )
-        .0,
-        201
-    );
+    gw.create_user(&token, &body);
 
     // A live FTP session (raw control connection) ...
     let ctl = TcpStream::connect(gw.addr("ftp")).unwrap();
@@ -288,16 +273,7 @@ fn audit_events_record_real_transfers_with_sha256() {
     let (key, public) = ssh_key(work.path(), "audit");
     let body =
         serde_json::json!({"username": "carol", "password": "pw-carol-1", "public_keys": [public]});
-    assert_eq!(
-        gw.api(
-            "POST",
-            "/api/v1/users",
-            Some(&token),
-            Some(&body.to_string())
-        )
-        .0,
-        201
-    );
+    gw.create_user(&token, &body);
 
     let up_ftp = work.path().join("a.bin");
     common_write(&up_ftp, 1_500_000);
@@ -368,16 +344,7 @@ fn ftps_explicit_and_implicit_listeners_share_one_filesystem() {
     let gw = Gateway::start("[ftps]\nimplicit_listen = \"127.0.0.1:0\"\n");
     let token = gw.token();
     let body = serde_json::json!({"username": "dana", "password": "pw-dana-1"});
-    assert_eq!(
-        gw.api(
-            "POST",
-            "/api/v1/users",
-            Some(&token),
-            Some(&body.to_string())
-        )
-        .0,
-        201
-    );
+    gw.create_user(&token, &body);
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("tls.bin");
     common_write(&local, 2_000_000);

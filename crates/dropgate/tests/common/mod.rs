@@ -116,6 +116,18 @@ impl Gateway {
         (code.trim().parse().unwrap_or(0), v)
     }
 
+    /// Creates an account over REST (`POST /api/v1/users`), asserting 201.
+    pub fn create_user(&self, token: &str, body: &serde_json::Value) -> serde_json::Value {
+        let (status, user) = self.api(
+            "POST",
+            "/api/v1/users",
+            Some(token),
+            Some(&body.to_string()),
+        );
+        assert_eq!(status, 201, "{user}");
+        user
+    }
+
     /// Waits until `pred` holds for the audit events (newest first).
     pub fn wait_events(
         &self,

@@ -405,8 +405,11 @@ impl Client {
         if r.code != 150 {
             return r;
         }
-        d.write_all(data).await.expect("send data");
-        d.shutdown().await.expect("close data");
+        // The server may close the data connection early on purpose (552
+        // over quota, 426): a failed write is then expected, and the reply
+        // below is what the caller asserts on.
+        let _ = d.write_all(data).await;
+        let _ = d.shutdown().await;
         drop(d);
         self.reply().await
     }
