@@ -3,11 +3,17 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use dropgate_store::{Event, Store};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most events written in one transaction.
 const BATCH: usize = 256;
+/// How long the writer waits for more events after the first of a batch.
+/// Busy periods (hundreds of small uploads a second) then cost a few
+/// transactions a second instead of one per event; a flush ends the wait.
+const LINGER: Duration = Duration::from_millis(25);
 
 enum Msg {
     Event(Box<Event>),
@@ -31,6 +37,14 @@ impl AuditLog {
             let mut msgs = Vec::with_capacity(BATCH);
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut msgs, BATCH).await > 0 {
+                let deadline = Instant::now() + LINGER;
+                while msgs.len() < BATCH && !msgs.iter().any(|m| matches!(m, Msg::Flush(_))) {
+                    let room = BATCH - msgs.len();
+                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut msgs, room)).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
                 let mut flushes = Vec::new();
                 for m in msgs.drain(..) {
                     match m {

@@ -10,6 +10,7 @@
 
 mod local;
 mod path;
+mod writeback;
 
 use std::io;
 use std::sync::Arc;

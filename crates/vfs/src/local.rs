@@ -20,6 +20,7 @@ use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions};
 
+use crate::writeback::WriteBack;
 use crate::{
     Committed, CreateOptions, DirEntry, DirStream, FileKind, FileReader, FileWriter, FsStats,
     Metadata, Storage, TEMP_PREFIX, UploadMode, VfsError, VfsResult, VirtualPath, WriteStart,
@@ -288,6 +289,7 @@ impl Storage for LocalStorage {
                 exclusive: opts.exclusive,
                 initial_len: keep,
                 wrote: AtomicBool::new(false),
+                writeback: Arc::default(),
                 finished: false,
             }) as Box<dyn FileWriter>)
         })
@@ -469,6 +471,7 @@ struct LocalWriter {
     initial_len: u64,
     /// Whether any byte was written (atomic_resume keeps only real partials).
     wrote: AtomicBool,
+    writeback: Arc<WriteBack>,
     finished: bool,
 }
 
@@ -515,8 +518,14 @@ impl Drop for LocalWriter {
 impl FileWriter for LocalWriter {
     async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()> {
         let file = self.file.clone();
+        let writeback = self.writeback.clone();
         self.wrote.store(true, Ordering::Relaxed);
-        blocking(move || Ok(file.write_all_at(&data, offset)?)).await
+        blocking(move || {
+            file.write_all_at(&data, offset)?;
+            writeback.wrote(&file, data.len() as u64);
+            Ok(())
+        })
+        .await
     }
 
     async fn set_len(&self, len: u64) -> VfsResult<()> {

@@ -643,3 +643,53 @@ fn sweep_does_not_follow_symlinks() {
         0
     );
 }
+
+/// Uploads larger than the write-back window (8 MiB) start write-back while
+/// they run; that must change nothing about what is committed or aborted,
+/// also when the chunks arrive out of order (SFTP).
+#[tokio::test]
+async fn large_uploads_across_write_back_windows() {
+    let j = with_old_file();
+    let s: &dyn Storage = &j.storage;
+    let f = vp("/f.txt");
+    const CHUNK: usize = 1 << 20;
+    let chunk = |i: usize| Bytes::from(vec![(i % 251) as u8; CHUNK]);
+
+    let w = s
+        .create(&f, opts(UploadMode::Atomic, WriteStart::Truncate, false))
+        .await
+        .unwrap();
+    // 20 MiB: odd chunks first, then even ones.
+    for i in (1..20).step_by(2).chain((0..20).step_by(2)) {
+        w.write_at((i * CHUNK) as u64, chunk(i)).await.unwrap();
+    }
+    // Before the commit the old content is what readers see.
+    assert_eq!(std::fs::read(j.home.join("f.txt")).unwrap(), OLD);
+    let committed = w.commit().await.unwrap();
+    assert_eq!(committed.size, (20 * CHUNK) as u64);
+    let on_disk = std::fs::read(j.home.join("f.txt")).unwrap();
+    assert_eq!(on_disk.len(), 20 * CHUNK);
+    for i in 0..20 {
+        assert!(
+            on_disk[i * CHUNK..(i + 1) * CHUNK]
+                .iter()
+                .all(|&b| b == (i % 251) as u8),
+            "chunk {i}"
+        );
+    }
+    j.assert_no_temporaries();
+
+    // An abort after several windows leaves the committed file and no debris.
+    let w = s
+        .create(&f, opts(UploadMode::Atomic, WriteStart::Truncate, false))
+        .await
+        .unwrap();
+    for i in 0..12 {
+        w.write_at((i * CHUNK) as u64, Bytes::from(vec![0xEE; CHUNK]))
+            .await
+            .unwrap();
+    }
+    w.abort().await;
+    assert_eq!(std::fs::read(j.home.join("f.txt")).unwrap(), on_disk);
+    j.assert_no_temporaries();
+}
