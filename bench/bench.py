@@ -1036,6 +1036,64 @@ def report(b, started, finished):
     return "\n".join(lines) + "\n"
 
 
+def disk_limits(b):
+    """Measures, on the filesystem that holds the servers' data, what durable uploads can reach
+    at best: the rate of one big sequential write with and without a final fdatasync, and of
+    the small-file commit dropgate performs (create, write, fdatasync, rename, fsync folder)
+    with and without the two syncs. Reported as a note; the peers answer without syncing."""
+    d = os.path.join(BASE, "limits")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    chunk = os.urandom(MiB)
+
+    def big(sync):
+        path = os.path.join(d, "big")
+        t = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        for _ in range(BIG_MB):
+            os.write(fd, chunk)
+        if sync:
+            os.fdatasync(fd)
+        os.close(fd)
+        dt = time.perf_counter() - t
+        os.unlink(path)
+        os.sync()
+        return BIG_MB * MiB / dt / 1e6
+
+    def small(sync):
+        data = chunk[:SMALL_KB * 1024]
+        dirfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        t = time.perf_counter()
+        for i in range(SMALL_FILES):
+            tmp, final = os.path.join(d, f".t{i}"), os.path.join(d, f"f{i}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, data)
+            if sync:
+                os.fdatasync(fd)
+            os.rename(tmp, final)
+            if sync:
+                os.fsync(dirfd)
+            os.close(fd)
+        dt = time.perf_counter() - t
+        os.close(dirfd)
+        for i in range(SMALL_FILES):
+            os.unlink(os.path.join(d, f"f{i}"))
+        return SMALL_FILES / dt
+
+    say("== disk limits (same filesystem as the servers' data)")
+    r = {k: statistics.median(f() for _ in range(3)) for k, f in (
+        ("big", lambda: big(False)), ("big_sync", lambda: big(True)),
+        ("small", lambda: small(False)), ("small_sync", lambda: small(True)))}
+    shutil.rmtree(d, ignore_errors=True)
+    say(f"   {r}")
+    b.notes.append(
+        f"Disk limits in this run (same filesystem as the data, medians of 3, no network): "
+        f"writing {human_size(BIG_MB * MiB)} in 1 MiB writes {r['big']:.0f} MB/s into the page cache, "
+        f"{r['big_sync']:.0f} MB/s with one fdatasync at the end; {SMALL_FILES} x {SMALL_KB} KiB "
+        f"create+write+rename {r['small']:.0f} files/s, {r['small_sync']:.0f} files/s with dropgate's "
+        f"fdatasync + folder fsync per file (dropgate answers an upload only after them; the peers do not sync).")
+
+
 def measure():
     unknown = [s for s in SERVERS if s not in SERVER_INFO]
     if unknown:
@@ -1056,6 +1114,8 @@ def measure():
     for g in ("ftp", "ftps", "sftp", "small", "sessions", "memory", "listing"):
         if g in ONLY:
             groups[g]()
+    if "ftp" in ONLY or "small" in ONLY:
+        disk_limits(b)
     text = report(b, started, time.time())
     print(text)
     with open(os.path.join(BASE, "results.md"), "w") as f:
