@@ -181,6 +181,35 @@ def _children_files(pid):
         return []
 
 
+def server_cpu_ticks(name):
+    """CPU time (clock ticks) used so far by the server's process tree."""
+    pid = launch_pid(name)
+    total = 0
+    for p in tree(pid) if pid is not None else []:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def settle(name, limit=20.0):
+    """Waits until the server is idle (at most `limit` s): work a server does after answering
+    (dropgate hashes each upload for its audit log) must not slow the next measurement, which
+    is usually another server's. Idle = under 2% of one CPU over 0.25 s."""
+    deadline = time.monotonic() + limit
+    hz = os.sysconf("SC_CLK_TCK")
+    last = server_cpu_ticks(name)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = server_cpu_ticks(name)
+        if (now - last) / hz < 0.005:
+            return
+        last = now
+
+
 def server_mem(name):
     """(PSS kB, RSS kB, processes) summed over the server's process tree."""
     pid = launch_pid(name)
@@ -533,7 +562,10 @@ class Bench:
         if server in self.failed.get(key, {}) or server in self.na.get(key, {}):
             return
         try:
-            v = fn()
+            try:
+                v = fn()
+            finally:
+                settle(server)
         except NotSupported as e:
             self.na.setdefault(key, {})[server] = str(e)
             return

@@ -581,6 +581,12 @@ impl Download {
         self.reader.len()
     }
 
+    /// The open file's current metadata, when the backend has it without
+    /// waiting (SFTP `FSTAT`).
+    pub fn stat(&self) -> Option<Metadata> {
+        self.reader.stat()
+    }
+
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

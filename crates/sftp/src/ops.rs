@@ -446,12 +446,15 @@ async fn on_handle(
                     permissions: Some(0o100644),
                     ..Attrs::default()
                 },
-                HandleKind::Read(d) => match s.metadata(&handle.path).await {
-                    Ok(m) => listing::attrs_of(&m),
-                    Err(_) => Attrs {
-                        size: Some(d.len()),
-                        permissions: Some(0o100644),
-                        ..Attrs::default()
+                HandleKind::Read(d) => match d.stat() {
+                    Some(m) => listing::attrs_of(&m),
+                    None => match s.metadata(&handle.path).await {
+                        Ok(m) => listing::attrs_of(&m),
+                        Err(_) => Attrs {
+                            size: Some(d.len()),
+                            permissions: Some(0o100644),
+                            ..Attrs::default()
+                        },
                     },
                 },
                 HandleKind::Dir(_) => listing::attrs_of(&s.metadata(&handle.path).await?),

@@ -233,6 +233,11 @@ pub trait FileReader: Send + Sync {
     }
     /// The underlying local file, for zero-copy transfers (sendfile/splice).
     fn local_file(&self) -> Option<&std::fs::File>;
+    /// The open file's own metadata (`fstat`), when the backend has it without
+    /// waiting: the file as opened, even if its name was replaced since.
+    fn stat(&self) -> Option<Metadata> {
+        None
+    }
 }
 
 /// An upload in progress. Dropping it without [`FileWriter::commit`] aborts it.
