@@ -25,6 +25,10 @@ use crate::config::{Effective, TlsSetting, UploadModeSetting};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
+    // Before anything else: a stop signal that arrives while the store opens
+    // or the listeners start must still mean a clean stop, not death by the
+    // default SIGTERM action.
+    let stop = StopSignals::install()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     let store = crate::users::open_store(&cfg).await?;
@@ -58,7 +62,7 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     start_listeners(&cfg, &gateway, &shutdown, &mut listeners).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), node = %cfg.node_name, "dropgate started");
 
-    wait_for_signal().await?;
+    stop.wait().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     gateway.sessions().disconnect_all();
@@ -238,15 +242,28 @@ async fn reload_on_sighup(tls: Arc<FtpsTls>, shutdown: CancellationToken) {
     }
 }
 
-async fn wait_for_signal() -> Result<(), CliError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals, CliError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    /// Returns once either signal has arrived (also before this call).
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// SPEC 2: with no admin at all, create `admin` with a random password, print
