@@ -693,3 +693,49 @@ async fn large_uploads_across_write_back_windows() {
     assert_eq!(std::fs::read(j.home.join("f.txt")).unwrap(), on_disk);
     j.assert_no_temporaries();
 }
+
+/// Reads are served from the page cache when they can be and from the disk
+/// otherwise; either way a reader sees the file as it is, also after it
+/// shrank or grew behind the open handle.
+#[tokio::test]
+async fn reads_follow_the_file_whatever_its_cache_state() {
+    let j = Jail::new();
+    let s: &dyn Storage = &j.storage;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(j.home.join("r.bin"), &data).unwrap();
+    let r = s.open_read(&vp("/r.bin")).await.unwrap();
+    assert_eq!(r.len(), 100_000);
+    assert_eq!(&r.read_at(0, 32_768).await.unwrap()[..], &data[..32_768]);
+    assert_eq!(
+        &r.read_at(90_000, 32_768).await.unwrap()[..],
+        &data[90_000..],
+        "a read across the end is short"
+    );
+    assert!(r.read_at(100_000, 10).await.unwrap().is_empty());
+    assert!(r.read_at(5, 0).await.unwrap().is_empty());
+    let m = r.stat().unwrap();
+    assert_eq!(m.size, 100_000);
+
+    // Shrunk behind the handle: the read stops at the new end.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(j.home.join("r.bin"))
+        .unwrap()
+        .set_len(10_000)
+        .unwrap();
+    assert_eq!(&r.read_at(0, 65_536).await.unwrap()[..], &data[..10_000]);
+    assert_eq!(
+        r.stat().unwrap().size,
+        10_000,
+        "stat is of the open file, now"
+    );
+    // Grown: bytes past the size at open are readable too.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(j.home.join("r.bin"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[9u8; 150_000]).unwrap();
+    let tail = r.read_at(100_000, 50_000).await.unwrap();
+    assert_eq!(tail.len(), 50_000);
+    assert!(tail.iter().all(|&b| b == 9));
+}
