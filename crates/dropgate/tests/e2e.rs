@@ -167,8 +167,18 @@ fn user_lifecycle_over_rest_ftp_and_sftp() {
     );
 }
 
+/// Writes `len` pseudo-random bytes (no short period, so a chunk stored at
+/// the wrong offset changes the content and its hash).
 fn common_write(path: &std::path::Path, len: usize) {
-    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ len as u64;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
     std::fs::write(path, data).unwrap();
 }
 
@@ -275,10 +285,12 @@ fn audit_events_record_real_transfers_with_sha256() {
         serde_json::json!({"username": "carol", "password": "pw-carol-1", "public_keys": [public]});
     gw.create_user(&token, &body);
 
+    // Both cross several 8 MiB write-back windows (crates/vfs/src/writeback.rs);
+    // OpenSSH's pipelined 32 KiB writes may arrive out of order.
     let up_ftp = work.path().join("a.bin");
-    common_write(&up_ftp, 1_500_000);
+    common_write(&up_ftp, 20 * 1024 * 1024 + 7);
     let up_sftp = work.path().join("b.bin");
-    common_write(&up_sftp, 700_001);
+    common_write(&up_sftp, 17 * 1024 * 1024 + 1);
     let ftp = gw.addr("ftp");
     assert!(
         curl(&[
@@ -317,7 +329,9 @@ fn audit_events_record_real_transfers_with_sha256() {
     let a = by_path("/a.bin");
     assert_eq!(a["protocol"], "ftp");
     assert_eq!(a["outcome"], "ok");
-    assert_eq!(a["bytes"], 1_500_000);
+    assert_eq!(a["bytes"], 20 * 1024 * 1024 + 7);
+    // Read back over SFTP (page-cache reads) before it was removed: byte-identical.
+    assert!(std::fs::read(work.path().join("x")).unwrap() == std::fs::read(&up_ftp).unwrap());
     assert_eq!(a["sha256"].as_str().unwrap(), sha256_file(&up_ftp));
     let b = by_path("/b.bin");
     assert_eq!(b["protocol"], "sftp");
