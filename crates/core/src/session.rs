@@ -581,9 +581,13 @@ impl Download {
         self.reader.len()
     }
 
-    /// The open file's current metadata, when the backend has it without
-    /// waiting (SFTP `FSTAT`).
+    /// The open file's current metadata (SFTP `FSTAT`), when the backend has
+    /// it without waiting and the session may list the file's folder (the
+    /// same rule as [`Session::metadata`]); otherwise `None`.
     pub fn stat(&self) -> Option<Metadata> {
+        if !self.session.allows(&self.path.parent(), Permission::List) {
+            return None;
+        }
         self.reader.stat()
     }
 

@@ -365,6 +365,7 @@ async fn permissions_and_quota_map_to_statuses() {
             "/inbox".to_owned(),
             BTreeSet::from([Permission::List, Permission::Upload]),
         ),
+        ("/dl".to_owned(), BTreeSet::from([Permission::Download])),
     ]);
     h.tg.add_user_with(partner, Some("pw")).await;
     let mut small = User::new("uma");
@@ -372,6 +373,8 @@ async fn permissions_and_quota_map_to_statuses() {
     h.tg.add_user_with(small, Some("pw")).await;
     std::fs::create_dir_all(h.home("tess").join("inbox")).unwrap();
     std::fs::write(h.home("tess").join("readme.txt"), b"hello").unwrap();
+    std::fs::create_dir_all(h.home("tess").join("dl")).unwrap();
+    std::fs::write(h.home("tess").join("dl/secret.bin"), b"secret").unwrap();
     let body = r#"
 def code(f):
     try:
@@ -383,6 +386,10 @@ def code(f):
 t = connect("tess", password="pw")
 s = paramiko.SFTPClient.from_transport(t)
 print("read", code(lambda: s.open("readme.txt").read()))
+# FSTAT of an open file: full attributes only where the folder may be listed.
+fst = lambda p: (lambda a: "%s/%s" % (a.st_size, a.st_mtime is not None))(s.open(p).stat())
+print("fstat-listable", fst("readme.txt"))
+print("fstat-unlistable", fst("dl/secret.bin"))
 print("write-root", code(lambda: s.open("new.txt", "wb").close()))
 print("write-inbox", code(lambda: s.open("inbox/in.txt", "wb").write(b"x")))
 print("overwrite-inbox", code(lambda: s.open("inbox/in.txt", "wb").close()))
@@ -408,6 +415,8 @@ t.close()
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let r: BTreeMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once(' ')).collect();
     assert_eq!(r["read"], "ok", "{stdout}");
+    assert_eq!(r["fstat-listable"], "5/True", "{stdout}");
+    assert_eq!(r["fstat-unlistable"], "6/False", "{stdout}");
     assert!(r["write-root"].starts_with("errno=13"), "{stdout}");
     assert_eq!(r["write-inbox"], "ok", "{stdout}");
     assert!(r["overwrite-inbox"].starts_with("errno=13"), "{stdout}");
