@@ -5,7 +5,8 @@
 //! on older kernels): `..` past the home, absolute symlinks and symlinks that
 //! lead outside all fail with EACCES. That is the second line of defence; the
 //! first is [`VirtualPath`]'s canonicalizer. cap-std calls block, so they run
-//! on tokio's blocking pool.
+//! on tokio's blocking pool; only lookups the kernel can answer from its
+//! caches (see [`cached`]) and reads the page cache holds run inline.
 
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -18,7 +19,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, MetadataExt, OpenOptions};
+use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 
 use crate::writeback::WriteBack;
 use crate::{
@@ -147,6 +148,11 @@ fn relative_between(from_dir: &VirtualPath, to: &VirtualPath) -> String {
 #[async_trait]
 impl Storage for LocalStorage {
     async fn metadata(&self, path: &VirtualPath) -> VfsResult<Metadata> {
+        if let Some(meta) = cached::open(&self.home, path.relative(), cached::Open::Path)
+            .and_then(|f| f.metadata().ok())
+        {
+            return Ok(to_meta(&cap_std::fs::Metadata::from_just_metadata(meta)));
+        }
         let (home, rel) = (self.home.clone(), path.relative().to_owned());
         blocking(move || Ok(to_meta(&home.metadata(rel)?))).await
     }
@@ -195,20 +201,14 @@ impl Storage for LocalStorage {
     }
 
     async fn open_read(&self, path: &VirtualPath) -> VfsResult<Arc<dyn FileReader>> {
+        if let Some(file) = cached::open(&self.home, path.relative(), cached::Open::Read) {
+            return reader_for(file);
+        }
         let (home, rel) = (self.home.clone(), path.relative().to_owned());
         blocking(move || {
-            let file = home.open(rel)?.into_std();
-            let meta = file.metadata()?;
-            if meta.is_dir() {
-                return Err(VfsError::IsADirectory);
-            }
-            if !meta.is_file() {
-                return Err(VfsError::PermissionDenied);
-            }
-            Ok(Arc::new(LocalReader {
-                file: Arc::new(file),
-                len: meta.len(),
-            }) as Arc<dyn FileReader>)
+            let mut options = OpenOptions::new();
+            options.read(true).custom_flags(libc::O_NONBLOCK);
+            reader_for(home.open_with(rel, &options)?.into_std())
         })
         .await
     }
@@ -419,6 +419,84 @@ impl Storage for LocalStorage {
         })
         .await
     }
+}
+
+/// Path lookups served on the calling thread when the kernel's caches hold
+/// every component, so that the common case (a file just listed, uploaded or
+/// downloaded before) skips the round trip to the blocking pool: two thread
+/// switches and most of a small download's latency.
+///
+/// The jail is the same one cap-std applies on this kernel, `openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` from the home's descriptor,
+/// plus `RESOLVE_CACHED`, which makes the lookup fail with EAGAIN instead of
+/// waiting for the disk. Any failure (not cached, not found, an escaping
+/// symlink, an older kernel) returns `None` and the caller takes cap-std's
+/// blocking path, which gives the canonical answer and error.
+mod cached {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use cap_std::fs::Dir;
+
+    /// What the descriptor is for.
+    #[derive(Clone, Copy)]
+    pub(super) enum Open {
+        /// Reading the file (opened `O_NONBLOCK`: a FIFO does not wait for
+        /// a writer; the caller accepts regular files only).
+        Read,
+        /// Only its metadata (`O_PATH`: opens nothing, never blocks).
+        Path,
+    }
+
+    /// Set once the kernel refused the flags (before Linux 5.12, or a
+    /// seccomp filter): later lookups go straight to the blocking path.
+    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn open(home: &Dir, rel: &str, how: Open) -> Option<std::fs::File> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags, openat2};
+        use rustix::io::Errno;
+        // The home itself is opened by the blocking path (an empty path is
+        // not a lookup).
+        if rel.is_empty() || UNSUPPORTED.load(Ordering::Relaxed) {
+            return None;
+        }
+        let flags = match how {
+            Open::Read => OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Open::Path => OFlags::PATH,
+        } | OFlags::CLOEXEC;
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::CACHED;
+        match openat2(home, rel, flags, Mode::empty(), resolve) {
+            Ok(fd) => Some(std::fs::File::from(fd)),
+            Err(Errno::NOSYS | Errno::INVAL | Errno::TOOBIG) => {
+                UNSUPPORTED.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn open(_home: &Dir, _rel: &str, _how: Open) -> Option<std::fs::File> {
+        None
+    }
+}
+
+/// A reader for a file just opened `O_NONBLOCK` (so that a FIFO or a device
+/// cannot make the open wait): only regular files are served, and they go
+/// back to blocking mode.
+fn reader_for(file: std::fs::File) -> VfsResult<Arc<dyn FileReader>> {
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(VfsError::IsADirectory);
+    }
+    if !meta.is_file() {
+        return Err(VfsError::PermissionDenied);
+    }
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty()).map_err(io::Error::from)?;
+    Ok(Arc::new(LocalReader {
+        file: Arc::new(file),
+        len: meta.len(),
+    }))
 }
 
 /// A file opened for reading; positioned reads, shareable across tasks.

@@ -824,3 +824,57 @@ async fn home_name_is_resolved_beneath_the_storage_root() {
     std::fs::write(j.home.join("x"), b"x").unwrap();
     assert_eq!(read_all(&same, &vp("/x")).await.unwrap(), b"x");
 }
+
+/// Lookups the kernel answers from its caches run on the calling thread;
+/// they must give the same answers as the blocking path, and a special file
+/// must never stall the caller: opening a FIFO for reading would wait for a
+/// writer forever.
+#[tokio::test]
+async fn cached_lookups_answer_like_the_disk_and_never_wait() {
+    let j = Jail::new();
+    let s: &dyn Storage = &j.storage;
+    std::fs::create_dir_all(j.home.join("d/e")).unwrap();
+    std::fs::write(j.home.join("d/e/f.txt"), b"hello").unwrap();
+    std::os::unix::fs::symlink("e/f.txt", j.home.join("d/link")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        j.home.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+
+    for (path, on_disk) in [
+        ("/d/e/f.txt", "d/e/f.txt"),
+        ("/d/link", "d/e/f.txt"),
+        ("/d/e", "d/e"),
+    ] {
+        let ours = s.metadata(&vp(path)).await.unwrap();
+        let theirs = std::fs::metadata(j.home.join(on_disk)).unwrap();
+        assert_eq!(ours.size, theirs.len(), "{path}");
+        assert_eq!(ours.unique, theirs.ino(), "{path}");
+        assert_eq!(ours.mode, theirs.mode(), "{path}");
+        assert_eq!(ours.is_dir(), theirs.is_dir(), "{path}");
+    }
+    let r = s.open_read(&vp("/d/link")).await.unwrap();
+    assert_eq!(&r.read_at(0, 100).await.unwrap()[..], b"hello");
+    assert!(matches!(
+        s.open_read(&vp("/d/e")).await.map(|_| ()),
+        Err(VfsError::IsADirectory)
+    ));
+    assert!(matches!(
+        s.open_read(&vp("/d/missing")).await.map(|_| ()),
+        Err(VfsError::NotFound)
+    ));
+
+    assert_eq!(
+        s.metadata(&vp("/fifo")).await.unwrap().kind,
+        FileKind::Other
+    );
+    let opened = tokio::time::timeout(Duration::from_secs(10), s.open_read(&vp("/fifo"))).await;
+    assert!(
+        matches!(opened, Ok(Err(VfsError::PermissionDenied))),
+        "a FIFO is refused at once, not waited on"
+    );
+}
