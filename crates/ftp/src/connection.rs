@@ -2,9 +2,9 @@
 //! event loop, and the rules that apply to every command (login gate,
 //! commands allowed during a transfer, idle timeout, shutdown and kick).
 //!
-//! Transfers run in their own task; this loop keeps reading the control
-//! connection meanwhile so ABOR, STAT, NOOP and QUIT are served at once.
-//! Other commands sent during a transfer wait for its end.
+//! A transfer is a future this loop polls beside the control connection
+//! (see [`TransferTask`]), so ABOR, STAT, NOOP and QUIT are served at once
+//! while it runs. Other commands sent during a transfer wait for its end.
 
 use std::collections::VecDeque;
 use std::io;
@@ -17,7 +17,6 @@ use bytes::Bytes;
 use dropgate_core::vfs::VirtualPath;
 use dropgate_core::{Gateway, Session};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +28,7 @@ use crate::parse::{self, Command, Facts, TransferType};
 use crate::passive::{AdvertisedAddress, PassivePortPool};
 use crate::reply::Reply;
 use crate::security::ChannelSecurity;
-use crate::transfer::TransferOutcome;
+use crate::transfer::{TransferOutcome, TransferTask};
 
 /// Refused or unknown commands before login that end the connection.
 const MAX_REFUSALS: u32 = 10;
@@ -75,9 +74,9 @@ pub(crate) enum Login {
     Done(Session),
 }
 
-/// A transfer running in its own task.
+/// The transfer in progress.
 pub(crate) struct Running {
-    pub(crate) handle: JoinHandle<TransferOutcome>,
+    pub(crate) transfer: TransferTask,
     pub(crate) abort: CancellationToken,
     pub(crate) progress: Arc<AtomicU64>,
     /// The command that started it (for STAT).
@@ -85,7 +84,8 @@ pub(crate) struct Running {
 }
 
 impl Drop for Running {
-    /// However the connection ends, its transfer task stops too.
+    /// However the connection ends, its transfer stops too (an unfinished
+    /// one winds down in a task of its own: see [`TransferTask`]).
     fn drop(&mut self) {
         self.abort.cancel();
     }
@@ -270,15 +270,10 @@ impl Connection {
             Some(answer) = commit_rx.recv(), if transferring => Event::CommitCheck(answer),
             done = async {
                 match running.as_mut() {
-                    Some(r) => (&mut r.handle).await,
+                    Some(r) => (&mut r.transfer).await,
                     None => std::future::pending().await,
                 }
-            }, if transferring => {
-                Event::TransferDone(done.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "transfer task failed");
-                    TransferOutcome::Failed(Reply::new(451, "Local error in processing."))
-                }))
-            }
+            }, if transferring => Event::TransferDone(done),
             line = control.read_line() => match line {
                 Ok(Some(l)) => Event::Line(l),
                 Ok(None) => Event::Closed,
@@ -419,7 +414,7 @@ impl Connection {
                 Some(answer) = self.commit_rx.recv() => {
                     let _ = answer.send(true);
                 }
-                _ = &mut running.handle => return,
+                _ = &mut running.transfer => return,
             }
         }
         running.abort.cancel();
@@ -496,9 +491,9 @@ impl Connection {
         let local_ip = self.local.ip();
         // Callers refused clear-text data under `tls = required` before 150.
         let tls = self.security.data_tls().ok().flatten();
-        let handle = tokio::spawn(crate::transfer::run(setup, local_ip, tls, work, ctl));
+        let transfer = TransferTask::new(crate::transfer::run(setup, local_ip, tls, work, ctl));
         self.running = Some(Running {
-            handle,
+            transfer,
             abort,
             progress,
             command,
@@ -515,15 +510,12 @@ async fn sleep_until_maybe(deadline: Option<std::time::Instant>) {
 
 /// Waits for a cancelled transfer to wind down (bounded).
 async fn finish(mut running: Running) -> TransferOutcome {
-    match tokio::time::timeout(STOP_TIMEOUT, &mut running.handle).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "transfer task failed");
-            TransferOutcome::Failed(Reply::new(451, "Local error in processing."))
-        }
+    match tokio::time::timeout(STOP_TIMEOUT, &mut running.transfer).await {
+        Ok(outcome) => outcome,
         Err(_) => {
-            // Already told to stop; let it finish its bookkeeping (a commit's
-            // fsync, an abort's cleanup) in the background.
+            // Already told to stop; dropping `running` lets it finish its
+            // bookkeeping (a commit's fsync, an abort's cleanup) in a task
+            // of its own.
             tracing::warn!("transfer did not stop in time; detaching it");
             TransferOutcome::Aborted
         }
