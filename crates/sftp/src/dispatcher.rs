@@ -13,7 +13,14 @@
 //!   bounded instead by a per-session byte budget for decoded requests; a
 //!   client that exceeds it is dropped.
 //! - the **executor** starts queued requests as tasks, at most
-//!   [`MAX_CONCURRENT_REQUESTS`] at a time.
+//!   [`MAX_CONCURRENT_REQUESTS`] at a time. When a slot is free and nothing
+//!   waits, the reader starts a request itself and polls it once in place:
+//!   most requests (a cached OPEN, READ, STAT, CLOSE of a download) finish
+//!   in that poll and their reply goes straight to the writer; only those
+//!   that must wait (disk, earlier requests on the handle) become tasks.
+//!   Each hop between tasks is a wake-up, and tokio hands all but the first
+//!   few of a chain to another worker thread: a session's request went
+//!   through five hops, and its thread switches were most of its latency.
 //! - the **writer** is the only sender on the channel (concurrent senders
 //!   would interleave chunks and break framing). It sends replies in the
 //!   order the requests arrived, batching small ones: OpenSSH's own server
@@ -29,8 +36,12 @@
 //! plain writes on one handle run concurrently (positioned I/O).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -39,6 +50,7 @@ use dropgate_vfs::{DirStream, VirtualPath};
 use futures_util::FutureExt;
 use russh::server::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -276,11 +288,17 @@ pub(crate) async fn serve(
         cancel: cancel.clone(),
     });
     let (job_tx, job_rx) = mpsc::unbounded_channel();
-    let tasks = TaskTracker::new();
-    let mut executor = tokio::spawn(execute(state.clone(), job_rx, tasks.clone()));
+    let starter = Starter {
+        state: state.clone(),
+        tasks: TaskTracker::new(),
+        permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS)),
+        queued: Arc::new(AtomicUsize::new(0)),
+    };
+    let tasks = starter.tasks.clone();
+    let mut executor = tokio::spawn(execute(starter.clone(), job_rx));
 
     let mut reader = Reader {
-        state: state.clone(),
+        starter,
         jobs: job_tx,
         frames: FrameDecoder::default(),
         initialized: false,
@@ -392,7 +410,7 @@ pub(crate) async fn take_closed(handle: Arc<OpenHandle>) -> Option<OpenHandle> {
 }
 
 struct Reader {
-    state: Arc<SessionState>,
+    starter: Starter,
     jobs: mpsc::UnboundedSender<Job>,
     frames: FrameDecoder,
     initialized: bool,
@@ -484,7 +502,7 @@ impl Reader {
         use codec::ExtendedRequest as E;
         let (raw, sequential) = match request {
             Request::Close { handle, .. } => {
-                return match self.state.remove(handle) {
+                return match self.starter.state.remove(handle) {
                     Some(h) => Target::Closing(h),
                     None => Target::None,
                 };
@@ -500,7 +518,7 @@ impl Reader {
             } => (handle, false),
             _ => return Target::None,
         };
-        let Some(handle) = self.state.lookup(raw) else {
+        let Some(handle) = self.starter.state.lookup(raw) else {
             return Target::None;
         };
         let sequential = sequential
@@ -517,22 +535,103 @@ impl Reader {
     fn queue(&mut self, work: Work, budget: BudgetCharge) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        // Err: the executor stopped (session ending); the job is dropped.
-        let _ = self.jobs.send(Job {
+        let job = Job {
             seq,
             work,
             _budget: budget,
-        });
+        };
+        // Start it here unless earlier ones wait for a slot (they go first).
+        if self.starter.queued.load(Ordering::Acquire) == 0
+            && let Ok(permit) = self.starter.permits.clone().try_acquire_owned()
+        {
+            self.starter.start(job, permit);
+            return;
+        }
+        self.starter.queued.fetch_add(1, Ordering::AcqRel);
+        // Err: the executor stopped (session ending); the job is dropped.
+        let _ = self.jobs.send(job);
     }
 }
 
-/// Starts queued requests as tasks, [`MAX_CONCURRENT_REQUESTS`] at a time.
-async fn execute(
+/// Starts requests within the session's concurrency limit.
+#[derive(Clone)]
+struct Starter {
     state: Arc<SessionState>,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
     tasks: TaskTracker,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    permits: Arc<Semaphore>,
+    /// Jobs handed to the executor and not yet started.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Starter {
+    /// Runs `job` holding `permit`: polled once in place, and moved to a task
+    /// of its own only if it has to wait. Never waits itself (the reader
+    /// calls it).
+    fn start(&self, job: Job, permit: OwnedSemaphorePermit) {
+        let Job { seq, work, _budget } = job;
+        let request = match work {
+            Work::Reply(reply) => {
+                self.reply(Outgoing {
+                    seq,
+                    reply,
+                    _permit: permit,
+                });
+                return;
+            }
+            Work::Request(request, target) => (request, target),
+        };
+        let state = self.state.clone();
+        let mut run: Pin<Box<dyn Future<Output = Bytes> + Send>> = Box::pin(async move {
+            let (request, target) = request;
+            let id = request.id().unwrap_or(0);
+            let run =
+                AssertUnwindSafe(crate::ops::execute(&state, seq, request, target)).catch_unwind();
+            // A bug in one request must not leave a hole in the reply
+            // order (which would stall every later reply).
+            run.await.unwrap_or_else(|_| {
+                tracing::error!(id, "SFTP request handler panicked");
+                codec::encode_status(id, StatusCode::Failure, "Internal error")
+            })
+        });
+        // A no-op waker is enough for this first poll: a request that is
+        // not done is spawned, and its task polls it again (with its own
+        // waker) at once.
+        if let Poll::Ready(reply) = run.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            self.reply(Outgoing {
+                seq,
+                reply,
+                _permit: permit,
+            });
+            return;
+        }
+        let state = self.state.clone();
+        self.tasks.spawn(async move {
+            let reply = run.await;
+            state
+                .send(Outgoing {
+                    seq,
+                    reply,
+                    _permit: permit,
+                })
+                .await;
+            drop(_budget);
+        });
+    }
+
+    /// Hands a reply to the writer without waiting. The queue has room for
+    /// every reply that can exist (each holds one of the permits).
+    fn reply(&self, out: Outgoing) {
+        if let Err(TrySendError::Full(out)) = self.state.replies.try_send(out) {
+            let state = self.state.clone();
+            self.tasks.spawn(async move { state.send(out).await });
+        }
+    }
+}
+
+/// Starts queued requests, [`MAX_CONCURRENT_REQUESTS`] at a time.
+async fn execute(starter: Starter, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let state = starter.state.clone();
+    let permits = starter.permits.clone();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -548,41 +647,8 @@ async fn execute(
             },
             () = state.cancel.cancelled() => return,
         };
-        let Job { seq, work, _budget } = job;
-        match work {
-            Work::Reply(reply) => {
-                state
-                    .send(Outgoing {
-                        seq,
-                        reply,
-                        _permit: permit,
-                    })
-                    .await
-            }
-            Work::Request(request, target) => {
-                let state = state.clone();
-                tasks.spawn(async move {
-                    let id = request.id().unwrap_or(0);
-                    let run = std::panic::AssertUnwindSafe(crate::ops::execute(
-                        &state, seq, request, target,
-                    ));
-                    // A bug in one request must not leave a hole in the reply
-                    // order (which would stall every later reply).
-                    let reply = run.catch_unwind().await.unwrap_or_else(|_| {
-                        tracing::error!(id, "SFTP request handler panicked");
-                        codec::encode_status(id, StatusCode::Failure, "Internal error")
-                    });
-                    state
-                        .send(Outgoing {
-                            seq,
-                            reply,
-                            _permit: permit,
-                        })
-                        .await;
-                    drop(_budget);
-                });
-            }
-        }
+        starter.queued.fetch_sub(1, Ordering::AcqRel);
+        starter.start(job, permit);
     }
 }
 

@@ -553,10 +553,19 @@ impl LocalReader {
     #[cfg(target_os = "linux")]
     fn read_cached(&self, offset: u64, len: usize) -> Option<Bytes> {
         use rustix::io::{ReadWriteFlags, preadv2};
-        if len == 0 || offset >= self.len {
-            return None;
+        /// Buffer for a read at or past the end as opened: almost always
+        /// the end (an SFTP client's last READ), but the file may have grown.
+        const PAST_END: usize = 64 * 1024;
+        if len == 0 {
+            return Some(Bytes::new());
         }
-        let mut buf = BytesMut::zeroed(len);
+        // Sized to what the file holds, not to what was asked (a 4 KiB file
+        // read with 256 KiB requests).
+        let want = match self.len.checked_sub(offset) {
+            Some(left) if left > 0 => len.min(usize::try_from(left).unwrap_or(usize::MAX)),
+            _ => len.min(PAST_END),
+        };
+        let mut buf = BytesMut::zeroed(want);
         let n = preadv2(
             &*self.file,
             &mut [io::IoSliceMut::new(&mut buf)],
@@ -564,10 +573,11 @@ impl LocalReader {
             ReadWriteFlags::NOWAIT,
         )
         .ok()?;
-        // A short read is complete only at the end of the file as opened;
-        // otherwise part of the range is not cached (or the file changed):
-        // let the blocking path read it whole.
-        if n == len || (n > 0 && offset + n as u64 >= self.len) {
+        // 0 is the end of the file (an uncached range fails with EAGAIN,
+        // never reads 0). A short read is complete only at the end of the
+        // file as opened; otherwise part of the range is not cached (or the
+        // file changed): let the blocking path read it whole.
+        if n == want || n == 0 || offset + n as u64 >= self.len {
             buf.truncate(n);
             Some(buf.freeze())
         } else {
