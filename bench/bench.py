@@ -537,6 +537,7 @@ class Bench:
         self.notes = []
         self.down = {}             # (server, proto) -> message
         self.client_cpu = {}       # (server, proto) -> [client CPU ms per session]
+        self.steal = {}            # key -> server -> [% of CPU time stolen by the hypervisor]
 
     def metric(self, *a, **kw):
         m = Metric(*a, **kw)
@@ -562,9 +563,11 @@ class Bench:
         if server in self.failed.get(key, {}) or server in self.na.get(key, {}):
             return
         try:
+            before = cpu_times()
             try:
                 v = fn()
             finally:
+                stolen = steal_pct(before, cpu_times())
                 settle(server)
         except NotSupported as e:
             self.na.setdefault(key, {})[server] = str(e)
@@ -577,8 +580,9 @@ class Bench:
         items = v if isinstance(v, dict) else {key: v}
         for k, val in items.items():
             self.values.setdefault(k, {}).setdefault(server, []).append(val)
+            self.steal.setdefault(k, {}).setdefault(server, []).append(stolen)
         shown = ", ".join(f"{k}={val if isinstance(val, int) else fmt(val)}" for k, val in items.items())
-        say(f"   {server}: {shown}")
+        say(f"   {server}: {shown} (CPU steal {stolen:.0f}%)")
 
     def mark_failed_group(self, keys, server):
         """Copy a failure of the first key of a multi-value measurement to its other keys."""
@@ -594,6 +598,25 @@ class Bench:
 
 class NotSupported(Exception):
     pass
+
+
+# A step with this much CPU steal is flagged in the notes.
+STEAL_WARN = 10
+
+
+def cpu_times():
+    """(all CPU time, stolen CPU time) in ticks since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    return sum(fields[:8]), (fields[7] if len(fields) > 7 else 0)
+
+
+def steal_pct(before, after):
+    """Share of the machine's CPU time the hypervisor gave to other guests meanwhile: on a
+    shared host a step with much steal measured the neighbours as much as the server."""
+    total = after[0] - before[0]
+    return 100.0 * (after[1] - before[1]) / total if total > 0 else 0.0
 
 
 def probe(port, proto, wait=0.0):
@@ -1060,6 +1083,15 @@ def report(b, started, finished):
                 said.add((kind, s, msg))
                 title = next((m.title for m in b.metrics if m.key == key), key)
                 lines.append(f"- {kind} {SERVER_INFO[s]['label']}: {title}: {msg}")
+    steals = [(v, key, s) for key, per in b.steal.items() for s, vs in per.items() for v in vs]
+    if steals:
+        worst = max(steals)
+        noisy = sum(1 for v, _, _ in steals if v >= STEAL_WARN)
+        lines.append(
+            f"- CPU steal (time the hypervisor gave other guests) during the measured steps: median "
+            f"{statistics.median(v for v, _, _ in steals):.0f}%, max {worst[0]:.0f}% "
+            f"({SERVER_INFO[worst[2]]['label']}, {worst[1]}); {noisy} of {len(steals)} steps at "
+            f"{STEAL_WARN}% or more" + (" -- compare such runs with care, or repeat them on a quiet host." if noisy else "."))
     seen = set()
     for note in b.notes:
         if note not in seen:
@@ -1154,7 +1186,7 @@ def measure():
         f.write(text)
     raw = {"config": {k: os.environ.get(k) for k in ("ROUNDS", "BIG_MB", "SMALL_FILES", "SMALL_KB", "SESSIONS",
                                                      "MEM_FTP_SESSIONS", "MEM_SFTP_SESSIONS", "LIST_FILES", "SERVERS")},
-           "values": b.values, "failed": b.failed, "na": b.na, "notes": b.notes}
+           "values": b.values, "steal_pct": b.steal, "failed": b.failed, "na": b.na, "notes": b.notes}
     with open(os.path.join(BASE, "results.json"), "w") as f:
         json.dump(raw, f, indent=1)
     return 1 if any(b.failed.values()) else 0

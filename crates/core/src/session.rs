@@ -773,11 +773,19 @@ impl Upload {
                 let content = committed.content;
                 self.reserved.store(0, Ordering::Relaxed);
                 self.new_file = false;
-                tokio::spawn(async move {
-                    let _permit = gateway.hash_permits().acquire().await;
+                if size <= INLINE_HASH_MAX {
+                    // Read back from the page cache and hashed in tens of
+                    // microseconds: cheaper than the task and thread hops of
+                    // the background path, which most uploads would pay.
                     event.sha256 = sha256_of(content).await;
                     gateway.audit().record(event);
-                });
+                } else {
+                    tokio::spawn(async move {
+                        let _permit = gateway.hash_permits().acquire().await;
+                        event.sha256 = sha256_of(content).await;
+                        gateway.audit().record(event);
+                    });
+                }
                 Ok(size)
             }
             Err(e) => {
@@ -831,9 +839,14 @@ impl Drop for Upload {
     }
 }
 
+/// Uploads up to this size are hashed before the commit returns (reads the
+/// backend serves from cache, on the calling thread); larger ones in the
+/// background, a few at a time, on the blocking pool.
+const INLINE_HASH_MAX: u64 = 64 * 1024;
+
 async fn sha256_of(content: Arc<dyn FileReader>) -> Option<String> {
     let len = content.len();
-    if content.local_file().is_some() {
+    if content.local_file().is_some() && len > INLINE_HASH_MAX {
         return tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             let file = content.local_file()?;

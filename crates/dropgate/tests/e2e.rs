@@ -291,23 +291,32 @@ fn audit_events_record_real_transfers_with_sha256() {
     common_write(&up_ftp, 20 * 1024 * 1024 + 7);
     let up_sftp = work.path().join("b.bin");
     common_write(&up_sftp, 17 * 1024 * 1024 + 1);
+    // Small ones are hashed before the commit returns, large ones in the
+    // background (crates/core/src/session.rs, INLINE_HASH_MAX).
+    let small_ftp = work.path().join("s.bin");
+    common_write(&small_ftp, 4096 + 3);
+    let small_sftp = work.path().join("t.bin");
+    common_write(&small_sftp, 64 * 1024);
     let ftp = gw.addr("ftp");
-    assert!(
-        curl(&[
-            "-T",
-            up_ftp.to_str().unwrap(),
-            &format!("ftp://carol:pw-carol-1@{ftp}/a.bin")
-        ])
-        .status
-        .success()
-    );
+    for (local, name) in [(&up_ftp, "a.bin"), (&small_ftp, "s.bin")] {
+        assert!(
+            curl(&[
+                "-T",
+                local.to_str().unwrap(),
+                &format!("ftp://carol:pw-carol-1@{ftp}/{name}")
+            ])
+            .status
+            .success()
+        );
+    }
     let out = sftp_batch(
         gw.addr("sftp"),
         "carol",
         &key,
         &format!(
-            "put {} /b.bin\nmkdir /d\nrename /b.bin /d/b.bin\nget /a.bin {}\nrm /a.bin\n",
+            "put {} /b.bin\nput {} /t.bin\nmkdir /d\nrename /b.bin /d/b.bin\nget /a.bin {}\nrm /a.bin\n",
             up_sftp.display(),
+            small_sftp.display(),
             work.path().join("x").display()
         ),
     );
@@ -323,7 +332,7 @@ fn audit_events_record_real_transfers_with_sha256() {
     );
 
     let events = gw.wait_events(&token, "username=carol&kind=upload", |items| {
-        items.len() >= 2 && items.iter().all(|e| e["sha256"].is_string())
+        items.len() >= 4 && items.iter().all(|e| e["sha256"].is_string())
     });
     let by_path = |p: &str| events.iter().find(|e| e["path"] == p).unwrap().clone();
     let a = by_path("/a.bin");
@@ -336,6 +345,15 @@ fn audit_events_record_real_transfers_with_sha256() {
     let b = by_path("/b.bin");
     assert_eq!(b["protocol"], "sftp");
     assert_eq!(b["sha256"].as_str().unwrap(), sha256_file(&up_sftp));
+    for (path, local) in [("/s.bin", &small_ftp), ("/t.bin", &small_sftp)] {
+        let e = by_path(path);
+        assert_eq!(e["sha256"].as_str().unwrap(), sha256_file(local), "{path}");
+        assert_eq!(
+            e["bytes"],
+            std::fs::metadata(local).unwrap().len(),
+            "{path}"
+        );
+    }
     assert!(a["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
 
     let all = gw.wait_events(&token, "username=carol&limit=100", |items| {
