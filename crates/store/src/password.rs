@@ -16,6 +16,9 @@
 //! per-process random key, the stored hash and the password, so memory never
 //! holds a password, a password change (new stored hash) misses at once, and
 //! wrong passwords are never cached: they always cost a full verification.
+//! Verifications of one credential run one at a time, so a burst of logins
+//! when its entry has expired (200 scripts starting together) costs one
+//! argon2 run, not one each: the others find the fresh entry.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -54,6 +57,9 @@ pub enum Verified {
     Wrong,
 }
 
+/// Held while one credential is being verified; others with it wait here.
+type Gate = Arc<tokio::sync::Mutex<()>>;
+
 /// Work for a hashing thread; it lends the job its reusable work area.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
@@ -69,6 +75,8 @@ pub struct PasswordHasher {
     dummy_hash: Arc<str>,
     cache: Arc<Mutex<HashMap<[u8; 32], Instant>>>,
     cache_key: [u8; 32],
+    /// One gate per credential being verified right now.
+    inflight: Arc<Mutex<HashMap<[u8; 32], Gate>>>,
 }
 
 impl PasswordHasher {
@@ -91,7 +99,7 @@ impl PasswordHasher {
                     let mut work: Vec<Block> = Vec::new();
                     loop {
                         // The lock is held only while waiting for the next job.
-                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                        let job = match lock(&rx).recv() {
                             Ok(job) => job,
                             Err(_) => return, // every hasher clone is gone
                         };
@@ -106,6 +114,7 @@ impl PasswordHasher {
             dummy_hash: dummy.into(),
             cache: Arc::default(),
             cache_key: rand::random(),
+            inflight: Arc::default(),
         })
     }
 
@@ -152,16 +161,43 @@ impl PasswordHasher {
     /// Checks `password` against `stored` (or a dummy hash when `None`, so an
     /// unknown user costs the same time as a known one with a wrong password).
     pub async fn verify(&self, password: &str, stored: Option<&str>) -> Verified {
-        if let Some(s) = stored
-            && password.len() <= MAX_PASSWORD_LEN
-        {
-            let slot = self.cache_slot(s, password);
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.get(&slot).is_some_and(|t| t.elapsed() < CACHE_TTL) {
-                return Verified::Ok;
-            }
-            cache.remove(&slot);
+        let Some(s) = stored.filter(|_| password.len() <= MAX_PASSWORD_LEN) else {
+            return self.verify_uncached(password, stored).await;
+        };
+        let slot = self.cache_slot(s, password);
+        if self.is_cached(&slot) {
+            return Verified::Ok;
         }
+        let gate = lock(&self.inflight).entry(slot).or_default().clone();
+        let turn = gate.lock().await;
+        // Whoever went first may have just verified this very credential.
+        let result = if self.is_cached(&slot) {
+            Verified::Ok
+        } else {
+            self.verify_uncached(password, stored).await
+        };
+        drop(turn);
+        let mut inflight = lock(&self.inflight);
+        // The map's clone and ours: nobody else waits at this gate.
+        if Arc::strong_count(&gate) <= 2 {
+            inflight.remove(&slot);
+        }
+        result
+    }
+
+    /// Whether `slot` holds a live entry (an expired one is dropped).
+    fn is_cached(&self, slot: &[u8; 32]) -> bool {
+        let mut cache = lock(&self.cache);
+        if cache.get(slot).is_some_and(|t| t.elapsed() < CACHE_TTL) {
+            return true;
+        }
+        cache.remove(slot);
+        false
+    }
+
+    /// One argon2 verification; a right password meeting the policy is
+    /// remembered.
+    async fn verify_uncached(&self, password: &str, stored: Option<&str>) -> Verified {
         let known = stored.is_some();
         let hash = stored
             .map(str::to_owned)
@@ -202,7 +238,7 @@ impl PasswordHasher {
             .unwrap_or(Verified::Wrong);
         if result == Verified::Ok {
             let slot = self.cache_slot(&stored_copy, &pw_copy);
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = lock(&self.cache);
             if cache.len() >= CACHE_MAX {
                 cache.retain(|_, t| t.elapsed() < CACHE_TTL);
                 if cache.len() >= CACHE_MAX {
@@ -213,6 +249,11 @@ impl PasswordHasher {
         }
         result
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing is left half-updated under these locks by a panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Grows the work area to `blocks` (never shrinks: it is reused).
@@ -350,5 +391,39 @@ mod tests {
         assert_ne!(slot_old, slot_new);
         assert!(!h.cache.lock().unwrap().contains_key(&slot_new));
         assert_eq!(h.verify("pw-1", Some(&other)).await, Verified::Ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_logins_after_expiry_costs_one_argon2_run() {
+        let h = PasswordHasher::new(1).unwrap();
+        let phc = h.hash("pw-burst").await.unwrap();
+        let t = Instant::now();
+        assert_eq!(h.verify("pw-burst", Some(&phc)).await, Verified::Ok);
+        let one_run = t.elapsed();
+        // Expire the entry, as 5 minutes would.
+        h.cache.lock().unwrap().clear();
+        let t = Instant::now();
+        let logins: Vec<_> = (0..16)
+            .map(|_| {
+                let (h, phc) = (h.clone(), phc.clone());
+                tokio::spawn(async move { h.verify("pw-burst", Some(&phc)).await })
+            })
+            .collect();
+        for login in logins {
+            assert_eq!(login.await.unwrap(), Verified::Ok);
+        }
+        // 16 argon2 runs on one hashing thread would take 16 times as long.
+        assert!(
+            t.elapsed() < one_run * 8,
+            "16 concurrent logins took {:?}, one argon2 run {one_run:?}",
+            t.elapsed()
+        );
+        assert!(
+            h.inflight.lock().unwrap().is_empty(),
+            "gates are cleaned up"
+        );
+        // Wrong passwords are still each checked in full.
+        assert_eq!(h.verify("nope", Some(&phc)).await, Verified::Wrong);
+        assert!(h.inflight.lock().unwrap().is_empty());
     }
 }
