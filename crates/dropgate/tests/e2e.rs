@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Gateway, curl, sftp_batch, sftp_command, ssh_key};
+use dropgate_testkit::write_random_file;
 
 fn sha256_file(path: &std::path::Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
@@ -47,7 +48,7 @@ fn user_lifecycle_over_rest_ftp_and_sftp() {
 
     // FTP with the password: upload into the inbox, refused at the root.
     let local = work.path().join("orders.csv");
-    common_write(&local, 300_000);
+    write_random_file(&local, 300_000, 1);
     let ftp = gw.addr("ftp");
     let out = curl(&[
         "-T",
@@ -167,21 +168,6 @@ fn user_lifecycle_over_rest_ftp_and_sftp() {
     );
 }
 
-/// Writes `len` pseudo-random bytes (no short period, so a chunk stored at
-/// the wrong offset changes the content and its hash).
-fn common_write(path: &std::path::Path, len: usize) {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ len as u64;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
-    std::fs::write(path, data).unwrap();
-}
-
 #[test]
 fn admin_kick_ends_live_ftp_and_sftp_sessions() {
     let gw = Gateway::start("");
@@ -288,15 +274,15 @@ fn audit_events_record_real_transfers_with_sha256() {
     // Both cross several 8 MiB write-back windows (crates/vfs/src/writeback.rs);
     // OpenSSH's pipelined 32 KiB writes may arrive out of order.
     let up_ftp = work.path().join("a.bin");
-    common_write(&up_ftp, 20 * 1024 * 1024 + 7);
+    write_random_file(&up_ftp, 20 * 1024 * 1024 + 7, 2);
     let up_sftp = work.path().join("b.bin");
-    common_write(&up_sftp, 17 * 1024 * 1024 + 1);
+    write_random_file(&up_sftp, 17 * 1024 * 1024 + 1, 3);
     // Small ones are hashed before the commit returns, large ones in the
     // background (crates/core/src/session.rs, INLINE_HASH_MAX).
     let small_ftp = work.path().join("s.bin");
-    common_write(&small_ftp, 4096 + 3);
+    write_random_file(&small_ftp, 4096 + 3, 4);
     let small_sftp = work.path().join("t.bin");
-    common_write(&small_sftp, 64 * 1024);
+    write_random_file(&small_sftp, 64 * 1024, 5);
     let ftp = gw.addr("ftp");
     for (local, name) in [(&up_ftp, "a.bin"), (&small_ftp, "s.bin")] {
         assert!(
@@ -379,7 +365,7 @@ fn ftps_explicit_and_implicit_listeners_share_one_filesystem() {
     gw.create_user(&token, &body);
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("tls.bin");
-    common_write(&local, 2_000_000);
+    write_random_file(&local, 2_000_000, 6);
     let (ftp, ftps) = (gw.addr("ftp"), gw.addr("ftps"));
 
     // Up over explicit AUTH TLS (PROT P data), down over the implicit listener.

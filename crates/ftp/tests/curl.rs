@@ -234,3 +234,58 @@ async fn listing_and_quote_commands() {
     assert!(!home.join("sub/one.txt").exists());
     server.stop().await;
 }
+
+/// Downloads take the inline lookup path when the kernel's caches hold the
+/// path (crates/vfs/src/local.rs, `cached`): a symlink inside the home is
+/// followed, one leading out is refused, and a FIFO someone left in the
+/// storage is refused at once instead of hanging the server on the open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_follow_the_jail_and_refuse_special_files() {
+    require_tool("curl", "curl");
+    let server = common::start().await;
+    let home = server.user("erin", "pw-erin-1").await;
+    std::fs::write(home.join("real.txt"), b"inside").unwrap();
+    std::os::unix::fs::symlink("real.txt", home.join("link.txt")).unwrap();
+    let outside = home.parent().unwrap().join("outside.txt");
+    std::fs::write(&outside, b"TOP-SECRET").unwrap();
+    std::os::unix::fs::symlink(&outside, home.join("out.txt")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        home.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+
+    let get = |name: &str| {
+        let url = server.url("erin", "pw-erin-1", &format!("/{name}"));
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("curl")
+                    .args(["-sS", "--max-time", "20", &url])
+                    .output()
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            (out.status.code(), out.stdout)
+        }
+    };
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        // The second round finds everything in the kernel's caches.
+        assert_eq!(get("link.txt").await, (Some(0), b"inside".to_vec()));
+        let (code, body) = get("out.txt").await;
+        assert_ne!(code, Some(0), "a symlink out of the home is refused");
+        assert!(!body.windows(10).any(|w| w == b"TOP-SECRET"));
+        // curl exits 78 on "550 no such file / permission denied" for RETR;
+        // 28 would be its timeout, i.e. a server stuck on the FIFO.
+        let (code, _) = get("pipe").await;
+        assert_eq!(code, Some(78), "the FIFO is refused with a 550 reply");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    // The server still serves a normal file afterwards.
+    assert_eq!(get("real.txt").await, (Some(0), b"inside".to_vec()));
+    server.stop().await;
+}
