@@ -1,15 +1,13 @@
-//! Who may use the API: admin logins (`POST /api/v1/auth/token`), the bearer
-//! check every other `/api/v1` route sits behind, API keys, and the per-IP
-//! limit on failed logins.
+//! Who may use the API: admin logins (`POST /api/v1/auth/token`), the
+//! credential check every other `/api/v1` route sits behind (a bearer token,
+//! an API key, or the console's cookie with its CSRF header), and API keys.
+//! Failed logins count toward core's ban list, shared with FTP and SFTP.
 //!
 //! Tokens and API keys are 256-bit random strings; the store keeps only their
 //! SHA-256 digest, so a copy of the database does not hand out sessions, and
 //! tokens survive a restart because they live in the database.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -22,17 +20,17 @@ use dropgate_store::Verified;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ClientIp, JsonBody};
 use crate::schema::ApiKeyListDoc;
+use crate::{AppState, cookie_auth};
 
 /// How long a token from `POST /api/v1/auth/token` stays valid.
 pub(crate) const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// Prefix of API keys, so a bearer credential is looked up in one table only.
 const API_KEY_PREFIX: &str = "dgk_";
 /// Prefix of login tokens.
-const TOKEN_PREFIX: &str = "dgt_";
+pub(crate) const TOKEN_PREFIX: &str = "dgt_";
 /// Longest bearer credential looked up at all (ours are 68 characters).
 const MAX_CREDENTIAL_LEN: usize = 256;
 /// Longest API key description.
@@ -57,13 +55,15 @@ impl<S: Send + Sync> FromRequestParts<S> for AdminIdentity {
     }
 }
 
-/// `Authorization: Bearer <token or API key>` on every protected route.
+/// `Authorization: Bearer <token or API key>` on every protected route, or
+/// the console's session cookie; a write authenticated by the cookie must
+/// also carry the session's CSRF token (see [`crate::cookie_auth`]).
 pub(crate) async fn require_admin(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let credential = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -73,19 +73,78 @@ pub(crate) async fn require_admin(
                 .eq_ignore_ascii_case("bearer")
                 .then(|| value.trim().to_owned())
         });
-    let Some(credential) = credential else {
-        return ApiError::Unauthorized(
-            "authentication required: Authorization: Bearer <token or API key>",
-        )
-        .into_response();
+    // A bearer credential wins: scripts keep working exactly as before, and a
+    // browser never sends one on its own, so it needs no CSRF check.
+    let (credential, via_cookie) = match bearer {
+        Some(c) => (c, false),
+        None => match cookie_auth::from_headers(req.headers()) {
+            // Only login tokens live in the cookie, never API keys.
+            Some(c) if c.starts_with(TOKEN_PREFIX) => (c, true),
+            Some(_) => {
+                return ApiError::Unauthorized("invalid or expired credential").into_response();
+            }
+            None => {
+                return ApiError::Unauthorized(
+                    "authentication required: Authorization: Bearer <token or API key>",
+                )
+                .into_response();
+            }
+        },
     };
+    if state.signed_out.contains(&credential) {
+        return ApiError::Unauthorized("invalid or expired credential").into_response();
+    }
     match admin_for_credential(&state, &credential).await {
         Ok(Some(username)) => {
+            if via_cookie
+                && !req.method().is_safe()
+                && !cookie_auth::csrf_matches(req.headers(), &credential)
+            {
+                return ApiError::Forbidden(format!(
+                    "a write signed in by cookie needs the {} header (see GET /api/v1/auth/session)",
+                    cookie_auth::CSRF_HEADER
+                ))
+                .into_response();
+            }
             req.extensions_mut().insert(AdminIdentity { username });
+            req.extensions_mut().insert(Credential {
+                secret: credential,
+                via_cookie,
+            });
             next.run(req).await
         }
         Ok(None) => ApiError::Unauthorized("invalid or expired credential").into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// The credential a request was let in with (set by [`require_admin`]).
+#[derive(Clone)]
+pub(crate) struct Credential {
+    /// The token or key itself.
+    pub(crate) secret: String,
+    /// It came in the console's cookie (always a login token), not an
+    /// `Authorization` header.
+    pub(crate) via_cookie: bool,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("via_cookie", &self.via_cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Credential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Credential>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized("authentication required"))
     }
 }
 
@@ -119,26 +178,27 @@ fn new_secret(prefix: &str) -> String {
 pub(crate) struct TokenRequest {
     /// Admin username.
     #[schema(example = "admin")]
-    username: String,
+    pub(crate) username: String,
     /// Admin password.
     #[schema(format = Password)]
-    password: String,
+    pub(crate) password: String,
 }
 
 /// A bearer token for `Authorization: Bearer <token>`.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TokenResponse {
     /// The token; send it as `Authorization: Bearer <token>`.
-    token: String,
+    pub(crate) token: String,
     /// When it stops working.
-    expires_at: DateTime<Utc>,
+    pub(crate) expires_at: DateTime<Utc>,
 }
 
 /// Log in as an admin and get a bearer token.
 ///
-/// Failed logins are limited per source address: after 5 failures within
-/// 5 minutes further attempts get 429 with `Retry-After` until the oldest
-/// failure leaves the window. This is separate from the protocols' ban list.
+/// Failed logins count toward the same ban list as FTP and SFTP logins
+/// (`[limits] login_failures_before_ban` within `ban_window_secs`), counted
+/// before the password is checked. A banned address gets 429 with
+/// `Retry-After` until the ban ends or is lifted (`DELETE /api/v1/bans/{ip}`).
 #[utoipa::path(
     post,
     path = "/api/v1/auth/token",
@@ -150,8 +210,8 @@ pub(crate) struct TokenResponse {
         (status = 401, description = "Wrong username or password", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "A field is missing or has the wrong type", body = ErrorBody),
-        (status = 429, description = "Too many failed logins from this address", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the next attempt is allowed"))),
+        (status = 429, description = "This address is banned for failed logins", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the ban ends"))),
     )
 )]
 pub(crate) async fn create_token(
@@ -159,7 +219,12 @@ pub(crate) async fn create_token(
     ClientIp(ip): ClientIp,
     JsonBody(login): JsonBody<TokenRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
-    state.login_limiter.check(ip)?;
+    let admission = state.gateway.admission();
+    let attempt = admission
+        .begin_login(ip)
+        .map_err(|_| ApiError::RateLimited {
+            retry_after: admission.ban_remaining(ip).unwrap_or_default(),
+        })?;
     let store = state.gateway.store();
     // A name that cannot exist is not looked up, but still costs one hash.
     let admin = if dropgate_store::validate_username(&login.username).is_ok() {
@@ -177,13 +242,13 @@ pub(crate) async fn create_token(
     let admin = match (admin, verified) {
         (Some(admin), Verified::Ok | Verified::OkNeedsRehash) => admin,
         _ => {
-            state.login_limiter.record_failure(ip);
+            drop(attempt); // stays counted as a failure
             let name: String = login.username.chars().take(64).collect();
             tracing::warn!(%ip, username = %name.escape_debug(), "admin login failed");
             return Err(ApiError::Unauthorized("wrong username or password"));
         }
     };
-    state.login_limiter.forget(ip);
+    attempt.succeeded();
     if verified == Verified::OkNeedsRehash {
         match store.hasher().hash(&login.password).await {
             Ok(hash) => {
@@ -248,7 +313,7 @@ pub(crate) async fn create_api_key(
     if new.description.len() > MAX_DESCRIPTION_LEN {
         return Err(ApiError::invalid("description", "at most 1024 bytes"));
     }
-    crate::users::check_text("description", &new.description)?;
+    crate::limits::check_text("description", &new.description)?;
     let store = state.gateway.store();
     let admin = store
         .get_admin(&caller.username)
@@ -304,163 +369,10 @@ pub(crate) async fn delete_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Failed admin logins per source address within a sliding window.
-///
-/// Hand-written rather than `governor`/`tower_governor`: only *failures*
-/// count (an admin who types the password right is never slowed down), the
-/// reply needs the time until the oldest failure expires for `Retry-After`,
-/// and tracked addresses need a hard cap; that is less code than adapting a
-/// request-rate limiter, and it pulls in no dependency tree.
-pub(crate) struct LoginLimiter {
-    /// Failures allowed within `window`; the next attempt is refused.
-    max_failures: usize,
-    /// How long a failure counts.
-    window: Duration,
-    /// Most addresses tracked at once (memory bound under a spray of sources).
-    max_tracked: usize,
-    /// Failure times per source, oldest first.
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-}
-
-impl LoginLimiter {
-    /// `max_failures` within `window` per source address.
-    pub(crate) fn new(max_failures: usize, window: Duration) -> LoginLimiter {
-        LoginLimiter {
-            max_failures: max_failures.max(1),
-            window,
-            max_tracked: 10_000,
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<Instant>>> {
-        // Every update leaves the map consistent, so a poisoned lock is still usable.
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Refuses a source that has used up its failures.
-    pub(crate) fn check(&self, ip: IpAddr) -> ApiResult<()> {
-        let key = source_key(ip);
-        let now = Instant::now();
-        let mut map = self.lock();
-        let Some(times) = map.get_mut(&key) else {
-            return Ok(());
-        };
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            times.pop_front();
-        }
-        if times.len() < self.max_failures {
-            if times.is_empty() {
-                map.remove(&key);
-            }
-            return Ok(());
-        }
-        let oldest = times.front().copied().unwrap_or(now);
-        let retry_after = self.window.saturating_sub(now.duration_since(oldest));
-        Err(ApiError::RateLimited { retry_after })
-    }
-
-    /// Counts one failed login from `ip`.
-    pub(crate) fn record_failure(&self, ip: IpAddr) {
-        let key = source_key(ip);
-        let now = Instant::now();
-        let mut map = self.lock();
-        if !map.contains_key(&key) && map.len() >= self.max_tracked {
-            map.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < self.window)
-            });
-            if map.len() >= self.max_tracked {
-                // Still full of live entries: drop the one idle the longest.
-                let stalest = map
-                    .iter()
-                    .min_by_key(|(_, times)| times.back().copied())
-                    .map(|(k, _)| *k);
-                if let Some(stalest) = stalest {
-                    map.remove(&stalest);
-                }
-            }
-        }
-        let times = map.entry(key).or_default();
-        times.push_back(now);
-        while times.len() > self.max_failures {
-            times.pop_front();
-        }
-    }
-
-    /// A successful login clears the source's failures.
-    pub(crate) fn forget(&self, ip: IpAddr) {
-        self.lock().remove(&source_key(ip));
-    }
-}
-
-/// IPv4-mapped addresses count as IPv4, and an IPv6 client is counted per
-/// /64: one host can use every address of its prefix.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut seg = v6.segments();
-                seg[4..].fill(0);
-                IpAddr::V6(seg.into())
-            }
-        },
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn limiter_counts_failures_per_source() {
-        let limiter = LoginLimiter::new(3, Duration::from_secs(60));
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        for _ in 0..3 {
-            assert!(limiter.check(a).is_ok());
-            limiter.record_failure(a);
-        }
-        match limiter.check(a) {
-            Err(ApiError::RateLimited { retry_after }) => {
-                assert!(retry_after <= Duration::from_secs(60))
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(limiter.check(b).is_ok());
-        // The mapped form of the same address is the same source.
-        assert!(limiter.check("::ffff:192.0.2.1".parse().unwrap()).is_err());
-        limiter.forget(a);
-        assert!(limiter.check(a).is_ok());
-    }
-
-    #[test]
-    fn limiter_window_expires_and_v6_counts_per_prefix() {
-        let limiter = LoginLimiter::new(1, Duration::from_millis(20));
-        let a: IpAddr = "2001:db8::1".parse().unwrap();
-        limiter.record_failure(a);
-        assert!(limiter.check("2001:db8::ffff".parse().unwrap()).is_err());
-        assert!(limiter.check("2001:db8:0:1::1".parse().unwrap()).is_ok());
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(limiter.check(a).is_ok());
-    }
-
-    #[test]
-    fn limiter_memory_is_bounded() {
-        let mut limiter = LoginLimiter::new(2, Duration::from_secs(60));
-        limiter.max_tracked = 4;
-        for i in 0..10u8 {
-            limiter.record_failure(IpAddr::from([10, 0, 0, i]));
-        }
-        assert!(limiter.lock().len() <= 4);
-    }
 
     #[test]
     fn secrets_are_long_and_distinct() {

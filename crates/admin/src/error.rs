@@ -34,7 +34,7 @@ pub(crate) enum ApiError {
     /// The body is larger than the limit (413).
     #[error(
         "the request body is larger than {} bytes",
-        crate::server::MAX_BODY_BYTES
+        crate::limits::MAX_BODY_BYTES
     )]
     PayloadTooLarge,
     /// The body is not JSON of the declared media type (415).

@@ -69,7 +69,7 @@ pub(crate) async fn list_events(
     }
     let before_id = params.cursor.as_deref().map(parse_cursor).transpose()?;
     if let Some(name) = &params.username {
-        crate::users::check_text("username", name)?;
+        crate::limits::check_text("username", name)?;
     }
     let query = EventQuery {
         username: params.username,

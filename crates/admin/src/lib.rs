@@ -1,10 +1,17 @@
-//! The admin REST API of SPEC section 7 (axum), and the web console's page.
+//! The admin REST API of SPEC section 7 (axum), and the web console.
 //!
 //! Owns: the HTTP routes under `/api/v1` with their JSON shapes and error
 //! mapping, admin authentication (login tokens, API keys, the per-address
 //! limit on failed logins), the OpenAPI document generated from the handlers
-//! (`/api/v1/openapi.json`), `/healthz`, `/metrics`, and the hardening of the
-//! admin listener (body limit, timeout, security headers, no CORS).
+//! (`/api/v1/openapi.json`), `/healthz`, `/metrics`, the console's embedded
+//! files (`web/`, served at `/`) with its cookie sign-in and CSRF check, and
+//! the hardening of the admin listener (body limit, timeout, security
+//! headers, no CORS).
+//!
+//! Module layers, each importing only those below it: `limits` and `cookie_auth` (leaves),
+//! `error`, `extract`, `schema`; then one module per resource (`auth`,
+//! `console_session`, `users`, `sessions`, `events`, `system`, `console`);
+//! then `server`, which assembles the router.
 //!
 //! Must not: write SQL (every read and write goes through `dropgate-store`),
 //! decide login policy (that is `dropgate-core`), or touch the file storage,
@@ -16,9 +23,14 @@
 //! [`AdminServer::run`]; tests may take the bare [`router`].
 
 mod auth;
+mod bans;
+mod console;
+mod console_session;
+mod cookie_auth;
 mod error;
 mod events;
 mod extract;
+mod limits;
 mod schema;
 mod server;
 mod sessions;
@@ -83,8 +95,8 @@ pub(crate) struct AppState {
     pub(crate) status: Arc<StatusInfo>,
     /// Where homes live, for `delete_files=true`.
     pub(crate) storage_root: PathBuf,
-    /// Failed admin logins per source address.
-    pub(crate) login_limiter: Arc<auth::LoginLimiter>,
+    /// Console sessions ended by sign-out before their expiry.
+    pub(crate) signed_out: Arc<cookie_auth::SignedOut>,
 }
 
 /// A list response: `{"items": [...]}`.

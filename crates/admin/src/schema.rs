@@ -195,6 +195,11 @@ pub(crate) struct UserDoc {
     quota: QuotaDoc,
     /// Rate limits.
     bandwidth: BandwidthDoc,
+    /// Concurrent logged-in sessions, all protocols and nodes (0: unlimited).
+    max_sessions: u64,
+    /// What the home holds now, as the quota counts it (read-only).
+    #[schema(read_only)]
+    usage: crate::users::UsageView,
     /// Source networks allowed to log in; empty: any.
     allowed_ips: Vec<CidrDoc>,
     /// Protocols allowed.
@@ -428,7 +433,9 @@ mod tests {
         user.expires_at = Some(Utc::now());
         user.last_login_at = Some(Utc::now());
         let v = serde_json::to_value(&user).unwrap();
-        assert_eq!(keys(&v), properties::<UserDoc>());
+        let mut served = keys(&v);
+        served.insert("usage".to_owned()); // added by the API (users::UserView)
+        assert_eq!(served, properties::<UserDoc>());
         assert_eq!(keys(&v["quota"]), properties::<QuotaDoc>());
         assert_eq!(keys(&v["bandwidth"]), properties::<BandwidthDoc>());
         let names: BTreeSet<String> = Permission::NAMES.iter().map(|s| (*s).to_owned()).collect();

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use dropgate_core::Gateway;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -22,32 +22,36 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, LoginLimiter};
+use crate::auth;
+use crate::console_session;
+use crate::cookie_auth::{self, SignedOut};
 use crate::error::{ApiError, error_response};
-use crate::{AdminConfig, AppState, StatusInfo, events, sessions, system, users};
+use crate::limits::MAX_BODY_BYTES;
+use crate::system::OpenApiJson;
+use crate::{AdminConfig, AppState, StatusInfo, bans, console, events, sessions, system, users};
 
-/// Largest request body accepted (user JSON is a few KiB at most).
-pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// A request still unanswered after this gets 408 (argon2 queues included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Failed admin logins allowed per source address within [`LOGIN_WINDOW`].
-const LOGIN_FAILURES: usize = 5;
-/// The window failed logins are counted in.
-const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 /// The name of the security scheme in the OpenAPI document.
 const BEARER: &str = "bearer";
+/// The name of the console's cookie scheme in the OpenAPI document.
+const CONSOLE_COOKIE: &str = "console_cookie";
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "dropgate admin API",
         description = "Accounts, live sessions, the audit log and server status of a dropgate gateway.\n\n\
-            Every `/api/v1` route except `POST /api/v1/auth/token` and `GET /api/v1/openapi.json` needs \
-            `Authorization: Bearer <token or API key>`. Errors are `{\"error\": {\"code\", \"message\"}}`; \
+            Every `/api/v1` route except `POST /api/v1/auth/token`, `POST /api/v1/auth/session` and \
+            `GET /api/v1/openapi.json` needs `Authorization: Bearer <token or API key>`, or the web \
+            console's `dropgate_session` cookie; a POST, PUT, PATCH or DELETE authenticated by the cookie \
+            must also send `X-CSRF-Token` (see `GET /api/v1/auth/session`), else 403. Errors are `{\"error\": {\"code\", \"message\"}}`; \
             a 422 also carries `field`, the name of the offending field or parameter. Request bodies \
             are JSON (`Content-Type: application/json`, at most 1 MiB) and unknown fields are refused \
             with 422.",
@@ -59,14 +63,12 @@ const BEARER: &str = "bearer";
         (name = "sessions", description = "Live sessions"),
         (name = "events", description = "The audit log"),
         (name = "system", description = "Health, metrics, status"),
+        (name = "bans", description = "Sources banned for failed logins"),
+        (name = "console", description = "The web console's page and files"),
     ),
     components(schemas(crate::error::ErrorBody))
 )]
 struct ApiDoc;
-
-/// The OpenAPI document as served, built once per router.
-#[derive(Clone)]
-pub(crate) struct OpenApiJson(Bytes);
 
 /// Builds the whole application.
 pub(crate) fn build_router(
@@ -75,14 +77,20 @@ pub(crate) fn build_router(
     storage_root: PathBuf,
 ) -> Router {
     let public = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(system::console))
+        .routes(routes!(console::index))
+        .routes(routes!(console::asset))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
-        .routes(routes!(auth::create_token));
+        .routes(routes!(auth::create_token))
+        .routes(routes!(console_session::create_session));
     // Everything here sits behind the bearer check; the document says so for
     // exactly these operations, so the two cannot disagree.
     let protected = OpenApiRouter::new()
+        .routes(routes!(
+            console_session::get_session,
+            console_session::delete_session
+        ))
         .routes(routes!(auth::create_api_key, auth::list_api_keys))
         .routes(routes!(auth::delete_api_key))
         .routes(routes!(users::list_users, users::create_user))
@@ -95,8 +103,10 @@ pub(crate) fn build_router(
         .routes(routes!(sessions::list_sessions))
         .routes(routes!(sessions::delete_session))
         .routes(routes!(events::list_events))
+        .routes(routes!(bans::list_bans))
+        .routes(routes!(bans::delete_ban))
         .routes(routes!(system::status));
-    // Later work slots in here: bans, event rules, deliveries and nodes are
+    // Later work slots in here: event rules, deliveries and nodes are
     // protected routes like the above.
 
     let (public, mut doc) = public.split_for_parts();
@@ -115,7 +125,11 @@ pub(crate) fn build_router(
         .into_iter()
         .flatten()
         {
-            op.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+            // Either credential: a bearer one, or the console's cookie.
+            op.security = Some(vec![
+                SecurityRequirement::new(BEARER, Vec::<String>::new()),
+                SecurityRequirement::new(CONSOLE_COOKIE, Vec::<String>::new()),
+            ]);
         }
     }
     doc.merge(protected_doc);
@@ -132,6 +146,15 @@ pub(crate) fn build_router(
                 .build(),
         ),
     );
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            CONSOLE_COOKIE,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                cookie_auth::COOKIE_NAME,
+                "The web console's session from POST /api/v1/auth/session; writes also need X-CSRF-Token",
+            ))),
+        );
     let doc_json = match serde_json::to_vec(&doc) {
         Ok(json) => Bytes::from(json),
         Err(e) => {
@@ -144,7 +167,7 @@ pub(crate) fn build_router(
         gateway,
         status: Arc::new(status),
         storage_root,
-        login_limiter: Arc::new(LoginLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW)),
+        signed_out: Arc::new(SignedOut::default()),
     };
     let protected = protected.route_layer(middleware::from_fn_with_state(
         state.clone(),
@@ -213,7 +236,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
     h.insert(
         "content-security-policy",
         HeaderValue::from_static(
-            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; \
+             form-action 'self'",
         ),
     );
     if is_api {
@@ -335,10 +360,4 @@ async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationT
         );
     }
     tracing::info!(?addr, "admin API stopped");
-}
-
-impl IntoResponse for OpenApiJson {
-    fn into_response(self) -> Response {
-        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
-    }
 }

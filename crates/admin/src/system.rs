@@ -1,19 +1,19 @@
-//! Routes about the server itself: `/healthz`, `/metrics`, `/api/v1/status`,
-//! `/api/v1/openapi.json` and the console's placeholder page at `/`.
+//! Routes about the server itself: `/healthz`, `/metrics`, `/api/v1/status`
+//! and `/api/v1/openapi.json`.
 
 use std::fmt::Write as _;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use dropgate_store::Protocol;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::ErrorBody;
-use crate::server::OpenApiJson;
 
 /// Liveness: the process serves HTTP.
 #[utoipa::path(
@@ -31,7 +31,9 @@ pub(crate) async fn healthz() -> &'static str {
 /// `dropgate_sessions{protocol}`, `dropgate_logins_total{protocol,outcome}`,
 /// `dropgate_bytes_total{protocol,direction}`,
 /// `dropgate_transfers_total{protocol,direction,outcome}`,
-/// `dropgate_errors_total{protocol}`, `dropgate_uptime_seconds`,
+/// `dropgate_errors_total{protocol}`,
+/// `dropgate_connections_refused_total{reason}`, `dropgate_connections`,
+/// `dropgate_bans_total`, `dropgate_banned_sources`, `dropgate_uptime_seconds`,
 /// `dropgate_build_info{version}`. No authentication: the admin listener is
 /// meant to be private (SPEC 7).
 #[utoipa::path(
@@ -149,6 +151,41 @@ fn render_metrics(state: &AppState) -> String {
             .map(|(p, c)| (format!("protocol=\"{p}\""), c.errors))
             .collect(),
     );
+    let adm = state.gateway.admission().counters();
+    family(
+        "dropgate_connections_refused_total",
+        "counter",
+        "Connections and logins refused by admission, by reason (banned, server_full, source_full).",
+        vec![
+            ("reason=\"banned\"".to_owned(), adm.refused_banned),
+            ("reason=\"server_full\"".to_owned(), adm.refused_server_full),
+            ("reason=\"source_full\"".to_owned(), adm.refused_source_full),
+        ],
+    );
+    for (name, kind, help, value) in [
+        (
+            "dropgate_connections",
+            "gauge",
+            "Open protocol connections (FTP control and SFTP), all listeners.",
+            adm.connections,
+        ),
+        (
+            "dropgate_bans_total",
+            "counter",
+            "Sources banned for failed logins since start.",
+            adm.bans,
+        ),
+        (
+            "dropgate_banned_sources",
+            "gauge",
+            "Sources banned right now.",
+            adm.banned_now,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
     let _ = writeln!(
         out,
         "# HELP dropgate_uptime_seconds Seconds since the admin API started."
@@ -220,6 +257,16 @@ pub(crate) async fn status(State(state): State<AppState>) -> Json<Status> {
     })
 }
 
+/// The OpenAPI document as served, built once per router.
+#[derive(Clone)]
+pub(crate) struct OpenApiJson(pub(crate) Bytes);
+
+impl IntoResponse for OpenApiJson {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
+
 /// This document. Public, like `/healthz`: it describes routes, not data.
 #[utoipa::path(
     get,
@@ -230,25 +277,3 @@ pub(crate) async fn status(State(state): State<AppState>) -> Json<Status> {
 pub(crate) async fn openapi(Extension(doc): Extension<OpenApiJson>) -> OpenApiJson {
     doc
 }
-
-/// The web console (a placeholder until the console lands).
-#[utoipa::path(
-    get,
-    path = "/",
-    tag = "system",
-    responses((status = 200, description = "The console", body = String, content_type = "text/html"))
-)]
-pub(crate) async fn console() -> Html<&'static str> {
-    Html(CONSOLE_PLACEHOLDER)
-}
-
-const CONSOLE_PLACEHOLDER: &str = r#"<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>dropgate</title></head>
-<body>
-<h1>dropgate</h1>
-<p>The web console is not built yet. The admin REST API is at <code>/api/v1</code>;
-its description is <a href="/api/v1/openapi.json">/api/v1/openapi.json</a>.</p>
-</body>
-</html>
-"#;

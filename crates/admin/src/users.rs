@@ -27,6 +27,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{JsonBody, QueryParams};
+use crate::limits::check_text;
 use crate::schema::{
     BandwidthDoc, CidrDoc, HomeDoc, PermissionMapDoc, ProtocolDoc, PublicKeyDoc, QuotaDoc, UserDoc,
     UserListDoc,
@@ -82,6 +83,8 @@ pub(crate) struct NewUser {
     /// Default unlimited.
     #[schema(value_type = Option<BandwidthDoc>)]
     bandwidth: Option<Bandwidth>,
+    /// Concurrent logged-in sessions, all protocols; default 0 (unlimited).
+    max_sessions: Option<u64>,
     /// CIDRs allowed to log in; default any.
     #[schema(value_type = Option<Vec<CidrDoc>>)]
     allowed_ips: Option<Vec<IpNet>>,
@@ -99,6 +102,10 @@ pub(crate) struct NewUser {
     #[serde(rename = "last_login_at")]
     #[schema(value_type = Option<String>, format = DateTime, read_only)]
     _last_login_at: Option<IgnoredAny>,
+    /// Ignored (read-only).
+    #[serde(rename = "usage")]
+    #[schema(value_type = Option<Object>, read_only)]
+    _usage: Option<IgnoredAny>,
 }
 
 /// Any subset of an account's fields (`PATCH`); absent fields keep their
@@ -135,6 +142,8 @@ pub(crate) struct UserPatch {
     /// Rate limits.
     #[schema(value_type = Option<BandwidthDoc>)]
     bandwidth: Option<Bandwidth>,
+    /// Concurrent logged-in sessions, all protocols (0: unlimited).
+    max_sessions: Option<u64>,
     /// CIDRs allowed to log in (replaces the list).
     #[schema(value_type = Option<Vec<CidrDoc>>)]
     allowed_ips: Option<Vec<IpNet>>,
@@ -152,6 +161,10 @@ pub(crate) struct UserPatch {
     #[serde(rename = "last_login_at")]
     #[schema(value_type = Option<String>, format = DateTime, read_only)]
     _last_login_at: Option<IgnoredAny>,
+    /// Ignored (read-only).
+    #[serde(rename = "usage")]
+    #[schema(value_type = Option<Object>, read_only)]
+    _usage: Option<IgnoredAny>,
 }
 
 impl From<NewUser> for UserPatch {
@@ -167,11 +180,13 @@ impl From<NewUser> for UserPatch {
             expires_at: Some(n.expires_at),
             quota: n.quota,
             bandwidth: n.bandwidth,
+            max_sessions: n.max_sessions,
             allowed_ips: Some(n.allowed_ips.unwrap_or_default()),
             protocols: n.protocols,
             description: Some(n.description.unwrap_or_default()),
             _created_at: None,
             _last_login_at: None,
+            _usage: None,
         }
     }
 }
@@ -207,6 +222,9 @@ impl UserPatch {
         if let Some(v) = self.bandwidth {
             user.bandwidth = v;
         }
+        if let Some(v) = self.max_sessions {
+            user.max_sessions = v;
+        }
         if let Some(v) = self.allowed_ips {
             user.allowed_ips = v;
         }
@@ -222,15 +240,6 @@ impl UserPatch {
             Some(Some(p)) => PasswordChange::Set(p),
         }
     }
-}
-
-/// Refuses text a database may reject (PostgreSQL stores no NUL byte) with
-/// a 422 instead of a 5xx from the store.
-pub(crate) fn check_text(field: &str, value: &str) -> ApiResult<()> {
-    if value.contains('\0') {
-        return Err(ApiError::invalid(field, "must not contain a NUL character"));
-    }
-    Ok(())
 }
 
 /// Checks what `User::validate` does not: text the database must store.
@@ -276,8 +285,42 @@ fn ends_sessions(old: &User, new: &User, password_changed: bool) -> bool {
 /// A page of accounts.
 #[derive(Debug, Serialize)]
 struct UserList {
-    items: Vec<User>,
+    items: Vec<UserView>,
     total: u64,
+}
+
+/// The user JSON of SPEC section 4: the stored account and its `usage`.
+#[derive(Debug, Serialize)]
+pub(crate) struct UserView {
+    #[serde(flatten)]
+    user: User,
+    /// What the home holds now, as the quota counts it.
+    usage: UsageView,
+}
+
+/// `usage` of the user JSON.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Usage)]
+pub(crate) struct UsageView {
+    /// Bytes (each file once, however many hard links it has).
+    bytes: u64,
+    /// Files (every name of a regular file).
+    files: u64,
+}
+
+/// The account with its current usage (zero if the home cannot be read).
+async fn view(state: &AppState, user: User) -> UserView {
+    let (bytes, files) = match state.gateway.usage(&user).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(user = %user.username, error = %e, "cannot measure a home");
+            (0, 0)
+        }
+    };
+    UserView {
+        user,
+        usage: UsageView { bytes, files },
+    }
 }
 
 /// Paging of `GET /api/v1/users`.
@@ -316,7 +359,11 @@ pub(crate) async fn list_users(
     }
     // The store takes a signed offset; larger ones are past the end anyway.
     let offset = page.offset.unwrap_or(0).min(i64::MAX as u64);
-    let (items, total) = state.gateway.store().list_users(limit, offset).await?;
+    let (users, total) = state.gateway.store().list_users(limit, offset).await?;
+    let mut items = Vec::with_capacity(users.len());
+    for user in users {
+        items.push(view(&state, user).await);
+    }
     Ok(Json(UserList { items, total }).into_response())
 }
 
@@ -356,7 +403,7 @@ pub(crate) async fn create_user(
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/users/{}", user.username)) {
         headers.insert(header::LOCATION, location);
     }
-    Ok((StatusCode::CREATED, headers, Json(user)).into_response())
+    Ok((StatusCode::CREATED, headers, Json(view(&state, user).await)).into_response())
 }
 
 /// Get one account.
@@ -374,8 +421,9 @@ pub(crate) async fn create_user(
 pub(crate) async fn get_user(
     State(state): State<AppState>,
     Path(username): Path<String>,
-) -> ApiResult<Json<User>> {
-    Ok(Json(load(&state, &username).await?))
+) -> ApiResult<Json<UserView>> {
+    let user = load(&state, &username).await?;
+    Ok(Json(view(&state, user).await))
 }
 
 async fn load(state: &AppState, username: &str) -> ApiResult<User> {
@@ -410,7 +458,7 @@ pub(crate) async fn replace_user(
     State(state): State<AppState>,
     Path(username): Path<String>,
     JsonBody(new): JsonBody<NewUser>,
-) -> ApiResult<Json<User>> {
+) -> ApiResult<Json<UserView>> {
     let old = load(&state, &username).await?;
     let mut user = User::new(&username);
     user.created_at = old.created_at;
@@ -438,7 +486,7 @@ pub(crate) async fn patch_user(
     State(state): State<AppState>,
     Path(username): Path<String>,
     JsonBody(patch): JsonBody<UserPatch>,
-) -> ApiResult<Json<User>> {
+) -> ApiResult<Json<UserView>> {
     let old = load(&state, &username).await?;
     let user = old.clone();
     update(&state, old, user, patch).await
@@ -450,7 +498,7 @@ async fn update(
     old: User,
     mut user: User,
     patch: UserPatch,
-) -> ApiResult<Json<User>> {
+) -> ApiResult<Json<UserView>> {
     if patch.username.as_deref().is_some_and(|n| n != old.username) {
         return Err(ApiError::invalid(
             "username",
@@ -479,7 +527,8 @@ async fn update(
         state.gateway.quotas().forget(&user.username);
     }
     tracing::info!(user = %user.username, "account updated");
-    Ok(Json(load(state, &user.username).await?))
+    let user = load(state, &user.username).await?;
+    Ok(Json(view(state, user).await))
 }
 
 /// Options of `DELETE /api/v1/users/{username}`.

@@ -17,6 +17,10 @@ pub enum FsError {
     /// The session was ended (admin kick, shutdown).
     #[error("session closed")]
     Closed,
+    /// An upload to this path is in progress (delete, rename and resize
+    /// wait for it to end).
+    #[error("file is being uploaded")]
+    Busy,
 }
 
 /// The protocol-neutral class of an error; each protocol maps these to its
@@ -51,7 +55,7 @@ impl FsError {
     /// The class that decides the protocol reply.
     pub fn class(&self) -> ErrorClass {
         match self {
-            FsError::Denied | FsError::Closed => ErrorClass::Denied,
+            FsError::Denied | FsError::Closed | FsError::Busy => ErrorClass::Denied,
             FsError::QuotaExceeded => ErrorClass::QuotaExceeded,
             FsError::Vfs(v) => match v {
                 VfsError::NotFound => ErrorClass::NotFound,

@@ -8,8 +8,11 @@
 //! `dropgate-vfs` types only: never to the database or the disk directly.
 //! This crate must not know any wire protocol.
 
+mod admission;
 mod audit;
+mod bandwidth;
 mod error;
+mod listener;
 mod metrics;
 mod permissions;
 mod quota;
@@ -24,8 +27,13 @@ use chrono::Utc;
 use dropgate_store::{Event, EventKind, Outcome, Protocol, Store, Verified};
 use dropgate_vfs::{LocalStorage, Storage, UploadMode};
 
+pub use admission::{
+    Admission, AdmissionConfig, AdmissionCounters, BanSnapshot, ConnectionPermit, LoginAttempt,
+    Refusal, Source,
+};
 pub use audit::AuditLog;
 pub use error::{ErrorClass, FsError, FsResult};
+pub use listener::{Accepted, AdmittingListener};
 pub use metrics::{Metrics, ProtocolCounters};
 pub use permissions::PermissionSet;
 pub use quota::{QuotaGuard, QuotaTracker, Usage};
@@ -45,6 +53,24 @@ pub struct GatewayConfig {
     pub upload_mode: UploadMode,
     /// Shown in events and sessions (`[cluster] node_name`).
     pub node_name: String,
+    /// Connection caps and the ban rules (`[limits]`).
+    pub admission: AdmissionConfig,
+    /// How long a client may take to log in after connecting, on every
+    /// protocol (`[limits] login_grace_secs`).
+    pub login_grace: std::time::Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults for everything but where the homes live.
+    pub fn new(storage_root: PathBuf) -> GatewayConfig {
+        GatewayConfig {
+            storage_root,
+            upload_mode: UploadMode::Atomic,
+            node_name: String::new(),
+            admission: AdmissionConfig::default(),
+            login_grace: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// What a client proved its identity with.
@@ -67,6 +93,10 @@ pub enum AuthError {
     /// The store or the storage is unreachable (temporary; 421 / disconnect).
     #[error("service unavailable")]
     Unavailable,
+    /// The source address is banned for failed logins: end the connection
+    /// (FTP 421, SSH disconnect) rather than let it keep guessing.
+    #[error("source banned")]
+    Banned,
 }
 
 /// The shared heart of the gateway: one per process, shared by every listener.
@@ -74,7 +104,9 @@ pub struct Gateway {
     store: Store,
     config: GatewayConfig,
     sessions: SessionRegistry,
+    admission: Arc<Admission>,
     quotas: QuotaTracker,
+    bandwidth: bandwidth::BandwidthTracker,
     audit: AuditLog,
     metrics: Metrics,
     /// Bounds background SHA-256 computations of committed uploads.
@@ -85,11 +117,14 @@ impl Gateway {
     /// Builds the gateway and starts its audit writer (needs a tokio runtime).
     pub fn new(store: Store, config: GatewayConfig) -> Arc<Gateway> {
         let audit = AuditLog::start(store.clone());
+        let admission = Admission::new(config.admission.clone());
         Arc::new(Gateway {
             store,
             config,
             sessions: SessionRegistry::default(),
+            admission,
             quotas: QuotaTracker::default(),
+            bandwidth: bandwidth::BandwidthTracker::default(),
             audit,
             metrics: Metrics::default(),
             hash_permits: tokio::sync::Semaphore::new(2),
@@ -104,6 +139,16 @@ impl Gateway {
     /// Live sessions.
     pub fn sessions(&self) -> &SessionRegistry {
         &self.sessions
+    }
+
+    /// Connection caps and the ban list, for every listener and the admin login.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// How long a client may take to log in after connecting.
+    pub fn login_grace(&self) -> std::time::Duration {
+        self.config.login_grace
     }
 
     /// The audit log.
@@ -135,6 +180,13 @@ impl Gateway {
     }
 
     /// Checks a login and opens a session jailed to the account's home.
+    ///
+    /// Order matters: a password attempt is counted against the source's
+    /// failure allowance before anything else (see [`Admission::begin_login`]);
+    /// the account's own rules (enabled, expiry, source address, protocol,
+    /// sessions) are decided before the secret, and an account they refuse
+    /// is verified against a dummy hash, so a right password for a refused
+    /// account is never cached and never answers faster than a wrong one.
     pub async fn authenticate(
         self: &Arc<Self>,
         protocol: Protocol,
@@ -142,10 +194,25 @@ impl Gateway {
         credential: Credential<'_>,
         peer: SocketAddr,
     ) -> Result<Session, AuthError> {
+        let attempt = match credential {
+            Credential::Password(_) => match self.admission.begin_login(peer.ip()) {
+                Ok(a) => Some(a),
+                Err(_) => return self.refuse_banned(protocol, username, peer),
+            },
+            // A key cannot be guessed, and clients offer several in turn:
+            // only the ban itself applies.
+            Credential::PublicKey(_) if self.admission.is_banned(peer.ip()) => {
+                return self.refuse_banned(protocol, username, peer);
+            }
+            Credential::PublicKey(_) => None,
+        };
         let record = match self.store.get_user(username).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "user lookup failed");
+                if let Some(a) = attempt {
+                    a.succeeded(); // our failure, not the client's
+                }
                 return Err(AuthError::Unavailable);
             }
         };
@@ -155,11 +222,17 @@ impl Gateway {
             Err(AuthError::Failed)
         };
 
-        // The secret is checked first and the same way whether or not the
-        // account exists, so timing does not tell them apart.
+        let refused = record
+            .as_ref()
+            .and_then(|r| self.account_refusal(&r.user, protocol, peer));
+        // The secret is checked the same way whether or not the account
+        // exists or may log in, so timing tells none of them apart.
         let verified = match credential {
             Credential::Password(pw) => {
-                let stored = record.as_ref().and_then(|r| r.password_hash.as_deref());
+                let stored = record
+                    .as_ref()
+                    .filter(|_| refused.is_none())
+                    .and_then(|r| r.password_hash.as_deref());
                 self.store.hasher().verify(pw, stored).await
             }
             Credential::PublicKey(offered) => {
@@ -179,30 +252,19 @@ impl Gateway {
         let Some(record) = record else {
             return fail("unknown user");
         };
+        if let Some(reason) = refused {
+            return fail(reason);
+        }
         if verified == Verified::Wrong {
             return fail(match credential {
                 Credential::Password(_) => "wrong password",
                 Credential::PublicKey(_) => "unknown public key",
             });
         }
+        if let Some(a) = attempt {
+            a.succeeded();
+        }
         let user = record.user;
-        if !user.enabled {
-            return fail("account disabled");
-        }
-        if user.expires_at.is_some_and(|t| t <= Utc::now()) {
-            return fail("account expired");
-        }
-        if !user.allowed_ips.is_empty()
-            && !user
-                .allowed_ips
-                .iter()
-                .any(|net| net.contains(&canonical_ip(peer.ip())))
-        {
-            return fail("source address not allowed");
-        }
-        if !user.protocols.contains(&protocol) {
-            return fail("protocol not allowed");
-        }
 
         if verified == Verified::OkNeedsRehash
             && let Credential::Password(pw) = credential
@@ -239,6 +301,7 @@ impl Gateway {
             .quotas
             .guard(&user.username, user.quota, fs.as_ref())
             .await;
+        let throttles = self.bandwidth.for_account(&user.username, user.bandwidth);
         let now = Utc::now();
         let store = self.store.clone();
         let name = user.username.clone();
@@ -247,19 +310,71 @@ impl Gateway {
                 tracing::warn!(error = %e, "could not record last login");
             }
         });
-        let session = Session::open(
+        let Some(session) = Session::open(
             self.clone(),
             user,
             protocol,
             peer,
             fs,
             quota,
-            self.config.upload_mode,
-        );
+            throttles,
+        ) else {
+            // Lost a race for the last place: the same generic failure.
+            return fail("too many sessions");
+        };
         self.metrics.login(protocol, true);
         self.audit
             .record(session.event(EventKind::Login, None, Outcome::Ok));
         Ok(session)
+    }
+
+    /// Why the account's own rules refuse this login, if they do.
+    fn account_refusal(
+        &self,
+        user: &User,
+        protocol: Protocol,
+        peer: SocketAddr,
+    ) -> Option<&'static str> {
+        if !user.enabled {
+            return Some("account disabled");
+        }
+        if user.expires_at.is_some_and(|t| t <= Utc::now()) {
+            return Some("account expired");
+        }
+        if !user.allowed_ips.is_empty()
+            && !user
+                .allowed_ips
+                .iter()
+                .any(|net| net.contains(&canonical_ip(peer.ip())))
+        {
+            return Some("source address not allowed");
+        }
+        if !user.protocols.contains(&protocol) {
+            return Some("protocol not allowed");
+        }
+        if user.max_sessions > 0
+            && self.sessions.count_user(&user.username) as u64 >= user.max_sessions
+        {
+            return Some("too many sessions");
+        }
+        None
+    }
+
+    fn refuse_banned(
+        &self,
+        protocol: Protocol,
+        username: &str,
+        peer: SocketAddr,
+    ) -> Result<Session, AuthError> {
+        self.metrics.login(protocol, false);
+        self.record_login(
+            protocol,
+            username,
+            peer,
+            Outcome::Denied,
+            Some("source banned"),
+        );
+        Err(AuthError::Banned)
     }
 
     fn record_login(
@@ -289,6 +404,18 @@ impl Gateway {
             node: self.config.node_name.clone(),
             session_id: None,
         });
+    }
+
+    /// What an account's home holds now, as the quota counts it: `(bytes,
+    /// files)`, each file's bytes once however many hard links it has. The
+    /// live count when this node tracks the account (it has a quota and has
+    /// logged in), otherwise measured from the storage.
+    pub async fn usage(&self, user: &User) -> Result<(u64, u64), FsError> {
+        if let Some(u) = self.quotas.current(&user.username) {
+            return Ok(u);
+        }
+        let fs = LocalStorage::open(&self.config.storage_root, &user.home)?;
+        Ok(quota::measure(&fs).await)
     }
 
     /// Per-account usage counters (the admin API forgets an account's on delete).

@@ -20,6 +20,11 @@ use crate::FsError;
 pub struct Usage {
     bytes: AtomicU64,
     files: AtomicU64,
+    /// Paths with an upload in progress, and how many. Deleting, renaming
+    /// or resizing such a path is refused until the upload ends: otherwise
+    /// its size would be given back twice (once by the delete, once by the
+    /// upload's commit, which releases what it replaces).
+    busy: Mutex<HashMap<String, u32>>,
 }
 
 impl Usage {
@@ -112,6 +117,51 @@ impl QuotaGuard {
     pub fn usage(&self) -> Option<&Usage> {
         self.usage.as_deref()
     }
+
+    /// Marks `path` as being uploaded until the returned guard drops.
+    pub(crate) fn mark_busy(&self, path: &VirtualPath) -> BusyPath {
+        if let Some(usage) = &self.usage {
+            *lock(&usage.busy)
+                .entry(path.as_str().to_owned())
+                .or_insert(0) += 1;
+        }
+        BusyPath {
+            usage: self.usage.clone(),
+            path: path.as_str().to_owned(),
+        }
+    }
+
+    /// Whether an upload to `path` is in progress.
+    pub(crate) fn is_busy(&self, path: &VirtualPath) -> bool {
+        self.usage
+            .as_ref()
+            .is_some_and(|u| lock(&u.busy).contains_key(path.as_str()))
+    }
+}
+
+/// An upload's mark on its target path (see [`Usage`]'s `busy`).
+pub(crate) struct BusyPath {
+    usage: Option<Arc<Usage>>,
+    path: String,
+}
+
+impl Drop for BusyPath {
+    fn drop(&mut self) {
+        if let Some(usage) = &self.usage {
+            let mut busy = lock(&usage.busy);
+            if let Some(n) = busy.get_mut(&self.path) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.remove(&self.path);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update leaves the map consistent, so a poisoned lock is usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Usage of every account with a quota, shared by all sessions of this process.
@@ -142,6 +192,7 @@ impl QuotaTracker {
                         Arc::new(Usage {
                             bytes: AtomicU64::new(bytes),
                             files: AtomicU64::new(files),
+                            busy: Mutex::default(),
                         })
                     })
                     .clone()
@@ -160,11 +211,20 @@ impl QuotaTracker {
             .unwrap_or_else(|p| p.into_inner())
             .remove(username);
     }
+
+    /// The usage of an account as counted now, if this process counts it.
+    pub fn current(&self, username: &str) -> Option<(u64, u64)> {
+        lock(&self.accounts)
+            .get(username)
+            .map(|u| (u.bytes(), u.files()))
+    }
 }
 
-/// Walks a home and adds up file sizes (symlinks are not followed twice:
-/// only regular files count).
-async fn measure(fs: &dyn Storage) -> (u64, u64) {
+/// Walks a home and adds up what the quota counts: every name of a regular
+/// file is a file, and each file's bytes count once however many hard links
+/// it has (symlinks and special files count nothing).
+pub(crate) async fn measure(fs: &dyn Storage) -> (u64, u64) {
+    let mut seen_linked = std::collections::HashSet::new();
     let (mut bytes, mut files) = (0u64, 0u64);
     let mut stack = vec![VirtualPath::root()];
     while let Some(dir) = stack.pop() {
@@ -181,8 +241,10 @@ async fn measure(fs: &dyn Storage) -> (u64, u64) {
             if meta.is_dir() {
                 stack.push(path);
             } else if meta.is_file() {
-                bytes += meta.size;
                 files += 1;
+                if meta.nlink <= 1 || seen_linked.insert(meta.unique) {
+                    bytes += meta.size;
+                }
             }
         }
     }

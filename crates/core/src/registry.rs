@@ -89,8 +89,30 @@ pub struct SessionRegistry {
 }
 
 impl SessionRegistry {
-    pub(crate) fn insert(&self, entry: Arc<SessionEntry>) {
-        self.lock().insert(entry.id.clone(), entry);
+    /// Registers a session unless its account already has `max_sessions`
+    /// live ones (0: no limit); check and insert are one step, so parallel
+    /// logins cannot overshoot.
+    pub(crate) fn try_insert(&self, entry: Arc<SessionEntry>, max_sessions: u64) -> bool {
+        let mut sessions = self.lock();
+        if max_sessions > 0 {
+            let live = sessions
+                .values()
+                .filter(|e| e.username == entry.username)
+                .count() as u64;
+            if live >= max_sessions {
+                return false;
+            }
+        }
+        sessions.insert(entry.id.clone(), entry);
+        true
+    }
+
+    /// Live sessions of one account.
+    pub fn count_user(&self, username: &str) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| e.username == username)
+            .count()
     }
 
     pub(crate) fn remove(&self, id: &str) {

@@ -13,12 +13,14 @@ use bytes::Bytes;
 use chrono::Utc;
 use dropgate_store::{Event, EventKind, Outcome, Permission, Protocol, User};
 use dropgate_vfs::{
-    CreateOptions, DirStream, FileReader, FileWriter, FsStats, Metadata, Storage, UploadMode,
-    VfsError, VirtualPath, WriteStart,
+    CreateOptions, DirStream, FileKind, FileReader, FileWriter, FsStats, Metadata, Storage,
+    UploadMode, VfsError, VirtualPath, WriteStart,
 };
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::bandwidth::AccountThrottles;
+use crate::quota::BusyPath;
 use crate::registry::{Direction, SessionEntry, TransferState};
 use crate::{FsError, FsResult, Gateway, PermissionSet, QuotaGuard};
 
@@ -34,8 +36,14 @@ struct Inner {
     user: User,
     protocol: Protocol,
     perms: PermissionSet,
+    /// Every path has the same rights (the default `{"/": ["*"]}`): links
+    /// and folder moves cannot change what is allowed, so they need no
+    /// extra checks.
+    uniform_rights: bool,
     fs: Arc<dyn Storage>,
     quota: QuotaGuard,
+    /// The account's rate limits, shared with its other sessions.
+    throttles: AccountThrottles,
     upload_mode: UploadMode,
     started: Instant,
 }
@@ -97,8 +105,9 @@ impl Session {
         peer: SocketAddr,
         fs: Arc<dyn Storage>,
         quota: QuotaGuard,
-        upload_mode: UploadMode,
-    ) -> Session {
+        throttles: AccountThrottles,
+    ) -> Option<Session> {
+        let upload_mode = gateway.config.upload_mode;
         let id = format!("{:016x}", rand_id());
         let entry = Arc::new(SessionEntry {
             id,
@@ -109,21 +118,29 @@ impl Session {
             cancel: CancellationToken::new(),
             transfers: Default::default(),
         });
-        gateway.sessions().insert(entry.clone());
+        if !gateway
+            .sessions()
+            .try_insert(entry.clone(), user.max_sessions)
+        {
+            return None;
+        }
         let perms = PermissionSet::new(&user.permissions);
-        Session {
+        let uniform_rights = perms.is_uniform();
+        Some(Session {
             inner: Arc::new(Inner {
                 gateway,
                 entry,
                 user,
                 protocol,
                 perms,
+                uniform_rights,
                 fs,
                 quota,
+                throttles,
                 upload_mode,
                 started: Instant::now(),
             }),
-        }
+        })
     }
 
     /// The session id (as listed by the admin API).
@@ -294,6 +311,9 @@ impl Session {
         }
         let existing = match self.inner.fs.metadata(path).await {
             Ok(m) if m.is_dir() => return Err(VfsError::IsADirectory.into()),
+            // A file with other hard links keeps its bytes when this name is
+            // replaced: nothing of it is given back.
+            Ok(m) if m.nlink > 1 => Some(0),
             Ok(m) => Some(m.size),
             Err(VfsError::NotFound) => None,
             Err(e) => return Err(e.into()),
@@ -322,7 +342,22 @@ impl Session {
             }
         };
         let initial = writer.initial_len();
+        // An atomic resume or append copies the kept prefix into the
+        // temporary: until the commit, the disk holds it twice.
+        let prefix_copy = match (self.inner.upload_mode, start) {
+            (UploadMode::Atomic, WriteStart::Truncate) => 0,
+            (UploadMode::Atomic, _) => initial,
+            _ => 0,
+        };
+        if let Err(e) = self.inner.quota.reserve_bytes(prefix_copy) {
+            writer.abort().await;
+            if new_file {
+                self.inner.quota.release_file();
+            }
+            return Err(e);
+        }
         Ok(Upload {
+            busy: self.inner.quota.mark_busy(path),
             transfer: self.start_transfer(path, Direction::Upload),
             session: self.clone(),
             path: path.clone(),
@@ -332,7 +367,7 @@ impl Session {
             old_size: existing.unwrap_or(0),
             new_file,
             end: AtomicU64::new(initial),
-            reserved: AtomicU64::new(0),
+            reserved: AtomicU64::new(prefix_copy),
             failed: AtomicBool::new(false),
         })
     }
@@ -351,10 +386,16 @@ impl Session {
             if from.is_root() || to.is_root() {
                 return Err(FsError::Denied);
             }
+            if self.inner.quota.is_busy(from) || self.inner.quota.is_busy(to) {
+                return Err(FsError::Busy);
+            }
+            if !self.inner.uniform_rights {
+                self.check_move_keeps_rights(from, to).await?;
+            }
             let replaced = match self.inner.fs.symlink_metadata(to).await {
                 Ok(m) if overwrite => {
                     self.check(to, Permission::Overwrite)?;
-                    m.is_file().then_some(m.size)
+                    m.is_file().then_some(if m.nlink > 1 { 0 } else { m.size })
                 }
                 Ok(_) => return Err(VfsError::AlreadyExists.into()),
                 Err(_) => None,
@@ -371,14 +412,41 @@ impl Session {
         r
     }
 
+    /// Where rights differ by path, a move must not change the rights of
+    /// anything it carries: a folder moves only if every rule below it maps
+    /// onto an identical rule at the target (`/a` with a read-only `/a/ro`
+    /// cannot become `/b`, where `ro` would fall under `/`'s rules), and a
+    /// symlink stays in its folder (its target is stored relative to it, so
+    /// elsewhere it would point somewhere else).
+    async fn check_move_keeps_rights(&self, from: &VirtualPath, to: &VirtualPath) -> FsResult<()> {
+        let meta = self.inner.fs.symlink_metadata(from).await?;
+        let allowed = match meta.kind {
+            FileKind::Dir => self.inner.perms.subtree_moves_intact(from, to),
+            FileKind::Symlink => from.parent() == to.parent(),
+            FileKind::File | FileKind::Other => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(FsError::Denied)
+        }
+    }
+
     /// Deletes a file. Needs `delete`.
     pub async fn remove_file(&self, path: &VirtualPath) -> FsResult<()> {
         let r = async {
             self.check(path, Permission::Delete)?;
+            if self.inner.quota.is_busy(path) {
+                return Err(FsError::Busy);
+            }
             let meta = self.inner.fs.symlink_metadata(path).await?;
             self.inner.fs.remove_file(path).await?;
             if meta.is_file() {
-                self.inner.quota.release_bytes(meta.size);
+                // Bytes are counted once per file, not per name: with other
+                // hard links left, they stay in use.
+                if meta.nlink <= 1 {
+                    self.inner.quota.release_bytes(meta.size);
+                }
                 self.inner.quota.release_file();
             }
             Ok(())
@@ -430,6 +498,9 @@ impl Session {
     pub async fn set_len(&self, path: &VirtualPath, size: u64) -> FsResult<()> {
         let r = async {
             self.check(path, Permission::Overwrite)?;
+            if self.inner.quota.is_busy(path) {
+                return Err(FsError::Busy);
+            }
             let old = self.inner.fs.metadata(path).await?.size;
             if size > old {
                 self.inner.quota.reserve_bytes(size - old)?;
@@ -463,27 +534,19 @@ impl Session {
     /// Links may not become a way around path permissions: both ends must be
     /// governed by exactly the same rights.
     fn same_rights(&self, a: &VirtualPath, b: &VirtualPath) -> bool {
-        const ALL: [Permission; 9] = [
-            Permission::List,
-            Permission::Download,
-            Permission::Upload,
-            Permission::Overwrite,
-            Permission::Delete,
-            Permission::Rename,
-            Permission::Mkdir,
-            Permission::Rmdir,
-            Permission::Chtimes,
-        ];
-        ALL.iter()
+        Permission::EACH
+            .iter()
             .all(|p| self.inner.perms.allows(a, *p) == self.inner.perms.allows(b, *p))
     }
 
-    /// Creates a symlink `link` -> `target`. Needs `upload` on the link and
-    /// the same rights on both ends.
+    /// Creates a symlink `link` -> `target`. Needs `upload` on the link,
+    /// and an account whose rights are the same everywhere: where rights
+    /// differ by path, a link (or a folder holding one, once moved) could
+    /// reach a path under the rights of another, so none can be made.
     pub async fn symlink(&self, target: &VirtualPath, link: &VirtualPath) -> FsResult<()> {
         let r = async {
             self.check(link, Permission::Upload)?;
-            if !self.same_rights(target, link) {
+            if !self.inner.uniform_rights || !self.same_rights(target, link) {
                 return Err(FsError::Denied);
             }
             Ok(self.inner.fs.symlink(target, link).await?)
@@ -596,6 +659,20 @@ impl Download {
         self.len() == 0
     }
 
+    /// Waits until the account's download rate allows `bytes` more; call
+    /// before sending them. Returns at once without a limit.
+    pub async fn throttle(&self, bytes: u64) {
+        if let Some(t) = &self.session.inner.throttles.download {
+            t.take(bytes).await;
+        }
+    }
+
+    /// Whether the account has a download rate limit (senders then move
+    /// smaller pieces, so the rate is smooth).
+    pub fn is_throttled(&self) -> bool {
+        self.session.inner.throttles.download.is_some()
+    }
+
     /// Counts bytes sent to the client.
     pub fn add_bytes(&self, n: u64) {
         self.transfer.bytes.fetch_add(n, Ordering::Relaxed);
@@ -659,8 +736,12 @@ pub struct Upload {
     new_file: bool,
     /// Highest offset written so far.
     end: AtomicU64,
-    /// Bytes reserved against the quota beyond `initial_len`.
+    /// Bytes reserved against the quota: beyond `initial_len`, plus the
+    /// copied prefix of an atomic resume.
     reserved: AtomicU64,
+    /// While it lives, the target cannot be deleted, renamed or resized.
+    #[allow(dead_code)] // held for its Drop
+    busy: BusyPath,
     failed: AtomicBool,
 }
 
@@ -709,6 +790,9 @@ impl Upload {
         let Some(writer) = &self.writer else {
             return Err(FsError::Closed);
         };
+        if let Some(t) = &self.session.inner.throttles.upload {
+            t.take(len).await;
+        }
         match writer.write_at(offset, data).await {
             Ok(()) => {
                 self.transfer.bytes.fetch_add(len, Ordering::Relaxed);

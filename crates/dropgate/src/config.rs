@@ -185,6 +185,7 @@ pub(crate) struct LimitsSection {
     pub(crate) login_failures_before_ban: u32,
     pub(crate) ban_window_secs: u64,
     pub(crate) ban_secs: u64,
+    pub(crate) login_grace_secs: u64,
 }
 
 impl Default for Config {
@@ -293,6 +294,7 @@ impl Default for LimitsSection {
             login_failures_before_ban: 10,
             ban_window_secs: 600,
             ban_secs: 1800,
+            login_grace_secs: 60,
         }
     }
 }
@@ -506,6 +508,15 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
     }
     if raw.limits.max_connections_per_ip == 0 {
         return Err(bad("limits.max_connections_per_ip", "must be at least 1"));
+    }
+    if raw.limits.login_failures_before_ban > 0 && raw.limits.ban_window_secs == 0 {
+        return Err(bad("limits.ban_window_secs", "must be at least 1"));
+    }
+    if raw.limits.login_failures_before_ban > 0 && raw.limits.ban_secs == 0 {
+        return Err(bad("limits.ban_secs", "must be at least 1"));
+    }
+    if raw.limits.login_grace_secs == 0 {
+        return Err(bad("limits.login_grace_secs", "must be at least 1"));
     }
     let node_name = if raw.cluster.node_name.is_empty() {
         std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use dropgate_admin::{AdminConfig, AdminServer};
-use dropgate_core::{Gateway, GatewayConfig};
+use dropgate_core::{AdmissionConfig, Gateway, GatewayConfig};
 use dropgate_ftp::{FtpConfig, FtpServer, TlsMode};
 use dropgate_ftps::{FtpsTls, TlsError, TlsSettings};
 use dropgate_sftp::{SftpConfig, SftpError, SftpServer};
@@ -54,6 +54,14 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
                 UploadModeSetting::Direct => UploadMode::Direct,
             },
             node_name: cfg.node_name.clone(),
+            admission: AdmissionConfig {
+                max_connections: cfg.raw.limits.max_connections,
+                max_connections_per_source: cfg.raw.limits.max_connections_per_ip,
+                failures_before_ban: cfg.raw.limits.login_failures_before_ban,
+                ban_window: Duration::from_secs(cfg.raw.limits.ban_window_secs),
+                ban_duration: Duration::from_secs(cfg.raw.limits.ban_secs),
+            },
+            login_grace: Duration::from_secs(cfg.raw.limits.login_grace_secs),
         },
     );
 
@@ -86,7 +94,6 @@ async fn start_listeners(
     shutdown: &CancellationToken,
     set: &mut JoinSet<()>,
 ) -> Result<(), CliError> {
-    let limits = &cfg.raw.limits;
     let mut bound: Vec<(String, SocketAddr)> = Vec::new();
     let announce = |protocol: &str, addrs: &[SocketAddr], bound: &mut Vec<(String, SocketAddr)>| {
         for a in addrs {
@@ -131,8 +138,6 @@ async fn start_listeners(
         active_mode: cfg.raw.ftp.active_mode,
         idle_timeout: Duration::from_secs(cfg.raw.ftp.idle_timeout_secs),
         banner: cfg.raw.ftp.banner.clone(),
-        max_connections: limits.max_connections,
-        max_connections_per_ip: limits.max_connections_per_ip,
         tls: tls.clone(),
         tls_mode,
         implicit_tls: false,
@@ -182,8 +187,6 @@ async fn start_listeners(
             host_keys: cfg.raw.sftp.host_keys.clone(),
             data_dir: cfg.data_dir.clone(),
             legacy_algorithms: cfg.raw.sftp.legacy_algorithms,
-            max_connections: limits.max_connections,
-            max_connections_per_ip: limits.max_connections_per_ip,
             idle_timeout: Duration::from_secs(cfg.raw.ftp.idle_timeout_secs.max(60) * 2),
         };
         let server = SftpServer::bind(sftp_cfg, gateway.clone())

@@ -25,7 +25,7 @@ async fn main() {
     let user = args.next().unwrap_or_else(|| "bench".into());
     let password = args.next().unwrap_or_else(|| "bench".into());
 
-    let tg = TestGateway::new().await;
+    let tg = TestGateway::with_config(|c| c.admission.max_connections_per_source = 500).await;
     tg.add_user(&user, &password).await;
     let tls = FtpsTls::load(TlsSettings {
         cert: None,
@@ -42,8 +42,6 @@ async fn main() {
         active_mode: true,
         idle_timeout: Duration::from_secs(300),
         banner: "dropgate ready".into(),
-        max_connections: 2000,
-        max_connections_per_ip: 500,
         tls: Some(tls),
         tls_mode: TlsMode::Optional,
         implicit_tls: false,

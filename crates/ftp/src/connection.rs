@@ -97,6 +97,7 @@ enum Event {
     Closed,
     TooLong,
     Idle,
+    LoginGrace,
     Shutdown,
     Kicked,
     TransferDone(TransferOutcome),
@@ -141,6 +142,9 @@ pub(crate) struct Connection {
     commit_rx: mpsc::Receiver<oneshot::Sender<bool>>,
     /// When the session counts as idle.
     idle_deadline: Instant,
+    /// A client not logged in by then is disconnected, whatever it sends
+    /// (NOOP, FEAT and refused commands do not keep it alive).
+    pub(crate) login_deadline: Instant,
 }
 
 impl Connection {
@@ -155,6 +159,7 @@ impl Connection {
         shutdown: CancellationToken,
     ) -> Connection {
         let idle = ctx.idle_limit();
+        let ctx_login_grace = ctx.gateway.login_grace();
         let (commit_tx, commit_rx) = mpsc::channel(1);
         Connection {
             control: ControlChannel::new(
@@ -181,6 +186,7 @@ impl Connection {
             commit_tx,
             commit_rx,
             idle_deadline: Instant::now() + idle,
+            login_deadline: Instant::now() + ctx_login_grace,
         }
     }
 
@@ -220,6 +226,10 @@ impl Connection {
                     return;
                 }
                 Event::Idle => break Some(Reply::new(421, "Timeout.")),
+                Event::LoginGrace => {
+                    tracing::info!(peer = %self.peer, "FTP login grace time exceeded");
+                    break Some(Reply::new(421, "Login timeout."));
+                }
                 Event::Shutdown => break Some(Reply::new(421, "Server shutting down.")),
                 Event::Kicked => {
                     break Some(Reply::new(421, "Session closed by the administrator."));
@@ -250,6 +260,7 @@ impl Connection {
             commit_rx,
             control,
             idle_deadline,
+            login_deadline,
             data,
             ..
         } = self;
@@ -262,6 +273,7 @@ impl Connection {
             Login::Done(s) => Some(s.cancelled()),
             Login::Pending(_) => None,
         };
+        let logging_in = kicked.is_none();
         let transferring = running.is_some();
         tokio::select! {
             biased;
@@ -284,6 +296,7 @@ impl Connection {
                 }
             },
             _ = tokio::time::sleep_until(*idle_deadline), if !transferring => Event::Idle,
+            _ = tokio::time::sleep_until(*login_deadline), if logging_in => Event::LoginGrace,
             _ = sleep_until_maybe(passive_deadline), if passive_deadline.is_some() => Event::PassiveExpired,
         }
     }

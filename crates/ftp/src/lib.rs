@@ -44,7 +44,8 @@ pub use dropgate_ftps::{FtpsTls, TlsSettings};
 pub use error::FtpError;
 pub use server::FtpServer;
 
-/// Settings of one FTP listener (the `[ftp]` section and `[limits]`).
+/// Settings of one FTP listener (the `[ftp]` section). Connection caps and
+/// bans are the gateway's ([`dropgate_core::Admission`]), shared by every listener.
 #[derive(Debug, Clone)]
 pub struct FtpConfig {
     /// Addresses to listen on (port 0: any free port, see
@@ -61,10 +62,6 @@ pub struct FtpConfig {
     pub idle_timeout: Duration,
     /// Text of the 220 greeting.
     pub banner: String,
-    /// Most simultaneous connections on this listener (0: no limit).
-    pub max_connections: usize,
-    /// Most simultaneous connections from one IP address (0: no limit).
-    pub max_connections_per_ip: usize,
     /// Certificate and TLS settings for FTPS (`[ftps]`); `None`: no TLS on
     /// this listener (`AUTH` is answered 502).
     pub tls: Option<Arc<FtpsTls>>,

@@ -13,6 +13,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use dropgate_core::Admission;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// How many ports one PASV tries before giving up (ports held by other
@@ -161,6 +162,8 @@ pub(crate) struct PendingPassive {
     client: IpAddr,
     /// After this, the port goes back to the pool.
     deadline: Instant,
+    /// Bans apply to data connections too.
+    admission: Option<Arc<Admission>>,
 }
 
 impl PendingPassive {
@@ -176,7 +179,15 @@ impl PendingPassive {
             lease,
             client,
             deadline: Instant::now() + wait,
+            admission: None,
         }
+    }
+
+    /// Refuses data connections from a banned source (the control
+    /// connection may have been admitted before the ban).
+    pub(crate) fn admitted_by(mut self, admission: Arc<Admission>) -> PendingPassive {
+        self.admission = Some(admission);
+        self
     }
 
     /// When the listener expires.
@@ -193,10 +204,17 @@ impl PendingPassive {
             lease,
             client,
             deadline,
+            admission,
         } = self;
         let result = tokio::time::timeout_at(deadline.into(), async {
             loop {
                 match listener.accept().await {
+                    Ok((stream, from))
+                        if admission.as_ref().is_some_and(|a| a.is_banned(from.ip())) =>
+                    {
+                        tracing::info!(%from, "data connection from a banned source refused");
+                        drop(stream);
+                    }
                     Ok((stream, from)) if same_host(from.ip(), client) => return Ok(stream),
                     Ok((stream, from)) => {
                         tracing::warn!(%from, expected = %client, port = lease.port(), "data connection from a foreign address refused");

@@ -222,8 +222,6 @@ mod tests {
             active_mode: false,
             idle_timeout: std::time::Duration::from_secs(1),
             banner: String::new(),
-            max_connections: 0,
-            max_connections_per_ip: 0,
             tls,
             tls_mode: mode,
             implicit_tls: false,

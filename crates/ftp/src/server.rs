@@ -1,14 +1,14 @@
-//! The accept loop: binds the listen addresses, applies the connection
-//! limits, starts one task per control connection, and on shutdown stops
+//! The accept loop: binds the listen addresses, lets core's admission
+//! (connection caps, bans) decide on each connection, starts one task per
+//! control connection, and on shutdown stops
 //! accepting and lets every session say goodbye (421) before returning.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use dropgate_core::Gateway;
+use dropgate_core::{Accepted, AdmittingListener, Gateway, Refusal};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -25,8 +25,6 @@ use crate::{FtpConfig, FtpError, TlsMode};
 const BACKLOG: u32 = 1024;
 /// How long sessions get to finish after shutdown before they are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Longest pause after repeated accept errors (out of descriptors).
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A bound FTP listener, ready to [`run`](FtpServer::run).
 pub struct FtpServer {
@@ -77,13 +75,10 @@ impl FtpServer {
     /// `421 Server shutting down` and is closed before this returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let FtpServer { listeners, ctx, .. } = self;
-        let limits = Arc::new(ConnectionLimits::new(
-            ctx.config.max_connections,
-            ctx.config.max_connections_per_ip,
-        ));
-        let (accepted_tx, mut accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        let (accepted_tx, mut accepted) = mpsc::channel::<Accepted>(64);
         let mut acceptors = JoinSet::new();
         for listener in listeners {
+            let listener = AdmittingListener::new(listener, ctx.gateway.admission().clone());
             acceptors.spawn(accept_loop(listener, accepted_tx.clone()));
         }
         drop(accepted_tx);
@@ -92,25 +87,22 @@ impl FtpServer {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some((stream, peer)) = accepted.recv() => {
-                    match limits.admit(peer.ip()) {
-                        Some(slot) => {
-                            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-                            sessions.spawn(async move {
-                                serve_connection(stream, peer, ctx, shutdown).await;
-                                drop(slot);
-                            });
-                        }
-                        None => {
-                            tracing::info!(%peer, "connection refused: too many connections");
-                            // An implicit-FTPS client expects a TLS handshake,
-                            // not a clear-text reply: just close.
-                            if !ctx.config.implicit_tls {
-                                sessions.spawn(refuse(stream));
-                            }
+                Some(conn) = accepted.recv() => match conn {
+                    Accepted::Admitted(stream, peer, permit) => {
+                        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                        sessions.spawn(async move {
+                            serve_connection(stream, peer, ctx, shutdown).await;
+                            drop(permit);
+                        });
+                    }
+                    Accepted::Refused(stream, _, why) => {
+                        // An implicit-FTPS client expects a TLS handshake,
+                        // not a clear-text reply: just close.
+                        if !ctx.config.implicit_tls {
+                            sessions.spawn(refuse(stream, why));
                         }
                     }
-                }
+                },
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
@@ -146,21 +138,11 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-async fn accept_loop(listener: TcpListener, out: mpsc::Sender<(TcpStream, SocketAddr)>) {
-    let mut backoff = Duration::from_millis(5);
+async fn accept_loop(mut listener: AdmittingListener, out: mpsc::Sender<Accepted>) {
     loop {
-        match listener.accept().await {
-            Ok(conn) => {
-                backoff = Duration::from_millis(5);
-                if out.send(conn).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-            }
+        let conn = listener.accept().await;
+        if out.send(conn).await.is_err() {
+            return;
         }
     }
 }
@@ -210,110 +192,15 @@ async fn serve_connection(
         .await;
 }
 
-async fn refuse(mut stream: TcpStream) {
+/// The one line a refused client reads before the close.
+async fn refuse(mut stream: TcpStream, why: Refusal) {
+    let line: &[u8] = match why {
+        Refusal::Banned => b"421 Too many failed logins from your address; try again later.\r\n",
+        Refusal::ServerFull | Refusal::SourceFull => b"421 Too many connections.\r\n",
+    };
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = stream.write_all(b"421 Too many connections.\r\n").await;
+        let _ = stream.write_all(line).await;
         let _ = stream.shutdown().await;
     })
     .await;
-}
-
-/// Counts connections, in total and per source address.
-struct ConnectionLimits {
-    max_total: usize,
-    max_per_ip: usize,
-    state: Mutex<LimitState>,
-}
-
-#[derive(Default)]
-struct LimitState {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-/// One admitted connection; dropping it frees its place.
-struct ConnectionSlot {
-    limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
-}
-
-impl ConnectionLimits {
-    fn new(max_total: usize, max_per_ip: usize) -> ConnectionLimits {
-        ConnectionLimits {
-            max_total,
-            max_per_ip,
-            state: Mutex::default(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, LimitState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
-        let ip = ip.to_canonical();
-        let mut st = self.lock();
-        let from_ip = st.per_ip.get(&ip).copied().unwrap_or(0);
-        if (self.max_total != 0 && st.total >= self.max_total)
-            || (self.max_per_ip != 0 && from_ip >= self.max_per_ip)
-        {
-            return None;
-        }
-        st.total += 1;
-        st.per_ip.insert(ip, from_ip + 1);
-        Some(ConnectionSlot {
-            limits: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut st = self.limits.lock();
-        st.total = st.total.saturating_sub(1);
-        if let Some(n) = st.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                st.per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn limits_total_and_per_ip() {
-        let limits = Arc::new(ConnectionLimits::new(3, 2));
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let a1 = limits.admit(a).unwrap();
-        let a2 = limits.admit(a).unwrap();
-        assert!(limits.admit(a).is_none(), "per-IP limit");
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert!(
-            limits.admit(mapped).is_none(),
-            "IPv4-mapped counts as the same IP"
-        );
-        let b1 = limits.admit(b).unwrap();
-        assert!(limits.admit(b).is_none(), "total limit");
-        drop(a1);
-        let b2 = limits.admit(b).unwrap();
-        drop((a2, b1, b2));
-        assert_eq!(limits.lock().total, 0);
-        assert!(limits.lock().per_ip.is_empty());
-    }
-
-    #[test]
-    fn zero_means_unlimited() {
-        let limits = Arc::new(ConnectionLimits::new(0, 0));
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let slots: Vec<_> = (0..100).map(|_| limits.admit(ip).unwrap()).collect();
-        assert_eq!(limits.lock().total, 100);
-        drop(slots);
-    }
 }

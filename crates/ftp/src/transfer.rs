@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use dropgate_core::store::Permission;
 use dropgate_core::vfs::{DirStream, Metadata, VirtualPath};
-use dropgate_core::{Download, FsError, Session, Upload};
+use dropgate_core::{Download, ErrorClass, FsError, Session, Upload};
 use dropgate_ftps::ControlTls;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, Interest};
 use tokio::net::TcpStream;
@@ -37,6 +37,8 @@ use crate::reply::{Reply, push_escaped};
 
 /// Most bytes one `sendfile` call may move.
 const SENDFILE_CHUNK: u64 = 4 << 20;
+/// The same under a download rate limit: small enough for a smooth rate.
+const THROTTLED_CHUNK: u64 = 64 << 10;
 /// Read size of the download fallback (TLS, ASCII, non-local storage).
 const COPY_CHUNK: usize = 1 << 20;
 /// Upload buffer size (two of them per upload).
@@ -315,9 +317,20 @@ async fn send_zero_copy(
     ctl: &TransferControl,
 ) -> Result<(), TransferError> {
     let mut pos = offset;
+    let chunk = if download.is_throttled() {
+        THROTTLED_CHUNK
+    } else {
+        SENDFILE_CHUNK
+    };
+    // Bytes taken from the account's rate limit and not sent yet.
+    let mut paid = 0u64;
     while pos < len {
         net(ctl, tcp.writable()).await?;
-        let want = usize::try_from((len - pos).min(SENDFILE_CHUNK)).unwrap_or(usize::MAX);
+        if paid == 0 {
+            paid = (len - pos).min(chunk);
+            download.throttle(paid).await;
+        }
+        let want = usize::try_from(paid.min(len - pos)).unwrap_or(usize::MAX);
         let sent = tcp.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(tcp, file, Some(&mut pos), want).map_err(io::Error::from)
         });
@@ -325,6 +338,7 @@ async fn send_zero_copy(
             // The file shrank after it was opened: send what there is.
             Ok(0) => break,
             Ok(n) => {
+                paid = paid.saturating_sub(n as u64);
                 download.add_bytes(n as u64);
                 ctl.progress.fetch_add(n as u64, Ordering::Relaxed);
             }
@@ -374,6 +388,7 @@ async fn send_copy(
             }
             None => &chunk,
         };
+        download.throttle(chunk.len() as u64).await;
         let (written, following) =
             tokio::join!(net(ctl, stream.write_all(out)), disk(ctl, read(next)));
         written?;
@@ -386,8 +401,44 @@ async fn send_copy(
     Ok(())
 }
 
+/// After a refused write (quota, full disk), how long and how much of what
+/// the client is still sending is read and dropped, so that it finishes
+/// sending and reads the 552/452 reply instead of a connection reset.
+const DRAIN_TIME: Duration = Duration::from_secs(15);
+const DRAIN_BYTES: u64 = 1 << 30;
+
 async fn receive_file(
     mut stream: DataStream,
+    upload: &Upload,
+    ascii: bool,
+    ctl: &TransferControl,
+) -> Result<(), TransferError> {
+    let r = receive_into(&mut stream, upload, ascii, ctl).await;
+    if let Err(TransferError::Fs(e)) = &r
+        && matches!(e.class(), ErrorClass::QuotaExceeded | ErrorClass::NoSpace)
+    {
+        drain(&mut stream, ctl).await;
+    }
+    r
+}
+
+/// Reads and drops what the client still sends, within the drain limits.
+async fn drain(stream: &mut DataStream, ctl: &TransferControl) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while total < DRAIN_BYTES {
+            match net(ctl, stream.read(&mut buf)).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n as u64,
+            }
+        }
+    })
+    .await;
+}
+
+async fn receive_into(
+    stream: &mut DataStream,
     upload: &Upload,
     ascii: bool,
     ctl: &TransferControl,
@@ -396,7 +447,7 @@ async fn receive_file(
     let mut pos = upload.initial_len();
     let mut current = BytesMut::with_capacity(UPLOAD_CHUNK);
     let mut next = BytesMut::with_capacity(UPLOAD_CHUNK);
-    let mut eof = fill(&mut stream, &mut current, ctl).await?;
+    let mut eof = fill(stream, &mut current, ctl).await?;
     loop {
         let data = match from_net.as_mut() {
             Some(conv) => {
@@ -427,7 +478,7 @@ async fn receive_file(
         // One disk write in flight while the next buffer fills.
         let (_, at_end) = tokio::try_join!(
             disk(ctl, upload.write_at(pos, data)),
-            fill(&mut stream, &mut next, ctl)
+            fill(stream, &mut next, ctl)
         )?;
         pos += n;
         ctl.progress.fetch_add(n, Ordering::Relaxed);
@@ -535,6 +586,16 @@ impl<W: AsyncWrite + Unpin> ListingWriter<'_, W> {
         name: &str,
         meta: &Metadata,
     ) -> Result<(), TransferError> {
+        // A name with a line break (made on disk by other means; no protocol
+        // here accepts one) would forge extra entries for mirror clients:
+        // show `?` instead, as vsftpd does.
+        let shown;
+        let name = if name.contains(['\r', '\n']) {
+            shown = name.replace(['\r', '\n'], "?");
+            shown.as_str()
+        } else {
+            name
+        };
         let text = match self.format {
             ListFormat::Long => listing::long_line(name, meta, self.now),
             ListFormat::Names => name.to_owned(),

@@ -802,8 +802,6 @@ async fn tls_listeners_without_a_certificate_are_refused() {
             active_mode: false,
             idle_timeout: Duration::from_secs(10),
             banner: "x".into(),
-            max_connections: 0,
-            max_connections_per_ip: 0,
             tls: None,
             tls_mode,
             implicit_tls,

@@ -390,6 +390,7 @@ async fn on_handle(
             if data.is_empty() {
                 return Err(Failure(StatusCode::Eof, "End of file"));
             }
+            d.throttle(data.len() as u64).await;
             d.add_bytes(data.len() as u64);
             Ok(codec::encode_data(id, &data))
         }

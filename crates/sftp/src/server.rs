@@ -2,22 +2,20 @@
 //! before any SSH byte is exchanged, the login grace timer, and shutdown.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use dropgate_core::Gateway;
+use dropgate_core::{Accepted, AdmittingListener, ConnectionPermit, Gateway};
 use russh::keys::{Algorithm, HashAlg, PrivateKey};
 use russh::{Preferred, cipher, compression, kex, mac};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
@@ -26,7 +24,8 @@ use crate::SftpError;
 use crate::host_keys;
 use crate::ssh::{ConnControl, ConnShared, SshHandler};
 
-/// Settings of the SFTP listener (`[sftp]` and `[limits]` of the config).
+/// Settings of the SFTP listener (`[sftp]` of the config). Connection caps
+/// and bans are the gateway's, shared by every listener.
 #[derive(Debug, Clone)]
 pub struct SftpConfig {
     /// Addresses to listen on (port 0 picks a free port).
@@ -39,10 +38,6 @@ pub struct SftpConfig {
     /// Also offer `ssh-rsa` (SHA-1) signatures and SHA-1 / older DH key
     /// exchanges, for old scanners and printers.
     pub legacy_algorithms: bool,
-    /// Connections at once for the whole listener (0: unlimited).
-    pub max_connections: usize,
-    /// Connections at once from one IP address (0: unlimited).
-    pub max_connections_per_ip: usize,
     /// A connection with no traffic for this long is closed (zero: never).
     pub idle_timeout: Duration,
 }
@@ -54,15 +49,11 @@ impl Default for SftpConfig {
             host_keys: Vec::new(),
             data_dir: PathBuf::from("data"),
             legacy_algorithms: false,
-            max_connections: 2000,
-            max_connections_per_ip: 50,
             idle_timeout: Duration::from_secs(300),
         }
     }
 }
 
-/// A client must authenticate within this time of connecting.
-const LOGIN_GRACE: Duration = Duration::from_secs(60);
 /// How long a connection may take to end after being asked to.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// SSH channel window we grant clients. It is refilled on receipt, so its
@@ -183,8 +174,6 @@ pub struct SftpServer {
     ssh: Arc<russh::server::Config>,
     gateway: Arc<Gateway>,
     fingerprints: Vec<String>,
-    max_connections: usize,
-    max_connections_per_ip: usize,
 }
 
 impl std::fmt::Debug for SftpServer {
@@ -219,8 +208,6 @@ impl SftpServer {
             ssh: Arc::new(ssh_config(keys, &config)),
             gateway,
             fingerprints,
-            max_connections: config.max_connections,
-            max_connections_per_ip: config.max_connections_per_ip,
         })
     }
 
@@ -240,17 +227,9 @@ impl SftpServer {
     /// Accepts connections until `shutdown` is cancelled, then disconnects
     /// every session and returns once they are gone.
     pub async fn run(self, shutdown: CancellationToken) {
-        let limit = if self.max_connections == 0 {
-            Semaphore::MAX_PERMITS
-        } else {
-            self.max_connections
-        };
         let shared = Arc::new(Shared {
             ssh: self.ssh,
             gateway: self.gateway,
-            connections: Arc::new(Semaphore::new(limit)),
-            per_ip: Mutex::new(HashMap::new()),
-            max_per_ip: self.max_connections_per_ip,
             shutdown: shutdown.clone(),
             tasks: TaskTracker::new(),
         });
@@ -258,6 +237,7 @@ impl SftpServer {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "SFTP listening");
             }
+            let listener = AdmittingListener::new(listener, shared.gateway.admission().clone());
             shared.tasks.spawn(accept_loop(listener, shared.clone()));
         }
         shutdown.cancelled().await;
@@ -271,88 +251,27 @@ impl SftpServer {
 struct Shared {
     ssh: Arc<russh::server::Config>,
     gateway: Arc<Gateway>,
-    /// One permit per live connection (the whole-listener cap).
-    connections: Arc<Semaphore>,
-    /// Live connections per source address.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
     shutdown: CancellationToken,
     /// Accept loops and connections, awaited at shutdown.
     tasks: TaskTracker,
 }
 
-/// A connection's place under the per-IP limit, given back on drop.
-struct IpSlot {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-impl Shared {
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<(OwnedSemaphorePermit, IpSlot)> {
-        let permit = self.connections.clone().try_acquire_owned().ok()?;
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if self.max_per_ip != 0 && *n >= self.max_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some((
-            permit,
-            IpSlot {
-                shared: self.clone(),
-                ip,
-            },
-        ))
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(10);
+async fn accept_loop(mut listener: AdmittingListener, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            a = listener.accept() => a,
             () = shared.shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((tcp, peer)) => {
-                backoff = Duration::from_millis(10);
-                let Some(admission) = shared.admit(canonical_ip(peer.ip())) else {
-                    tracing::info!(%peer, "SFTP connection refused: too many connections");
-                    continue;
-                };
+            Accepted::Admitted(tcp, peer, permit) => {
                 shared
                     .tasks
-                    .spawn(serve_connection(tcp, peer, shared.clone(), admission));
+                    .spawn(serve_connection(tcp, peer, shared.clone(), permit));
             }
-            Err(e) => {
-                // EMFILE and friends: wait rather than spin.
-                tracing::warn!(error = %e, "SFTP accept failed");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shared.shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
+            // Closed before the SSH identification: nothing to say to a
+            // client that may not even speak SSH.
+            Accepted::Refused(tcp, _, _) => drop(tcp),
         }
-    }
-}
-
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }
 
@@ -360,13 +279,13 @@ async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    _admission: (OwnedSemaphorePermit, IpSlot),
+    _permit: ConnectionPermit,
 ) {
     let _ = tcp.set_nodelay(true);
     let conn = ConnShared::new(peer);
     let stream = KillableStream::new(tcp, conn.kill.clone());
     let handler = SshHandler::new(shared.gateway.clone(), conn.clone());
-    let grace_end = Instant::now() + LOGIN_GRACE;
+    let grace_end = Instant::now() + shared.gateway.login_grace();
     tracing::debug!(%peer, "SSH connection");
 
     let running = tokio::select! {

@@ -156,6 +156,13 @@ impl SshHandler {
                 tracing::warn!(peer = %self.conn.peer, "login refused: user store or storage unavailable");
                 reject()
             }
+            // A banned source gets no more tries on this connection either.
+            Err(AuthError::Banned) => {
+                tracing::info!(peer = %self.conn.peer, "login refused: source banned; closing");
+                self.conn.closing.cancel();
+                self.conn.kill.cancel();
+                reject()
+            }
         }
     }
 

@@ -24,8 +24,8 @@ async fn banner(stream: &mut TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_limit_applies_before_the_handshake_and_idle_connections_close() {
-    let mut h = Harness::start_configured(TestGateway::new().await, |c| {
-        c.max_connections_per_ip = 2;
+    let tg = TestGateway::with_config(|c| c.admission.max_connections_per_source = 2).await;
+    let mut h = Harness::start_configured(tg, |c| {
         c.idle_timeout = Duration::from_secs(2);
     })
     .await;

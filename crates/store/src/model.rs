@@ -47,6 +47,19 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// Every single permission (what `*` grants).
+    pub const EACH: [Permission; 9] = [
+        Permission::List,
+        Permission::Download,
+        Permission::Upload,
+        Permission::Overwrite,
+        Permission::Delete,
+        Permission::Rename,
+        Permission::Mkdir,
+        Permission::Rmdir,
+        Permission::Chtimes,
+    ];
+
     /// Every permission name, as written in config, CLI and JSON.
     pub const NAMES: &'static [&'static str] = &[
         "list",
@@ -181,6 +194,8 @@ pub struct User {
     pub quota: Quota,
     /// Rate limits.
     pub bandwidth: Bandwidth,
+    /// Concurrent logged-in sessions, all protocols together (0: unlimited).
+    pub max_sessions: u64,
     /// Source networks allowed to log in (empty: any).
     pub allowed_ips: Vec<IpNet>,
     /// Protocols allowed (default: all).
@@ -205,6 +220,7 @@ impl User {
             expires_at: None,
             quota: Quota::default(),
             bandwidth: Bandwidth::default(),
+            max_sessions: 0,
             allowed_ips: Vec::new(),
             protocols: Protocol::ALL.to_vec(),
             description: String::new(),

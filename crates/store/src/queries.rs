@@ -20,6 +20,7 @@ struct UserRow {
     quota_max_files: i64,
     upload_kib_s: i64,
     download_kib_s: i64,
+    max_sessions: i64,
     allowed_ips: String,
     protocols: String,
     public_keys: String,
@@ -55,6 +56,7 @@ impl UserRow {
                     upload_kib_s: to_u64(self.upload_kib_s),
                     download_kib_s: to_u64(self.download_kib_s),
                 },
+                max_sessions: to_u64(self.max_sessions),
                 allowed_ips: json(&self.allowed_ips, "users.allowed_ips")?,
                 protocols: json(&self.protocols, "users.protocols")?,
                 description: self.description,
@@ -68,10 +70,10 @@ impl UserRow {
 
 // Spelled out in full: `query()` takes `&'static str` and SQL is never built at run time.
 const USER_BY_NAME: &str = "SELECT username, password_hash, home, enabled, expires_at, quota_max_bytes, \
-    quota_max_files, upload_kib_s, download_kib_s, allowed_ips, protocols, public_keys, permissions, description, \
+    quota_max_files, upload_kib_s, download_kib_s, max_sessions, allowed_ips, protocols, public_keys, permissions, description, \
     created_at, last_login_at FROM users WHERE username = $1";
 const USER_PAGE: &str = "SELECT username, password_hash, home, enabled, expires_at, quota_max_bytes, \
-    quota_max_files, upload_kib_s, download_kib_s, allowed_ips, protocols, public_keys, permissions, description, \
+    quota_max_files, upload_kib_s, download_kib_s, max_sessions, allowed_ips, protocols, public_keys, permissions, description, \
     created_at, last_login_at FROM users ORDER BY username LIMIT $1 OFFSET $2";
 
 /// Hashes an API key or token for storage: they are long random strings, so
@@ -113,8 +115,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO users (username, password_hash, home, enabled, expires_at, quota_max_bytes, \
                  quota_max_files, upload_kib_s, download_kib_s, allowed_ips, protocols, public_keys, permissions, \
-                 description, created_at, updated_at, last_login_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                 description, created_at, updated_at, last_login_at, max_sessions) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             )
             .bind(&user.username)
             .bind(password_hash)
@@ -133,6 +135,7 @@ impl Store {
             .bind(to_ms(user.created_at))
             .bind(now)
             .bind(user.last_login_at.map(to_ms))
+            .bind(to_i64(user.max_sessions))
             .execute(p)
             .await
             .map(|r| r.rows_affected())
@@ -156,7 +159,8 @@ impl Store {
             sqlx::query(
                 "UPDATE users SET home = $2, enabled = $3, expires_at = $4, quota_max_bytes = $5, \
                  quota_max_files = $6, upload_kib_s = $7, download_kib_s = $8, allowed_ips = $9, protocols = $10, \
-                 public_keys = $11, permissions = $12, description = $13, updated_at = $14 WHERE username = $1",
+                 public_keys = $11, permissions = $12, description = $13, updated_at = $14, max_sessions = $15 \
+                 WHERE username = $1",
             )
             .bind(&user.username)
             .bind(&user.home)
@@ -172,6 +176,7 @@ impl Store {
             .bind(to_json(&user.permissions))
             .bind(&user.description)
             .bind(to_ms(Utc::now()))
+            .bind(to_i64(user.max_sessions))
             .execute(p)
             .await?
             .rows_affected()

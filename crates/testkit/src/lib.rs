@@ -29,18 +29,20 @@ impl TestGateway {
 
     /// A gateway with the given upload mode.
     pub async fn with_mode(mode: UploadMode) -> TestGateway {
+        Self::with_config(|c| c.upload_mode = mode).await
+    }
+
+    /// A gateway whose configuration `adjust` changes from the defaults
+    /// (atomic uploads, SPEC 3's limits).
+    pub async fn with_config(adjust: impl FnOnce(&mut GatewayConfig)) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}/dropgate.db", dir.path().display());
         let store = Store::connect(&url, 4).await.expect("connect sqlite");
         store.migrate().await.expect("migrate");
-        let gateway = Gateway::new(
-            store.clone(),
-            GatewayConfig {
-                storage_root: dir.path().join("files"),
-                upload_mode: mode,
-                node_name: "test".into(),
-            },
-        );
+        let mut config = GatewayConfig::new(dir.path().join("files"));
+        config.node_name = "test".into();
+        adjust(&mut config);
+        let gateway = Gateway::new(store.clone(), config);
         TestGateway {
             gateway,
             store,

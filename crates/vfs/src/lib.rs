@@ -145,21 +145,46 @@ pub struct DirEntry {
     pub meta: Metadata,
 }
 
-/// A directory listing that streams: entries arrive as they are read, with a
-/// small bounded buffer, so a folder of a million entries never sits in memory.
+/// A directory listing that streams: entries are read from the backend in
+/// batches, one batch each time the previous one has been consumed, so a
+/// folder of a million entries never sits in memory, and a listing nobody
+/// reads holds no thread (an open-but-unread SFTP directory handle costs a
+/// few kilobytes, not a blocking-pool thread).
 pub struct DirStream {
-    rx: tokio::sync::mpsc::Receiver<VfsResult<DirEntry>>,
+    source: Option<Box<dyn DirSource>>,
+    batch: std::collections::VecDeque<VfsResult<DirEntry>>,
 }
+
+/// Where a [`DirStream`] gets its entries from (one per backend).
+#[async_trait]
+pub trait DirSource: Send {
+    /// Up to `max` more entries; an empty batch means the end.
+    async fn next_batch(&mut self, max: usize) -> Vec<VfsResult<DirEntry>>;
+}
+
+/// Entries read from the backend at a time.
+pub const LIST_BATCH: usize = 256;
 
 impl DirStream {
     /// The next entry, or `None` at the end.
     pub async fn next(&mut self) -> Option<VfsResult<DirEntry>> {
-        self.rx.recv().await
+        if self.batch.is_empty() {
+            let source = self.source.as_mut()?;
+            self.batch.extend(source.next_batch(LIST_BATCH).await);
+            if self.batch.is_empty() {
+                self.source = None;
+                return None;
+            }
+        }
+        self.batch.pop_front()
     }
 
-    /// Builds a stream from a channel fed by a backend.
-    pub fn from_channel(rx: tokio::sync::mpsc::Receiver<VfsResult<DirEntry>>) -> Self {
-        DirStream { rx }
+    /// A stream over a backend's source.
+    pub fn new(source: Box<dyn DirSource>) -> Self {
+        DirStream {
+            source: Some(source),
+            batch: std::collections::VecDeque::new(),
+        }
     }
 }
 

@@ -23,12 +23,10 @@ use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 
 use crate::writeback::WriteBack;
 use crate::{
-    Committed, CreateOptions, DirEntry, DirStream, FileKind, FileReader, FileWriter, FsStats,
-    Metadata, Storage, TEMP_PREFIX, UploadMode, VfsError, VfsResult, VirtualPath, WriteStart,
+    Committed, CreateOptions, DirEntry, DirSource, DirStream, FileKind, FileReader, FileWriter,
+    FsStats, LIST_BATCH, Metadata, Storage, TEMP_PREFIX, UploadMode, VfsError, VfsResult,
+    VirtualPath, WriteStart,
 };
-
-/// How many listing entries may wait between the disk walker and the client.
-const LIST_BUFFER: usize = 256;
 
 /// Local-disk storage rooted at one account's home.
 #[derive(Clone)]
@@ -52,6 +50,68 @@ impl LocalStorage {
         Ok(LocalStorage {
             home: Arc::new(home_dir),
         })
+    }
+}
+
+/// Batches of directory entries read on the blocking pool, a few listings
+/// at a time for the whole process: each batch holds a thread only while it
+/// reads, and many listings at once cannot crowd out transfers.
+struct LocalDirSource {
+    /// `None` once the end was reached (or while a batch is being read).
+    state: Option<(Dir, cap_std::fs::ReadDir)>,
+}
+
+/// Directory batches read at once, process-wide.
+static LISTING_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+/// Atomic resumes copying their kept prefix at once, process-wide.
+static PREFIX_COPIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+#[async_trait]
+impl DirSource for LocalDirSource {
+    async fn next_batch(&mut self, max: usize) -> Vec<VfsResult<DirEntry>> {
+        let Some((dir, mut entries)) = self.state.take() else {
+            return Vec::new();
+        };
+        let Ok(_permit) = LISTING_READS.acquire().await else {
+            return Vec::new();
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(max.min(LIST_BATCH));
+            let mut ended = true;
+            for entry in entries.by_ref() {
+                let item = entry.map_err(VfsError::from).and_then(|entry| {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let meta = entry.metadata()?;
+                    let mut meta = to_meta(&meta);
+                    if meta.kind == FileKind::Symlink {
+                        // Show what the link points at, if that stays inside the jail.
+                        if let Ok(target) = dir.metadata(&name) {
+                            meta = to_meta(&target);
+                        }
+                    }
+                    Ok(DirEntry { name, meta })
+                });
+                if let Ok(e) = &item
+                    && e.name.starts_with(TEMP_PREFIX)
+                {
+                    continue;
+                }
+                out.push(item);
+                if out.len() >= max {
+                    ended = false;
+                    break;
+                }
+            }
+            (out, (!ended).then_some((dir, entries)))
+        })
+        .await;
+        match read {
+            Ok((batch, rest)) => {
+                self.state = rest;
+                batch
+            }
+            Err(e) => vec![Err(VfsError::Io(io::Error::other(e)))],
+        }
     }
 }
 
@@ -164,40 +224,15 @@ impl Storage for LocalStorage {
 
     async fn list(&self, path: &VirtualPath) -> VfsResult<DirStream> {
         let (home, rel) = (self.home.clone(), path.relative().to_owned());
-        let dir = blocking(move || Ok(home.open_dir(rel)?)).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(LIST_BUFFER);
-        tokio::task::spawn_blocking(move || {
-            let entries = match dir.entries() {
-                Ok(e) => e,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e.into()));
-                    return;
-                }
-            };
-            for entry in entries {
-                let item = entry.map_err(VfsError::from).and_then(|entry| {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    let meta = entry.metadata()?;
-                    let mut meta = to_meta(&meta);
-                    if meta.kind == FileKind::Symlink {
-                        // Show what the link points at, if that stays inside the jail.
-                        if let Ok(target) = dir.metadata(&name) {
-                            meta = to_meta(&target);
-                        }
-                    }
-                    Ok(DirEntry { name, meta })
-                });
-                if let Ok(e) = &item
-                    && e.name.starts_with(TEMP_PREFIX)
-                {
-                    continue;
-                }
-                if tx.blocking_send(item).is_err() {
-                    return; // the client stopped listening
-                }
-            }
-        });
-        Ok(DirStream::from_channel(rx))
+        let state = blocking(move || {
+            let dir = home.open_dir(rel)?;
+            let entries = dir.entries()?;
+            Ok((dir, entries))
+        })
+        .await?;
+        Ok(DirStream::new(Box::new(LocalDirSource {
+            state: Some(state),
+        })))
     }
 
     async fn open_read(&self, path: &VirtualPath) -> VfsResult<Arc<dyn FileReader>> {
@@ -220,6 +255,18 @@ impl Storage for LocalStorage {
     ) -> VfsResult<Box<dyn FileWriter>> {
         let home = self.home.clone();
         let (parent_rel, name) = split(path)?;
+        // An atomic resume copies the kept prefix on the blocking pool, which
+        // can take a while for a large file: a few at a time, process-wide.
+        let _copying = if opts.mode == UploadMode::Atomic && opts.start != WriteStart::Truncate {
+            Some(
+                PREFIX_COPIES
+                    .acquire()
+                    .await
+                    .map_err(|e| VfsError::Io(io::Error::other(e)))?,
+            )
+        } else {
+            None
+        };
         blocking(move || {
             let parent = home.open_dir(parent_rel)?;
             let existing = match parent.metadata(&name) {

@@ -2,7 +2,7 @@
 //!
 //! Whatever a client sends (FTP argument, SFTP path) becomes a [`VirtualPath`]
 //! here and nowhere else. The rules are deliberately simple: backslash is a
-//! separator, NUL is refused, `.` and empty components vanish, `..` pops a
+//! separator, NUL, CR and LF are refused, `.` and empty components vanish, `..` pops a
 //! component and stops at the virtual root. Nothing is percent-decoded: a name
 //! like `%2e%2e` is a literal (harmless) file name, never a parent reference.
 
@@ -35,6 +35,11 @@ impl VirtualPath {
     pub fn resolve(cwd: &VirtualPath, input: &str) -> Result<VirtualPath, VfsError> {
         if input.contains('\0') {
             return Err(VfsError::InvalidName("NUL byte in path"));
+        }
+        // A line break in a name forges entries in line-based listings
+        // (FTP LIST/NLST/MLSD, audit exports): refused on every protocol.
+        if input.contains(['\r', '\n']) {
+            return Err(VfsError::InvalidName("line break in name"));
         }
         if input.len() > MAX_PATH_LEN {
             return Err(VfsError::InvalidName("path too long"));
@@ -136,6 +141,14 @@ impl VirtualPath {
         Self::resolve(self, name)
     }
 
+    /// `self` with a relative path of names below it appended (`""` is
+    /// `self`); `None` if `rel` is not a plain relative path.
+    pub fn join_relative(&self, rel: &str) -> Option<VirtualPath> {
+        rel.split('/')
+            .filter(|c| !c.is_empty())
+            .try_fold(self.clone(), |p, name| p.join(name).ok())
+    }
+
     /// Whether `self` equals `prefix` or lies below it.
     pub fn starts_with(&self, prefix: &VirtualPath) -> bool {
         if prefix.is_root() {
@@ -189,6 +202,9 @@ mod tests {
     #[test]
     fn refuses_nul_long_and_reserved() {
         assert!(p("a\0b").starts_with("ERR"));
+        assert!(p("a\nb").starts_with("ERR"), "LF forges listing lines");
+        assert!(p("a\rb").starts_with("ERR"), "so may CR");
+        assert!(p("/in/x\r\n-rw-r--r-- 1 ftp ftp 0 Jan 1 00:00 forged").starts_with("ERR"));
         assert!(p(&"x".repeat(256)).starts_with("ERR"));
         assert_eq!(p(&"x".repeat(255)).len(), 256);
         assert!(p(&"a/".repeat(3000)).starts_with("ERR"));

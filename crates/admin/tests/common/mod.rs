@@ -28,6 +28,11 @@ pub const FTP_LISTENER: &str = "127.0.0.1:2121";
 pub enum Auth<'a> {
     None,
     Bearer(&'a str),
+    /// The console's session cookie, with the CSRF header when given.
+    Cookie {
+        session: &'a str,
+        csrf: Option<&'a str>,
+    },
 }
 
 /// One answer.
@@ -164,8 +169,15 @@ impl Api {
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
-        if let Auth::Bearer(t) = auth {
-            req = req.header("authorization", format!("Bearer {t}"));
+        match auth {
+            Auth::None => {}
+            Auth::Bearer(t) => req = req.header("authorization", format!("Bearer {t}")),
+            Auth::Cookie { session, csrf } => {
+                req = req.header("cookie", format!("theme=dark; dropgate_session={session}"));
+                if let Some(csrf) = csrf {
+                    req = req.header("x-csrf-token", csrf);
+                }
+            }
         }
         let resp = self
             .client

@@ -22,7 +22,8 @@ impl Connection {
         match self.ctx.pool.bind(self.local.ip()) {
             Ok((listener, lease)) => {
                 let port = lease.port();
-                let pending = PendingPassive::new(listener, lease, self.peer.ip(), PASSIVE_WAIT);
+                let pending = PendingPassive::new(listener, lease, self.peer.ip(), PASSIVE_WAIT)
+                    .admitted_by(self.ctx.gateway.admission().clone());
                 self.data = Some(DataSetup::Passive(pending));
                 Ok(Some(port))
             }

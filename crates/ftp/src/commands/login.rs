@@ -48,6 +48,14 @@ impl Connection {
                 self.refuse_if_anonymous(Reply::new(530, "Login incorrect."))
                     .await
             }
+            Err(AuthError::Banned) => {
+                self.send(Reply::new(
+                    421,
+                    "Too many failed logins from your address; try again later.",
+                ))
+                .await?;
+                Ok(Flow::Close)
+            }
             Err(AuthError::Unavailable) => {
                 self.send(Reply::new(
                     421,
@@ -63,6 +71,7 @@ impl Connection {
     /// control connection stays TLS; `PROT` starts over.
     pub(super) async fn rein(&mut self) -> io::Result<Flow> {
         self.login = Login::Pending(None);
+        self.login_deadline = tokio::time::Instant::now() + self.ctx.gateway.login_grace();
         self.security.rein();
         self.cwd = VirtualPath::root();
         self.transfer_type = TransferType::Binary;

@@ -98,7 +98,12 @@ pub async fn start() -> Server {
 }
 
 pub async fn start_with(opts: Options) -> Server {
-    let tg = TestGateway::with_mode(opts.upload_mode).await;
+    let tg = TestGateway::with_config(|c| {
+        c.upload_mode = opts.upload_mode;
+        c.admission.max_connections = opts.max_connections;
+        c.admission.max_connections_per_source = opts.max_connections_per_ip;
+    })
+    .await;
     let tls = opts.ftps.map(|f| {
         FtpsTls::load(TlsSettings {
             cert: None,
@@ -117,8 +122,6 @@ pub async fn start_with(opts: Options) -> Server {
         active_mode: opts.active_mode,
         idle_timeout: opts.idle_timeout,
         banner: "dropgate ready".into(),
-        max_connections: opts.max_connections,
-        max_connections_per_ip: opts.max_connections_per_ip,
         tls: tls.clone(),
         tls_mode,
         implicit_tls: false,

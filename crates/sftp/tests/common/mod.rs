@@ -46,8 +46,6 @@ pub fn config(data_dir: &Path) -> SftpConfig {
         host_keys: Vec::new(),
         data_dir: data_dir.to_owned(),
         legacy_algorithms: false,
-        max_connections: 100,
-        max_connections_per_ip: 100,
         idle_timeout: Duration::from_secs(60),
     }
 }

@@ -1,0 +1,637 @@
+//! Who may connect and who may try a password: the connection caps (whole
+//! server and per source) and the ban list, shared by every listener.
+//!
+//! A *source* is an IPv4 address, or the /64 network of an IPv6 address
+//! (one IPv6 host usually owns a whole /64, so counting exact addresses would
+//! let it fill every slot); IPv4-mapped IPv6 addresses count as IPv4.
+//!
+//! Failed logins are counted *before* the secret is verified: each attempt
+//! takes its place in the count first and gives it back only if it turns out
+//! right, so a burst of parallel guesses cannot all slip in while the first
+//! ones are still hashing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Most sources the ban list tracks at once. Past this, expired records are
+/// dropped, then records that are not banned; memory stays bounded however
+/// many addresses an attacker has (about 100 bytes a record).
+const MAX_TRACKED_SOURCES: usize = 100_000;
+
+/// The limits of `[limits]` that admission applies.
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    /// Connections at once, all protocol listeners together (0: unlimited).
+    pub max_connections: usize,
+    /// Connections at once from one source (0: unlimited).
+    pub max_connections_per_source: usize,
+    /// Failed logins from one source within `ban_window` that ban it (0: never ban).
+    pub failures_before_ban: u32,
+    /// The window failures are counted in.
+    pub ban_window: Duration,
+    /// How long a ban lasts.
+    pub ban_duration: Duration,
+}
+
+impl Default for AdmissionConfig {
+    /// SPEC 3's defaults.
+    fn default() -> Self {
+        AdmissionConfig {
+            max_connections: 2000,
+            max_connections_per_source: 50,
+            failures_before_ban: 10,
+            ban_window: Duration::from_secs(600),
+            ban_duration: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Where a connection comes from, as the limits and bans count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// One IPv4 address.
+    V4(Ipv4Addr),
+    /// The upper 64 bits of an IPv6 address.
+    V6Net(u64),
+}
+
+impl Source {
+    /// The source an address belongs to.
+    pub fn of(ip: IpAddr) -> Source {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Source::V4(v4),
+            IpAddr::V6(v6) => Source::V6Net((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    /// `203.0.113.7`, or `2001:db8:1:2::/64`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::V4(v4) => write!(f, "{v4}"),
+            Source::V6Net(net) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*net) << 64)),
+        }
+    }
+}
+
+impl std::str::FromStr for Source {
+    type Err = std::net::AddrParseError;
+
+    /// An address (`203.0.113.7`, `2001:db8::5`) or the `/64` form `Display` prints.
+    fn from_str(s: &str) -> Result<Source, Self::Err> {
+        let addr = s.strip_suffix("/64").unwrap_or(s);
+        addr.parse::<IpAddr>().map(Source::of)
+    }
+}
+
+/// Why a connection or a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The source is banned for failed logins.
+    #[error("source banned after repeated failed logins")]
+    Banned,
+    /// The whole server is at `max_connections`.
+    #[error("too many connections")]
+    ServerFull,
+    /// The source is at `max_connections_per_ip`.
+    #[error("too many connections from this address")]
+    SourceFull,
+}
+
+/// A ban as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BanSnapshot {
+    /// The banned source (`203.0.113.7` or `2001:db8:1:2::/64`).
+    pub ip: String,
+    /// Failed logins counted in the window that led to the ban.
+    pub failures: u32,
+    /// When the ban began.
+    pub banned_at: DateTime<Utc>,
+    /// When it ends by itself.
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+struct FailureRecord {
+    /// Failures (and attempts still being verified) since `window_start`.
+    failures: u32,
+    window_start: Instant,
+    ban: Option<Ban>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ban {
+    until: Instant,
+    at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_source: HashMap<Source, usize>,
+}
+
+#[derive(Default)]
+struct Counters {
+    refused_banned: AtomicU64,
+    refused_server_full: AtomicU64,
+    refused_source_full: AtomicU64,
+    bans: AtomicU64,
+}
+
+/// Refusal and ban counters for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct AdmissionCounters {
+    /// Connections or logins refused because the source was banned.
+    pub refused_banned: u64,
+    /// Connections refused at the server-wide cap.
+    pub refused_server_full: u64,
+    /// Connections refused at the per-source cap.
+    pub refused_source_full: u64,
+    /// Bans imposed since start.
+    pub bans: u64,
+    /// Sources banned right now.
+    pub banned_now: u64,
+    /// Connections admitted and still open.
+    pub connections: u64,
+}
+
+/// The connection caps and the ban list of one node.
+///
+/// The ban list lives in this process; its interface (record an attempt,
+/// ask, list, lift) is what a store-backed list shared by several nodes will
+/// implement.
+pub struct Admission {
+    config: AdmissionConfig,
+    counts: Mutex<Counts>,
+    failures: Mutex<HashMap<Source, FailureRecord>>,
+    counters: Counters,
+}
+
+/// One admitted connection; dropping it frees its place.
+pub struct ConnectionPermit {
+    admission: Arc<Admission>,
+    source: Source,
+}
+
+impl fmt::Debug for ConnectionPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionPermit")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut c = self.admission.lock_counts();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_source.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A login attempt that has been counted as a failure in advance. Call
+/// [`LoginAttempt::succeeded`] when the secret was right (or the attempt
+/// should not count, e.g. the store was down); dropping it keeps the failure.
+#[must_use = "a right login must call succeeded() or it counts as a failure"]
+pub struct LoginAttempt {
+    admission: Arc<Admission>,
+    source: Source,
+    /// This attempt reached the threshold and banned the source.
+    banned_by_this: bool,
+    counted: bool,
+}
+
+impl fmt::Debug for LoginAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginAttempt")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl LoginAttempt {
+    /// The attempt was right: its failure is taken back (and a ban it set
+    /// lifted).
+    pub fn succeeded(mut self) {
+        self.forgive();
+    }
+
+    fn forgive(&mut self) {
+        if !self.counted {
+            return;
+        }
+        self.counted = false;
+        let mut map = self.admission.lock_failures();
+        if let Some(r) = map.get_mut(&self.source) {
+            r.failures = r.failures.saturating_sub(1);
+            if self.banned_by_this {
+                r.ban = None;
+            }
+            if r.failures == 0 && r.ban.is_none() {
+                map.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// Caps and ban rules from `[limits]`.
+    pub fn new(config: AdmissionConfig) -> Arc<Admission> {
+        Arc::new(Admission {
+            config,
+            counts: Mutex::default(),
+            failures: Mutex::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    fn lock_counts(&self) -> MutexGuard<'_, Counts> {
+        // Nothing is left half-updated under these locks by a panic.
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_failures(&self) -> MutexGuard<'_, HashMap<Source, FailureRecord>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a new connection from `ip`, or says why not. Every protocol
+    /// listener calls this before reading a byte.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        let source = Source::of(ip);
+        if self.is_banned(ip) {
+            self.counters.refused_banned.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Banned);
+        }
+        let mut c = self.lock_counts();
+        if self.config.max_connections != 0 && c.total >= self.config.max_connections {
+            drop(c);
+            self.counters
+                .refused_server_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::ServerFull);
+        }
+        let from_source = c.per_source.get(&source).copied().unwrap_or(0);
+        if self.config.max_connections_per_source != 0
+            && from_source >= self.config.max_connections_per_source
+        {
+            drop(c);
+            self.counters
+                .refused_source_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::SourceFull);
+        }
+        c.total += 1;
+        c.per_source.insert(source, from_source + 1);
+        Ok(ConnectionPermit {
+            admission: self.clone(),
+            source,
+        })
+    }
+
+    /// Whether `ip`'s source is banned right now.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.ban_remaining(ip).is_some()
+    }
+
+    /// How long `ip`'s source stays banned, if it is.
+    pub fn ban_remaining(&self, ip: IpAddr) -> Option<Duration> {
+        let source = Source::of(ip);
+        let now = Instant::now();
+        let mut map = self.lock_failures();
+        let ban = map.get(&source)?.ban?;
+        if ban.until > now {
+            return Some(ban.until - now);
+        }
+        // Expired: the source starts over.
+        map.remove(&source);
+        None
+    }
+
+    /// Counts a password attempt from `ip` as a failure *before* it is
+    /// verified, or refuses it because the source is banned. The attempt
+    /// that reaches `login_failures_before_ban` bans the source for every
+    /// protocol and for the admin login.
+    pub fn begin_login(self: &Arc<Self>, ip: IpAddr) -> Result<LoginAttempt, Refusal> {
+        let source = Source::of(ip);
+        let threshold = self.config.failures_before_ban;
+        let now = Instant::now();
+        let mut map = self.lock_failures();
+        if let Some(r) = map.get(&source) {
+            match r.ban {
+                Some(b) if b.until > now => {
+                    drop(map);
+                    self.counters.refused_banned.fetch_add(1, Ordering::Relaxed);
+                    return Err(Refusal::Banned);
+                }
+                Some(_) => {
+                    map.remove(&source);
+                }
+                None => {}
+            }
+        }
+        if threshold == 0 {
+            return Ok(LoginAttempt {
+                admission: self.clone(),
+                source,
+                banned_by_this: false,
+                counted: false,
+            });
+        }
+        if !map.contains_key(&source) && map.len() >= MAX_TRACKED_SOURCES {
+            make_room(&mut map, now, self.config.ban_window);
+        }
+        if !map.contains_key(&source) && map.len() >= MAX_TRACKED_SOURCES {
+            // Every tracked source is banned: this one goes uncounted
+            // rather than growing memory without bound.
+            tracing::warn!(%source, "ban list full; login attempt not counted");
+            return Ok(LoginAttempt {
+                admission: self.clone(),
+                source,
+                banned_by_this: false,
+                counted: false,
+            });
+        }
+        let r = map.entry(source).or_insert(FailureRecord {
+            failures: 0,
+            window_start: now,
+            ban: None,
+        });
+        if now.duration_since(r.window_start) > self.config.ban_window {
+            r.failures = 0;
+            r.window_start = now;
+        }
+        r.failures = r.failures.saturating_add(1);
+        let mut banned_by_this = false;
+        if r.failures >= threshold {
+            let at = Utc::now();
+            r.ban = Some(Ban {
+                until: now + self.config.ban_duration,
+                at,
+                expires_at: at
+                    + chrono::Duration::from_std(self.config.ban_duration)
+                        .unwrap_or(chrono::Duration::MAX),
+            });
+            banned_by_this = true;
+            self.counters.bans.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%source, failures = r.failures, "source banned after failed logins");
+        }
+        Ok(LoginAttempt {
+            admission: self.clone(),
+            source,
+            banned_by_this,
+            counted: true,
+        })
+    }
+
+    /// The sources banned now, longest-standing first.
+    pub fn bans(&self) -> Vec<BanSnapshot> {
+        let now = Instant::now();
+        let map = self.lock_failures();
+        let mut out: Vec<(DateTime<Utc>, BanSnapshot)> = map
+            .iter()
+            .filter_map(|(source, r)| {
+                let b = r.ban.filter(|b| b.until > now)?;
+                Some((
+                    b.at,
+                    BanSnapshot {
+                        ip: source.to_string(),
+                        failures: r.failures,
+                        banned_at: b.at,
+                        expires_at: b.expires_at,
+                    },
+                ))
+            })
+            .collect();
+        out.sort_by_key(|(at, _)| *at);
+        out.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Lifts the ban on `source` (and forgets its failures); `false` if it
+    /// was not banned.
+    pub fn lift_ban(&self, source: Source) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock_failures();
+        let banned = map
+            .get(&source)
+            .and_then(|r| r.ban)
+            .is_some_and(|b| b.until > now);
+        if banned {
+            map.remove(&source);
+            tracing::info!(%source, "ban lifted");
+        }
+        banned
+    }
+
+    /// Counters for `/metrics`.
+    pub fn counters(&self) -> AdmissionCounters {
+        let now = Instant::now();
+        let banned_now = self
+            .lock_failures()
+            .values()
+            .filter(|r| r.ban.is_some_and(|b| b.until > now))
+            .count() as u64;
+        let connections = self.lock_counts().total as u64;
+        let c = &self.counters;
+        AdmissionCounters {
+            refused_banned: c.refused_banned.load(Ordering::Relaxed),
+            refused_server_full: c.refused_server_full.load(Ordering::Relaxed),
+            refused_source_full: c.refused_source_full.load(Ordering::Relaxed),
+            bans: c.bans.load(Ordering::Relaxed),
+            banned_now,
+            connections,
+        }
+    }
+
+    /// How many sources the ban list tracks (tests check it stays bounded).
+    pub fn tracked_sources(&self) -> usize {
+        self.lock_failures().len()
+    }
+}
+
+/// Frees at least one place in a full failure map: first everything whose
+/// window and ban are over, then (if still full) records that are not bans.
+fn make_room(map: &mut HashMap<Source, FailureRecord>, now: Instant, window: Duration) {
+    map.retain(|_, r| match r.ban {
+        Some(b) => b.until > now,
+        None => now.duration_since(r.window_start) <= window,
+    });
+    if map.len() >= MAX_TRACKED_SOURCES {
+        // Drop a tenth of the unbanned records at once, so a flood does not
+        // pay this scan on every attempt.
+        let victims: Vec<Source> = map
+            .iter()
+            .filter(|(_, r)| r.ban.is_none())
+            .map(|(s, _)| *s)
+            .take(MAX_TRACKED_SOURCES / 10)
+            .collect();
+        for s in victims {
+            map.remove(&s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn admission(total: usize, per_source: usize, failures: u32) -> Arc<Admission> {
+        Admission::new(AdmissionConfig {
+            max_connections: total,
+            max_connections_per_source: per_source,
+            failures_before_ban: failures,
+            ban_window: Duration::from_secs(60),
+            ban_duration: Duration::from_secs(60),
+        })
+    }
+
+    #[test]
+    fn sources_fold_mapped_addresses_and_ipv6_networks() {
+        assert_eq!(
+            Source::of(ip("::ffff:10.0.0.1")),
+            Source::of(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(
+            Source::of(ip("2001:db8:1:2::1")).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            "2001:db8:1:2::/64".parse::<Source>().unwrap(),
+            Source::of(ip("2001:db8:1:2::77"))
+        );
+        assert_eq!(
+            "10.0.0.1".parse::<Source>().unwrap().to_string(),
+            "10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn caps_total_and_per_source() {
+        let a = admission(3, 2, 0);
+        let p1 = a.admit(ip("10.0.0.1")).unwrap();
+        let p2 = a.admit(ip("::ffff:10.0.0.1")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.1")).unwrap_err(), Refusal::SourceFull);
+        let p3 = a.admit(ip("10.0.0.2")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.3")).unwrap_err(), Refusal::ServerFull);
+        drop(p1);
+        let p4 = a.admit(ip("10.0.0.3")).unwrap();
+        drop((p2, p3, p4));
+        assert_eq!(a.counters().connections, 0);
+        assert!(a.lock_counts().per_source.is_empty());
+        let c = a.counters();
+        assert_eq!((c.refused_source_full, c.refused_server_full), (1, 1));
+    }
+
+    #[test]
+    fn one_ipv6_network_shares_one_allowance() {
+        let a = admission(0, 2, 0);
+        let _p1 = a.admit(ip("2001:db8::1")).unwrap();
+        let _p2 = a.admit(ip("2001:db8::2")).unwrap();
+        assert_eq!(a.admit(ip("2001:db8::3")).unwrap_err(), Refusal::SourceFull);
+        assert!(a.admit(ip("2001:db8:0:1::1")).is_ok());
+    }
+
+    #[test]
+    fn failures_ban_before_verification_and_success_takes_back() {
+        let a = admission(0, 0, 3);
+        let src = ip("192.0.2.1");
+        // Three attempts in flight at once: all counted before any result.
+        let t1 = a.begin_login(src).unwrap();
+        let t2 = a.begin_login(src).unwrap();
+        let t3 = a.begin_login(src).unwrap();
+        assert!(a.is_banned(src), "the third attempt bans at once");
+        assert_eq!(a.begin_login(src).unwrap_err(), Refusal::Banned);
+        assert_eq!(a.admit(src).unwrap_err(), Refusal::Banned);
+        assert!(a.admit(ip("192.0.2.2")).is_ok(), "other sources unaffected");
+        // The banning attempt was right after all: its ban is lifted.
+        t3.succeeded();
+        assert!(!a.is_banned(src));
+        drop((t1, t2));
+        let t = a.begin_login(src).unwrap();
+        assert!(a.is_banned(src), "two failures kept, the third bans again");
+        drop(t);
+        let bans = a.bans();
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].ip, "192.0.2.1");
+        assert_eq!(bans[0].failures, 3);
+        assert!(a.lift_ban(Source::of(src)));
+        assert!(!a.lift_ban(Source::of(src)));
+        assert!(a.begin_login(src).is_ok());
+    }
+
+    #[test]
+    fn a_right_password_does_not_count() {
+        let a = admission(0, 0, 2);
+        let src = ip("192.0.2.9");
+        for _ in 0..10 {
+            a.begin_login(src).unwrap().succeeded();
+        }
+        assert!(!a.is_banned(src));
+        assert_eq!(a.tracked_sources(), 0);
+    }
+
+    #[test]
+    fn bans_expire() {
+        let a = Admission::new(AdmissionConfig {
+            max_connections: 0,
+            max_connections_per_source: 0,
+            failures_before_ban: 1,
+            ban_window: Duration::from_secs(60),
+            ban_duration: Duration::from_millis(20),
+        });
+        let src = ip("192.0.2.3");
+        drop(a.begin_login(src).unwrap());
+        assert!(a.is_banned(src));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!a.is_banned(src));
+        assert!(a.bans().is_empty());
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_many_sources() {
+        let a = admission(0, 0, 10);
+        for i in 0..(MAX_TRACKED_SOURCES as u32 + 50_000) {
+            let v4 = Ipv4Addr::from(0x0a00_0000 + i);
+            drop(a.begin_login(IpAddr::V4(v4)).unwrap());
+        }
+        assert!(a.tracked_sources() <= MAX_TRACKED_SOURCES);
+        // A banned source is never the one dropped to make room.
+        let bad = ip("198.51.100.1");
+        for _ in 0..10 {
+            drop(a.begin_login(bad).unwrap());
+        }
+        for i in 0..(MAX_TRACKED_SOURCES as u32) {
+            let v4 = Ipv4Addr::from(0x0b00_0000 + i);
+            drop(a.begin_login(IpAddr::V4(v4)).unwrap());
+        }
+        assert!(a.is_banned(bad));
+        assert!(a.tracked_sources() <= MAX_TRACKED_SOURCES);
+    }
+}
