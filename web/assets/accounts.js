@@ -32,7 +32,7 @@ export function render(main, ctx) {
 
 function renderList(main, ctx) {
   const search = h('input', { type: 'search', placeholder: 'Name or description', autocomplete: 'off', spellcheck: 'false' });
-  const results = h('div', { 'aria-live': 'polite' });
+  const results = h('div', {});
   const pager = h('nav', { class: 'pager', 'aria-label': 'Pages' });
   let page = 0;
   let searchTimer = null;
@@ -113,7 +113,7 @@ function renderList(main, ctx) {
     if (page >= pages) page = pages - 1;
     pager.append(
       h('button', { class: 'btn ghost small', type: 'button', disabled: page === 0, onclick: () => { page -= 1; load(); } }, 'Previous'),
-      h('span', { class: 'muted' }, `Page ${page + 1} of ${pages} · ${total} account${total === 1 ? '' : 's'}`),
+      h('span', { class: 'muted', role: 'status' }, `Page ${page + 1} of ${pages} · ${total} account${total === 1 ? '' : 's'}`),
       h('button', { class: 'btn ghost small', type: 'button', disabled: page + 1 >= pages, onclick: () => { page += 1; load(); } }, 'Next'),
     );
   }

@@ -7,7 +7,7 @@ import { confirmAction, errorText, field, fill, h, modal, notice, pageHeader, ta
 export function render(main) {
   const description = h('input', { name: 'description', maxlength: '1024', autocomplete: 'off', placeholder: 'nightly provisioning job' });
   const create = h('button', { class: 'btn primary', type: 'submit' }, 'Create key');
-  const box = h('div', { 'aria-live': 'polite' });
+  const box = h('div', {});
   main.append(
     pageHeader('API keys', 'Credentials for scripts: send one as Authorization: Bearer <key>. A key acts as the admin who created it.'),
     h(

@@ -24,7 +24,7 @@ export function render(main) {
   const kind = h('select', { name: 'kind' }, h('option', { value: '' }, 'Any'), KINDS.map((k) => h('option', { value: k }, k)));
   const sinceInput = h('input', { type: 'datetime-local', name: 'since' });
   const untilInput = h('input', { type: 'datetime-local', name: 'until' });
-  const results = h('div', { 'aria-live': 'polite' });
+  const results = h('div', {});
   const more = h('button', { class: 'btn ghost', type: 'button', hidden: true }, 'Load older events');
   const exportButton = h('button', { class: 'btn ghost', type: 'button' }, 'Export CSV');
   let rows = [];

@@ -5,7 +5,7 @@ import { ApiError, api, enc } from './api.js';
 import { confirmAction, errorText, fill, h, notice, pageHeader, table, timeCell, toast } from './ui.js';
 
 export function render(main) {
-  const box = h('div', { 'aria-live': 'polite' });
+  const box = h('div', {});
   const refresh = h('button', { class: 'btn ghost', type: 'button', onclick: () => load() }, 'Refresh');
   main.append(pageHeader('Bans', 'Source addresses refused after too many failed logins.', refresh), box);
 

@@ -13,7 +13,7 @@ const TPS_WINDOW_MS = 10000;
 
 export function render(main) {
   const counts = Object.fromEntries(PROTOCOLS.map((p) => [p, h('span', { class: 'stat-value' }, '–')]));
-  const total = h('span', { class: 'stat-value' }, '–');
+  const total = h('span', { class: 'count' });
   const upRate = h('span', { class: 'stat-value' }, '–');
   const downRate = h('span', { class: 'stat-value' }, '–');
   const tpsNow = h('span', { class: 'stat-value' }, '–');
@@ -31,7 +31,6 @@ export function render(main) {
     h(
       'section',
       { class: 'stats', 'aria-label': 'Live sessions and rates' },
-      stat('Live sessions', total),
       PROTOCOLS.map((p) => stat(`${p.toUpperCase()} sessions`, counts[p])),
       stat('Upload', upRate),
       stat('Download', downRate),
@@ -46,7 +45,7 @@ export function render(main) {
     h(
       'div',
       { class: 'grid two' },
-      h('section', { class: 'card', 'aria-live': 'polite' }, h('h2', {}, 'Connected now'), liveBox),
+      h('section', { class: 'card' }, h('h2', {}, 'Connected now ', total), liveBox),
       h('section', { class: 'card' }, h('h2', {}, 'Listeners'), nodeLine, listenersBox),
     ),
     h('section', { class: 'card' }, h('div', { class: 'card-head' }, h('h2', {}, 'Recent events'), h('a', { href: '#/audit' }, 'Open the audit log')), eventsBox),
@@ -74,7 +73,7 @@ export function render(main) {
       const [sessions, totals] = await Promise.all([api.get('/api/v1/sessions'), metricTotals()]);
       clear(problem);
       const items = sessions.items || [];
-      total.textContent = String(items.length);
+      total.textContent = `(${items.length})`;
       for (const p of PROTOCOLS) counts[p].textContent = String(items.filter((s) => s.protocol === p).length);
       // The counters grow when a transfer ends; adding the bytes of the
       // transfers in flight makes the rate follow the data as it moves.

@@ -5,7 +5,8 @@ import { api, enc } from './api.js';
 import { badge, clear, confirmAction, errorText, every, fill, fmtBytes, fmtRate, h, notice, pageHeader, since, table, timeCell, toast } from './ui.js';
 
 export function render(main) {
-  const box = h('div', { 'aria-live': 'polite' });
+  // Not a live region: it refreshes every 2 seconds.
+  const box = h('div', {});
   const problem = h('div', {});
   main.append(pageHeader('Sessions', 'Live sessions of every protocol on this node; refreshes every 2 seconds.'), problem, box);
   // Bytes seen per session and transfer at the previous poll, for the rate.

@@ -210,5 +210,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<dropgate_core::AccountError> for ApiError {
+    fn from(e: dropgate_core::AccountError) -> Self {
+        use dropgate_core::AccountError as A;
+        match e {
+            A::Store(e) => e.into(),
+            e @ A::SharedHome { .. } => ApiError::Conflict(e.to_string()),
+            e @ A::HomeNotRemovable(_) => ApiError::Forbidden(e.to_string()),
+            e @ A::HomeRemoval { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 /// Result alias for handlers.
 pub(crate) type ApiResult<T> = Result<T, ApiError>;

@@ -1,23 +1,23 @@
 //! The admin REST API of SPEC section 7 (axum), and the web console.
 //!
 //! Owns: the HTTP routes under `/api/v1` with their JSON shapes and error
-//! mapping, admin authentication (login tokens, API keys, the per-address
-//! limit on failed logins), the OpenAPI document generated from the handlers
+//! mapping, admin authentication (login tokens, API keys; failed logins
+//! count toward core's ban list), the OpenAPI document generated from the handlers
 //! (`/api/v1/openapi.json`), `/healthz`, `/metrics`, the console's embedded
 //! files (`web/`, served at `/`) with its cookie sign-in and CSRF check, and
 //! the hardening of the admin listener (body limit, timeout, security
 //! headers, no CORS).
 //!
-//! Module layers, each importing only those below it: `limits` and `cookie_auth` (leaves),
-//! `error`, `extract`, `schema`; then one module per resource (`auth`,
-//! `console_session`, `users`, `sessions`, `events`, `system`, `console`);
-//! then `server`, which assembles the router.
+//! Module layers, each importing only those below it: `limits` and
+//! `cookie_auth` (leaves that import nothing of this crate); `error`,
+//! `extract`, `schema`; one module per resource (`auth`, `console_session`,
+//! `users`, `sessions`, `events`, `bans`, `system`, `console`); and `server`,
+//! which assembles the router.
 //!
-//! Must not: write SQL (every read and write goes through `dropgate-store`),
-//! decide login policy (that is `dropgate-core`), or touch the file storage,
-//! with one exception: `DELETE /api/v1/users/{name}?delete_files=true`
-//! removes the account's home after checking it lies strictly below the
-//! storage root.
+//! Must not: write SQL (reads go through `dropgate-store`; account changes
+//! through core's `create_account`, `update_account` and `delete_account`,
+//! which also end sessions and remove homes), decide login policy (that is
+//! `dropgate-core`), or touch the file storage.
 //!
 //! The binary binds with [`AdminServer::bind`] and serves with
 //! [`AdminServer::run`]; tests may take the bare [`router`].
@@ -38,7 +38,6 @@ mod system;
 mod users;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -55,9 +54,6 @@ pub struct AdminConfig {
     /// The protocol listeners of this process, `(protocol, address)`, as
     /// `GET /api/v1/status` reports them (the admin's own are added).
     pub listeners: Vec<(String, SocketAddr)>,
-    /// `[storage] root`: homes are folders below it (used only by
-    /// `delete_files=true`).
-    pub storage_root: PathBuf,
 }
 
 /// What `GET /api/v1/status` reports besides the gateway's own state.
@@ -82,8 +78,8 @@ impl StatusInfo {
 /// The complete application (every route and layer) without a listener.
 /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`, or
 /// the login limiter sees every client as one address.
-pub fn router(gateway: Arc<Gateway>, status: StatusInfo, storage_root: PathBuf) -> axum::Router {
-    server::build_router(gateway, status, storage_root)
+pub fn router(gateway: Arc<Gateway>, status: StatusInfo) -> axum::Router {
+    server::build_router(gateway, status)
 }
 
 /// Shared by every handler; cheap to clone.
@@ -93,8 +89,6 @@ pub(crate) struct AppState {
     pub(crate) gateway: Arc<Gateway>,
     /// Listeners and start time.
     pub(crate) status: Arc<StatusInfo>,
-    /// Where homes live, for `delete_files=true`.
-    pub(crate) storage_root: PathBuf,
     /// Console sessions ended by sign-out before their expiry.
     pub(crate) signed_out: Arc<cookie_auth::SignedOut>,
 }

@@ -2,7 +2,6 @@
 //! routes, hardening layers, and the listeners with graceful shutdown.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,11 +70,7 @@ const CONSOLE_COOKIE: &str = "console_cookie";
 struct ApiDoc;
 
 /// Builds the whole application.
-pub(crate) fn build_router(
-    gateway: Arc<Gateway>,
-    status: StatusInfo,
-    storage_root: PathBuf,
-) -> Router {
+pub(crate) fn build_router(gateway: Arc<Gateway>, status: StatusInfo) -> Router {
     let public = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(console::index))
         .routes(routes!(console::asset))
@@ -166,7 +161,6 @@ pub(crate) fn build_router(
     let state = AppState {
         gateway,
         status: Arc::new(status),
-        storage_root,
         signed_out: Arc::new(SignedOut::default()),
     };
     let protected = protected.route_layer(middleware::from_fn_with_state(
@@ -269,7 +263,7 @@ impl AdminServer {
         for l in &listeners {
             all.push(("admin".to_owned(), l.local_addr()?));
         }
-        let app = build_router(gateway, StatusInfo::new(all), config.storage_root);
+        let app = build_router(gateway, StatusInfo::new(all));
         Ok(AdminServer { listeners, app })
     }
 

@@ -11,13 +11,12 @@
 //! the old rights until they disconnect. Quota, bandwidth and description
 //! take effect at the next login.
 
-use std::path::{Path as FsPath, PathBuf};
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use dropgate_core::PasswordChange;
 use dropgate_store::{Bandwidth, PermissionMap, Protocol, Quota, User};
 use ipnet::IpNet;
 use serde::de::IgnoredAny;
@@ -191,13 +190,6 @@ impl From<NewUser> for UserPatch {
     }
 }
 
-/// What to do with the stored password.
-enum PasswordChange {
-    Keep,
-    Remove,
-    Set(String),
-}
-
 impl UserPatch {
     /// Applies the present fields to `user`; returns the password change.
     fn apply(self, user: &mut User) -> PasswordChange {
@@ -252,34 +244,10 @@ fn check_user(user: &User) -> ApiResult<()> {
     Ok(())
 }
 
-/// Hashes a new password (422 naming `password` if it is empty or too long).
-async fn hash_password(
-    state: &AppState,
-    change: &PasswordChange,
-) -> ApiResult<Option<Option<String>>> {
-    Ok(match change {
-        PasswordChange::Keep => None,
-        PasswordChange::Remove => Some(None),
-        PasswordChange::Set(p) => Some(Some(state.gateway.store().hasher().hash(p).await?)),
-    })
-}
-
 /// A name that fails the username rule cannot exist: 404 without a query.
 fn known_name(username: &str) -> ApiResult<()> {
     dropgate_store::validate_username(username)
         .map_err(|_| ApiError::NotFound(format!("user {username:?}")))
-}
-
-/// Whether the change from `old` to `new` must end live sessions.
-fn ends_sessions(old: &User, new: &User, password_changed: bool) -> bool {
-    password_changed
-        || !new.enabled
-        || new.expires_at.is_some_and(|t| t <= Utc::now())
-        || old.public_keys != new.public_keys
-        || old.allowed_ips != new.allowed_ips
-        || old.protocols != new.protocols
-        || old.home != new.home
-        || old.permissions != new.permissions
 }
 
 /// A page of accounts.
@@ -390,13 +358,14 @@ pub(crate) async fn create_user(
     let mut user = User::new(&new.username);
     let password = UserPatch::from(new).apply(&mut user);
     check_user(&user)?;
-    let hash = hash_password(&state, &password).await?.flatten();
+    let password = match password {
+        PasswordChange::Set(p) => Some(p),
+        PasswordChange::Keep | PasswordChange::Remove => None,
+    };
     state
         .gateway
-        .store()
-        .create_user(&user, hash.as_deref())
+        .create_account(&user, password.as_deref())
         .await?;
-    tracing::info!(user = %user.username, "account created");
     // Answer with what a GET returns (the store keeps times in milliseconds).
     let user = load(&state, &user.username).await?;
     let mut headers = HeaderMap::new();
@@ -507,27 +476,7 @@ async fn update(
     }
     let password = patch.apply(&mut user);
     check_user(&user)?;
-    // Hash before writing anything, so a bad password changes nothing.
-    let hash = hash_password(state, &password).await?;
-    let store = state.gateway.store();
-    store.update_user(&user).await?;
-    if let Some(hash) = &hash {
-        store
-            .set_user_password_hash(&user.username, hash.as_deref())
-            .await?;
-    }
-    if ends_sessions(&old, &user, hash.is_some()) {
-        let n = state.gateway.sessions().disconnect_user(&user.username);
-        if n > 0 {
-            tracing::info!(user = %user.username, sessions = n, "account changed: live sessions ended");
-        }
-    }
-    if old.quota != user.quota || old.home != user.home {
-        // Measured again at the next login against the new limit or home.
-        state.gateway.quotas().forget(&user.username);
-    }
-    tracing::info!(user = %user.username, "account updated");
-    let user = load(state, &user.username).await?;
+    let user = state.gateway.update_account(&old, &user, password).await?;
     Ok(Json(view(state, user).await))
 }
 
@@ -564,137 +513,18 @@ pub(crate) async fn delete_user(
     Path(username): Path<String>,
     QueryParams(options): QueryParams<DeleteOptions>,
 ) -> ApiResult<StatusCode> {
-    let user = load(&state, &username).await?;
-    let store = state.gateway.store();
-    let home_dir = if options.delete_files.unwrap_or(false) {
-        ensure_home_not_shared(&state, &user).await?;
-        resolve_home(&state.storage_root, &user.home)?
-    } else {
-        None
-    };
-    if !store.delete_user(&username).await? {
-        return Err(ApiError::NotFound(format!("user {username:?}")));
-    }
-    let ended = state.gateway.sessions().disconnect_user(&username);
-    state.gateway.quotas().forget(&username);
-    tracing::info!(user = %username, sessions_ended = ended, delete_files = home_dir.is_some(), "account deleted");
-    if let Some(dir) = home_dir {
-        let shown = user.home.clone();
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir))
-            .await
-            .map_err(|e| ApiError::Internal(format!("removing home {shown:?}: {e}")))?
-            .or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Ok(()),
-                _ => Err(ApiError::Internal(format!(
-                    "account deleted, but removing its home {shown:?} failed: {e}"
-                ))),
-            })?;
-    }
+    known_name(&username)?;
+    state
+        .gateway
+        .delete_account(&username, options.delete_files.unwrap_or(false))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Refuses to delete a home another account also lives in.
-async fn ensure_home_not_shared(state: &AppState, user: &User) -> ApiResult<()> {
-    let store = state.gateway.store();
-    let mut offset = 0u64;
-    loop {
-        let (page, _) = store.list_users(MAX_PAGE, offset).await?;
-        for other in &page {
-            if other.username != user.username && homes_overlap(&user.home, &other.home) {
-                return Err(ApiError::Conflict(format!(
-                    "the home {:?} overlaps the home of account {:?}; delete its files by hand",
-                    user.home, other.username
-                )));
-            }
-        }
-        if page.len() < MAX_PAGE as usize {
-            return Ok(());
-        }
-        offset += page.len() as u64;
-    }
-}
-
-/// Whether one home is the other or lies inside it.
-fn homes_overlap(a: &str, b: &str) -> bool {
-    let inside =
-        |x: &str, y: &str| x == y || x.strip_prefix(y).is_some_and(|rest| rest.starts_with('/'));
-    inside(a, b) || inside(b, a)
-}
-
-/// The home's real path, if it exists, after checking it stays strictly
-/// below the storage root (a symlinked home could point anywhere).
-fn resolve_home(root: &FsPath, home: &str) -> ApiResult<Option<PathBuf>> {
-    dropgate_store::validate_home(home)?;
-    let root = match root.canonicalize() {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ApiError::Internal(format!("storage root: {e}"))),
-    };
-    let path = root.join(home);
-    // The home itself must not be a symlink: removing it would remove the link's target tree.
-    match path.symlink_metadata() {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            return Err(ApiError::Forbidden(format!(
-                "the home {home:?} is a symbolic link; its files are not deleted"
-            )));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ApiError::Internal(format!("home {home:?}: {e}"))),
-    }
-    let real = path
-        .canonicalize()
-        .map_err(|e| ApiError::Internal(format!("home {home:?}: {e}")))?;
-    if real == root || !real.starts_with(&root) {
-        return Err(ApiError::Forbidden(format!(
-            "the home {home:?} resolves outside the storage root; its files are not deleted"
-        )));
-    }
-    Ok(Some(real))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn overlapping_homes() {
-        assert!(homes_overlap("a", "a"));
-        assert!(homes_overlap("a/b", "a"));
-        assert!(homes_overlap("a", "a/b"));
-        assert!(!homes_overlap("a", "ab"));
-        assert!(!homes_overlap("a/b", "a/c"));
-    }
-
-    #[test]
-    fn homes_must_stay_below_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("files");
-        std::fs::create_dir_all(root.join("acme")).unwrap();
-        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
-        assert_eq!(
-            resolve_home(&root, "acme").unwrap(),
-            Some(root.canonicalize().unwrap().join("acme"))
-        );
-        assert_eq!(resolve_home(&root, "missing").unwrap(), None);
-        assert!(matches!(
-            resolve_home(&root, "../outside"),
-            Err(ApiError::Invalid { .. })
-        ));
-        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("link")).unwrap();
-        assert!(matches!(
-            resolve_home(&root, "link"),
-            Err(ApiError::Forbidden(_))
-        ));
-        std::fs::create_dir_all(root.join("acme/inner")).unwrap();
-        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("acme/out")).unwrap();
-        std::fs::create_dir_all(dir.path().join("outside/x")).unwrap();
-        assert!(matches!(
-            resolve_home(&root, "acme/out/x"),
-            Err(ApiError::Forbidden(_))
-        ));
-    }
 
     #[test]
     fn put_sets_every_field_and_patch_only_some() {
@@ -713,7 +543,5 @@ mod tests {
         assert!(matches!(patch.apply(&mut patched), PasswordChange::Remove));
         assert!(patched.enabled);
         assert_eq!(patched.description, "old");
-        assert!(ends_sessions(&user, &patched, true));
-        assert!(!ends_sessions(&patched, &patched, false));
     }
 }

@@ -8,6 +8,7 @@
 //! `dropgate-vfs` types only: never to the database or the disk directly.
 //! This crate must not know any wire protocol.
 
+mod accounts;
 mod admission;
 mod audit;
 mod bandwidth;
@@ -27,6 +28,7 @@ use chrono::Utc;
 use dropgate_store::{Event, EventKind, Outcome, Protocol, Store, Verified};
 use dropgate_vfs::{LocalStorage, Storage, UploadMode};
 
+pub use accounts::{AccountError, PasswordChange};
 pub use admission::{
     Admission, AdmissionConfig, AdmissionCounters, BanSnapshot, ConnectionPermit, LoginAttempt,
     Refusal, Source,
@@ -310,15 +312,8 @@ impl Gateway {
                 tracing::warn!(error = %e, "could not record last login");
             }
         });
-        let Some(session) = Session::open(
-            self.clone(),
-            user,
-            protocol,
-            peer,
-            fs,
-            quota,
-            throttles,
-        ) else {
+        let Some(session) = Session::open(self.clone(), user, protocol, peer, fs, quota, throttles)
+        else {
             // Lost a race for the last place: the same generic failure.
             return fail("too many sessions");
         };

@@ -211,7 +211,6 @@ async fn start_listeners(
         let admin_cfg = AdminConfig {
             listen: cfg.admin_listen.clone(),
             listeners: bound.clone(),
-            storage_root: cfg.storage_root.clone(),
         };
         let server = AdminServer::bind(admin_cfg, gateway.clone())
             .await

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
+use dropgate_core::{AccountError, Gateway, GatewayConfig, PasswordChange};
 use dropgate_store::{Permission, Store, StoreError, User};
 
 use crate::CliError;
@@ -39,8 +41,10 @@ pub(crate) enum UserCommand {
     List,
     /// Show one account as JSON.
     Show { name: String },
-    /// Delete an account (its files are kept).
+    /// Delete an account (its files are kept) and end its live sessions.
     Delete { name: String },
+    /// Count what an account's home holds from disk, as the quota counts it.
+    Rescan { name: String },
     /// Set a new password.
     Passwd {
         name: String,
@@ -74,6 +78,22 @@ pub(crate) async fn open_store(cfg: &Effective) -> Result<Store, CliError> {
         .await
         .context("applying database migrations")?;
     Ok(store)
+}
+
+/// A gateway over the store for account changes (no listener runs: there
+/// are no live sessions to end in this process).
+async fn open_gateway(cfg: &Effective) -> Result<Arc<Gateway>, CliError> {
+    let store = open_store(cfg).await?;
+    let mut config = GatewayConfig::new(cfg.storage_root.clone());
+    config.node_name = cfg.node_name.clone();
+    Ok(Gateway::new(store, config))
+}
+
+fn account(e: AccountError) -> CliError {
+    match e {
+        AccountError::Store(e) => usage(e),
+        other => CliError::Runtime(anyhow::anyhow!("{other}")),
+    }
 }
 
 fn usage(e: StoreError) -> CliError {
@@ -153,15 +173,11 @@ pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliErr
                     "dropgate: note: {name} has neither a password nor a key and cannot log in yet"
                 );
             }
-            let store = open_store(cfg).await?;
-            let hash = match &password {
-                Some(p) => Some(store.hasher().hash(p).await.map_err(usage)?),
-                None => None,
-            };
-            store
-                .create_user(&user, hash.as_deref())
+            let gateway = open_gateway(cfg).await?;
+            gateway
+                .create_account(&user, password.as_deref())
                 .await
-                .map_err(usage)?;
+                .map_err(account)?;
             println!("user {name} created");
             Ok(())
         }
@@ -202,11 +218,35 @@ pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliErr
             Ok(())
         }
         UserCommand::Delete { name } => {
-            let store = open_store(cfg).await?;
-            if !store.delete_user(&name).await.map_err(usage)? {
-                return Err(CliError::Usage(format!("user {name:?} not found")));
-            }
+            let gateway = open_gateway(cfg).await?;
+            gateway
+                .delete_account(&name, false)
+                .await
+                .map_err(account)?;
             println!("user {name} deleted (files kept)");
+            Ok(())
+        }
+        UserCommand::Rescan { name } => {
+            let gateway = open_gateway(cfg).await?;
+            let rec = gateway.store().get_user(&name).await.map_err(usage)?;
+            let rec = rec.ok_or_else(|| CliError::Usage(format!("user {name:?} not found")))?;
+            let (bytes, files) = gateway
+                .usage(&rec.user)
+                .await
+                .map_err(|e| CliError::Runtime(anyhow::anyhow!("measuring the home: {e}")))?;
+            let q = rec.user.quota;
+            let limit = |v: u64| {
+                if v == 0 {
+                    "unlimited".to_owned()
+                } else {
+                    v.to_string()
+                }
+            };
+            println!(
+                "{name}: {bytes} bytes in {files} files (quota: {} bytes, {} files)",
+                limit(q.max_bytes),
+                limit(q.max_files)
+            );
             Ok(())
         }
         UserCommand::Passwd {
@@ -214,12 +254,11 @@ pub(crate) async fn user(cmd: UserCommand, cfg: &Effective) -> Result<(), CliErr
             password_stdin: _,
         } => {
             let password = crate::read_password_stdin()?;
-            let store = open_store(cfg).await?;
-            let hash = store.hasher().hash(&password).await.map_err(usage)?;
-            store
-                .set_user_password_hash(&name, Some(&hash))
+            let gateway = open_gateway(cfg).await?;
+            gateway
+                .set_account_password(&name, PasswordChange::Set(password))
                 .await
-                .map_err(usage)?;
+                .map_err(account)?;
             println!("password of {name} changed");
             Ok(())
         }

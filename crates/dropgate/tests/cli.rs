@@ -112,11 +112,27 @@ fn user_add_then_show_round_trips() {
         "n3w\n",
     );
     assert!(out.status.success());
+    // rescan counts the home from disk: a hard link's bytes once, every name.
+    let home = dir.path().join("data/files/partners/acme");
+    std::fs::create_dir_all(home.join("sub")).unwrap();
+    std::fs::write(home.join("a.bin"), vec![1u8; 1000]).unwrap();
+    std::fs::write(home.join("sub/b.bin"), vec![2u8; 234]).unwrap();
+    std::fs::hard_link(home.join("a.bin"), home.join("sub/a-again.bin")).unwrap();
+    let out = dropgate(dir.path())
+        .args(["user", "rescan", "acme"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "acme: 1234 bytes in 3 files (quota: 1048576 bytes, unlimited files)"
+    );
     let out = dropgate(dir.path())
         .args(["user", "delete", "acme"])
         .output()
         .unwrap();
     assert!(out.status.success());
+    assert!(home.join("a.bin").exists(), "files kept");
     let out = dropgate(dir.path())
         .args(["user", "show", "acme"])
         .output()

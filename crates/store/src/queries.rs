@@ -154,9 +154,22 @@ impl Store {
     /// Replaces every editable field of an account (not the password, not
     /// `created_at`/`last_login_at`). Fails with `NotFound`.
     pub async fn update_user(&self, user: &User) -> StoreResult<()> {
+        self.update_user_and_password(user, None).await
+    }
+
+    /// Replaces every editable field of an account and, with
+    /// `Some(hash)`, its password hash (`Some(None)` removes password login),
+    /// in one transaction. Fails with `NotFound`.
+    pub async fn update_user_and_password(
+        &self,
+        user: &User,
+        password_hash: Option<Option<&str>>,
+    ) -> StoreResult<()> {
         user.validate()?;
+        let now = to_ms(Utc::now());
         let done = on_pool!(self, p => {
-            sqlx::query(
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
                 "UPDATE users SET home = $2, enabled = $3, expires_at = $4, quota_max_bytes = $5, \
                  quota_max_files = $6, upload_kib_s = $7, download_kib_s = $8, allowed_ips = $9, protocols = $10, \
                  public_keys = $11, permissions = $12, description = $13, updated_at = $14, max_sessions = $15 \
@@ -175,11 +188,20 @@ impl Store {
             .bind(to_json(&user.public_keys))
             .bind(to_json(&user.permissions))
             .bind(&user.description)
-            .bind(to_ms(Utc::now()))
+            .bind(now)
             .bind(to_i64(user.max_sessions))
-            .execute(p)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            if n > 0 && let Some(hash) = password_hash {
+                sqlx::query("UPDATE users SET password_hash = $2 WHERE username = $1")
+                    .bind(&user.username)
+                    .bind(hash)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            n
         });
         if done == 0 {
             return Err(StoreError::NotFound(format!("user {:?}", user.username)));

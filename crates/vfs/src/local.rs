@@ -51,6 +51,51 @@ impl LocalStorage {
             home: Arc::new(home_dir),
         })
     }
+
+    /// Removes an account's home and everything in it; `false` if there was
+    /// none. Refused (`PermissionDenied`, nothing removed) when the home is a
+    /// symlink or resolves to the storage root or outside it: removing it
+    /// would remove what it points at.
+    pub async fn remove_home(storage_root: &Path, home: &str) -> VfsResult<bool> {
+        let (root, home) = (storage_root.to_owned(), home.to_owned());
+        blocking(move || {
+            let Some(real) = home_to_remove(&root, &home)? else {
+                return Ok(false);
+            };
+            match std::fs::remove_dir_all(&real) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+}
+
+/// The real path of a home to remove, if it exists, after checking that it
+/// is not a symlink and lies strictly below the storage root.
+fn home_to_remove(root: &Path, home: &str) -> VfsResult<Option<std::path::PathBuf>> {
+    let home = home.trim_matches('/');
+    if home.is_empty() || home.split('/').any(|c| c == ".." || c == ".") {
+        return Err(VfsError::PermissionDenied);
+    }
+    let root = match root.canonicalize() {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let path = root.join(home);
+    match path.symlink_metadata() {
+        Ok(meta) if meta.file_type().is_symlink() => return Err(VfsError::PermissionDenied),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let real = path.canonicalize()?;
+    if real == root || !real.starts_with(&root) {
+        return Err(VfsError::PermissionDenied);
+    }
+    Ok(Some(real))
 }
 
 /// Batches of directory entries read on the blocking pool, a few listings
@@ -807,6 +852,7 @@ pub fn sweep_stale_temporaries(root: &Path) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -820,6 +866,29 @@ mod tests {
         assert!(resolve_link_target(&root, "../x").is_err());
         assert!(resolve_link_target(&a, "/etc/passwd").is_err());
         assert!(resolve_link_target(&a, "../../../x").is_err());
+    }
+
+    #[test]
+    fn homes_to_remove_stay_below_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("files");
+        std::fs::create_dir_all(root.join("acme")).unwrap();
+        std::fs::create_dir_all(dir.path().join("outside/x")).unwrap();
+        assert_eq!(
+            home_to_remove(&root, "acme").unwrap(),
+            Some(root.canonicalize().unwrap().join("acme"))
+        );
+        assert_eq!(home_to_remove(&root, "missing").unwrap(), None);
+        assert!(home_to_remove(&root, "../outside").is_err());
+        assert!(home_to_remove(&root, "").is_err());
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("link")).unwrap();
+        assert!(home_to_remove(&root, "link").is_err(), "a symlinked home");
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("acme/out")).unwrap();
+        assert!(
+            home_to_remove(&root, "acme/out/x").is_err(),
+            "through a symlink"
+        );
+        assert!(dir.path().join("outside/x").exists());
     }
 
     #[test]

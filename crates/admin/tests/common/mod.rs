@@ -112,7 +112,6 @@ impl Api {
             AdminConfig {
                 listen: vec!["127.0.0.1:0".parse().unwrap()],
                 listeners: vec![("ftp".to_owned(), FTP_LISTENER.parse().unwrap())],
-                storage_root: self.tg.storage_root(),
             },
             self.tg.gateway.clone(),
         )
