@@ -113,7 +113,17 @@ pub struct Gateway {
     metrics: Metrics,
     /// Bounds background SHA-256 computations of committed uploads.
     hash_permits: tokio::sync::Semaphore,
+    /// Usage measured for accounts this node does not count live.
+    usage_cache: std::sync::Mutex<UsageCache>,
 }
+
+/// (username, home) -> (when measured, (bytes, files)).
+type UsageCache = std::collections::HashMap<(String, String), (std::time::Instant, (u64, u64))>;
+
+/// How long a measured usage is reused (accounts counted live are exact).
+pub const USAGE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most measured usages kept.
+const USAGE_CACHE_MAX: usize = 10_000;
 
 impl Gateway {
     /// Builds the gateway and starts its audit writer (needs a tokio runtime).
@@ -130,6 +140,7 @@ impl Gateway {
             audit,
             metrics: Metrics::default(),
             hash_permits: tokio::sync::Semaphore::new(2),
+            usage_cache: std::sync::Mutex::default(),
         })
     }
 
@@ -405,12 +416,35 @@ impl Gateway {
     /// files)`, each file's bytes once however many hard links it has. The
     /// live count when this node tracks the account (it has a quota and has
     /// logged in), otherwise measured from the storage.
+    ///
+    /// A measured figure is reused for [`USAGE_CACHE_TTL`], so listing a
+    /// page of accounts with large homes does not walk them all every time.
     pub async fn usage(&self, user: &User) -> Result<(u64, u64), FsError> {
         if let Some(u) = self.quotas.current(&user.username) {
             return Ok(u);
         }
+        let key = (user.username.clone(), user.home.clone());
+        if let Some((at, u)) = self.lock_usage_cache().get(&key)
+            && at.elapsed() < USAGE_CACHE_TTL
+        {
+            return Ok(*u);
+        }
         let fs = LocalStorage::open(&self.config.storage_root, &user.home)?;
-        Ok(quota::measure(&fs).await)
+        let measured = quota::measure(&fs).await;
+        let mut cache = self.lock_usage_cache();
+        if cache.len() >= USAGE_CACHE_MAX {
+            cache.retain(|_, (at, _)| at.elapsed() < USAGE_CACHE_TTL);
+            if cache.len() >= USAGE_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (std::time::Instant::now(), measured));
+        Ok(measured)
+    }
+
+    fn lock_usage_cache(&self) -> std::sync::MutexGuard<'_, UsageCache> {
+        // Every update leaves the map consistent, so a poisoned lock is usable.
+        self.usage_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Per-account usage counters (the admin API forgets an account's on delete).
