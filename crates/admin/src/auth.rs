@@ -91,9 +91,6 @@ pub(crate) async fn require_admin(
             }
         },
     };
-    if state.signed_out.contains(&credential) {
-        return ApiError::Unauthorized("invalid or expired credential").into_response();
-    }
     match admin_for_credential(&state, &credential).await {
         Ok(Some(username)) => {
             if via_cookie

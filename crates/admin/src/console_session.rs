@@ -117,7 +117,14 @@ pub(crate) async fn delete_session(
     headers: HeaderMap,
 ) -> Response {
     if credential.via_cookie {
-        state.signed_out.insert(&credential.secret, TOKEN_LIFETIME);
+        if let Err(e) = state
+            .gateway
+            .store()
+            .delete_admin_token(&credential.secret)
+            .await
+        {
+            return crate::error::ApiError::from(e).into_response();
+        }
         tracing::info!(admin = %caller.username, "admin signed out");
     }
     let mut response = StatusCode::NO_CONTENT.into_response();

@@ -1,6 +1,6 @@
 //! The console's credential: a login token in an `HttpOnly` cookie, the
-//! CSRF token every write made with it must echo in `X-CSRF-Token`, and the
-//! memory of signed-out tokens. Primitives only: the check itself is
+//! CSRF token every write made with it must echo in `X-CSRF-Token`.
+//! Primitives only: the check itself is
 //! [`crate::auth::require_admin`], the routes are [`crate::console_session`].
 //!
 //! The CSRF token is derived from the session token (SHA-256 under a label
@@ -9,13 +9,10 @@
 //! origin can neither read it (no CORS) nor send the cookie along
 //! (`SameSite=Strict`): either alone stops cross-site writes.
 //!
-//! Sign-out ends the token at once. The store has no call to delete one
-//! token yet, so this process remembers signed-out tokens until they expire
-//! (a restart forgets them; they still expire within the token lifetime).
+//! Sign-out deletes the token from the store, so it ends at once and for
+//! good (a restart does not bring it back).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use sha2::{Digest, Sha256};
@@ -24,9 +21,6 @@ use sha2::{Digest, Sha256};
 pub(crate) const COOKIE_NAME: &str = "dropgate_session";
 /// The header a cookie-authenticated write must carry.
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
-/// Most signed-out tokens remembered at once (each entry is 32 bytes and an
-/// instant; only authenticated admins can add one).
-const MAX_SIGNED_OUT: usize = 100_000;
 
 /// The session token from the request's `Cookie` headers, if any.
 pub(crate) fn from_headers(headers: &HeaderMap) -> Option<String> {
@@ -63,45 +57,6 @@ pub(crate) fn csrf_matches(headers: &HeaderMap, session: &str) -> bool {
             .zip(expected)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
-}
-
-/// Login tokens ended by sign-out before their expiry, by digest.
-#[derive(Default)]
-pub(crate) struct SignedOut {
-    /// Token digest -> when the token would have expired anyway.
-    tokens: Mutex<HashMap<[u8; 32], Instant>>,
-}
-
-impl SignedOut {
-    fn digest(token: &str) -> [u8; 32] {
-        Sha256::digest(token.as_bytes()).into()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
-        // Every update leaves the map consistent, so a poisoned lock is still usable.
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Ends `token`, which would otherwise work for up to `lifetime`.
-    pub(crate) fn insert(&self, token: &str, lifetime: Duration) {
-        let now = Instant::now();
-        let mut map = self.lock();
-        map.retain(|_, until| *until > now);
-        if map.len() >= MAX_SIGNED_OUT {
-            // Cannot happen with real use; keep the newest rather than grow.
-            let oldest = map.iter().min_by_key(|(_, until)| **until).map(|(k, _)| *k);
-            if let Some(oldest) = oldest {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(Self::digest(token), now + lifetime);
-    }
-
-    /// Whether `token` was signed out.
-    pub(crate) fn contains(&self, token: &str) -> bool {
-        let map = self.lock();
-        !map.is_empty() && map.contains_key(&Self::digest(token))
-    }
 }
 
 /// The `Set-Cookie` value for `token` valid for `lifetime` (or, for
@@ -177,14 +132,5 @@ mod tests {
         let c = set_cookie(&h, None, Duration::ZERO).unwrap();
         assert!(c.to_str().unwrap().contains("; Secure"));
         assert!(c.to_str().unwrap().contains("Max-Age=0"));
-    }
-
-    #[test]
-    fn signed_out_tokens_are_remembered() {
-        let s = SignedOut::default();
-        assert!(!s.contains("dgt_a"));
-        s.insert("dgt_a", Duration::from_secs(60));
-        assert!(s.contains("dgt_a"));
-        assert!(!s.contains("dgt_b"));
     }
 }

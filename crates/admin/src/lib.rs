@@ -89,8 +89,6 @@ pub(crate) struct AppState {
     pub(crate) gateway: Arc<Gateway>,
     /// Listeners and start time.
     pub(crate) status: Arc<StatusInfo>,
-    /// Console sessions ended by sign-out before their expiry.
-    pub(crate) signed_out: Arc<cookie_auth::SignedOut>,
 }
 
 /// A list response: `{"items": [...]}`.

@@ -164,6 +164,16 @@ pub(crate) struct QuotaDoc {
     max_files: u64,
 }
 
+/// What a home holds now, as the quota counts it.
+#[derive(ToSchema)]
+#[schema(as = Usage)]
+pub(crate) struct UsageDoc {
+    /// Bytes (each file once, however many hard links it has).
+    bytes: u64,
+    /// Files (every name of a regular file).
+    files: u64,
+}
+
 /// Transfer rate limits in KiB/s; 0 means unlimited.
 #[derive(ToSchema)]
 #[schema(as = Bandwidth)]
@@ -199,7 +209,7 @@ pub(crate) struct UserDoc {
     max_sessions: u64,
     /// What the home holds now, as the quota counts it (read-only).
     #[schema(read_only)]
-    usage: crate::users::UsageView,
+    usage: UsageDoc,
     /// Source networks allowed to log in; empty: any.
     allowed_ips: Vec<CidrDoc>,
     /// Protocols allowed.

@@ -29,7 +29,7 @@ use utoipa_axum::routes;
 
 use crate::auth;
 use crate::console_session;
-use crate::cookie_auth::{self, SignedOut};
+use crate::cookie_auth;
 use crate::error::{ApiError, error_response};
 use crate::limits::MAX_BODY_BYTES;
 use crate::system::OpenApiJson;
@@ -161,7 +161,6 @@ pub(crate) fn build_router(gateway: Arc<Gateway>, status: StatusInfo) -> Router 
     let state = AppState {
         gateway,
         status: Arc::new(status),
-        signed_out: Arc::new(SignedOut::default()),
     };
     let protected = protected.route_layer(middleware::from_fn_with_state(
         state.clone(),

@@ -266,9 +266,8 @@ pub(crate) struct UserView {
     usage: UsageView,
 }
 
-/// `usage` of the user JSON.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = Usage)]
+/// `usage` of the user JSON (documented as `schema::UsageDoc`).
+#[derive(Debug, Serialize)]
 pub(crate) struct UsageView {
     /// Bytes (each file once, however many hard links it has).
     bytes: u64,

@@ -433,6 +433,18 @@ impl Store {
         Ok(row.map(|(u,)| u))
     }
 
+    /// Ends one bearer token at once (sign-out); `false` if it was unknown.
+    pub async fn delete_admin_token(&self, token: &str) -> StoreResult<bool> {
+        let n = on_pool!(self, p => {
+            sqlx::query("DELETE FROM admin_tokens WHERE token_hash = $1")
+                .bind(secret_digest(token))
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
     /// Removes expired tokens.
     pub async fn purge_expired_tokens(&self) -> StoreResult<u64> {
         let n = on_pool!(self, p => {
