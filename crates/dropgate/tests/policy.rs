@@ -499,4 +499,13 @@ fn bandwidth_limits_hold_on_every_protocol_and_are_shared() {
         (0.8..=1.2).contains(&rate),
         "shared: {rate:.2} MiB/s ({a:.2} s, {b:.2} s)"
     );
+
+    // The REST usage is what the home holds.
+    let (status, user) = gw.api("GET", "/api/v1/users/slow", Some(&token), None);
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(
+        user["usage"],
+        json!({"bytes": 2 * SIZE, "files": 2}),
+        "{user}"
+    );
 }
