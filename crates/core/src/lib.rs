@@ -117,8 +117,8 @@ pub struct Gateway {
     usage_cache: std::sync::Mutex<UsageCache>,
 }
 
-/// (username, home) -> (when measured, (bytes, files)).
-type UsageCache = std::collections::HashMap<(String, String), (std::time::Instant, (u64, u64))>;
+/// username -> (home, when measured, (bytes, files)).
+type UsageCache = std::collections::HashMap<String, (String, std::time::Instant, (u64, u64))>;
 
 /// How long a measured usage is reused (accounts counted live are exact).
 pub const USAGE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -417,14 +417,15 @@ impl Gateway {
     /// live count when this node tracks the account (it has a quota and has
     /// logged in), otherwise measured from the storage.
     ///
-    /// A measured figure is reused for [`USAGE_CACHE_TTL`], so listing a
-    /// page of accounts with large homes does not walk them all every time.
+    /// A measured figure is reused for [`USAGE_CACHE_TTL`] unless the account
+    /// changed its files through this node meanwhile, so listing a page of
+    /// accounts with large homes does not walk them all every time.
     pub async fn usage(&self, user: &User) -> Result<(u64, u64), FsError> {
         if let Some(u) = self.quotas.current(&user.username) {
             return Ok(u);
         }
-        let key = (user.username.clone(), user.home.clone());
-        if let Some((at, u)) = self.lock_usage_cache().get(&key)
+        if let Some((home, at, u)) = self.lock_usage_cache().get(&user.username)
+            && *home == user.home
             && at.elapsed() < USAGE_CACHE_TTL
         {
             return Ok(*u);
@@ -433,13 +434,24 @@ impl Gateway {
         let measured = quota::measure(&fs).await;
         let mut cache = self.lock_usage_cache();
         if cache.len() >= USAGE_CACHE_MAX {
-            cache.retain(|_, (at, _)| at.elapsed() < USAGE_CACHE_TTL);
+            cache.retain(|_, (_, at, _)| at.elapsed() < USAGE_CACHE_TTL);
             if cache.len() >= USAGE_CACHE_MAX {
                 cache.clear();
             }
         }
-        cache.insert(key, (std::time::Instant::now(), measured));
+        cache.insert(
+            user.username.clone(),
+            (user.home.clone(), std::time::Instant::now(), measured),
+        );
         Ok(measured)
+    }
+
+    /// Forgets a measured usage after the account changed its files.
+    pub(crate) fn usage_changed(&self, username: &str) {
+        let mut cache = self.lock_usage_cache();
+        if !cache.is_empty() {
+            cache.remove(username);
+        }
     }
 
     fn lock_usage_cache(&self) -> std::sync::MutexGuard<'_, UsageCache> {

@@ -225,11 +225,14 @@ impl Session {
             r.as_ref().map_or_else(outcome_of, |_| Outcome::Ok),
         );
         e.target_path = target.map(|t| t.as_str().to_owned());
-        if let Err(err) = r {
-            if err.class() == crate::ErrorClass::Internal {
-                self.inner.gateway.metrics().error(self.inner.protocol);
+        match r {
+            Err(err) => {
+                if err.class() == crate::ErrorClass::Internal {
+                    self.inner.gateway.metrics().error(self.inner.protocol);
+                }
+                e.message = Some(err.to_string());
             }
-            e.message = Some(err.to_string());
+            Ok(_) => self.inner.gateway.usage_changed(self.username()),
         }
         self.inner.gateway.audit().record(e);
     }
@@ -840,6 +843,7 @@ impl Upload {
         let quota = &session.inner.quota;
         match result {
             Ok(committed) => {
+                session.inner.gateway.usage_changed(session.username());
                 // Usage holds the replaced file plus every reservation; from
                 // now on it holds exactly the committed size instead.
                 quota.release_bytes(self.old_size + self.reserved.swap(0, Ordering::AcqRel));
