@@ -187,6 +187,9 @@ fn ends_sessions(old: &User, new: &User, password_changed: bool) -> bool {
         || old.protocols != new.protocols
         || old.home != new.home
         || old.permissions != new.permissions
+        // A session keeps the quota it logged in with: it must not go on
+        // counting against the old limit beside new sessions.
+        || old.quota != new.quota
 }
 
 /// Whether one home is the other or lies inside it.
@@ -216,8 +219,10 @@ mod tests {
         let old = User::new("x");
         let mut new = old.clone();
         new.description = "changed".into();
-        new.quota.max_bytes = 5;
+        new.bandwidth.upload_kib_s = 5;
         assert!(!ends_sessions(&old, &new, false));
+        new.quota.max_bytes = 5;
+        assert!(ends_sessions(&old, &new, false));
         assert!(ends_sessions(&old, &new, true));
         new.enabled = false;
         assert!(ends_sessions(&old, &new, false));

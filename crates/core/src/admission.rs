@@ -356,15 +356,16 @@ impl Admission {
             make_room(&mut map, now, self.config.ban_window);
         }
         if !map.contains_key(&source) && map.len() >= MAX_TRACKED_SOURCES {
-            // Every tracked source is banned: this one goes uncounted
-            // rather than growing memory without bound.
-            tracing::warn!(%source, "ban list full; login attempt not counted");
-            return Ok(LoginAttempt {
-                admission: self.clone(),
-                source,
-                banned_by_this: false,
-                counted: false,
-            });
+            // Every tracked source is banned: the ban closest to its end
+            // makes room, so new sources are still counted.
+            let ending = map
+                .iter()
+                .min_by_key(|(_, r)| r.ban.map(|b| b.until))
+                .map(|(s, _)| *s);
+            if let Some(ending) = ending {
+                tracing::warn!(%ending, "ban list full; ending the ban closest to its end early");
+                map.remove(&ending);
+            }
         }
         let r = map.entry(source).or_insert(FailureRecord {
             failures: 0,
@@ -380,7 +381,9 @@ impl Admission {
         if r.failures >= threshold {
             let at = Utc::now();
             r.ban = Some(Ban {
-                until: now + self.config.ban_duration,
+                until: now
+                    .checked_add(self.config.ban_duration)
+                    .unwrap_or(now + Duration::from_secs(10 * 365 * 24 * 3600)),
                 at,
                 expires_at: at
                     + chrono::Duration::from_std(self.config.ban_duration)

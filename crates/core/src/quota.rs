@@ -25,6 +25,13 @@ pub struct Usage {
     /// its size would be given back twice (once by the delete, once by the
     /// upload's commit, which releases what it replaces).
     busy: Mutex<HashMap<String, u32>>,
+    /// Inodes written in place (`direct` uploads), refused the same way
+    /// whatever name reaches them (a renamed folder, a link).
+    busy_inodes: Mutex<HashMap<u64, u32>>,
+    /// Held by every step that changes the count from what is on disk (an
+    /// upload's commit or abort, delete, rename, resize, hard link), so the
+    /// look at the disk and the count change happen as one.
+    ops: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Usage {
@@ -118,24 +125,47 @@ impl QuotaGuard {
         self.usage.as_deref()
     }
 
-    /// Marks `path` as being uploaded until the returned guard drops.
-    pub(crate) fn mark_busy(&self, path: &VirtualPath) -> BusyPath {
+    /// Counts one file without checking the limit (an upload that turned
+    /// out to create its name after all).
+    pub(crate) fn add_file_unchecked(&self) {
+        if let Some(usage) = &self.usage {
+            usage.files.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Serialises the steps that change the count (see [`Usage`]'s `ops`);
+    /// `None` (nothing to serialise) without a quota.
+    pub(crate) async fn serialize(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.usage {
+            Some(u) => Some(u.ops.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
+    /// Marks `path` (and, for an upload written in place, its inode) as
+    /// being uploaded until the returned guard drops.
+    pub(crate) fn mark_busy(&self, path: &VirtualPath, inode: Option<u64>) -> BusyPath {
         if let Some(usage) = &self.usage {
             *lock(&usage.busy)
                 .entry(path.as_str().to_owned())
                 .or_insert(0) += 1;
+            if let Some(ino) = inode {
+                *lock(&usage.busy_inodes).entry(ino).or_insert(0) += 1;
+            }
         }
         BusyPath {
             usage: self.usage.clone(),
             path: path.as_str().to_owned(),
+            inode,
         }
     }
 
-    /// Whether an upload to `path` is in progress.
-    pub(crate) fn is_busy(&self, path: &VirtualPath) -> bool {
-        self.usage
-            .as_ref()
-            .is_some_and(|u| lock(&u.busy).contains_key(path.as_str()))
+    /// Whether an upload to `path`, or to the file `inode`, is in progress.
+    pub(crate) fn is_busy(&self, path: &VirtualPath, inode: Option<u64>) -> bool {
+        self.usage.as_ref().is_some_and(|u| {
+            lock(&u.busy).contains_key(path.as_str())
+                || inode.is_some_and(|i| lock(&u.busy_inodes).contains_key(&i))
+        })
     }
 }
 
@@ -143,6 +173,7 @@ impl QuotaGuard {
 pub(crate) struct BusyPath {
     usage: Option<Arc<Usage>>,
     path: String,
+    inode: Option<u64>,
 }
 
 impl Drop for BusyPath {
@@ -153,6 +184,16 @@ impl Drop for BusyPath {
                 *n -= 1;
                 if *n == 0 {
                     busy.remove(&self.path);
+                }
+            }
+            drop(busy);
+            if let Some(ino) = self.inode {
+                let mut inodes = lock(&usage.busy_inodes);
+                if let Some(n) = inodes.get_mut(&ino) {
+                    *n -= 1;
+                    if *n == 0 {
+                        inodes.remove(&ino);
+                    }
                 }
             }
         }
@@ -193,6 +234,8 @@ impl QuotaTracker {
                             bytes: AtomicU64::new(bytes),
                             files: AtomicU64::new(files),
                             busy: Mutex::default(),
+                            busy_inodes: Mutex::default(),
+                            ops: Arc::default(),
                         })
                     })
                     .clone()

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use chrono::Utc;
 use dropgate_store::{Event, EventKind, Outcome, Permission, Protocol, User};
 use dropgate_vfs::{
-    CreateOptions, DirStream, FileKind, FileReader, FileWriter, FsStats, Metadata, Storage,
-    UploadMode, VfsError, VirtualPath, WriteStart,
+    CreateOptions, DirStream, FileKind, FileReader, FileWriter, FsStats, Metadata, Replaced,
+    Storage, UploadMode, VfsError, VirtualPath, WriteStart,
 };
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -360,7 +360,7 @@ impl Session {
             return Err(e);
         }
         Ok(Upload {
-            busy: self.inner.quota.mark_busy(path),
+            busy: Some(self.inner.quota.mark_busy(path, writer.in_place_identity())),
             transfer: self.start_transfer(path, Direction::Upload),
             session: self.clone(),
             path: path.clone(),
@@ -389,19 +389,28 @@ impl Session {
             if from.is_root() || to.is_root() {
                 return Err(FsError::Denied);
             }
-            if self.inner.quota.is_busy(from) || self.inner.quota.is_busy(to) {
-                return Err(FsError::Busy);
-            }
             if !self.inner.uniform_rights {
                 self.check_move_keeps_rights(from, to).await?;
             }
-            let replaced = match self.inner.fs.symlink_metadata(to).await {
-                Ok(m) if overwrite => {
+            let _counting = self.inner.quota.serialize().await;
+            let source = self.inner.fs.symlink_metadata(from).await?;
+            let target = self.inner.fs.symlink_metadata(to).await.ok();
+            let quota = &self.inner.quota;
+            if quota.is_busy(from, Some(source.unique))
+                || quota.is_busy(to, target.as_ref().map(|m| m.unique))
+            {
+                return Err(FsError::Busy);
+            }
+            let replaced = match target {
+                // Two names of one file (or a name onto itself): the rename
+                // removes nothing, so nothing is given back.
+                Some(m) if m.unique == source.unique && m.kind == source.kind => None,
+                Some(m) if overwrite => {
                     self.check(to, Permission::Overwrite)?;
                     m.is_file().then_some(if m.nlink > 1 { 0 } else { m.size })
                 }
-                Ok(_) => return Err(VfsError::AlreadyExists.into()),
-                Err(_) => None,
+                Some(_) => return Err(VfsError::AlreadyExists.into()),
+                None => None,
             };
             self.inner.fs.rename(from, to, overwrite).await?;
             if let Some(size) = replaced {
@@ -439,10 +448,11 @@ impl Session {
     pub async fn remove_file(&self, path: &VirtualPath) -> FsResult<()> {
         let r = async {
             self.check(path, Permission::Delete)?;
-            if self.inner.quota.is_busy(path) {
+            let _counting = self.inner.quota.serialize().await;
+            let meta = self.inner.fs.symlink_metadata(path).await?;
+            if self.inner.quota.is_busy(path, Some(meta.unique)) {
                 return Err(FsError::Busy);
             }
-            let meta = self.inner.fs.symlink_metadata(path).await?;
             self.inner.fs.remove_file(path).await?;
             if meta.is_file() {
                 // Bytes are counted once per file, not per name: with other
@@ -501,10 +511,12 @@ impl Session {
     pub async fn set_len(&self, path: &VirtualPath, size: u64) -> FsResult<()> {
         let r = async {
             self.check(path, Permission::Overwrite)?;
-            if self.inner.quota.is_busy(path) {
+            let _counting = self.inner.quota.serialize().await;
+            let meta = self.inner.fs.metadata(path).await?;
+            if self.inner.quota.is_busy(path, Some(meta.unique)) {
                 return Err(FsError::Busy);
             }
-            let old = self.inner.fs.metadata(path).await?.size;
+            let old = meta.size;
             if size > old {
                 self.inner.quota.reserve_bytes(size - old)?;
             }
@@ -566,6 +578,11 @@ impl Session {
             self.check(dst, Permission::Upload)?;
             if !self.same_rights(src, dst) {
                 return Err(FsError::Denied);
+            }
+            let _counting = self.inner.quota.serialize().await;
+            let meta = self.inner.fs.symlink_metadata(src).await?;
+            if self.inner.quota.is_busy(src, Some(meta.unique)) {
+                return Err(FsError::Busy);
             }
             self.inner.quota.reserve_file()?;
             let res = self.inner.fs.hard_link(src, dst).await;
@@ -743,8 +760,9 @@ pub struct Upload {
     /// copied prefix of an atomic resume.
     reserved: AtomicU64,
     /// While it lives, the target cannot be deleted, renamed or resized.
+    /// `None` only while a dropped upload winds down in its own task.
     #[allow(dead_code)] // held for its Drop
-    busy: BusyPath,
+    busy: Option<BusyPath>,
     failed: AtomicBool,
 }
 
@@ -837,17 +855,17 @@ impl Upload {
         let Some(writer) = self.writer.take() else {
             return Err(FsError::Closed);
         };
-        let result = writer.commit().await;
         let session = self.session.clone();
+        // What the final name held is looked at during the rename, and the
+        // count changed, with no other counting step of the account between.
+        let counting = session.inner.quota.serialize().await;
+        let result = writer.commit().await;
         session.end_transfer(&self.transfer);
-        let quota = &session.inner.quota;
         match result {
             Ok(committed) => {
+                self.settle(committed.size, committed.replaced);
+                drop(counting);
                 session.inner.gateway.usage_changed(session.username());
-                // Usage holds the replaced file plus every reservation; from
-                // now on it holds exactly the committed size instead.
-                quota.release_bytes(self.old_size + self.reserved.swap(0, Ordering::AcqRel));
-                quota.reserve_bytes_unchecked(committed.size);
                 session
                     .inner
                     .gateway
@@ -888,9 +906,35 @@ impl Upload {
     /// and records why.
     pub async fn abort(mut self, reason: &str) {
         if let Some(w) = self.writer.take() {
-            w.abort().await;
+            let quota = self.session.inner.quota.clone();
+            let _counting = quota.serialize().await;
+            if let Some(kept) = w.abort().await {
+                // A partial stays under the final name: counted like a commit.
+                self.settle(kept.size, kept.replaced);
+                self.session
+                    .inner
+                    .gateway
+                    .usage_changed(self.session.username());
+            }
         }
         self.release_and_record(Some(reason));
+    }
+
+    /// Moves the count from "reserved by this upload" to what the final name
+    /// holds now: `size` bytes, in place of what it `replaced`.
+    fn settle(&mut self, size: u64, replaced: Replaced) {
+        let reserved = self.reserved.swap(0, Ordering::AcqRel);
+        let new_file = std::mem::replace(&mut self.new_file, false);
+        settle(
+            &self.session.inner.quota,
+            Reservation {
+                bytes: reserved,
+                new_file,
+                old_size: self.old_size,
+            },
+            size,
+            replaced,
+        );
     }
 
     fn release_and_record(&mut self, reason: Option<&str>) {
@@ -920,11 +964,81 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if let Some(w) = self.writer.take() {
+        let Some(w) = self.writer.take() else {
+            return;
+        };
+        // What stays of an interrupted upload (a partial in `direct` and
+        // `atomic_resume` modes) must be counted like a commit: the abort
+        // and the count change run in a task of their own, holding the
+        // upload's busy mark until they are done.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             drop(w); // the writer's own Drop aborts on disk
             self.release_and_record(Some("interrupted"));
+            return;
+        };
+        let quota = self.session.inner.quota.clone();
+        let reservation = Reservation {
+            bytes: self.reserved.swap(0, Ordering::AcqRel),
+            new_file: std::mem::replace(&mut self.new_file, false),
+            old_size: self.old_size,
+        };
+        let busy = self.busy.take();
+        let gateway = self.session.inner.gateway.clone();
+        let username = self.session.username().to_owned();
+        self.release_and_record(Some("interrupted"));
+        runtime.spawn(async move {
+            let _counting = quota.serialize().await;
+            match w.abort().await {
+                Some(kept) => {
+                    settle(&quota, reservation, kept.size, kept.replaced);
+                    gateway.usage_changed(&username);
+                }
+                None => {
+                    quota.release_bytes(reservation.bytes);
+                    if reservation.new_file {
+                        quota.release_file();
+                    }
+                }
+            }
+            drop(busy);
+        });
+    }
+}
+
+/// What an upload holds against the quota until it ends.
+struct Reservation {
+    /// Bytes reserved (writes past the start, a copied prefix).
+    bytes: u64,
+    /// One file was reserved for a name that did not exist.
+    new_file: bool,
+    /// The size counted for the file an in-place upload rewrites.
+    old_size: u64,
+}
+
+/// Moves an upload's count from its reservation to what the final name
+/// holds now: `size` bytes, in place of what it `replaced`.
+fn settle(quota: &QuotaGuard, r: Reservation, size: u64, replaced: Replaced) {
+    quota.release_bytes(r.bytes);
+    match replaced {
+        // Written in place: the old content was counted as `old_size`.
+        Replaced::InPlace => quota.release_bytes(r.old_size),
+        Replaced::File { size: old, nlink } => {
+            if nlink <= 1 {
+                quota.release_bytes(old);
+            }
+            // The name was counted already.
+            if r.new_file {
+                quota.release_file();
+            }
+        }
+        // A new name after all (what was there went away, or was a link).
+        Replaced::Nothing | Replaced::Other => {
+            if !r.new_file {
+                quota.add_file_unchecked();
+            }
         }
     }
+    quota.reserve_bytes_unchecked(size);
 }
 
 /// Uploads up to this size are hashed before the commit returns (reads the

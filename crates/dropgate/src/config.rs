@@ -515,6 +515,22 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
     if raw.limits.login_failures_before_ban > 0 && raw.limits.ban_secs == 0 {
         return Err(bad("limits.ban_secs", "must be at least 1"));
     }
+    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    if raw.limits.ban_secs > TEN_YEARS {
+        return Err(bad(
+            "limits.ban_secs",
+            "must be at most 315360000 (ten years)",
+        ));
+    }
+    if raw.limits.ban_window_secs > TEN_YEARS {
+        return Err(bad(
+            "limits.ban_window_secs",
+            "must be at most 315360000 (ten years)",
+        ));
+    }
+    if raw.limits.login_grace_secs > 24 * 3600 {
+        return Err(bad("limits.login_grace_secs", "must be at most 86400"));
+    }
     if raw.limits.login_grace_secs == 0 {
         return Err(bad("limits.login_grace_secs", "must be at least 1"));
     }

@@ -250,6 +250,13 @@ upload("/g", 500 * 1024)
 print("resume-needs-room", code(resume))
 s.remove("/g")
 print("resume-fits", code(resume))
+# A rename onto itself removes nothing, so it frees nothing.
+for _ in range(3):
+    s.posix_rename("/f", "/f")
+# An upload over a symlink replaces the link, not the file behind it.
+s.symlink("/f", "/l")
+with s.open("/l", "wb") as f:
+    f.write(b"x")
 t.close()
 "#,
     )

@@ -281,14 +281,51 @@ pub trait FileWriter: Send + Sync {
     /// Makes the upload durable and visible under its final name.
     /// Returns a reader over exactly the committed content (for hashing).
     async fn commit(self: Box<Self>) -> VfsResult<Committed>;
-    /// Abandons the upload (what happens to the partial depends on the mode).
-    async fn abort(self: Box<Self>);
+    /// Abandons the upload. What stays depends on the mode: nothing
+    /// (`atomic`), or the partial under the final name (`atomic_resume`
+    /// once something was written, `direct`), described by the result.
+    async fn abort(self: Box<Self>) -> Option<Placed>;
+    /// The inode written in place (`direct` mode), which other operations
+    /// must leave alone until the upload ends; `None` for a hidden temporary.
+    fn in_place_identity(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// What the final name held just before an upload took it over: what the
+/// quota gives back is decided from this, at the moment of the rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// The upload wrote the final file in place (`direct` mode).
+    InPlace,
+    /// Nothing was there.
+    Nothing,
+    /// A regular file, with its size and link count.
+    File {
+        /// Its size.
+        size: u64,
+        /// Its hard links before the rename (more than one: its bytes stay).
+        nlink: u64,
+    },
+    /// A symlink or another kind of entry (it counted nothing).
+    Other,
+}
+
+/// What an upload left under its final name.
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    /// The size of the file now under the final name.
+    pub size: u64,
+    /// What that name held before.
+    pub replaced: Replaced,
 }
 
 /// A committed upload.
 pub struct Committed {
     /// Final size in bytes.
     pub size: u64,
+    /// What the final name held before.
+    pub replaced: Replaced,
     /// The committed content, still readable even if the name is replaced later.
     pub content: Arc<dyn FileReader>,
 }

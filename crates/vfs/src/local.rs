@@ -24,8 +24,8 @@ use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 use crate::writeback::WriteBack;
 use crate::{
     Committed, CreateOptions, DirEntry, DirSource, DirStream, FileKind, FileReader, FileWriter,
-    FsStats, LIST_BATCH, Metadata, Storage, TEMP_PREFIX, UploadMode, VfsError, VfsResult,
-    VirtualPath, WriteStart,
+    FsStats, LIST_BATCH, Metadata, Placed, Replaced, Storage, TEMP_PREFIX, UploadMode, VfsError,
+    VfsResult, VirtualPath, WriteStart,
 };
 
 /// Local-disk storage rooted at one account's home.
@@ -702,12 +702,33 @@ struct LocalWriter {
 }
 
 impl LocalWriter {
-    fn abort_now(&mut self) {
+    /// What the final name holds right now (not following a symlink).
+    fn current_target(&self) -> Replaced {
+        match self.parent.symlink_metadata(&self.name) {
+            Ok(m) if m.is_file() => Replaced::File {
+                size: m.len(),
+                nlink: m.nlink(),
+            },
+            Ok(_) => Replaced::Other,
+            Err(_) => Replaced::Nothing,
+        }
+    }
+
+    /// Abandons the upload; returns what stays under the final name.
+    fn abort_now(&mut self) -> Option<Placed> {
         if self.finished {
-            return;
+            return None;
         }
         self.finished = true;
-        if let Some(temp) = &self.temp {
+        let Some(temp) = &self.temp else {
+            // Direct mode: the partial is the final file.
+            let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+            return Some(Placed {
+                size,
+                replaced: Replaced::InPlace,
+            });
+        };
+        {
             let keep = self.mode == UploadMode::AtomicResume && self.wrote.load(Ordering::Relaxed);
             // An exclusive upload must never replace a file that appeared meanwhile.
             let flags = if self.exclusive {
@@ -715,8 +736,9 @@ impl LocalWriter {
             } else {
                 rustix::fs::RenameFlags::empty()
             };
-            if keep
-                && rustix::fs::renameat_with(
+            if keep {
+                let replaced = self.current_target();
+                if rustix::fs::renameat_with(
                     &self.parent,
                     temp.as_str(),
                     &self.parent,
@@ -724,19 +746,22 @@ impl LocalWriter {
                     flags,
                 )
                 .is_ok()
-            {
-                return;
+                {
+                    let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+                    return Some(Placed { size, replaced });
+                }
             }
             if let Err(e) = self.parent.remove_file(temp) {
                 tracing::warn!(error = %e, "could not remove an aborted upload's temporary");
             }
         }
+        None
     }
 }
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
-        self.abort_now();
+        let _ = self.abort_now();
     }
 }
 
@@ -770,9 +795,11 @@ impl FileWriter for LocalWriter {
 
     async fn commit(mut self: Box<Self>) -> VfsResult<Committed> {
         tokio::task::spawn_blocking(move || {
-            let result = (|| -> VfsResult<u64> {
+            let result = (|| -> VfsResult<(u64, Replaced)> {
                 self.file.sync_data()?;
+                let mut replaced = Replaced::InPlace;
                 if let Some(temp) = &self.temp {
+                    replaced = self.current_target();
                     let flags = if self.exclusive {
                         rustix::fs::RenameFlags::NOREPLACE
                     } else {
@@ -800,18 +827,19 @@ impl FileWriter for LocalWriter {
                     }
                 }
                 self.finished = true;
-                Ok(self.file.metadata()?.len())
+                Ok((self.file.metadata()?.len(), replaced))
             })();
             match result {
-                Ok(size) => Ok(Committed {
+                Ok((size, replaced)) => Ok(Committed {
                     size,
+                    replaced,
                     content: Arc::new(LocalReader {
                         file: self.file.clone(),
                         len: size,
                     }) as Arc<dyn FileReader>,
                 }),
                 Err(e) => {
-                    self.abort_now();
+                    let _ = self.abort_now();
                     Err(e)
                 }
             }
@@ -820,8 +848,19 @@ impl FileWriter for LocalWriter {
         .map_err(|e| VfsError::Io(io::Error::other(e)))?
     }
 
-    async fn abort(mut self: Box<Self>) {
-        let _ = tokio::task::spawn_blocking(move || self.abort_now()).await;
+    async fn abort(mut self: Box<Self>) -> Option<Placed> {
+        tokio::task::spawn_blocking(move || self.abort_now())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn in_place_identity(&self) -> Option<u64> {
+        if self.temp.is_some() {
+            return None;
+        }
+        use std::os::unix::fs::MetadataExt as _;
+        self.file.metadata().ok().map(|m| m.ino())
     }
 }
 
