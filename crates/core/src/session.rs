@@ -848,6 +848,18 @@ impl Upload {
         })
     }
 
+    /// Flushes what was written so far to the disk (the name appears only at
+    /// commit in the atomic modes).
+    pub async fn sync(&self) -> FsResult<()> {
+        let Some(writer) = &self.writer else {
+            return Err(FsError::Closed);
+        };
+        writer.sync().await.map_err(|e| {
+            self.failed.store(true, Ordering::Relaxed);
+            FsError::from(e)
+        })
+    }
+
     /// Makes the upload durable and visible under its final name, then
     /// records it (with the content's SHA-256, computed in the background).
     /// Returns the final size.

@@ -31,6 +31,7 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     let stop = StopSignals::install()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    raise_descriptor_limit(cfg.raw.limits.max_connections);
     let store = crate::users::open_store(&cfg).await?;
     ensure_first_admin(&store, &cfg.data_dir).await?;
 
@@ -219,6 +220,42 @@ async fn start_listeners(
         set.spawn(server.run(shutdown.clone()));
     }
     Ok(())
+}
+
+/// Descriptors one connection may hold at once: an FTP session has its
+/// control and data connections, a passive listener and an open file.
+const DESCRIPTORS_PER_CONNECTION: u64 = 4;
+/// Descriptors for everything else (listeners, database, logs, hashing).
+const DESCRIPTORS_SPARE: u64 = 256;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (the usual soft 1024
+/// would refuse connections long before `max_connections`), and says so when
+/// even the hard limit is below what `max_connections` can need.
+fn raise_descriptor_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let before = limit.current;
+    // The soft limit is never above the hard one (`None` is unlimited).
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            limit.current = before;
+        }
+    }
+    let needed = (max_connections as u64)
+        .saturating_mul(DESCRIPTORS_PER_CONNECTION)
+        .saturating_add(DESCRIPTORS_SPARE);
+    match limit.current {
+        Some(n) if n < needed => tracing::warn!(
+            open_files = n,
+            needed,
+            "the open-file limit is below what limits.max_connections can need; \
+             connections past it are refused (raise `ulimit -n` or LimitNOFILE)"
+        ),
+        Some(n) => tracing::info!(open_files = n, "open-file limit"),
+        None => tracing::info!("open-file limit: unlimited"),
+    }
 }
 
 /// SIGHUP re-reads the FTPS certificate; sessions already running keep theirs.

@@ -288,3 +288,54 @@ fn serve_creates_first_admin_and_stops_on_sigterm() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("created admin account"));
 }
+
+#[test]
+fn serve_raises_the_open_file_limit_and_warns_when_it_is_too_low() {
+    dropgate_testkit::require_tool("prlimit", "util-linux");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("dropgate.toml"),
+        "[ftp]\nlisten = \"127.0.0.1:0\"\n[sftp]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    // Soft 256, hard 4096: raised to 4096, still below what 2,000 connections need.
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=256:4096", "--"])
+        .arg(env!("CARGO_BIN_EXE_dropgate"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("DROPGATE_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let started = line.contains("dropgate started");
+            all.push_str(&line);
+            all.push('\n');
+            if started {
+                break;
+            }
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = reader.join().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(log.contains("open_files=4096"), "{log}");
+    assert!(
+        log.contains("below what limits.max_connections can need"),
+        "{log}"
+    );
+}

@@ -163,6 +163,12 @@ impl ChannelSecurity {
     /// `PROT C|S|E|P`.
     pub(crate) fn prot(&mut self, level: char) -> Reply {
         match level {
+            // RFC 2228's 534: refused by policy, at the command, rather than
+            // accepted and then refused at each transfer.
+            'C' if self.mode == TlsMode::Required => Reply::new(
+                534,
+                "PROT C not allowed: data connections must be encrypted.",
+            ),
             'C' => {
                 self.protection = Protection::Clear;
                 Reply::new(200, "Protection level set to C.")

@@ -636,8 +636,13 @@ async fn tls_required_refuses_clear_logins_and_clear_data() {
 
     let mut t = Ftps::explicit(server.addr, client_config(false)).await;
     t.login("u", "pw-u-1").await;
-    // PROT C is accepted, but no clear-text data connection is opened.
-    t.expect("PROT C", 200).await;
+    // PROT C is refused at the command, and without PROT P no clear-text
+    // data connection is opened either.
+    let r = t.expect("PROT C", 534).await;
+    assert_eq!(
+        r.text,
+        "534 PROT C not allowed: data connections must be encrypted."
+    );
     for command in [
         "LIST",
         "RETR f.txt",

@@ -495,8 +495,19 @@ async fn on_handle(
             },
             _,
         ) => statvfs(s, id, &handle.path).await,
-        // Uploads are made durable (fsync + rename) by CLOSE; before that the
-        // data has no final name to be durable under, so there is nothing to add.
+        // The data written so far really reaches the disk (in the atomic
+        // modes its final name still appears only at CLOSE).
+        (
+            Request::Extended {
+                id,
+                request: ExtendedRequest::Fsync { .. },
+            },
+            HandleKind::Write(w),
+        ) => {
+            w.upload.sync().await?;
+            Ok(ok(id))
+        }
+        // Nothing of a download or a folder is waiting to be written.
         (
             Request::Extended {
                 id,

@@ -58,6 +58,7 @@ async fn sftp_batch_put_get_resume_rename_remove() {
          put half.bin dir/resume.bin\n\
          reput big.bin dir/resume.bin\n\
          reget dir/moved.bin regot.bin\n\
+         put -f big.bin dir/synced.bin\n\
          ls -l dir\n",
     )
     .await;
@@ -77,6 +78,11 @@ async fn sftp_batch_put_get_resume_rename_remove() {
         std::fs::read(h.work("got.bin")).unwrap(),
         big,
         "get is byte-identical"
+    );
+    assert_eq!(
+        std::fs::read(home.join("dir/synced.bin")).unwrap(),
+        big,
+        "put -f (fsync@openssh.com before CLOSE)"
     );
     assert_eq!(
         std::fs::read(home.join("dir/moved.bin")).unwrap(),
@@ -115,6 +121,7 @@ async fn sftp_batch_put_get_resume_rename_remove() {
          rm dir/moved.bin\n\
          get dir/resume.bin other-back.bin\n\
          rm dir/resume.bin\n\
+         rm dir/synced.bin\n\
          rmdir dir\n",
     )
     .await;

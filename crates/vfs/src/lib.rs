@@ -273,6 +273,11 @@ pub trait FileWriter: Send + Sync {
     /// Truncates or extends the upload's content to `len` (SFTP fsetstat size,
     /// scp overwriting a longer file), before it is committed.
     async fn set_len(&self, len: u64) -> VfsResult<()>;
+    /// Flushes what was written so far to the disk (SFTP `fsync@openssh.com`).
+    /// In the atomic modes the final name still appears only at commit.
+    async fn sync(&self) -> VfsResult<()> {
+        Ok(())
+    }
     /// Bytes already in the file before this upload wrote anything
     /// (the kept prefix of a resume or append).
     fn initial_len(&self) -> u64;

@@ -785,6 +785,11 @@ impl FileWriter for LocalWriter {
         blocking(move || Ok(file.set_len(len)?)).await
     }
 
+    async fn sync(&self) -> VfsResult<()> {
+        let file = self.file.clone();
+        blocking(move || Ok(file.sync_data()?)).await
+    }
+
     fn initial_len(&self) -> u64 {
         self.initial_len
     }
