@@ -195,6 +195,36 @@ impl Session {
         }
     }
 
+    /// [`Session::check`], and where rights differ by path, the same right
+    /// at the real location: a path that passes through a symlink (one the
+    /// operator placed, or one made before the rights were narrowed) is
+    /// judged where it really leads too. `follow`: whether the operation
+    /// follows a symlink in the last component (open, list) or acts on the
+    /// entry itself (delete, rename).
+    async fn check_real(&self, path: &VirtualPath, perm: Permission, follow: bool) -> FsResult<()> {
+        self.check(path, perm)?;
+        if self.inner.uniform_rights {
+            return Ok(());
+        }
+        let real = match path.file_name() {
+            Some(name) if !follow => self
+                .inner
+                .fs
+                .real_path(&path.parent())
+                .await
+                .and_then(|p| p.join(name)),
+            _ => self.inner.fs.real_path(path).await,
+        };
+        match real {
+            Ok(real) if real != *path && !self.inner.perms.allows(&real, perm) => {
+                Err(FsError::Denied)
+            }
+            // Unresolvable (a cycle, a link out of the jail): the operation
+            // itself is refused by the jail.
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn event(
         &self,
         kind: EventKind,
@@ -240,26 +270,28 @@ impl Session {
     /// Metadata of `path` (symlinks inside the jail followed). Needs `list`
     /// on the containing folder.
     pub async fn metadata(&self, path: &VirtualPath) -> FsResult<Metadata> {
-        self.check(&path.parent(), Permission::List)?;
+        self.check_real(&path.parent(), Permission::List, true)
+            .await?;
         Ok(self.inner.fs.metadata(path).await?)
     }
 
     /// Metadata of the entry itself. Needs `list` on the containing folder.
     pub async fn symlink_metadata(&self, path: &VirtualPath) -> FsResult<Metadata> {
-        self.check(&path.parent(), Permission::List)?;
+        self.check_real(&path.parent(), Permission::List, true)
+            .await?;
         Ok(self.inner.fs.symlink_metadata(path).await?)
     }
 
     /// Streams a folder's entries. Needs `list` on the folder.
     pub async fn list(&self, path: &VirtualPath) -> FsResult<DirStream> {
-        self.check(path, Permission::List)?;
+        self.check_real(path, Permission::List, true).await?;
         Ok(self.inner.fs.list(path).await?)
     }
 
     /// Opens a file for download. Needs `download`.
     pub async fn open_download(&self, path: &VirtualPath) -> FsResult<Download> {
         let r = async {
-            self.check(path, Permission::Download)?;
+            self.check_real(path, Permission::Download, true).await?;
             Ok(self.inner.fs.open_read(path).await?)
         }
         .await;
@@ -323,8 +355,8 @@ impl Session {
         };
         match existing {
             Some(_) if exclusive => return Err(VfsError::AlreadyExists.into()),
-            Some(_) => self.check(path, Permission::Overwrite)?,
-            None => self.check(path, Permission::Upload)?,
+            Some(_) => self.check_real(path, Permission::Overwrite, true).await?,
+            None => self.check_real(path, Permission::Upload, true).await?,
         }
         let new_file = existing.is_none();
         if new_file {
@@ -384,8 +416,8 @@ impl Session {
         overwrite: bool,
     ) -> FsResult<()> {
         let r = async {
-            self.check(from, Permission::Rename)?;
-            self.check(to, Permission::Rename)?;
+            self.check_real(from, Permission::Rename, false).await?;
+            self.check_real(to, Permission::Rename, false).await?;
             if from.is_root() || to.is_root() {
                 return Err(FsError::Denied);
             }
@@ -406,7 +438,7 @@ impl Session {
                 // removes nothing, so nothing is given back.
                 Some(m) if m.unique == source.unique && m.kind == source.kind => None,
                 Some(m) if overwrite => {
-                    self.check(to, Permission::Overwrite)?;
+                    self.check_real(to, Permission::Overwrite, false).await?;
                     m.is_file().then_some(if m.nlink > 1 { 0 } else { m.size })
                 }
                 Some(_) => return Err(VfsError::AlreadyExists.into()),
@@ -447,7 +479,7 @@ impl Session {
     /// Deletes a file. Needs `delete`.
     pub async fn remove_file(&self, path: &VirtualPath) -> FsResult<()> {
         let r = async {
-            self.check(path, Permission::Delete)?;
+            self.check_real(path, Permission::Delete, false).await?;
             let _counting = self.inner.quota.serialize().await;
             let meta = self.inner.fs.symlink_metadata(path).await?;
             if self.inner.quota.is_busy(path, Some(meta.unique)) {
@@ -472,7 +504,7 @@ impl Session {
     /// Creates a folder. Needs `mkdir`.
     pub async fn create_dir(&self, path: &VirtualPath) -> FsResult<()> {
         let r = async {
-            self.check(path, Permission::Mkdir)?;
+            self.check_real(path, Permission::Mkdir, false).await?;
             Ok(self.inner.fs.create_dir(path).await?)
         }
         .await;
@@ -483,7 +515,7 @@ impl Session {
     /// Removes an empty folder. Needs `rmdir`.
     pub async fn remove_dir(&self, path: &VirtualPath) -> FsResult<()> {
         let r = async {
-            self.check(path, Permission::Rmdir)?;
+            self.check_real(path, Permission::Rmdir, false).await?;
             Ok(self.inner.fs.remove_dir(path).await?)
         }
         .await;
@@ -499,7 +531,7 @@ impl Session {
         modified: Option<SystemTime>,
     ) -> FsResult<()> {
         let r = async {
-            self.check(path, Permission::Chtimes)?;
+            self.check_real(path, Permission::Chtimes, true).await?;
             Ok(self.inner.fs.set_times(path, accessed, modified).await?)
         }
         .await;
@@ -510,7 +542,7 @@ impl Session {
     /// Truncates or extends a file. Needs `overwrite`; growth counts against the quota.
     pub async fn set_len(&self, path: &VirtualPath, size: u64) -> FsResult<()> {
         let r = async {
-            self.check(path, Permission::Overwrite)?;
+            self.check_real(path, Permission::Overwrite, true).await?;
             let _counting = self.inner.quota.serialize().await;
             let meta = self.inner.fs.metadata(path).await?;
             if self.inner.quota.is_busy(path, Some(meta.unique)) {
@@ -542,8 +574,23 @@ impl Session {
 
     /// Where a symlink points (inside the jail). Needs `list` on its folder.
     pub async fn read_link(&self, path: &VirtualPath) -> FsResult<VirtualPath> {
-        self.check(&path.parent(), Permission::List)?;
+        self.check_real(&path.parent(), Permission::List, true)
+            .await?;
         Ok(self.inner.fs.read_link(path).await?)
+    }
+
+    /// Where the entry `path` names really is (its folder's links resolved);
+    /// the path itself when that cannot be told.
+    async fn real_entry(&self, path: &VirtualPath) -> VirtualPath {
+        let Some(name) = path.file_name() else {
+            return path.clone();
+        };
+        self.inner
+            .fs
+            .real_path(&path.parent())
+            .await
+            .and_then(|p| p.join(name))
+            .unwrap_or_else(|_| path.clone())
     }
 
     /// Links may not become a way around path permissions: both ends must be
@@ -575,9 +622,15 @@ impl Session {
     /// rights on both ends.
     pub async fn hard_link(&self, src: &VirtualPath, dst: &VirtualPath) -> FsResult<()> {
         let r = async {
-            self.check(dst, Permission::Upload)?;
+            self.check_real(dst, Permission::Upload, false).await?;
             if !self.same_rights(src, dst) {
                 return Err(FsError::Denied);
+            }
+            if !self.inner.uniform_rights {
+                let (real_src, real_dst) = (self.real_entry(src).await, self.real_entry(dst).await);
+                if !self.same_rights(&real_src, &real_dst) {
+                    return Err(FsError::Denied);
+                }
             }
             let _counting = self.inner.quota.serialize().await;
             let meta = self.inner.fs.symlink_metadata(src).await?;
@@ -598,7 +651,7 @@ impl Session {
 
     /// Filesystem capacity (for SFTP statvfs). Needs `list`.
     pub async fn fs_stats(&self, path: &VirtualPath) -> FsResult<FsStats> {
-        self.check(path, Permission::List)?;
+        self.check_real(path, Permission::List, true).await?;
         Ok(self.inner.fs.fs_stats(path).await?)
     }
 

@@ -102,10 +102,14 @@ async fn symlinks_and_folder_moves_cannot_cross_a_rule_boundary() {
     // another folder it would point into the archive.
     std::fs::create_dir_all(ann_home.join("sub")).unwrap();
     std::os::unix::fs::symlink("archive", ann_home.join("sub/l")).unwrap();
+    // Links already there (placed by the operator, or made before the
+    // rights were narrowed) are judged where they lead.
+    std::os::unix::fs::symlink("archive", ann_home.join("al")).unwrap();
     let bob_home = h.home("bob");
     std::fs::create_dir_all(bob_home.join("inbox")).unwrap();
     std::fs::create_dir_all(bob_home.join("outbox")).unwrap();
     std::fs::write(bob_home.join("outbox/report.csv"), b"for bob").unwrap();
+    std::os::unix::fs::symlink("../outbox", bob_home.join("inbox/o2")).unwrap();
     let cy_home = h.home("cy");
     std::fs::create_dir_all(cy_home.join("a/ro")).unwrap();
     std::fs::write(cy_home.join("a/ro/f"), b"read only").unwrap();
@@ -121,12 +125,17 @@ print("ann-remove-direct", code(lambda: s.remove("/archive/x")))
 print("ann-symlink-plain", code(lambda: s.symlink("/notes", "/n")))
 print("ann-move-link", code(lambda: s.rename("/sub/l", "/l2")))
 print("ann-remove-moved", code(lambda: s.remove("/l2/x")))
+print("ann-remove-via-link", code(lambda: s.remove("/al/x")))
+print("ann-write-via-link", code(lambda: s.open("/al/new", "wb").write(b"x")))
+print("ann-read-via-link", code(lambda: s.open("/al/x").read()))
+print("ann-mkdir-via-link", code(lambda: s.mkdir("/al/d")))
 t.close()
 
 t = connect("bob", password="pw")
 s = paramiko.SFTPClient.from_transport(t)
 print("bob-symlink", code(lambda: s.symlink("/outbox", "/inbox/o")))
 print("bob-upload-through", code(lambda: s.open("/inbox/o/evil.csv", "wb").write(b"x")))
+print("bob-upload-via-link", code(lambda: s.open("/inbox/o2/evil.csv", "wb").write(b"x")))
 print("bob-upload-inbox", code(lambda: s.open("/inbox/in.csv", "wb").write(b"ok")))
 print("bob-read-inbox", code(lambda: s.open("/inbox/in.csv").read()))
 print("bob-delete-inbox", code(lambda: s.remove("/inbox/in.csv")))
@@ -164,10 +173,16 @@ t.close()
     );
     assert_eq!(r["ann-move-link"], denied, "{r:?}");
     assert_ne!(r["ann-remove-moved"], "ok", "{r:?}");
+    assert_eq!(r["ann-remove-via-link"], denied, "{r:?}");
+    assert_eq!(r["ann-write-via-link"], denied, "{r:?}");
+    assert_eq!(r["ann-mkdir-via-link"], denied, "{r:?}");
+    assert_eq!(r["ann-read-via-link"], "ok", "{r:?}");
+    assert_eq!(r["bob-upload-via-link"], denied, "{r:?}");
     assert_eq!(
         std::fs::read(ann_home.join("archive/x")).unwrap(),
         b"keep me"
     );
+    assert!(!ann_home.join("archive/new").exists() && !ann_home.join("archive/d").exists());
 
     assert_eq!(r["bob-symlink"], denied, "{r:?}");
     assert_ne!(r["bob-upload-through"], "ok", "{r:?}");

@@ -377,4 +377,10 @@ pub trait Storage: Send + Sync {
     async fn hard_link(&self, src: &VirtualPath, dst: &VirtualPath) -> VfsResult<()>;
     /// Capacity of the filesystem holding `path`.
     async fn fs_stats(&self, path: &VirtualPath) -> VfsResult<FsStats>;
+    /// Where `path` really is: every symlink along it resolved (inside the
+    /// jail); a part that does not exist yet is kept as spelled. Backends
+    /// without links return the path itself.
+    async fn real_path(&self, path: &VirtualPath) -> VfsResult<VirtualPath> {
+        Ok(path.clone())
+    }
 }

@@ -235,6 +235,47 @@ fn resolve_link_target(link_parent: &VirtualPath, target: &str) -> VfsResult<Vir
     VirtualPath::parse(&format!("/{}", parts.join("/")))
 }
 
+/// Most symlinks one path may pass through (as Linux's ELOOP limit).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Resolves every symlink along `path`, one component at a time from the
+/// home, each link's target taken relative to its own folder.
+fn real_path_in(home: &Dir, path: &VirtualPath) -> VfsResult<VirtualPath> {
+    let mut done = VirtualPath::root();
+    let mut rest: std::collections::VecDeque<String> =
+        path.components().map(str::to_owned).collect();
+    let mut hops = 0;
+    while let Some(name) = rest.pop_front() {
+        let next = done.join(&name)?;
+        match home.symlink_metadata(next.relative()) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > MAX_LINK_HOPS {
+                    return Err(VfsError::PermissionDenied);
+                }
+                let target = home.read_link_contents(next.relative())?;
+                let target = target.to_str().ok_or(VfsError::PermissionDenied)?;
+                let resolved = resolve_link_target(&done, target)?;
+                // The target may pass through links too: walk it again.
+                let mut again: std::collections::VecDeque<String> =
+                    resolved.components().map(str::to_owned).collect();
+                again.extend(rest.drain(..));
+                rest = again;
+                done = VirtualPath::root();
+            }
+            Ok(_) => done = next,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                done = next;
+                for name in rest.drain(..) {
+                    done = done.join(&name)?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
 /// The relative path from folder `from` to `to`, for storing symlink targets
 /// that stay valid inside the jail (absolute targets would point at the host).
 fn relative_between(from_dir: &VirtualPath, to: &VirtualPath) -> String {
@@ -471,6 +512,11 @@ impl Storage for LocalStorage {
             resolve_link_target(&parent, target)
         })
         .await
+    }
+
+    async fn real_path(&self, path: &VirtualPath) -> VfsResult<VirtualPath> {
+        let (home, path) = (self.home.clone(), path.clone());
+        blocking(move || real_path_in(&home, &path)).await
     }
 
     async fn symlink(&self, target: &VirtualPath, link: &VirtualPath) -> VfsResult<()> {
@@ -910,6 +956,25 @@ mod tests {
         assert!(resolve_link_target(&root, "../x").is_err());
         assert!(resolve_link_target(&a, "/etc/passwd").is_err());
         assert!(resolve_link_target(&a, "../../../x").is_err());
+    }
+
+    #[test]
+    fn real_paths_resolve_links_inside_the_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Dir::open_ambient_dir(dir.path(), ambient_authority()).unwrap();
+        std::fs::create_dir_all(dir.path().join("outbox/deep")).unwrap();
+        std::fs::create_dir_all(dir.path().join("inbox/sub")).unwrap();
+        std::os::unix::fs::symlink("../outbox", dir.path().join("inbox/o")).unwrap();
+        std::os::unix::fs::symlink("o/deep", dir.path().join("inbox/d")).unwrap();
+        std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+        let real = |p: &str| {
+            real_path_in(&home, &VirtualPath::parse(p).unwrap()).map(|v| v.as_str().to_owned())
+        };
+        assert_eq!(real("/inbox/sub/x").unwrap(), "/inbox/sub/x");
+        assert_eq!(real("/inbox/o/report.csv").unwrap(), "/outbox/report.csv");
+        assert_eq!(real("/inbox/d/new/file").unwrap(), "/outbox/deep/new/file");
+        assert_eq!(real("/inbox/o").unwrap(), "/outbox");
+        assert!(real("/loop/x").is_err(), "a link cycle");
     }
 
     #[test]
