@@ -11,7 +11,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{Gateway, curl, require_tool};
@@ -63,43 +63,7 @@ fn ftp_login(gw: &Gateway, local: &str, user: &str, password: &str) -> Output {
 
 /// An OpenSSH `sftp` password login from `local`, running `ls` (one try).
 fn sftp_password(gw: &Gateway, local: &str, user: &str, password: &str) -> Output {
-    require_tool("sshpass", "sshpass");
-    require_tool("sftp", "openssh-client");
-    let addr = gw.addr("sftp");
-    let mut child = Command::new("sshpass")
-        // Not `-b`: batch mode turns password authentication off.
-        .args(["-p", password, "sftp", "-P", &addr.port().to_string()])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "PreferredAuthentications=password",
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            "NumberOfPasswordPrompts=1",
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-        ])
-        .arg(format!("BindAddress={local}"))
-        .arg(format!("{user}@{}", addr.ip()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"ls\nquit\n")
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::sftp_password(gw.addr("sftp"), local, user, password, "ls\nquit\n")
 }
 
 /// `POST /api/v1/auth/token` from `local`: the HTTP status.

@@ -231,23 +231,63 @@ pub fn sftp_command(addr: SocketAddr, _user: &str, key: &Path) -> Command {
     let mut c = Command::new("sftp");
     c.args(["-P", &addr.port().to_string(), "-i"])
         .arg(key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-        ])
-        .args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "LogLevel=ERROR",
-        ]);
+        .args(SSH_TEST_OPTIONS)
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"]);
     c
+}
+
+/// What every OpenSSH client of these tests is told: a throwaway server
+/// key, a time limit, quiet.
+const SSH_TEST_OPTIONS: [&str; 8] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "ConnectTimeout=20",
+    "-o",
+    "LogLevel=ERROR",
+];
+
+/// An OpenSSH `sftp` password login (one try, through sshpass) from the
+/// local address `local`, running `commands`.
+pub fn sftp_password(
+    addr: SocketAddr,
+    local: &str,
+    user: &str,
+    password: &str,
+    commands: &str,
+) -> Output {
+    require_tool("sshpass", "sshpass");
+    require_tool("sftp", "openssh-client");
+    let mut child = Command::new("sshpass")
+        // Not `-b`: batch mode turns password authentication off.
+        .args(["-p", password, "sftp", "-P", &addr.port().to_string()])
+        .args(SSH_TEST_OPTIONS)
+        .args([
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "-o",
+        ])
+        .arg(format!("BindAddress={local}"))
+        .arg(format!("{user}@{}", addr.ip()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(commands.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// curl for FTP/SFTP transfers; returns the output.
