@@ -28,6 +28,7 @@ mod console;
 mod console_session;
 mod cookie_auth;
 mod error;
+mod event_rules;
 mod events;
 mod extract;
 mod limits;

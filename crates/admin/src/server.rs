@@ -33,7 +33,9 @@ use crate::cookie_auth;
 use crate::error::{ApiError, error_response};
 use crate::limits::MAX_BODY_BYTES;
 use crate::system::OpenApiJson;
-use crate::{AdminConfig, AppState, StatusInfo, bans, console, events, sessions, system, users};
+use crate::{
+    AdminConfig, AppState, StatusInfo, bans, console, event_rules, events, sessions, system, users,
+};
 
 /// A request still unanswered after this gets 408 (argon2 queues included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,7 +48,7 @@ const CONSOLE_COOKIE: &str = "console_cookie";
 #[openapi(
     info(
         title = "dropgate admin API",
-        description = "Accounts, live sessions, the audit log and server status of a dropgate gateway.\n\n\
+        description = "Accounts, live sessions, the audit log, event rules and server status of a dropgate gateway.\n\n\
             Every `/api/v1` route except `POST /api/v1/auth/token`, `POST /api/v1/auth/session` and \
             `GET /api/v1/openapi.json` needs `Authorization: Bearer <token or API key>`, or the web \
             console's `dropgate_session` cookie; a POST, PUT, PATCH or DELETE authenticated by the cookie \
@@ -63,6 +65,7 @@ const CONSOLE_COOKIE: &str = "console_cookie";
         (name = "events", description = "The audit log"),
         (name = "system", description = "Health, metrics, status"),
         (name = "bans", description = "Sources banned for failed logins"),
+        (name = "event-rules", description = "Event rules (webhooks, commands, move, copy, retention) and their deliveries"),
         (name = "console", description = "The web console's page and files"),
     ),
     components(schemas(crate::error::ErrorBody))
@@ -100,6 +103,13 @@ pub(crate) fn build_router(gateway: Arc<Gateway>, status: StatusInfo) -> Router 
         .routes(routes!(events::list_events))
         .routes(routes!(bans::list_bans))
         .routes(routes!(bans::delete_ban))
+        .routes(routes!(event_rules::list_rules, event_rules::create_rule))
+        .routes(routes!(
+            event_rules::get_rule,
+            event_rules::replace_rule,
+            event_rules::delete_rule
+        ))
+        .routes(routes!(event_rules::list_deliveries))
         .routes(routes!(system::status));
     // Later work slots in here: event rules, deliveries and nodes are
     // protected routes like the above.

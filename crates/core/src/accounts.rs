@@ -68,6 +68,7 @@ impl Gateway {
         };
         self.store.create_user(user, hash.as_deref()).await?;
         tracing::info!(user = %user.username, "account created");
+        self.record_account_change(&user.username, "created").await;
         self.reload(&user.username).await
     }
 
@@ -101,6 +102,12 @@ impl Gateway {
             self.quotas.forget(&new.username);
         }
         tracing::info!(user = %new.username, "account updated");
+        let what = if password != PasswordChange::Keep && old == new {
+            "password changed"
+        } else {
+            "updated"
+        };
+        self.record_account_change(&new.username, what).await;
         self.reload(&new.username).await
     }
 
@@ -125,6 +132,7 @@ impl Gateway {
         let ended = self.sessions.disconnect_user(username);
         self.quotas.forget(username);
         tracing::info!(user = %username, sessions_ended = ended, delete_files, "account deleted");
+        self.record_account_change(username, "deleted").await;
         if !delete_files {
             return Ok(false);
         }
@@ -147,6 +155,31 @@ impl Gateway {
         };
         self.update_account(&record.user, &record.user, password)
             .await
+    }
+
+    /// The `account_changed` event (rules can act on it). The change is
+    /// already stored, so a failure to record it is logged, not returned.
+    async fn record_account_change(&self, username: &str, what: &str) {
+        let event = dropgate_store::Event {
+            id: 0,
+            time: Utc::now(),
+            kind: dropgate_store::EventKind::AccountChanged,
+            username: username.to_owned(),
+            protocol: "admin".to_owned(),
+            remote_addr: String::new(),
+            path: None,
+            target_path: None,
+            bytes: None,
+            duration_ms: None,
+            outcome: dropgate_store::Outcome::Ok,
+            sha256: None,
+            message: Some(what.to_owned()),
+            node: self.config.node_name.clone(),
+            session_id: None,
+        };
+        if let Err(e) = self.audit.record_durable(event).await {
+            tracing::error!(error = %e, user = %username, what, "account change not recorded");
+        }
     }
 
     async fn reload(&self, username: &str) -> Result<User, AccountError> {

@@ -1,24 +1,53 @@
-//! The audit trail: events are queued without blocking a transfer and written
-//! to the store in batches by one task.
+//! The event stream: every audited event goes through one writer task that
+//! matches it against the event rules and stores it with the deliveries it
+//! caused, in one transaction (the outbox).
+//!
+//! Operations a client is told succeeded wait for their event
+//! ([`AuditLog::record_durable`]): the client hears "done" only once the
+//! event, and any action it triggers, is in the store. Waiting events are
+//! committed in groups: while one transaction runs, the next batch gathers,
+//! so hundreds of small uploads a second cost a few transactions a second.
+//!
+//! When the store is down, batches go to an on-disk spool (one fsynced file
+//! per batch) and are acknowledged from there; a replay task moves them
+//! into the store once it answers again. Only when the spool is full or
+//! unwritable are waiting operations answered with a failure.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use dropgate_store::{Delivery, Event, Store};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
-use dropgate_store::{Event, Store};
+use crate::rules::Rules;
 
 /// Most events written in one transaction.
 const BATCH: usize = 256;
-/// How long the writer gathers events after the first of a batch. Busy
-/// periods (hundreds of small uploads a second) then cost a few transactions
-/// a second instead of one per event; a flush or a full batch ends the wait.
+/// How long the writer gathers events nobody waits for after the first of a
+/// batch (logouts, failed operations): fewer, larger transactions. A waiting
+/// event, a flush or a full batch ends the wait.
 const LINGER: Duration = Duration::from_millis(25);
+/// How long one store write may take before the batch goes to the spool.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the spool is offered to the store.
+const REPLAY_EVERY: Duration = Duration::from_secs(2);
+/// Most bytes the spool holds; beyond it, waiting operations fail.
+pub const SPOOL_MAX_BYTES: u64 = 1 << 30;
+
+/// Why an event could not be recorded: the store is unavailable and the
+/// spool is full, unwritable or not configured.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the audit log is unavailable")]
+pub struct Unrecorded;
+
+type Waiter = oneshot::Sender<Result<(), Unrecorded>>;
 
 enum Msg {
-    Event(Box<Event>),
+    Event(Box<Event>, Option<Waiter>),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -30,38 +59,86 @@ pub struct AuditLog {
     shared: Arc<Shared>,
 }
 
-/// What senders and the writer share besides the queue.
-#[derive(Default)]
+/// What senders, the writer and the replay task share.
 struct Shared {
     /// Events queued and not yet taken by the writer.
     queued: AtomicUsize,
-    /// Ends the writer's linger early (a flush, a full batch).
+    /// Ends the writer's linger early (a waiting event, a flush, a full batch).
     hurry: Notify,
+    /// Rules that turn events into deliveries.
+    rules: Arc<Rules>,
+    /// Woken when deliveries were stored (the dispatcher).
+    deliveries: Arc<Notify>,
+    /// Set while the store refuses writes: batches go to the spool.
+    degraded: AtomicBool,
+    spool: Option<Spool>,
+    /// Events that could be neither stored nor spooled.
+    lost: AtomicU64,
 }
 
 impl AuditLog {
-    /// Starts the writer task on `store`.
-    pub fn start(store: Store) -> AuditLog {
-        // Unbounded on purpose: an audit record must never be dropped, and
-        // recording must work from `Drop` (an aborted transfer); events are small.
+    /// Starts the writer task on `store` (and, with a spool folder, the
+    /// replay task). Needs a tokio runtime.
+    pub fn start(
+        store: Store,
+        rules: Arc<Rules>,
+        deliveries: Arc<Notify>,
+        spool_dir: Option<PathBuf>,
+    ) -> AuditLog {
+        // Unbounded on purpose: recording must work from `Drop` (an aborted
+        // transfer) and never block a transfer; the writer drains it into
+        // the store or the spool continuously, so it holds one batch or two.
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
-        let shared = Arc::new(Shared::default());
+        let spool = spool_dir.map(Spool::new);
+        let shared = Arc::new(Shared {
+            queued: AtomicUsize::new(0),
+            hurry: Notify::new(),
+            rules,
+            deliveries,
+            degraded: AtomicBool::new(false),
+            spool,
+            lost: AtomicU64::new(0),
+        });
+        if shared.spool.is_some() {
+            tokio::spawn(replay_spool(store.clone(), shared.clone()));
+        }
         tokio::spawn(write_events(store, rx, shared.clone()));
         AuditLog { tx, shared }
     }
 
-    /// Queues one event.
+    /// Queues one event nobody waits for (a logout, a failed operation).
     pub fn record(&self, event: Event) {
-        if self.tx.send(Msg::Event(Box::new(event))).is_err() {
-            tracing::error!("audit writer stopped; event lost");
-            return;
-        }
-        if self.shared.queued.fetch_add(1, Ordering::AcqRel) + 1 == BATCH {
-            self.shared.hurry.notify_one();
-        }
+        self.send(event, None);
     }
 
-    /// Waits until every event queued so far is in the store.
+    /// Records one event and waits until it (with the deliveries it causes)
+    /// is in the store or the spool: what a client is told succeeded.
+    pub async fn record_durable(&self, event: Event) -> Result<(), Unrecorded> {
+        let (done, wait) = oneshot::channel();
+        if !self.send(event, Some(done)) {
+            return Err(Unrecorded);
+        }
+        self.shared.hurry.notify_one();
+        wait.await.unwrap_or(Err(Unrecorded))
+    }
+
+    fn send(&self, event: Event, waiter: Option<Waiter>) -> bool {
+        // Counted before it is sent: the writer may take it (and count it
+        // off) before `send` returns.
+        let queued = self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(Msg::Event(Box::new(event), waiter)).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.shared.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("audit writer stopped; event lost");
+            return false;
+        }
+        if queued.wrapping_add(1) == BATCH {
+            self.shared.hurry.notify_one();
+        }
+        true
+    }
+
+    /// Waits until every event queued so far is stored or spooled.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).is_ok() {
@@ -69,19 +146,31 @@ impl AuditLog {
             let _ = wait.await;
         }
     }
+
+    /// Events that could be neither stored nor spooled since start.
+    pub fn lost(&self) -> u64 {
+        self.shared.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether batches currently go to the spool (the store refused).
+    pub fn degraded(&self) -> bool {
+        self.shared.degraded.load(Ordering::Relaxed)
+    }
 }
 
-/// The writer: wakes for the first event of a batch, then sleeps through the
-/// linger instead of waking for every event that follows (each wake of an
-/// idle task from a busy worker can cost a thread switch: the audit trail
-/// must not add latency to the transfer it records).
+/// The writer: wakes for the first event of a batch; for events nobody
+/// waits for, sleeps through the linger instead of waking for every event
+/// that follows (each wake of an idle task from a busy worker can cost a
+/// thread switch).
 async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared: Arc<Shared>) {
     let mut msgs = Vec::with_capacity(BATCH);
     let mut batch = Vec::with_capacity(BATCH);
+    let mut waiters = Vec::new();
     while rx.recv_many(&mut msgs, BATCH).await > 0 {
         let deadline = Instant::now() + LINGER;
-        let mut flushing = msgs.iter().any(|m| matches!(m, Msg::Flush(_)));
-        while !flushing && msgs.len() < BATCH {
+        let urgent = |m: &Msg| matches!(m, Msg::Flush(_)) || matches!(m, Msg::Event(_, Some(_)));
+        let mut hurry = msgs.iter().any(urgent);
+        while !hurry && msgs.len() < BATCH {
             let woken = tokio::select! {
                 () = tokio::time::sleep_until(deadline) => false,
                 () = shared.hurry.notified() => true,
@@ -90,7 +179,7 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
             if !rx.is_empty() {
                 rx.recv_many(&mut msgs, room).await;
             }
-            flushing = msgs.iter().any(|m| matches!(m, Msg::Flush(_)));
+            hurry = msgs.iter().any(urgent);
             if !woken {
                 break;
             }
@@ -98,25 +187,220 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
         let mut flushes = Vec::new();
         for m in msgs.drain(..) {
             match m {
-                Msg::Event(e) => {
+                Msg::Event(e, waiter) => {
                     shared.queued.fetch_sub(1, Ordering::AcqRel);
-                    batch.push(*e)
+                    batch.push(*e);
+                    waiters.extend(waiter);
                 }
                 Msg::Flush(done) => flushes.push(done),
             }
         }
-        let mut attempt = 0;
-        while let Err(e) = store.insert_events(&batch).await {
-            attempt += 1;
-            tracing::error!(error = %e, events = batch.len(), attempt, "writing audit events failed");
-            if attempt >= 5 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        let deliveries = shared.rules.deliveries_for(&batch);
+        let result = write_batch(&store, &shared, &batch, &deliveries).await;
+        if result.is_err() {
+            shared.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        } else if !deliveries.is_empty() {
+            shared.deliveries.notify_one();
         }
         batch.clear();
+        for w in waiters.drain(..) {
+            let _ = w.send(result);
+        }
         for f in flushes {
             let _ = f.send(());
         }
+    }
+}
+
+/// Stores one batch, or spools it when the store does not answer in time.
+async fn write_batch(
+    store: &Store,
+    shared: &Shared,
+    events: &[Event],
+    deliveries: &[Delivery],
+) -> Result<(), Unrecorded> {
+    // While the spool holds batches the store refused, newer ones join them
+    // there (the replay keeps their order) until the replay catches up.
+    if !shared.degraded.load(Ordering::Acquire) {
+        let attempt = tokio::time::timeout(
+            STORE_TIMEOUT,
+            store.insert_events_with_deliveries(events, deliveries),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, events = events.len(), "writing audit events failed")
+            }
+            Err(_) => tracing::error!(events = events.len(), "writing audit events timed out"),
+        }
+    }
+    let Some(spool) = &shared.spool else {
+        tracing::error!(
+            events = events.len(),
+            "audit events lost: the store refused and there is no spool"
+        );
+        return Err(Unrecorded);
+    };
+    shared.degraded.store(true, Ordering::Release);
+    let spool = spool.clone();
+    let file = SpoolFile {
+        events: events.to_vec(),
+        deliveries: deliveries.to_vec(),
+    };
+    match tokio::task::spawn_blocking(move || spool.append(&file)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, events = events.len(), "audit events lost: the spool refused them");
+            Err(Unrecorded)
+        }
+        Err(_) => Err(Unrecorded),
+    }
+}
+
+/// Moves spooled batches into the store, oldest first, and ends the
+/// degraded mode once the spool is empty.
+async fn replay_spool(store: Store, shared: Arc<Shared>) {
+    let Some(spool) = shared.spool.clone() else {
+        return;
+    };
+    // A batch half-written when the process died was never acknowledged.
+    {
+        let s = spool.clone();
+        let _ = tokio::task::spawn_blocking(move || s.sweep_temporaries()).await;
+    }
+    loop {
+        let files = {
+            let s = spool.clone();
+            tokio::task::spawn_blocking(move || s.pending())
+                .await
+                .unwrap_or_default()
+        };
+        let mut all_in = true;
+        for path in files {
+            let s = spool.clone();
+            let p = path.clone();
+            let Ok(Ok(batch)) = tokio::task::spawn_blocking(move || s.read(&p)).await else {
+                tracing::error!(file = %path.display(), "unreadable audit spool file left in place");
+                continue;
+            };
+            let attempt = tokio::time::timeout(
+                STORE_TIMEOUT,
+                store.insert_events_with_deliveries(&batch.events, &batch.deliveries),
+            )
+            .await;
+            if !matches!(attempt, Ok(Ok(()))) {
+                all_in = false;
+                break;
+            }
+            // A crash between the commit and this removal replays the file
+            // once more: its deliveries are kept once (same ids), its events
+            // are stored twice. Rare and visible, where losing them is not.
+            let s = spool.clone();
+            let _ = tokio::task::spawn_blocking(move || s.remove(&path)).await;
+            if !batch.deliveries.is_empty() {
+                shared.deliveries.notify_one();
+            }
+            tracing::info!(events = batch.events.len(), "spooled audit events stored");
+        }
+        if all_in && shared.degraded.load(Ordering::Acquire) {
+            // Batches spooled while this pass ran are picked up next pass:
+            // only leave the degraded mode when the folder is really empty.
+            let s = spool.clone();
+            let empty = tokio::task::spawn_blocking(move || s.pending().is_empty())
+                .await
+                .unwrap_or(false);
+            if empty {
+                shared.degraded.store(false, Ordering::Release);
+                tracing::info!("audit log writes to the store again");
+            }
+        }
+        tokio::time::sleep(REPLAY_EVERY).await;
+    }
+}
+
+/// One spooled batch.
+#[derive(Serialize, Deserialize)]
+struct SpoolFile {
+    events: Vec<Event>,
+    deliveries: Vec<Delivery>,
+}
+
+/// A folder of fsynced batch files, named so that they sort by age.
+#[derive(Clone)]
+struct Spool {
+    dir: PathBuf,
+    seq: Arc<AtomicU64>,
+}
+
+impl Spool {
+    fn new(dir: PathBuf) -> Spool {
+        // Names start with the creation time, so files of an earlier run
+        // sort before this run's.
+        let start = chrono::Utc::now().timestamp_micros().max(0) as u64;
+        Spool {
+            dir,
+            seq: Arc::new(AtomicU64::new(start)),
+        }
+    }
+
+    fn pending(&self) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn size(&self) -> u64 {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    fn append(&self, batch: &SpoolFile) -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(&self.dir)?;
+        let body = serde_json::to_vec(batch).map_err(std::io::Error::other)?;
+        if self.size() + body.len() as u64 > SPOOL_MAX_BYTES {
+            return Err(std::io::Error::other("audit spool full"));
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{n:020}");
+        let temp = self.dir.join(format!("{name}.tmp"));
+        let mut f = std::fs::File::create(&temp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, self.dir.join(format!("{name}.json")))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    fn read(&self, path: &std::path::Path) -> std::io::Result<SpoolFile> {
+        let body = std::fs::read(path)?;
+        serde_json::from_slice(&body).map_err(std::io::Error::other)
+    }
+
+    fn sweep_temporaries(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for p in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
+            if p.extension().is_some_and(|x| x == "tmp") {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        std::fs::remove_file(path)
     }
 }

@@ -21,6 +21,10 @@ pub enum FsError {
     /// wait for it to end).
     #[error("file is being uploaded")]
     Busy,
+    /// The operation was done but could not be recorded in the audit log
+    /// (store down, spool full): it is not reported as a success.
+    #[error(transparent)]
+    Unrecorded(#[from] crate::Unrecorded),
 }
 
 /// The protocol-neutral class of an error; each protocol maps these to its
@@ -56,6 +60,7 @@ impl FsError {
     pub fn class(&self) -> ErrorClass {
         match self {
             FsError::Denied | FsError::Closed | FsError::Busy => ErrorClass::Denied,
+            FsError::Unrecorded(_) => ErrorClass::Internal,
             FsError::QuotaExceeded => ErrorClass::QuotaExceeded,
             FsError::Vfs(v) => match v {
                 VfsError::NotFound => ErrorClass::NotFound,

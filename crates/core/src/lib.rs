@@ -18,7 +18,9 @@ mod metrics;
 mod permissions;
 mod quota;
 mod registry;
+pub mod rules;
 mod session;
+mod stream_hash;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -33,13 +35,14 @@ pub use admission::{
     Admission, AdmissionConfig, AdmissionCounters, BanSnapshot, ConnectionPermit, LoginAttempt,
     Refusal, Source,
 };
-pub use audit::AuditLog;
+pub use audit::{AuditLog, SPOOL_MAX_BYTES, Unrecorded};
 pub use error::{ErrorClass, FsError, FsResult};
 pub use listener::{Accepted, AdmittingListener};
 pub use metrics::{Metrics, ProtocolCounters};
 pub use permissions::PermissionSet;
 pub use quota::{QuotaGuard, QuotaTracker, Usage};
 pub use registry::{Direction, SessionRegistry, SessionSnapshot, TransferSnapshot};
+pub use rules::Rules;
 pub use session::{Download, Session, Upload};
 
 pub use dropgate_store as store;
@@ -60,6 +63,9 @@ pub struct GatewayConfig {
     /// How long a client may take to log in after connecting, on every
     /// protocol (`[limits] login_grace_secs`).
     pub login_grace: std::time::Duration,
+    /// Where audit events wait while the store is down (`<data_dir>/spool`);
+    /// `None`: they are retried in memory only.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl GatewayConfig {
@@ -71,6 +77,7 @@ impl GatewayConfig {
             node_name: String::new(),
             admission: AdmissionConfig::default(),
             login_grace: std::time::Duration::from_secs(60),
+            spool_dir: None,
         }
     }
 }
@@ -110,6 +117,10 @@ pub struct Gateway {
     quotas: QuotaTracker,
     bandwidth: bandwidth::BandwidthTracker,
     audit: AuditLog,
+    /// Event rules, compiled; the audit writer matches every event.
+    rules: Arc<Rules>,
+    /// Woken when new deliveries are in the outbox.
+    deliveries: Arc<tokio::sync::Notify>,
     metrics: Metrics,
     /// Bounds background SHA-256 computations of committed uploads.
     hash_permits: tokio::sync::Semaphore,
@@ -128,7 +139,14 @@ const USAGE_CACHE_MAX: usize = 10_000;
 impl Gateway {
     /// Builds the gateway and starts its audit writer (needs a tokio runtime).
     pub fn new(store: Store, config: GatewayConfig) -> Arc<Gateway> {
-        let audit = AuditLog::start(store.clone());
+        let rules = Arc::new(Rules::default());
+        let deliveries = Arc::new(tokio::sync::Notify::new());
+        let audit = AuditLog::start(
+            store.clone(),
+            rules.clone(),
+            deliveries.clone(),
+            config.spool_dir.clone(),
+        );
         let admission = Admission::new(config.admission.clone());
         Arc::new(Gateway {
             store,
@@ -138,6 +156,8 @@ impl Gateway {
             quotas: QuotaTracker::default(),
             bandwidth: bandwidth::BandwidthTracker::default(),
             audit,
+            rules,
+            deliveries,
             metrics: Metrics::default(),
             hash_permits: tokio::sync::Semaphore::new(2),
             usage_cache: std::sync::Mutex::default(),
@@ -167,6 +187,22 @@ impl Gateway {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The event rules every audited event is matched against.
+    pub fn rules(&self) -> &Arc<Rules> {
+        &self.rules
+    }
+
+    /// Reloads the event rules from the store (after a change over REST,
+    /// and periodically for changes made on other nodes).
+    pub async fn reload_rules(&self) -> Result<(), dropgate_store::StoreError> {
+        self.rules.reload(&self.store).await
+    }
+
+    /// Woken whenever deliveries were added to the outbox.
+    pub fn deliveries_notify(&self) -> &Arc<tokio::sync::Notify> {
+        &self.deliveries
     }
 
     /// Counters for `/metrics`.
@@ -323,8 +359,15 @@ impl Gateway {
                 tracing::warn!(error = %e, "could not record last login");
             }
         });
-        let Some(session) = Session::open(self.clone(), user, protocol, peer, fs, quota, throttles)
-        else {
+        let Some(session) = Session::open(
+            self.clone(),
+            user,
+            session::Origin::Client(protocol),
+            peer,
+            fs,
+            quota,
+            throttles,
+        ) else {
             // Lost a race for the last place: the same generic failure.
             return fail("too many sessions");
         };
@@ -332,6 +375,46 @@ impl Gateway {
         self.audit
             .record(session.event(EventKind::Login, None, Outcome::Ok));
         Ok(session)
+    }
+
+    /// A session for event actions (move, copy, retention) on `username`'s
+    /// home: jailed and counted against the quota like a client's, with the
+    /// account's permissions unless `full_rights`; not bound by the account's
+    /// login rules (enabled, source addresses, protocols, session cap) or
+    /// rate limits. Its events say protocol `actions` and trigger no rules.
+    pub async fn action_session(
+        self: &Arc<Self>,
+        username: &str,
+        full_rights: bool,
+    ) -> Result<Session, FsError> {
+        let record = self
+            .store
+            .get_user(username)
+            .await
+            .map_err(|e| FsError::Vfs(dropgate_vfs::VfsError::Io(std::io::Error::other(e))))?
+            .ok_or(FsError::Vfs(dropgate_vfs::VfsError::NotFound))?;
+        let user = record.user;
+        let fs: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(&self.config.storage_root, &user.home)?);
+        let quota = self
+            .quotas
+            .guard(&user.username, user.quota, fs.as_ref())
+            .await;
+        // Not the partner's traffic: no rate limit.
+        let throttles = bandwidth::AccountThrottles::default();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut user = user;
+        user.max_sessions = 0;
+        Session::open(
+            self.clone(),
+            user,
+            session::Origin::Actions { full_rights },
+            peer,
+            fs,
+            quota,
+            throttles,
+        )
+        .ok_or(FsError::Closed)
     }
 
     /// Why the account's own rules refuse this login, if they do.

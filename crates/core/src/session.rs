@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bandwidth::AccountThrottles;
 use crate::quota::BusyPath;
 use crate::registry::{Direction, SessionEntry, TransferState};
+use crate::stream_hash::StreamHash;
 use crate::{FsError, FsResult, Gateway, PermissionSet, QuotaGuard};
 
 /// A logged-in session; cheap to clone (all clones are the same session).
@@ -46,36 +47,27 @@ struct Inner {
     throttles: AccountThrottles,
     upload_mode: UploadMode,
     started: Instant,
+    /// A session of event actions (move, copy, retention), not a client's:
+    /// its events say protocol `actions` and trigger no rules.
+    actions: bool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.gateway.sessions().remove(&self.entry.id);
-        let mut e = event_base(
-            &self.gateway,
-            &self.entry,
-            self.protocol,
-            EventKind::Logout,
-            Outcome::Ok,
-        );
+        let mut e = event_base(&self.gateway, &self.entry, EventKind::Logout, Outcome::Ok);
         e.duration_ms = Some(self.started.elapsed().as_millis() as u64);
         self.gateway.audit().record(e);
     }
 }
 
-fn event_base(
-    gw: &Gateway,
-    entry: &SessionEntry,
-    protocol: Protocol,
-    kind: EventKind,
-    outcome: Outcome,
-) -> Event {
+fn event_base(gw: &Gateway, entry: &SessionEntry, kind: EventKind, outcome: Outcome) -> Event {
     Event {
         id: 0,
         time: Utc::now(),
         kind,
         username: entry.username.clone(),
-        protocol: protocol.as_str().to_owned(),
+        protocol: entry.protocol.clone(),
         remote_addr: entry.remote_addr.to_string(),
         path: None,
         target_path: None,
@@ -89,6 +81,10 @@ fn event_base(
     }
 }
 
+fn full_rights() -> dropgate_store::PermissionMap {
+    dropgate_store::default_permissions()
+}
+
 fn outcome_of(e: &FsError) -> Outcome {
     match e {
         FsError::Denied | FsError::QuotaExceeded => Outcome::Denied,
@@ -97,22 +93,37 @@ fn outcome_of(e: &FsError) -> Outcome {
     }
 }
 
+/// Who a session is for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin {
+    /// A client logged in over this protocol.
+    Client(Protocol),
+    /// Event actions; `full_rights`: the account's permissions are not
+    /// applied (retention cleans folders the partner may only read), the
+    /// jail and the quota are.
+    Actions { full_rights: bool },
+}
+
 impl Session {
     pub(crate) fn open(
         gateway: Arc<Gateway>,
         user: User,
-        protocol: Protocol,
+        origin: Origin,
         peer: SocketAddr,
         fs: Arc<dyn Storage>,
         quota: QuotaGuard,
         throttles: AccountThrottles,
     ) -> Option<Session> {
+        let (protocol, protocol_name, actions) = match origin {
+            Origin::Client(p) => (p, p.as_str(), false),
+            Origin::Actions { .. } => (Protocol::Sftp, crate::rules::ACTIONS_PROTOCOL, true),
+        };
         let upload_mode = gateway.config.upload_mode;
         let id = format!("{:016x}", rand_id());
         let entry = Arc::new(SessionEntry {
             id,
             username: user.username.clone(),
-            protocol: protocol.as_str().to_owned(),
+            protocol: protocol_name.to_owned(),
             remote_addr: peer,
             started_at: Utc::now(),
             cancel: CancellationToken::new(),
@@ -124,7 +135,10 @@ impl Session {
         {
             return None;
         }
-        let perms = PermissionSet::new(&user.permissions);
+        let perms = match origin {
+            Origin::Actions { full_rights: true } => PermissionSet::new(&full_rights()),
+            _ => PermissionSet::new(&user.permissions),
+        };
         let uniform_rights = perms.is_uniform();
         Some(Session {
             inner: Arc::new(Inner {
@@ -139,6 +153,7 @@ impl Session {
                 throttles,
                 upload_mode,
                 started: Instant::now(),
+                actions,
             }),
         })
     }
@@ -231,40 +246,63 @@ impl Session {
         path: Option<&VirtualPath>,
         outcome: Outcome,
     ) -> Event {
-        let mut e = event_base(
-            &self.inner.gateway,
-            &self.inner.entry,
-            self.inner.protocol,
-            kind,
-            outcome,
-        );
+        let mut e = event_base(&self.inner.gateway, &self.inner.entry, kind, outcome);
         e.path = path.map(|p| p.as_str().to_owned());
         e
     }
 
-    fn record<T>(
+    /// Records the outcome of an operation. A success is answered only
+    /// once its event is stored (or spooled): if it cannot be recorded, the
+    /// client hears a failure rather than an unaudited "done".
+    async fn record<T>(
         &self,
         kind: EventKind,
         path: &VirtualPath,
         target: Option<&VirtualPath>,
-        r: &FsResult<T>,
-    ) {
+        r: FsResult<T>,
+    ) -> FsResult<T> {
         let mut e = self.event(
             kind,
             Some(path),
             r.as_ref().map_or_else(outcome_of, |_| Outcome::Ok),
         );
         e.target_path = target.map(|t| t.as_str().to_owned());
-        match r {
+        match &r {
             Err(err) => {
                 if err.class() == crate::ErrorClass::Internal {
-                    self.inner.gateway.metrics().error(self.inner.protocol);
+                    self.count_error();
                 }
                 e.message = Some(err.to_string());
+                self.record_quota_refusal(err, path);
+                self.inner.gateway.audit().record(e);
+                r
             }
-            Ok(_) => self.inner.gateway.usage_changed(self.username()),
+            Ok(_) => {
+                self.inner.gateway.usage_changed(self.username());
+                self.inner.gateway.audit().record_durable(e).await?;
+                r
+            }
         }
-        self.inner.gateway.audit().record(e);
+    }
+
+    /// A quota refusal is also an event of its own (rules can act on it).
+    fn record_quota_refusal(&self, err: &FsError, path: &VirtualPath) {
+        if matches!(err, FsError::QuotaExceeded) {
+            let mut e = self.event(EventKind::QuotaExceeded, Some(path), Outcome::Denied);
+            e.message = Some(err.to_string());
+            self.inner.gateway.audit().record(e);
+        }
+    }
+
+    fn count_error(&self) {
+        if let Some(p) = self.metrics_protocol() {
+            self.inner.gateway.metrics().error(p);
+        }
+    }
+
+    /// Operations of event actions are not client traffic.
+    fn metrics_protocol(&self) -> Option<Protocol> {
+        (!self.inner.actions).then_some(self.inner.protocol)
     }
 
     /// Metadata of `path` (symlinks inside the jail followed). Needs `list`
@@ -326,6 +364,7 @@ impl Session {
             let mut ev = self.event(EventKind::Upload, Some(path), outcome_of(e));
             ev.message = Some(e.to_string());
             self.inner.gateway.audit().record(ev);
+            self.record_quota_refusal(e, path);
         }
         r
     }
@@ -404,6 +443,7 @@ impl Session {
             end: AtomicU64::new(initial),
             reserved: AtomicU64::new(prefix_copy),
             failed: AtomicBool::new(false),
+            hash: StreamHash::new(initial == 0),
         })
     }
 
@@ -452,8 +492,7 @@ impl Session {
             Ok(())
         }
         .await;
-        self.record(EventKind::Rename, from, Some(to), &r);
-        r
+        self.record(EventKind::Rename, from, Some(to), r).await
     }
 
     /// Where rights differ by path, a move must not change the rights of
@@ -497,8 +536,7 @@ impl Session {
             Ok(())
         }
         .await;
-        self.record(EventKind::Delete, path, None, &r);
-        r
+        self.record(EventKind::Delete, path, None, r).await
     }
 
     /// Creates a folder. Needs `mkdir`.
@@ -508,8 +546,7 @@ impl Session {
             Ok(self.inner.fs.create_dir(path).await?)
         }
         .await;
-        self.record(EventKind::Mkdir, path, None, &r);
-        r
+        self.record(EventKind::Mkdir, path, None, r).await
     }
 
     /// Removes an empty folder. Needs `rmdir`.
@@ -519,8 +556,7 @@ impl Session {
             Ok(self.inner.fs.remove_dir(path).await?)
         }
         .await;
-        self.record(EventKind::Rmdir, path, None, &r);
-        r
+        self.record(EventKind::Rmdir, path, None, r).await
     }
 
     /// Sets times. Needs `chtimes`.
@@ -535,8 +571,7 @@ impl Session {
             Ok(self.inner.fs.set_times(path, accessed, modified).await?)
         }
         .await;
-        self.record(EventKind::Setstat, path, None, &r);
-        r
+        self.record(EventKind::Setstat, path, None, r).await
     }
 
     /// Truncates or extends a file. Needs `overwrite`; growth counts against the quota.
@@ -568,8 +603,7 @@ impl Session {
             }
         }
         .await;
-        self.record(EventKind::Setstat, path, None, &r);
-        r
+        self.record(EventKind::Setstat, path, None, r).await
     }
 
     /// Where a symlink points (inside the jail). Needs `list` on its folder.
@@ -614,8 +648,7 @@ impl Session {
             Ok(self.inner.fs.symlink(target, link).await?)
         }
         .await;
-        self.record(EventKind::Link, link, Some(target), &r);
-        r
+        self.record(EventKind::Link, link, Some(target), r).await
     }
 
     /// Creates a hard link `dst` to `src`. Needs `upload` on `dst` and the same
@@ -645,8 +678,7 @@ impl Session {
             Ok(res?)
         }
         .await;
-        self.record(EventKind::Link, dst, Some(src), &r);
-        r
+        self.record(EventKind::Link, dst, Some(src), r).await
     }
 
     /// Filesystem capacity (for SFTP statvfs). Needs `list`.
@@ -772,11 +804,13 @@ impl Download {
         } else {
             Outcome::Ok
         };
-        let inner = &self.session.inner;
-        inner
-            .gateway
-            .metrics()
-            .download(inner.protocol, self.bytes(), error.is_none());
+        if let Some(p) = self.session.metrics_protocol() {
+            self.session
+                .inner
+                .gateway
+                .metrics()
+                .download(p, self.bytes(), error.is_none());
+        }
         let mut e = self
             .session
             .event(EventKind::Download, Some(&self.path), outcome);
@@ -817,6 +851,8 @@ pub struct Upload {
     #[allow(dead_code)] // held for its Drop
     busy: Option<BusyPath>,
     failed: AtomicBool,
+    /// SHA-256 of the content, computed while it streams in.
+    hash: StreamHash,
 }
 
 impl Upload {
@@ -867,13 +903,19 @@ impl Upload {
         if let Some(t) = &self.session.inner.throttles.upload {
             t.take(len).await;
         }
-        match writer.write_at(offset, data).await {
+        // Hashed while the write runs (large chunks on another thread).
+        let (written, ()) = tokio::join!(
+            writer.write_at(offset, data.clone()),
+            self.hash.feed(offset, &data)
+        );
+        match written {
             Ok(()) => {
                 self.transfer.bytes.fetch_add(len, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
                 self.failed.store(true, Ordering::Relaxed);
+                self.hash.stop().await;
                 Err(e.into())
             }
         }
@@ -892,6 +934,7 @@ impl Upload {
         }
         // Shrinking keeps its reservation until commit, which recounts exactly.
         self.end.store(size, Ordering::Release);
+        self.hash.stop().await;
         let Some(writer) = &self.writer else {
             return Err(FsError::Closed);
         };
@@ -914,8 +957,9 @@ impl Upload {
     }
 
     /// Makes the upload durable and visible under its final name, then
-    /// records it (with the content's SHA-256, computed in the background).
-    /// Returns the final size.
+    /// records it with the content's SHA-256. Returns the final size once
+    /// the event (and any delivery it causes) is stored: only then may the
+    /// client be told the upload succeeded.
     pub async fn commit(mut self) -> FsResult<u64> {
         let Some(writer) = self.writer.take() else {
             return Err(FsError::Closed);
@@ -931,32 +975,29 @@ impl Upload {
                 self.settle(committed.size, committed.replaced);
                 drop(counting);
                 session.inner.gateway.usage_changed(session.username());
-                session
-                    .inner
-                    .gateway
-                    .metrics()
-                    .upload(session.inner.protocol, self.bytes(), true);
+                if let Some(p) = session.metrics_protocol() {
+                    session
+                        .inner
+                        .gateway
+                        .metrics()
+                        .upload(p, self.bytes(), true);
+                }
                 let mut event = session.event(EventKind::Upload, Some(&self.path), Outcome::Ok);
                 event.bytes = Some(self.bytes());
                 event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
                 let size = committed.size;
                 let gateway = session.inner.gateway.clone();
-                let content = committed.content;
                 self.reserved.store(0, Ordering::Relaxed);
                 self.new_file = false;
-                if size <= INLINE_HASH_MAX {
-                    // Read back from the page cache and hashed in tens of
-                    // microseconds: cheaper than the task and thread hops of
-                    // the background path, which most uploads would pay.
-                    event.sha256 = sha256_of(content).await;
-                    gateway.audit().record(event);
-                } else {
-                    tokio::spawn(async move {
+                event.sha256 = match self.hash.finish(size).await {
+                    Some(digest) => Some(digest),
+                    None => {
+                        // Not streamed in order (resume, rewrite): read back.
                         let _permit = gateway.hash_permits().acquire().await;
-                        event.sha256 = sha256_of(content).await;
-                        gateway.audit().record(event);
-                    });
-                }
+                        sha256_of(committed.content).await
+                    }
+                };
+                gateway.audit().record_durable(event).await?;
                 Ok(size)
             }
             Err(e) => {
@@ -1011,11 +1052,13 @@ impl Upload {
         }
         self.session.end_transfer(&self.transfer);
         if let Some(reason) = reason {
-            let inner = &self.session.inner;
-            inner
-                .gateway
-                .metrics()
-                .upload(inner.protocol, self.bytes(), false);
+            if let Some(p) = self.session.metrics_protocol() {
+                self.session
+                    .inner
+                    .gateway
+                    .metrics()
+                    .upload(p, self.bytes(), false);
+            }
             let mut e = self
                 .session
                 .event(EventKind::Upload, Some(&self.path), Outcome::Failed);
@@ -1106,9 +1149,8 @@ fn settle(quota: &QuotaGuard, r: Reservation, size: u64, replaced: Replaced) {
     quota.reserve_bytes_unchecked(size);
 }
 
-/// Uploads up to this size are hashed before the commit returns (reads the
-/// backend serves from cache, on the calling thread); larger ones in the
-/// background, a few at a time, on the blocking pool.
+/// Files up to this size are read back on the calling thread (the backend
+/// serves them from cache); larger ones on the blocking pool.
 const INLINE_HASH_MAX: u64 = 64 * 1024;
 
 async fn sha256_of(content: Arc<dyn FileReader>) -> Option<String> {

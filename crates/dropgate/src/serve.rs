@@ -1,6 +1,7 @@
 //! `dropgate serve`: open the store, make the first admin, start every
 //! enabled listener with one shared shutdown token, stop on SIGINT/SIGTERM.
 
+use dropgate_actions::Dispatcher;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,11 +64,21 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
                 ban_duration: Duration::from_secs(cfg.raw.limits.ban_secs),
             },
             login_grace: Duration::from_secs(cfg.raw.limits.login_grace_secs),
+            spool_dir: Some(cfg.data_dir.join("spool")),
         },
     );
+    if let Err(e) = gateway.reload_rules().await {
+        return Err(CliError::Runtime(anyhow::anyhow!(
+            "loading event rules: {e}"
+        )));
+    }
 
     let shutdown = CancellationToken::new();
     let mut listeners = JoinSet::new();
+    // Event actions: resumes what the outbox holds from before a restart.
+    let dispatcher = Dispatcher::new(gateway.clone(), &cfg.raw.events.allowed_webhook_hosts)
+        .map_err(|e| CliError::Usage(format!("config key `events.allowed_webhook_hosts`: {e}")))?;
+    listeners.spawn(dispatcher.run(shutdown.clone()));
     start_listeners(&cfg, &gateway, &shutdown, &mut listeners).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), node = %cfg.node_name, "dropgate started");
 

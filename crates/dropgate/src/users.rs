@@ -86,7 +86,14 @@ async fn open_gateway(cfg: &Effective) -> Result<Arc<Gateway>, CliError> {
     let store = open_store(cfg).await?;
     let mut config = GatewayConfig::new(cfg.storage_root.clone());
     config.node_name = cfg.node_name.clone();
-    Ok(Gateway::new(store, config))
+    let gateway = Gateway::new(store, config);
+    // Account changes made here fire `account_changed` rules too (a running
+    // server's dispatcher delivers them).
+    gateway
+        .reload_rules()
+        .await
+        .context("loading event rules")?;
+    Ok(gateway)
 }
 
 fn account(e: AccountError) -> CliError {

@@ -1,5 +1,5 @@
-//! The account store: accounts, admins, API keys, admin tokens and the audit
-//! log, in SQLite (the embedded default) or PostgreSQL, through sqlx.
+//! The account store: accounts, admins, API keys, admin tokens, the audit
+//! log and the event rules with their outbox, in SQLite (the embedded default) or PostgreSQL, through sqlx.
 //!
 //! Owns: every line of SQL in dropgate (one migration set per dialect, one
 //! query set that both dialects accept, always with bound parameters) and
@@ -9,6 +9,7 @@
 //! `dropgate-core`) or touch the file storage.
 
 mod model;
+mod outbox;
 mod password;
 mod queries;
 
@@ -23,6 +24,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub use model::*;
+pub use outbox::*;
 pub use password::{MAX_PASSWORD_LEN, PasswordHasher, Verified};
 
 /// What can go wrong in the store.

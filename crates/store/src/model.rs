@@ -392,6 +392,10 @@ pub enum EventKind {
     Setstat,
     /// A link was created.
     Link,
+    /// An upload or another operation was refused by the account's quota.
+    QuotaExceeded,
+    /// An account was created, changed or deleted (by an operator).
+    AccountChanged,
 }
 
 impl EventKind {
@@ -408,6 +412,8 @@ impl EventKind {
             EventKind::Rmdir => "rmdir",
             EventKind::Setstat => "setstat",
             EventKind::Link => "link",
+            EventKind::QuotaExceeded => "quota_exceeded",
+            EventKind::AccountChanged => "account_changed",
         }
     }
 
@@ -441,7 +447,7 @@ impl Outcome {
 }
 
 /// One audit record (SPEC 5.6).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// Row id (0 before insertion); also the pagination cursor.
     pub id: i64,

@@ -461,36 +461,7 @@ impl Store {
 
     /// Appends audit events in one transaction.
     pub async fn insert_events(&self, events: &[Event]) -> StoreResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        const Q: &str = "INSERT INTO events (ts, kind, username, protocol, remote_addr, path, target_path, bytes, \
-            duration_ms, outcome, sha256, message, node, session_id) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
-        on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            for e in events {
-                sqlx::query(Q)
-                    .bind(to_ms(e.time))
-                    .bind(e.kind.as_str())
-                    .bind(&e.username)
-                    .bind(&e.protocol)
-                    .bind(&e.remote_addr)
-                    .bind(&e.path)
-                    .bind(&e.target_path)
-                    .bind(e.bytes.map(to_i64))
-                    .bind(e.duration_ms.map(to_i64))
-                    .bind(e.outcome.as_str())
-                    .bind(&e.sha256)
-                    .bind(&e.message)
-                    .bind(&e.node)
-                    .bind(&e.session_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+        self.insert_events_with_deliveries(events, &[]).await
     }
 
     /// Reads the audit log, newest first.

@@ -4,7 +4,9 @@
 
 use chrono::{Duration, Utc};
 use dropgate_store::{
-    Event, EventKind, EventQuery, Outcome, Permission, Protocol, Store, StoreError, User, Verified,
+    AttemptResult, Delivery, DeliveryQuery, DeliveryStatus, Event, EventKind, EventQuery,
+    EventRule, Outcome, Permission, Protocol, RuleAction, RuleFilter, Store, StoreError, Trigger,
+    User, Verified,
 };
 
 async fn suite(store: Store) {
@@ -252,7 +254,180 @@ async fn suite(store: Store) {
         .await
         .unwrap();
     assert_eq!(ranged.len(), 3);
+
+    outbox(&store).await;
     store.close().await;
+}
+
+/// Event rules and the outbox: deliveries stored with their event, claimed
+/// once under concurrency, leases, attempts, schedules won by one caller.
+async fn outbox(store: &Store) {
+    let rule = EventRule {
+        id: 0,
+        name: "notify".into(),
+        enabled: true,
+        trigger: Trigger::Upload,
+        every_secs: 0,
+        filter: RuleFilter {
+            path_globs: vec!["/inbox/**".into()],
+            ..Default::default()
+        },
+        action: RuleAction::Webhook {
+            url: "https://erp.example/h".into(),
+            secret: "k".into(),
+            timeout_secs: 5,
+        },
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    let rule = store.create_rule(&rule).await.unwrap();
+    assert!(rule.id > 0);
+    assert!(matches!(
+        store.create_rule(&rule).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    let back = store.get_rule(rule.id).await.unwrap().unwrap();
+    assert_eq!(back.action, rule.action);
+    assert_eq!(back.filter, rule.filter);
+    let mut changed = back.clone();
+    changed.enabled = false;
+    store.update_rule(&changed).await.unwrap();
+    assert!(!store.get_rule(rule.id).await.unwrap().unwrap().enabled);
+
+    // 40 deliveries stored with one event, in one transaction.
+    let now = Utc::now();
+    let event = Event {
+        id: 0,
+        time: now,
+        kind: EventKind::Upload,
+        username: "alice".into(),
+        protocol: "ftp".into(),
+        remote_addr: "127.0.0.1:1".into(),
+        path: Some("/inbox/a".into()),
+        target_path: None,
+        bytes: Some(1),
+        duration_ms: None,
+        outcome: Outcome::Ok,
+        sha256: None,
+        message: None,
+        node: "n1".into(),
+        session_id: None,
+    };
+    let ds: Vec<Delivery> = (0..40)
+        .map(|i| Delivery::new(rule.id, Trigger::Upload, format!("{{\"n\":{i}}}"), now))
+        .collect();
+    store
+        .insert_events_with_deliveries(std::slice::from_ref(&event), &ds)
+        .await
+        .unwrap();
+    // A replay of the same batch keeps each delivery once.
+    store.insert_events_with_deliveries(&[], &ds).await.unwrap();
+
+    // Two nodes claiming at once never get the same delivery.
+    let lease = std::time::Duration::from_secs(60);
+    let (a, b) = tokio::join!(
+        store.claim_deliveries("n1", Utc::now(), lease, 25),
+        store.claim_deliveries("n2", Utc::now(), lease, 25)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 40, "{} + {}", a.len(), b.len());
+    let mut ids: Vec<&str> = a.iter().chain(&b).map(|d| d.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 40);
+    assert!(
+        store
+            .claim_deliveries("n3", Utc::now(), lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "all leased"
+    );
+
+    // Only the lease holder records an attempt.
+    let first = &a[0];
+    let retry = AttemptResult {
+        status: DeliveryStatus::Pending,
+        error: Some("HTTP 500".into()),
+        output: None,
+        next_attempt_at: Utc::now() + Duration::seconds(1),
+    };
+    assert!(!store.finish_attempt(&first.id, "n2", &retry).await.unwrap());
+    assert!(store.finish_attempt(&first.id, "n1", &retry).await.unwrap());
+    // Not due yet; due a second later.
+    assert!(
+        store
+            .claim_deliveries("n1", Utc::now(), lease, 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = store
+        .claim_deliveries("n1", Utc::now() + Duration::seconds(2), lease, 50)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, 1);
+    let done = AttemptResult {
+        status: DeliveryStatus::Succeeded,
+        error: None,
+        output: Some("HTTP 200".into()),
+        next_attempt_at: Utc::now(),
+    };
+    assert!(store.finish_attempt(&due[0].id, "n1", &done).await.unwrap());
+    // A restarted n2 frees its leases at once.
+    assert_eq!(store.release_leases("n2").await.unwrap(), b.len() as u64);
+    assert_eq!(
+        store
+            .claim_deliveries("n1", Utc::now(), lease, 50)
+            .await
+            .unwrap()
+            .len(),
+        b.len()
+    );
+    let listed = store
+        .list_deliveries(&DeliveryQuery {
+            rule_id: Some(rule.id),
+            status: Some(DeliveryStatus::Succeeded),
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].attempts, 2);
+    assert_eq!(listed[0].output.as_deref(), Some("HTTP 200"));
+    assert!(listed[0].finished_at.is_some());
+
+    // A schedule run is won by one of two concurrent callers.
+    let mut sched = rule.clone();
+    sched.name = "nightly".into();
+    sched.trigger = Trigger::Schedule;
+    sched.every_secs = 60;
+    sched.action = RuleAction::Retention {
+        path: "/outbox".into(),
+        older_than_days: 30,
+    };
+    let sched = store.create_rule(&sched).await.unwrap();
+    let marks = store.schedule_marks().await.unwrap();
+    assert_eq!(marks, vec![(sched.id, None)]);
+    let d1 = Delivery::new(sched.id, Trigger::Schedule, "{}".into(), Utc::now());
+    let d2 = Delivery::new(sched.id, Trigger::Schedule, "{}".into(), Utc::now());
+    let (w1, w2) = tokio::join!(
+        store.fire_schedule(sched.id, None, &d1),
+        store.fire_schedule(sched.id, None, &d2)
+    );
+    assert!(w1.unwrap() ^ w2.unwrap(), "exactly one wins");
+
+    assert!(store.delete_rule(rule.id).await.unwrap());
+    assert!(!store.delete_rule(rule.id).await.unwrap());
+    assert_eq!(
+        store
+            .prune_deliveries(Utc::now() + Duration::days(1))
+            .await
+            .unwrap(),
+        1,
+        "only finished deliveries are pruned"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -162,6 +162,20 @@ impl Api {
         body: Bytes,
         auth: Auth<'_>,
     ) -> Reply {
+        self.try_send_raw(method, path, content_type, body, auth)
+            .await
+            .unwrap()
+    }
+
+    /// [`Api::send_raw`], with transport errors returned.
+    pub async fn try_send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+        auth: Auth<'_>,
+    ) -> Result<Reply, hyper_util::client::legacy::Error> {
         let mut req = axum::http::Request::builder()
             .method(method)
             .uri(self.url(path));
@@ -181,16 +195,15 @@ impl Api {
         let resp = self
             .client
             .request(req.body(Full::new(body)).unwrap())
-            .await
-            .unwrap();
+            .await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply {
+        Ok(Reply {
             status,
             headers,
             text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        })
     }
 
     /// Authenticated as the admin (login token).

@@ -22,7 +22,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(extra_toml: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
+        Gateway::start_in(tempfile::tempdir().unwrap(), extra_toml)
+    }
+
+    /// Starts (or restarts) the gateway in `dir`, keeping its data.
+    pub fn start_in(dir: tempfile::TempDir, extra_toml: &str) -> Gateway {
         std::fs::write(
             dir.path().join("dropgate.toml"),
             format!(
@@ -150,6 +154,19 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+impl Gateway {
+    /// Kills the server with SIGKILL (no shutdown at all) and hands back its
+    /// folder for a restart.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::mem::replace(&mut self.dir, dir);
+        std::mem::forget(self);
+        dir
     }
 }
 

@@ -1,0 +1,208 @@
+//! SHA-256 of an upload computed while it streams in, so that the upload's
+//! audit event (which carries the hash) can be stored before the client is
+//! told "done" without reading the file back.
+//!
+//! Writes arrive in order over FTP; SFTP clients pipeline requests, so a few
+//! may arrive ahead of their turn: those are parked (bounded) until the gap
+//! fills. Anything else (an overlapping rewrite, a truncation, a resume that
+//! keeps bytes this upload never saw) turns streaming off, and the commit
+//! reads the file back instead.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+/// Chunks at least this large are hashed on the blocking pool, in parallel
+/// with their write to disk; smaller ones inline (cheaper than the hop).
+const OFFLOAD_MIN: usize = 64 * 1024;
+/// Most bytes parked ahead of the next expected offset.
+const PARK_MAX: usize = 16 << 20;
+
+enum Feed {
+    Idle(Box<Sha256>),
+    Running(JoinHandle<Box<Sha256>>),
+    Off,
+}
+
+struct State {
+    /// The offset the hash has reached.
+    next: u64,
+    feed: Feed,
+    parked: BTreeMap<u64, Bytes>,
+    parked_bytes: usize,
+}
+
+/// The running hash of one upload.
+pub(crate) struct StreamHash {
+    /// Boxed: an upload (which holds this) lives in protocol handle tables.
+    state: Box<Mutex<State>>,
+}
+
+impl StreamHash {
+    /// Hashes from offset 0; `enabled: false` when the upload keeps bytes
+    /// it does not write itself (resume, append).
+    pub(crate) fn new(enabled: bool) -> StreamHash {
+        StreamHash {
+            state: Box::new(Mutex::new(State {
+                next: 0,
+                feed: if enabled {
+                    Feed::Idle(Box::new(Sha256::new()))
+                } else {
+                    Feed::Off
+                },
+                parked: BTreeMap::new(),
+                parked_bytes: 0,
+            })),
+        }
+    }
+
+    /// Takes the bytes written at `offset`.
+    pub(crate) async fn feed(&self, offset: u64, data: &Bytes) {
+        let mut st = self.state.lock().await;
+        if matches!(st.feed, Feed::Off) {
+            return;
+        }
+        if offset < st.next {
+            st.stop();
+            return;
+        }
+        if offset > st.next {
+            if st.parked_bytes + data.len() > PARK_MAX || st.parked.contains_key(&offset) {
+                st.stop();
+            } else {
+                st.parked_bytes += data.len();
+                st.parked.insert(offset, data.clone());
+            }
+            return;
+        }
+        st.advance(data.clone()).await;
+        while let Some((&off, _)) = st.parked.first_key_value() {
+            if off > st.next {
+                break;
+            }
+            let Some((off, chunk)) = st.parked.pop_first() else {
+                break;
+            };
+            st.parked_bytes -= chunk.len();
+            if off < st.next {
+                st.stop();
+                return;
+            }
+            st.advance(chunk).await;
+        }
+    }
+
+    /// The upload changed in a way the stream does not follow.
+    pub(crate) async fn stop(&self) {
+        self.state.lock().await.stop();
+    }
+
+    /// The hex digest if the stream covered exactly `size` bytes.
+    pub(crate) async fn finish(&self, size: u64) -> Option<String> {
+        let mut st = self.state.lock().await;
+        if st.next != size || !st.parked.is_empty() {
+            return None;
+        }
+        let hasher = st.take().await?;
+        Some(hex::encode(hasher.finalize()))
+    }
+}
+
+impl State {
+    fn stop(&mut self) {
+        if let Feed::Running(job) = std::mem::replace(&mut self.feed, Feed::Off) {
+            job.abort();
+        }
+        self.parked.clear();
+        self.parked_bytes = 0;
+    }
+
+    async fn take(&mut self) -> Option<Box<Sha256>> {
+        match std::mem::replace(&mut self.feed, Feed::Off) {
+            Feed::Idle(h) => Some(h),
+            Feed::Running(job) => job.await.ok(),
+            Feed::Off => None,
+        }
+    }
+
+    async fn advance(&mut self, data: Bytes) {
+        let Some(mut hasher) = self.take().await else {
+            self.stop();
+            return;
+        };
+        self.next += data.len() as u64;
+        self.feed = if data.len() >= OFFLOAD_MIN {
+            Feed::Running(tokio::task::spawn_blocking(move || {
+                hasher.update(&data);
+                hasher
+            }))
+        } else {
+            hasher.update(&data);
+            Feed::Idle(hasher)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    #[tokio::test]
+    async fn in_order_and_pipelined_writes_hash_like_the_file() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7) as u8).collect();
+        let h = StreamHash::new(true);
+        // Chunks of mixed sizes, some arriving ahead of their turn.
+        let mut chunks = Vec::new();
+        let mut off = 0usize;
+        for (i, size) in [100usize, 70_000, 32_768, 200_000, 5]
+            .iter()
+            .cycle()
+            .enumerate()
+        {
+            if off >= data.len() {
+                break;
+            }
+            let end = (off + size).min(data.len());
+            chunks.push((off as u64, Bytes::copy_from_slice(&data[off..end]), i));
+            off = end;
+        }
+        // Swap neighbours pairwise: every other chunk arrives early.
+        for pair in chunks.chunks_mut(2) {
+            pair.reverse();
+        }
+        for (off, chunk, _) in &chunks {
+            h.feed(*off, chunk).await;
+        }
+        assert_eq!(h.finish(data.len() as u64).await, Some(digest(&data)));
+    }
+
+    #[tokio::test]
+    async fn rewrites_and_short_files_fall_back() {
+        let h = StreamHash::new(true);
+        h.feed(0, &Bytes::from_static(b"hello")).await;
+        h.feed(0, &Bytes::from_static(b"HELLO")).await;
+        assert_eq!(h.finish(5).await, None);
+
+        let h = StreamHash::new(true);
+        h.feed(0, &Bytes::from_static(b"hello")).await;
+        assert_eq!(h.finish(4).await, None, "truncated: not what was streamed");
+
+        let h = StreamHash::new(true);
+        h.feed(10, &Bytes::from_static(b"gap")).await;
+        assert_eq!(h.finish(13).await, None, "a hole never filled");
+
+        let h = StreamHash::new(false);
+        h.feed(0, &Bytes::from_static(b"x")).await;
+        assert_eq!(h.finish(1).await, None);
+
+        let h = StreamHash::new(true);
+        assert_eq!(h.finish(0).await, Some(digest(b"")));
+    }
+}

@@ -1,0 +1,713 @@
+//! Event rules (SPEC 8) and their deliveries: the outbox.
+//!
+//! A delivery is written in the same transaction as the audit event whose
+//! rule it matched ([`Store::insert_events_with_deliveries`]), so nothing the
+//! gateway acknowledged can have its action forgotten by a crash. Dispatchers
+//! claim due deliveries with a lease ([`Store::claim_deliveries`]); on
+//! PostgreSQL with `FOR UPDATE SKIP LOCKED`, so with several nodes each
+//! delivery runs on one of them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Db, Event, FieldError, Store, StoreError, StoreResult, from_ms, on_pool, to_i64, to_ms, to_u64,
+};
+
+/// What makes a rule run (SPEC 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A file was uploaded (completed).
+    Upload,
+    /// A file was downloaded (completed).
+    Download,
+    /// A file was deleted.
+    Delete,
+    /// A file or folder was renamed.
+    Rename,
+    /// A folder was created.
+    Mkdir,
+    /// A folder was removed.
+    Rmdir,
+    /// A login failed.
+    LoginFailed,
+    /// An operation was refused by the account's quota.
+    QuotaExceeded,
+    /// An account was created, changed or deleted.
+    AccountChanged,
+    /// Every `every_secs` seconds.
+    Schedule,
+}
+
+impl Trigger {
+    /// Every trigger, in the order of SPEC 8.
+    pub const ALL: [Trigger; 10] = [
+        Trigger::Upload,
+        Trigger::Download,
+        Trigger::Delete,
+        Trigger::Rename,
+        Trigger::Mkdir,
+        Trigger::Rmdir,
+        Trigger::LoginFailed,
+        Trigger::QuotaExceeded,
+        Trigger::AccountChanged,
+        Trigger::Schedule,
+    ];
+
+    /// snake_case name (the `X-Dropgate-Event` header).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Upload => "upload",
+            Trigger::Download => "download",
+            Trigger::Delete => "delete",
+            Trigger::Rename => "rename",
+            Trigger::Mkdir => "mkdir",
+            Trigger::Rmdir => "rmdir",
+            Trigger::LoginFailed => "login_failed",
+            Trigger::QuotaExceeded => "quota_exceeded",
+            Trigger::AccountChanged => "account_changed",
+            Trigger::Schedule => "schedule",
+        }
+    }
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<Trigger> {
+        Trigger::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// Which events a rule takes; an empty list matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuleFilter {
+    /// Accounts.
+    pub usernames: Vec<String>,
+    /// Globs on the event's path (`*` within a folder, `**` across folders).
+    pub path_globs: Vec<String>,
+    /// `ftp`, `ftps`, `sftp`.
+    pub protocols: Vec<String>,
+}
+
+/// What a rule does (SPEC 8). The webhook secret is stored but never shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RuleAction {
+    /// A signed `POST` of the event.
+    Webhook {
+        /// `http://` or `https://` target.
+        url: String,
+        /// HMAC-SHA256 key for `X-Dropgate-Signature`.
+        #[serde(default)]
+        secret: String,
+        /// Per attempt.
+        #[serde(default = "default_timeout")]
+        timeout_secs: u64,
+    },
+    /// A program run with the event in `DROPGATE_EVENT_*` variables.
+    Command {
+        /// Program (absolute path) and arguments; never a shell string.
+        argv: Vec<String>,
+        /// Killed after this long.
+        #[serde(default = "default_timeout")]
+        timeout_secs: u64,
+    },
+    /// Moves the event's file inside the account's home.
+    Move {
+        /// Target path with placeholders.
+        to: String,
+    },
+    /// Copies the event's file inside the account's home.
+    Copy {
+        /// Target path with placeholders.
+        to: String,
+    },
+    /// Deletes files older than `older_than_days` below `path` (schedule rules).
+    Retention {
+        /// Folder in each matching account's home.
+        path: String,
+        /// Age in days (by modification time).
+        older_than_days: u64,
+    },
+}
+
+fn default_timeout() -> u64 {
+    10
+}
+
+impl RuleAction {
+    /// The `type` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuleAction::Webhook { .. } => "webhook",
+            RuleAction::Command { .. } => "command",
+            RuleAction::Move { .. } => "move",
+            RuleAction::Copy { .. } => "copy",
+            RuleAction::Retention { .. } => "retention",
+        }
+    }
+
+    /// How long one attempt may take at most (bounds a delivery's lease).
+    pub fn timeout(&self) -> Duration {
+        match self {
+            RuleAction::Webhook { timeout_secs, .. } | RuleAction::Command { timeout_secs, .. } => {
+                Duration::from_secs(*timeout_secs)
+            }
+            RuleAction::Move { .. } | RuleAction::Copy { .. } => Duration::from_secs(3600),
+            RuleAction::Retention { .. } => Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// An event rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRule {
+    /// Assigned by the store.
+    pub id: i64,
+    /// Unique.
+    pub name: String,
+    /// Disabled rules match nothing and run nothing.
+    pub enabled: bool,
+    /// What makes it run.
+    pub trigger: Trigger,
+    /// Schedule rules: the period.
+    pub every_secs: u64,
+    /// Which events.
+    pub filter: RuleFilter,
+    /// What it does.
+    pub action: RuleAction,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl EventRule {
+    /// Checks what the store itself depends on (the rest is the caller's).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.name.trim().is_empty() || self.name.len() > 128 {
+            return Err(FieldError::new("name", "1 to 128 bytes, not blank"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its (next) attempt.
+    Pending,
+    /// An attempt succeeded.
+    Succeeded,
+    /// Gave up (24 hours of failures, or a failure retrying cannot help).
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "succeeded" => Some(DeliveryStatus::Succeeded),
+            "failed" => Some(DeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One run (with its retries) of one rule for one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Random; the webhook's `X-Dropgate-Delivery` and the body's `id`.
+    pub id: String,
+    /// The rule it runs.
+    pub rule_id: i64,
+    /// The rule's trigger when it matched.
+    pub trigger: Trigger,
+    /// The event as the webhook body (JSON text, SPEC 8).
+    pub body: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// A command's captured output, or what a file action did.
+    pub output: Option<String>,
+    /// When the next attempt is due.
+    pub next_attempt_at: DateTime<Utc>,
+    /// When the event happened.
+    pub created_at: DateTime<Utc>,
+    /// When it succeeded or was given up.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Delivery {
+    /// A new pending delivery with a fresh random id, due now.
+    pub fn new(rule_id: i64, trigger: Trigger, body: String, now: DateTime<Utc>) -> Delivery {
+        Delivery {
+            id: new_delivery_id(),
+            rule_id,
+            trigger,
+            body,
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            output: None,
+            next_attempt_at: now,
+            created_at: now,
+            finished_at: None,
+        }
+    }
+}
+
+/// 128 random bits, hex.
+pub fn new_delivery_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    /// `Pending` (retry at `next_attempt_at`), `Succeeded` or `Failed`.
+    pub status: DeliveryStatus,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Captured output.
+    pub output: Option<String>,
+    /// When to retry (pending only).
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// Filters for listing deliveries, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    /// Only this rule's.
+    pub rule_id: Option<i64>,
+    /// Only this status.
+    pub status: Option<DeliveryStatus>,
+    /// Page size.
+    pub limit: u32,
+}
+
+#[derive(sqlx::FromRow)]
+struct RuleRow {
+    id: i64,
+    name: String,
+    enabled: bool,
+    trigger_kind: String,
+    every_secs: i64,
+    filter: String,
+    action: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl RuleRow {
+    fn into_rule(self) -> StoreResult<EventRule> {
+        Ok(EventRule {
+            id: self.id,
+            name: self.name,
+            enabled: self.enabled,
+            trigger: Trigger::parse(&self.trigger_kind)
+                .ok_or(StoreError::Corrupt("event_rules.trigger_kind"))?,
+            every_secs: to_u64(self.every_secs),
+            filter: serde_json::from_str(&self.filter)
+                .map_err(|_| StoreError::Corrupt("event_rules.filter"))?,
+            action: serde_json::from_str(&self.action)
+                .map_err(|_| StoreError::Corrupt("event_rules.action"))?,
+            created_at: from_ms(self.created_at),
+            updated_at: from_ms(self.updated_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: String,
+    rule_id: i64,
+    trigger_kind: String,
+    body: String,
+    status: String,
+    attempts: i64,
+    last_error: Option<String>,
+    output: Option<String>,
+    next_attempt_at: i64,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl DeliveryRow {
+    fn into_delivery(self) -> StoreResult<Delivery> {
+        Ok(Delivery {
+            id: self.id,
+            rule_id: self.rule_id,
+            trigger: Trigger::parse(&self.trigger_kind)
+                .ok_or(StoreError::Corrupt("event_deliveries.trigger_kind"))?,
+            body: self.body,
+            status: DeliveryStatus::parse(&self.status)
+                .ok_or(StoreError::Corrupt("event_deliveries.status"))?,
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            last_error: self.last_error,
+            output: self.output,
+            next_attempt_at: from_ms(self.next_attempt_at),
+            created_at: from_ms(self.created_at),
+            finished_at: self.finished_at.map(from_ms),
+        })
+    }
+}
+
+fn rules_from(rows: Vec<RuleRow>) -> StoreResult<Vec<EventRule>> {
+    rows.into_iter().map(RuleRow::into_rule).collect()
+}
+
+fn deliveries_from(rows: Vec<DeliveryRow>) -> StoreResult<Vec<Delivery>> {
+    rows.into_iter().map(DeliveryRow::into_delivery).collect()
+}
+
+fn to_json<T: Serialize>(v: &T, what: &'static str) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|_| StoreError::Corrupt(what))
+}
+
+const RULE_COLUMNS: &str =
+    "id, name, enabled, trigger_kind, every_secs, filter, action, created_at, updated_at";
+const INSERT_EVENT: &str = "INSERT INTO events (ts, kind, username, protocol, remote_addr, path, target_path, bytes, \
+    duration_ms, outcome, sha256, message, node, session_id) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+const INSERT_DELIVERY: &str = "INSERT INTO event_deliveries (id, rule_id, trigger_kind, body, status, attempts, \
+    last_error, output, next_attempt_at, created_at, finished_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING";
+const DELIVERY_COLUMNS_RETURNING: &str = " RETURNING id, rule_id, trigger_kind, body, status, attempts, \
+    last_error, output, next_attempt_at, created_at, finished_at";
+
+impl Store {
+    // ---------------------------------------------------------------- rules
+
+    /// Creates a rule (its `id` and times are assigned here).
+    pub async fn create_rule(&self, rule: &EventRule) -> StoreResult<EventRule> {
+        rule.validate()?;
+        let now = Utc::now();
+        const Q: &str = "INSERT INTO event_rules (name, enabled, trigger_kind, every_secs, filter, action, created_at, updated_at) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id";
+        let filter = to_json(&rule.filter, "event_rules.filter")?;
+        let action = to_json(&rule.action, "event_rules.action")?;
+        let id: (i64,) = on_pool!(self, p => {
+            sqlx::query_as(Q)
+                .bind(&rule.name)
+                .bind(rule.enabled)
+                .bind(rule.trigger.as_str())
+                .bind(to_i64(rule.every_secs))
+                .bind(&filter)
+                .bind(&action)
+                .bind(to_ms(now))
+                .fetch_one(p)
+                .await
+                .map_err(|e| dup_name(e, &rule.name))?
+        });
+        Ok(EventRule {
+            id: id.0,
+            created_at: from_ms(to_ms(now)),
+            updated_at: from_ms(to_ms(now)),
+            ..rule.clone()
+        })
+    }
+
+    /// Every rule, by id.
+    pub async fn list_rules(&self) -> StoreResult<Vec<EventRule>> {
+        const Q: &str = "SELECT id, name, enabled, trigger_kind, every_secs, filter, action, created_at, updated_at \
+            FROM event_rules ORDER BY id";
+        debug_assert!(Q.contains(RULE_COLUMNS));
+        let rows: Vec<RuleRow> = on_pool!(self, p => sqlx::query_as(Q).fetch_all(p).await?);
+        rules_from(rows)
+    }
+
+    /// One rule.
+    pub async fn get_rule(&self, id: i64) -> StoreResult<Option<EventRule>> {
+        const Q: &str = "SELECT id, name, enabled, trigger_kind, every_secs, filter, action, created_at, updated_at \
+            FROM event_rules WHERE id = $1";
+        let row: Option<RuleRow> =
+            on_pool!(self, p => sqlx::query_as(Q).bind(id).fetch_optional(p).await?);
+        row.map(RuleRow::into_rule).transpose()
+    }
+
+    /// Replaces a rule's definition (not its id or creation time).
+    pub async fn update_rule(&self, rule: &EventRule) -> StoreResult<EventRule> {
+        rule.validate()?;
+        let now = Utc::now();
+        const Q: &str = "UPDATE event_rules SET name = $2, enabled = $3, trigger_kind = $4, every_secs = $5, \
+            filter = $6, action = $7, updated_at = $8 WHERE id = $1";
+        let filter = to_json(&rule.filter, "event_rules.filter")?;
+        let action = to_json(&rule.action, "event_rules.action")?;
+        let n = on_pool!(self, p => {
+            sqlx::query(Q)
+                .bind(rule.id)
+                .bind(&rule.name)
+                .bind(rule.enabled)
+                .bind(rule.trigger.as_str())
+                .bind(to_i64(rule.every_secs))
+                .bind(&filter)
+                .bind(&action)
+                .bind(to_ms(now))
+                .execute(p)
+                .await
+                .map_err(|e| dup_name(e, &rule.name))?
+                .rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("event rule {}", rule.id)));
+        }
+        Ok(EventRule {
+            updated_at: from_ms(to_ms(now)),
+            ..rule.clone()
+        })
+    }
+
+    /// Deletes a rule; its pending deliveries fail when their turn comes.
+    pub async fn delete_rule(&self, id: i64) -> StoreResult<bool> {
+        let n = on_pool!(self, p => {
+            sqlx::query("DELETE FROM event_rules WHERE id = $1")
+                .bind(id)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    // ------------------------------------------------------------ the outbox
+
+    /// Appends audit events and the deliveries they matched, in one
+    /// transaction. A delivery already stored (same id: a replay of the
+    /// on-disk spool) is left as it is.
+    pub async fn insert_events_with_deliveries(
+        &self,
+        events: &[Event],
+        deliveries: &[Delivery],
+    ) -> StoreResult<()> {
+        if events.is_empty() && deliveries.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for e in events {
+                sqlx::query(INSERT_EVENT)
+                    .bind(to_ms(e.time))
+                    .bind(e.kind.as_str())
+                    .bind(&e.username)
+                    .bind(&e.protocol)
+                    .bind(&e.remote_addr)
+                    .bind(&e.path)
+                    .bind(&e.target_path)
+                    .bind(e.bytes.map(to_i64))
+                    .bind(e.duration_ms.map(to_i64))
+                    .bind(e.outcome.as_str())
+                    .bind(&e.sha256)
+                    .bind(&e.message)
+                    .bind(&e.node)
+                    .bind(&e.session_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for d in deliveries {
+                sqlx::query(INSERT_DELIVERY)
+                    .bind(&d.id)
+                    .bind(d.rule_id)
+                    .bind(d.trigger.as_str())
+                    .bind(&d.body)
+                    .bind(d.status.as_str())
+                    .bind(i64::from(d.attempts))
+                    .bind(&d.last_error)
+                    .bind(&d.output)
+                    .bind(to_ms(d.next_attempt_at))
+                    .bind(to_ms(d.created_at))
+                    .bind(d.finished_at.map(to_ms))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Claims up to `limit` due deliveries for `node` until `now + lease`:
+    /// no other dispatcher takes them before the lease ends.
+    pub async fn claim_deliveries(
+        &self,
+        node: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>> {
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::hours(1));
+        const SQLITE: &str = "UPDATE event_deliveries SET lease_node = $1, lease_until = $2 WHERE id IN \
+            (SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= $3 \
+            AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $4) \
+            RETURNING id, rule_id, trigger_kind, body, status, attempts, last_error, output, next_attempt_at, created_at, finished_at";
+        // Rows another node is claiming right now are skipped, not waited for.
+        const POSTGRES: &str = "UPDATE event_deliveries SET lease_node = $1, lease_until = $2 WHERE id IN \
+            (SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= $3 \
+            AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+            RETURNING id, rule_id, trigger_kind, body, status, attempts, last_error, output, next_attempt_at, created_at, finished_at";
+        debug_assert!(SQLITE.ends_with(DELIVERY_COLUMNS_RETURNING));
+        let rows: Vec<DeliveryRow> = match &self.db {
+            Db::Sqlite(p) => {
+                sqlx::query_as(SQLITE)
+                    .bind(node)
+                    .bind(to_ms(until))
+                    .bind(to_ms(now))
+                    .bind(i64::from(limit))
+                    .fetch_all(p)
+                    .await?
+            }
+            Db::Postgres(p) => {
+                sqlx::query_as(POSTGRES)
+                    .bind(node)
+                    .bind(to_ms(until))
+                    .bind(to_ms(now))
+                    .bind(i64::from(limit))
+                    .fetch_all(p)
+                    .await?
+            }
+        };
+        deliveries_from(rows)
+    }
+
+    /// Records an attempt of a delivery `node` holds; false if its lease
+    /// was lost (another node may have taken it).
+    pub async fn finish_attempt(
+        &self,
+        id: &str,
+        node: &str,
+        result: &AttemptResult,
+    ) -> StoreResult<bool> {
+        const Q: &str = "UPDATE event_deliveries SET status = $3, attempts = attempts + 1, last_error = $4, \
+            output = $5, next_attempt_at = $6, finished_at = $7, lease_node = NULL, lease_until = NULL \
+            WHERE id = $1 AND lease_node = $2";
+        let finished = (result.status != DeliveryStatus::Pending).then(|| to_ms(Utc::now()));
+        let n = on_pool!(self, p => {
+            sqlx::query(Q)
+                .bind(id)
+                .bind(node)
+                .bind(result.status.as_str())
+                .bind(&result.error)
+                .bind(&result.output)
+                .bind(to_ms(result.next_attempt_at))
+                .bind(finished)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Frees the leases `node` held before it restarted: its deliveries
+    /// resume at once instead of when the leases would have ended.
+    pub async fn release_leases(&self, node: &str) -> StoreResult<u64> {
+        const Q: &str = "UPDATE event_deliveries SET lease_node = NULL, lease_until = NULL \
+            WHERE lease_node = $1 AND status = 'pending'";
+        let n = on_pool!(self, p => {
+            sqlx::query(Q).bind(node).execute(p).await?.rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Deliveries, newest first.
+    pub async fn list_deliveries(&self, q: &DeliveryQuery) -> StoreResult<Vec<Delivery>> {
+        const Q: &str = "SELECT id, rule_id, trigger_kind, body, status, attempts, last_error, output, \
+            next_attempt_at, created_at, finished_at FROM event_deliveries \
+            WHERE ($1 IS NULL OR rule_id = $1) AND ($2 IS NULL OR status = $2) \
+            ORDER BY created_at DESC, id DESC LIMIT $3";
+        let limit = i64::from(q.limit.clamp(1, 1000));
+        let rows: Vec<DeliveryRow> = on_pool!(self, p => {
+            sqlx::query_as(Q)
+                .bind(q.rule_id)
+                .bind(q.status.map(DeliveryStatus::as_str))
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        });
+        deliveries_from(rows)
+    }
+
+    /// Removes finished deliveries older than `before`; returns how many.
+    pub async fn prune_deliveries(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        const Q: &str =
+            "DELETE FROM event_deliveries WHERE status <> 'pending' AND created_at < $1";
+        let n = on_pool!(self, p => {
+            sqlx::query(Q).bind(to_ms(before)).execute(p).await?.rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Claims one run of a schedule rule: stores `delivery` if the rule last
+    /// fired at `previous` (what the caller saw), so with several nodes only
+    /// one of them wins each run. Returns whether this call won.
+    pub async fn fire_schedule(
+        &self,
+        rule_id: i64,
+        previous: Option<DateTime<Utc>>,
+        delivery: &Delivery,
+    ) -> StoreResult<bool> {
+        const Q: &str = "UPDATE event_rules SET last_fired_at = $2 WHERE id = $1 AND enabled \
+            AND (last_fired_at = $3 OR ($3 IS NULL AND last_fired_at IS NULL))";
+        let won = on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(Q)
+                .bind(rule_id)
+                .bind(to_ms(delivery.created_at))
+                .bind(previous.map(to_ms))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                sqlx::query(INSERT_DELIVERY)
+                    .bind(&delivery.id)
+                    .bind(delivery.rule_id)
+                    .bind(delivery.trigger.as_str())
+                    .bind(&delivery.body)
+                    .bind(delivery.status.as_str())
+                    .bind(i64::from(delivery.attempts))
+                    .bind(&delivery.last_error)
+                    .bind(&delivery.output)
+                    .bind(to_ms(delivery.next_attempt_at))
+                    .bind(to_ms(delivery.created_at))
+                    .bind(delivery.finished_at.map(to_ms))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            n == 1
+        });
+        Ok(won)
+    }
+
+    /// When each schedule rule last fired.
+    pub async fn schedule_marks(&self) -> StoreResult<Vec<(i64, Option<DateTime<Utc>>)>> {
+        const Q: &str = "SELECT id, last_fired_at FROM event_rules WHERE trigger_kind = 'schedule'";
+        let rows: Vec<(i64, Option<i64>)> =
+            on_pool!(self, p => sqlx::query_as(Q).fetch_all(p).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(id, t)| (id, t.map(from_ms)))
+            .collect())
+    }
+}
+
+fn dup_name(e: sqlx::Error, name: &str) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Duplicate(_) => StoreError::Duplicate(format!("event rule {name:?}")),
+        other => other,
+    }
+}
