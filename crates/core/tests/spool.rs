@@ -1,0 +1,135 @@
+//! The audit log while the store refuses writes: events are acknowledged
+//! from the on-disk spool and move into the store, in order, once it takes
+//! writes again. A real SQLite file, locked by a second connection.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use dropgate_core::store::{Event, EventKind, EventQuery, Outcome, Store};
+use dropgate_core::{Gateway, GatewayConfig};
+use sqlx::Connection;
+
+fn event(path: &str) -> Event {
+    Event {
+        id: 0,
+        time: Utc::now(),
+        kind: EventKind::Upload,
+        username: "alice".into(),
+        protocol: "sftp".into(),
+        remote_addr: "127.0.0.1:1".into(),
+        path: Some(path.into()),
+        target_path: None,
+        bytes: Some(1),
+        duration_ms: None,
+        outcome: Outcome::Ok,
+        sha256: Some("00".into()),
+        message: None,
+        node: "n".into(),
+        session_id: None,
+    }
+}
+
+fn spooled(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_in_the_spool_while_the_store_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/dropgate.db", dir.path().display());
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    let spool = dir.path().join("spool");
+    let mut config = GatewayConfig::new(dir.path().join("files"));
+    config.spool_dir = Some(spool.clone());
+    let gateway = Gateway::new(store.clone(), config);
+
+    gateway
+        .audit()
+        .record_durable(event("/before"))
+        .await
+        .unwrap();
+
+    // Another process holds the write lock.
+    let mut locker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+
+    let t = Instant::now();
+    gateway
+        .audit()
+        .record_durable(event("/during-1"))
+        .await
+        .expect("acknowledged from the spool");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(gateway.audit().degraded());
+    assert_eq!(spooled(&spool), 1);
+    // Later batches join the spool at once (order is kept).
+    let t = Instant::now();
+    gateway
+        .audit()
+        .record_durable(event("/during-2"))
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(spooled(&spool), 2);
+
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    drop(locker);
+
+    // Replayed within a few seconds, in order; the spool empties.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = store
+            .query_events(&EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if events.len() == 3 && spooled(&spool) == 0 && !gateway.audit().degraded() {
+            let paths: Vec<_> = events
+                .iter()
+                .rev()
+                .map(|e| e.path.clone().unwrap())
+                .collect();
+            assert_eq!(paths, ["/before", "/during-1", "/during-2"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not replayed: {events:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Back to the store directly.
+    gateway
+        .audit()
+        .record_durable(event("/after"))
+        .await
+        .unwrap();
+    assert_eq!(spooled(&spool), 0);
+    assert_eq!(gateway.audit().lost(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_spool_an_unrecordable_success_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/dropgate.db", dir.path().display());
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    let gateway = Gateway::new(store, GatewayConfig::new(dir.path().join("files")));
+    let mut locker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    assert!(gateway.audit().record_durable(event("/x")).await.is_err());
+    assert_eq!(gateway.audit().lost(), 1);
+}
