@@ -125,13 +125,14 @@ export async function signOut() {
 /** What this server offers beyond the first API version, read from its
  * OpenAPI document (routes and fields that arrived later). */
 export async function capabilities() {
-  const caps = { bans: false, maxSessions: false, usage: false };
+  const caps = { bans: false, maxSessions: false, usage: false, eventRules: false };
   try {
     const doc = await request('GET', '/api/v1/openapi.json', undefined, { retryOn401: false });
     const paths = (doc && doc.paths) || {};
     const schemas = (doc && doc.components && doc.components.schemas) || {};
     const props = (name) => (schemas[name] && schemas[name].properties) || {};
     caps.bans = Boolean(paths['/api/v1/bans'] && paths['/api/v1/bans'].get);
+    caps.eventRules = Boolean(paths['/api/v1/event-rules'] && paths['/api/v1/event-rules'].get);
     caps.maxSessions = 'max_sessions' in props('NewUser') || 'max_sessions' in props('UserPatch');
     caps.usage = 'usage' in props('User');
   } catch {

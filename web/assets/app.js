@@ -9,6 +9,7 @@ import * as dashboard from './dashboard.js';
 import * as accounts from './accounts.js';
 import * as sessions from './sessions.js';
 import * as audit from './audit.js';
+import * as rules from './rules.js';
 import * as apikeys from './apikeys.js';
 import * as bans from './bans.js';
 import * as status from './status.js';
@@ -18,6 +19,7 @@ const PAGES = {
   accounts: { title: 'Accounts', module: accounts },
   sessions: { title: 'Sessions', module: sessions },
   audit: { title: 'Audit log', module: audit },
+  'event-rules': { title: 'Event rules', module: rules, needs: 'eventRules' },
   'api-keys': { title: 'API keys', module: apikeys },
   bans: { title: 'Bans', module: bans, needs: 'bans' },
   status: { title: 'Status', module: status },
@@ -32,7 +34,7 @@ const signinBox = document.getElementById('signin');
 const signinForm = document.getElementById('signin-form');
 const signinMsg = document.getElementById('signin-msg');
 
-let caps = { bans: false, maxSessions: false, usage: false };
+let caps = { bans: false, maxSessions: false, usage: false, eventRules: false };
 let cleanup = null;
 let signedIn = false;
 // While the session is being renewed: the requests waiting for it.

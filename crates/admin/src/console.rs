@@ -45,6 +45,7 @@ const ASSETS: &[Asset] = assets![
     "sessions.js" => JS,
     "audit.js" => JS,
     "apikeys.js" => JS,
+    "rules.js" => JS,
     "bans.js" => JS,
     "status.js" => JS,
 ];

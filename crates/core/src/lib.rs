@@ -49,6 +49,11 @@ pub use dropgate_store as store;
 pub use dropgate_store::{Permission, User};
 pub use dropgate_vfs as vfs;
 
+/// How long sessions get to finish after a stop signal (SIGTERM, SIGINT)
+/// before they are dropped: every listener drains within it, and `serve`
+/// waits for all of them together.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Settings `core` needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -218,8 +223,9 @@ impl Gateway {
     /// Disconnects every session and waits until all audit events are stored.
     pub async fn shutdown(&self) {
         self.sessions.disconnect_all();
-        // Give sessions a moment to record their final events.
-        for _ in 0..50 {
+        // Give sessions a moment to record their final events (an upload
+        // dropped mid-way aborts in a task that holds its session).
+        for _ in 0..100 {
             if self.sessions.is_empty() {
                 break;
             }

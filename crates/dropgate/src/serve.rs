@@ -22,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 use crate::CliError;
 use crate::config::{Effective, TlsSetting, UploadModeSetting};
 
-/// How long listeners get to close their sessions after a stop signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long `serve` waits for every listener together after a stop signal:
+/// each drains its sessions within core's `SHUTDOWN_GRACE` (the admin API
+/// within 5 s), plus a margin for the aborts that follow.
+const SHUTDOWN_DEADLINE: Duration =
+    Duration::from_secs(dropgate_core::SHUTDOWN_GRACE.as_secs() + 5);
 
 pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     // Before anything else: a stop signal that arrives while the store opens
@@ -86,7 +89,7 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     tracing::info!("shutting down");
     shutdown.cancel();
     gateway.sessions().disconnect_all();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+    let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
         while listeners.join_next().await.is_some() {}
     })
     .await;

@@ -72,6 +72,8 @@ fn console_end_to_end_in_chromium() {
         "accounts",
         "account-edit",
         "api-keys",
+        "event-rules",
+        "event-rule-edit",
         "status",
         "dashboard-phone",
     ] {

@@ -171,3 +171,76 @@ fn sigkill_during_concurrent_uploads_loses_nothing_acknowledged() {
         acked.len()
     );
 }
+
+#[test]
+fn sigterm_during_uploads_drains_in_time_and_leaves_no_debris() {
+    dropgate_testkit::require_tool("curl", "curl");
+    let gw = Gateway::start("");
+    let token = gw.token();
+    gw.create_user(&token, &json!({"username": "acme", "password": PASSWORD}));
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("big.bin");
+    dropgate_testkit::write_random_file(&big, 4 << 20, 9);
+    let ftp = format!("ftp://acme:{PASSWORD}@{}", gw.addr("ftp"));
+    let sftp = format!("sftp://acme:{PASSWORD}@{}", gw.addr("sftp"));
+    // Slow uploads (4 MiB at 512 KiB/s): all are mid-stream at the signal.
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let url = if i % 2 == 0 {
+            format!("{ftp}/up-{i}.bin")
+        } else {
+            format!("{sftp}/up-{i}.bin")
+        };
+        clients.push(
+            std::process::Command::new("curl")
+                .args(["-s", "-k", "--limit-rate", "512k", "--max-time", "60", "-T"])
+                .arg(&big)
+                .arg(url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    // Wait until every upload is under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = gw.api("GET", "/api/v1/sessions", Some(&token), None);
+        let moving = v["items"]
+            .as_array()
+            .map(|s| s.iter().filter(|s| !s["transfer"].is_null()).count())
+            .unwrap_or(0);
+        if moving == 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uploads never started: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, took, dir) = gw.terminate();
+    for mut c in clients {
+        let _ = c.wait();
+    }
+    assert_eq!(code, Some(0), "a clean exit");
+    assert!(
+        took < dropgate_core::SHUTDOWN_GRACE + Duration::from_secs(5),
+        "stopped in {took:?}"
+    );
+    let home = dir.path().join("data/files/acme");
+    let names: Vec<String> = std::fs::read_dir(&home)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".dropgate-part-")),
+        "temporaries left after a clean stop: {names:?}"
+    );
+    // Atomic uploads: an interrupted one leaves nothing under its name.
+    for n in &names {
+        let len = std::fs::metadata(home.join(n)).unwrap().len();
+        assert_eq!(len, 4 << 20, "{n} is a partial file");
+    }
+}

@@ -23,8 +23,7 @@ use crate::{FtpConfig, FtpError, TlsMode};
 
 /// Pending connections the kernel queues per listen socket.
 const BACKLOG: u32 = 1024;
-/// How long sessions get to finish after shutdown before they are dropped.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+use dropgate_core::SHUTDOWN_GRACE;
 
 /// A bound FTP listener, ready to [`run`](FtpServer::run).
 pub struct FtpServer {

@@ -158,6 +158,29 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Stops the server with SIGTERM and waits (at most 60 s) for it to
+    /// exit: (exit code, how long it took, its folder).
+    pub fn terminate(mut self) -> (Option<i32>, Duration, tempfile::TempDir) {
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let code = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status.code();
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = started.elapsed();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        std::mem::forget(self);
+        (code, took, dir)
+    }
+
     /// Kills the server with SIGKILL (no shutdown at all) and hands back its
     /// folder for a restart.
     pub fn kill9(mut self) -> tempfile::TempDir {
