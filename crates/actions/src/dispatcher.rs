@@ -26,8 +26,12 @@ use crate::webhook::WebhookClient;
 const CLAIM_BATCH: u32 = 32;
 /// Deliveries running at once on this node.
 const CONCURRENCY: usize = 16;
-/// How long a claim lasts; a delivery whose node died is retried after it.
-const LEASE: Duration = Duration::from_secs(600);
+/// How long a claim lasts unless renewed; a delivery whose node died is
+/// retried after it. Running attempts renew it every [`RENEW_EVERY`], so an
+/// action may run longer than this without another node starting it again.
+const LEASE: Duration = Duration::from_secs(120);
+/// How often a running attempt renews its lease.
+const RENEW_EVERY: Duration = Duration::from_secs(30);
 /// How often the outbox is looked at without a wake-up (retries that came
 /// due, deliveries stored by other nodes) and schedules are checked.
 const POLL: Duration = Duration::from_secs(1);
@@ -161,7 +165,7 @@ impl Dispatcher {
         let outcome = match &rule {
             None => Outcome::permanent("the rule was deleted".into()),
             Some(r) if !r.enabled => Outcome::permanent("the rule is disabled".into()),
-            Some(r) => self.execute(r, &d).await,
+            Some(r) => self.execute_leased(r, &d).await,
         };
         let attempts = d.attempts.saturating_add(1);
         let now = Utc::now();
@@ -214,6 +218,35 @@ impl Dispatcher {
                     return;
                 }
                 Err(e) => tracing::warn!(error = %e, "could not record a delivery attempt"),
+            }
+        }
+    }
+
+    /// Runs the action while renewing the delivery's lease. If the lease is
+    /// lost (the store was unreachable for longer than the lease), the
+    /// attempt is abandoned: another node may have started it.
+    async fn execute_leased(&self, rule: &EventRule, d: &Delivery) -> Outcome {
+        let run = self.execute(rule, d);
+        tokio::pin!(run);
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        renew.tick().await;
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                outcome = &mut run => return outcome,
+                _ = renew.tick() => {
+                    let until = Utc::now() + chrono::TimeDelta::from_std(LEASE).unwrap_or_default();
+                    match self.gateway.store().renew_lease(&d.id, &self.node, until).await {
+                        Ok(true) => last_renewed = tokio::time::Instant::now(),
+                        Ok(false) => return Outcome::failed("lease lost to another node".into(), false),
+                        Err(e) => {
+                            tracing::warn!(error = %e, delivery = %d.id, "could not renew a delivery's lease");
+                            if last_renewed.elapsed() >= LEASE {
+                                return Outcome::failed("lease lost (store unreachable)".into(), false);
+                            }
+                        }
+                    }
+                }
             }
         }
     }

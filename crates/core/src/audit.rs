@@ -195,6 +195,9 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
                 Msg::Flush(done) => flushes.push(done),
             }
         }
+        for e in &mut batch {
+            sanitize(e);
+        }
         let deliveries = shared.rules.deliveries_for(&batch);
         let result = write_batch(&store, &shared, &batch, &deliveries).await;
         if result.is_err() {
@@ -281,7 +284,9 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
             let s = spool.clone();
             let p = path.clone();
             let Ok(Ok(batch)) = tokio::task::spawn_blocking(move || s.read(&p)).await else {
-                tracing::error!(file = %path.display(), "unreadable audit spool file left in place");
+                tracing::error!(file = %path.display(), "unreadable audit spool file moved to spool/rejected");
+                let s = spool.clone();
+                let _ = tokio::task::spawn_blocking(move || s.reject(&path)).await;
                 continue;
             };
             let attempt = tokio::time::timeout(
@@ -290,6 +295,16 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
             )
             .await;
             if !matches!(attempt, Ok(Ok(()))) {
+                // A store that answers but refuses this one file would
+                // otherwise hold back every later batch for ever: set it
+                // aside (with a loud log) and go on.
+                if store.ping().await {
+                    tracing::error!(file = %path.display(), error = ?attempt.ok().and_then(Result::err).map(|e| e.to_string()),
+                        "the store refuses a spooled audit batch; moved to spool/rejected");
+                    let s = spool.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.reject(&path)).await;
+                    continue;
+                }
                 all_in = false;
                 break;
             }
@@ -316,6 +331,24 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
             }
         }
         tokio::time::sleep(REPLAY_EVERY).await;
+    }
+}
+
+/// Text no SQL database refuses: NUL (PostgreSQL rejects it in `TEXT`)
+/// becomes U+FFFD wherever a client may have put it.
+fn sanitize(e: &mut Event) {
+    fn clean(s: &mut String) {
+        if s.contains('\0') {
+            *s = s.replace('\0', "\u{FFFD}");
+        }
+    }
+    clean(&mut e.username);
+    clean(&mut e.remote_addr);
+    for s in [&mut e.path, &mut e.target_path, &mut e.message]
+        .into_iter()
+        .flatten()
+    {
+        clean(s);
     }
 }
 
@@ -387,6 +420,19 @@ impl Spool {
     fn read(&self, path: &std::path::Path) -> std::io::Result<SpoolFile> {
         let body = std::fs::read(path)?;
         serde_json::from_slice(&body).map_err(std::io::Error::other)
+    }
+
+    /// Sets a file the store will not take aside, out of the replay.
+    fn reject(&self, path: &std::path::Path) {
+        let dir = self.dir.join("rejected");
+        let moved = std::fs::create_dir_all(&dir).and_then(|()| {
+            let name = path.file_name().unwrap_or_default();
+            std::fs::rename(path, dir.join(name))
+        });
+        if moved.is_err() {
+            // Never retried for ever: without the move, drop it from the replay.
+            let _ = std::fs::rename(path, path.with_extension("rejected"));
+        }
     }
 
     fn sweep_temporaries(&self) {

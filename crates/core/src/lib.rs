@@ -126,6 +126,8 @@ pub struct Gateway {
     rules: Arc<Rules>,
     /// Woken when new deliveries are in the outbox.
     deliveries: Arc<tokio::sync::Notify>,
+    /// When each account last had a `quota_exceeded` event.
+    quota_events: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     metrics: Metrics,
     /// Bounds background SHA-256 computations of committed uploads.
     hash_permits: tokio::sync::Semaphore,
@@ -163,6 +165,7 @@ impl Gateway {
             audit,
             rules,
             deliveries,
+            quota_events: std::sync::Mutex::default(),
             metrics: Metrics::default(),
             hash_permits: tokio::sync::Semaphore::new(2),
             usage_cache: std::sync::Mutex::default(),
@@ -203,6 +206,26 @@ impl Gateway {
     /// and periodically for changes made on other nodes).
     pub async fn reload_rules(&self) -> Result<(), dropgate_store::StoreError> {
         self.rules.reload(&self.store).await
+    }
+
+    /// Whether `username` may have another `quota_exceeded` event: one a
+    /// minute per account, so a client retrying a refused write in a loop
+    /// cannot flood the audit log and the rules' outbox (each refusal is
+    /// still recorded as the failed operation itself).
+    pub(crate) fn quota_event_due(&self, username: &str) -> bool {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        let mut map = self.quota_events.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if map.len() >= 10_000 {
+            map.retain(|_, t| now.duration_since(*t) < EVERY);
+        }
+        match map.get(username) {
+            Some(t) if now.duration_since(*t) < EVERY => false,
+            _ => {
+                map.insert(username.to_owned(), now);
+                true
+            }
+        }
     }
 
     /// Woken whenever deliveries were added to the outbox.
@@ -480,8 +503,14 @@ impl Gateway {
         outcome: Outcome,
         why: Option<&str>,
     ) {
-        // Cap what a client can make us store.
-        let username: String = username.chars().take(128).collect();
+        // Cap what a client can make us store; control characters (a NUL
+        // PostgreSQL would refuse, a newline that would forge a log line)
+        // are shown as U+FFFD.
+        let username: String = username
+            .chars()
+            .take(128)
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect();
         self.audit.record(Event {
             id: 0,
             time: Utc::now(),

@@ -287,7 +287,9 @@ impl Session {
 
     /// A quota refusal is also an event of its own (rules can act on it).
     fn record_quota_refusal(&self, err: &FsError, path: &VirtualPath) {
-        if matches!(err, FsError::QuotaExceeded) {
+        if matches!(err, FsError::QuotaExceeded)
+            && self.inner.gateway.quota_event_due(self.username())
+        {
             let mut e = self.event(EventKind::QuotaExceeded, Some(path), Outcome::Denied);
             e.message = Some(err.to_string());
             self.inner.gateway.audit().record(e);

@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
@@ -18,8 +20,17 @@ use tokio::task::JoinHandle;
 /// Chunks at least this large are hashed on the blocking pool, in parallel
 /// with their write to disk; smaller ones inline (cheaper than the hop).
 const OFFLOAD_MIN: usize = 64 * 1024;
-/// Most bytes parked ahead of the next expected offset.
-const PARK_MAX: usize = 16 << 20;
+/// Most bytes one upload parks ahead of the next expected offset.
+const PARK_MAX: usize = 4 << 20;
+/// Most chunks one upload parks (an SFTP client has at most 64 requests in
+/// flight in our dispatcher).
+const PARK_CHUNKS: usize = 64;
+/// Most bytes all uploads together park; beyond it, an upload that would
+/// park stops streaming and is read back at commit instead.
+const PARK_TOTAL_MAX: usize = 64 << 20;
+
+/// Bytes parked by every upload of the process.
+static PARKED_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 enum Feed {
     Idle(Box<Sha256>),
@@ -61,6 +72,9 @@ impl StreamHash {
 
     /// Takes the bytes written at `offset`.
     pub(crate) async fn feed(&self, offset: u64, data: &Bytes) {
+        if data.is_empty() {
+            return;
+        }
         let mut st = self.state.lock().await;
         if matches!(st.feed, Feed::Off) {
             return;
@@ -70,11 +84,19 @@ impl StreamHash {
             return;
         }
         if offset > st.next {
-            if st.parked_bytes + data.len() > PARK_MAX || st.parked.contains_key(&offset) {
+            let total = PARKED_TOTAL.fetch_add(data.len(), Ordering::AcqRel) + data.len();
+            if st.parked_bytes + data.len() > PARK_MAX
+                || st.parked.len() >= PARK_CHUNKS
+                || total > PARK_TOTAL_MAX
+                || st.parked.contains_key(&offset)
+            {
+                PARKED_TOTAL.fetch_sub(data.len(), Ordering::AcqRel);
                 st.stop();
             } else {
                 st.parked_bytes += data.len();
-                st.parked.insert(offset, data.clone());
+                // A copy: a slice would keep the client's whole frame
+                // buffer alive while it waits.
+                st.parked.insert(offset, Bytes::copy_from_slice(data));
             }
             return;
         }
@@ -87,6 +109,7 @@ impl StreamHash {
                 break;
             };
             st.parked_bytes -= chunk.len();
+            PARKED_TOTAL.fetch_sub(chunk.len(), Ordering::AcqRel);
             if off < st.next {
                 st.stop();
                 return;
@@ -111,12 +134,19 @@ impl StreamHash {
     }
 }
 
+impl Drop for State {
+    fn drop(&mut self) {
+        PARKED_TOTAL.fetch_sub(self.parked_bytes, Ordering::AcqRel);
+    }
+}
+
 impl State {
     fn stop(&mut self) {
         if let Feed::Running(job) = std::mem::replace(&mut self.feed, Feed::Off) {
             job.abort();
         }
         self.parked.clear();
+        PARKED_TOTAL.fetch_sub(self.parked_bytes, Ordering::AcqRel);
         self.parked_bytes = 0;
     }
 
@@ -181,6 +211,25 @@ mod tests {
             h.feed(*off, chunk).await;
         }
         assert_eq!(h.finish(data.len() as u64).await, Some(digest(&data)));
+    }
+
+    #[tokio::test]
+    async fn parking_is_bounded() {
+        // Zero-length writes cost nothing and change nothing.
+        let h = StreamHash::new(true);
+        for off in 1..10_000u64 {
+            h.feed(off, &Bytes::new()).await;
+        }
+        assert!(h.state.lock().await.parked.is_empty());
+        // More early chunks than a client can have in flight: streaming stops
+        // (the commit reads back) instead of holding them.
+        let h = StreamHash::new(true);
+        for off in 1..=(PARK_CHUNKS as u64 + 1) {
+            h.feed(off * 10, &Bytes::from_static(b"x")).await;
+        }
+        let st = h.state.lock().await;
+        assert!(matches!(st.feed, Feed::Off));
+        assert!(st.parked.is_empty() && st.parked_bytes == 0);
     }
 
     #[tokio::test]

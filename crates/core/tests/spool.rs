@@ -133,3 +133,55 @@ async fn without_a_spool_an_unrecordable_success_is_refused() {
     assert!(gateway.audit().record_durable(event("/x")).await.is_err());
     assert_eq!(gateway.audit().lost(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_file_the_store_cannot_take_is_set_aside_and_the_rest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/dropgate.db", dir.path().display());
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    // Left by an earlier run: one unreadable batch, then a good one.
+    std::fs::write(spool.join("00000000000000000001.json"), b"{not json").unwrap();
+    let good = serde_json::json!({"events": [event("/from-spool")], "deliveries": []});
+    std::fs::write(
+        spool.join("00000000000000000002.json"),
+        serde_json::to_vec(&good).unwrap(),
+    )
+    .unwrap();
+    let mut config = GatewayConfig::new(dir.path().join("files"));
+    config.spool_dir = Some(spool.clone());
+    let gateway = Gateway::new(store.clone(), config);
+    // A NUL in a client-typed name cannot poison a batch either.
+    gateway
+        .audit()
+        .record_durable(Event {
+            username: "evil\0name".into(),
+            ..event("/nul")
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = store
+            .query_events(&EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if events.len() == 2 && spooled(&spool) == 0 {
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e.path.as_deref() == Some("/from-spool"))
+            );
+            assert!(events.iter().any(|e| e.username == "evil\u{FFFD}name"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(spool.join("rejected/00000000000000000001.json").exists());
+}

@@ -175,6 +175,11 @@ impl Store {
         &self.hasher
     }
 
+    /// Whether the database answers at all (a trivial query).
+    pub async fn ping(&self) -> bool {
+        on_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.is_ok())
+    }
+
     /// Closes the pool (waits for connections to return).
     pub async fn close(&self) {
         on_pool!(self, p => p.close().await)

@@ -612,6 +612,28 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Extends the lease `node` holds on a running delivery to `until`;
+    /// false if it no longer holds it.
+    pub async fn renew_lease(
+        &self,
+        id: &str,
+        node: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        const Q: &str = "UPDATE event_deliveries SET lease_until = $3 \
+            WHERE id = $1 AND lease_node = $2 AND status = 'pending'";
+        let n = on_pool!(self, p => {
+            sqlx::query(Q)
+                .bind(id)
+                .bind(node)
+                .bind(to_ms(until))
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
     /// Frees the leases `node` held before it restarted: its deliveries
     /// resume at once instead of when the leases would have ended.
     pub async fn release_leases(&self, node: &str) -> StoreResult<u64> {

@@ -344,7 +344,10 @@ async fn outbox(store: &Store) {
         "all leased"
     );
 
-    // Only the lease holder records an attempt.
+    // Only the lease holder renews or records an attempt.
+    let later = Utc::now() + Duration::seconds(120);
+    assert!(store.renew_lease(&a[0].id, "n1", later).await.unwrap());
+    assert!(!store.renew_lease(&a[0].id, "n2", later).await.unwrap());
     let first = &a[0];
     let retry = AttemptResult {
         status: DeliveryStatus::Pending,
