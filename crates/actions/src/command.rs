@@ -52,7 +52,8 @@ pub fn validate_argv(argv: &[String]) -> Result<(), String> {
 /// Runs `argv` (no shell) with stdin from `/dev/null` and an environment holding only
 /// `PATH` ([`COMMAND_PATH`]) and `env`. The command runs in its own process group; when it
 /// exits, times out, or this future is dropped, the whole group is killed with SIGKILL, so
-/// nothing it started in the background outlives it.
+/// nothing it started in the background in its process group outlives it (a
+/// child that starts a session of its own with `setsid` escapes the group).
 ///
 /// Errors: `InvalidInput` for a bad argv or environment name, or the spawn error.
 pub async fn run_command(

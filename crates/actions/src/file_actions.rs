@@ -231,13 +231,16 @@ pub async fn sweep(
                 old_files.push((path, own.size));
             }
         }
-        for (path, size) in old_files {
-            match session.remove_file(&path).await {
-                Ok(()) => {
+        for (path, _) in old_files {
+            // Decided again at the removal, on a path reached without
+            // following links: a folder swapped for a symlink since the
+            // listing cannot point the removal elsewhere.
+            match session.remove_if_older(&path, cutoff).await {
+                Ok(Some(size)) => {
                     swept.files += 1;
                     swept.bytes += size;
                 }
-                Err(FsError::Vfs(VfsError::NotFound)) => {}
+                Ok(None) | Err(FsError::Vfs(VfsError::NotFound)) => {}
                 Err(_) => swept.errors += 1,
             }
         }

@@ -541,6 +541,36 @@ impl Session {
         self.record(EventKind::Delete, path, None, r).await
     }
 
+    /// Deletes `path` if it is a regular file last modified before `cutoff`
+    /// (retention), reached without following any symbolic link. Needs
+    /// `delete`. Returns the bytes freed, `None` if the file was left alone.
+    pub async fn remove_if_older(
+        &self,
+        path: &VirtualPath,
+        cutoff: SystemTime,
+    ) -> FsResult<Option<u64>> {
+        self.check(path, Permission::Delete)?;
+        let _counting = self.inner.quota.serialize().await;
+        if self.inner.quota.is_busy(path, None) {
+            return Err(FsError::Busy);
+        }
+        let removed = match self.inner.fs.remove_if_older(path, cutoff).await {
+            Ok(None) => return Ok(None),
+            Ok(Some(meta)) => meta,
+            Err(e) => return Err(e.into()),
+        };
+        if removed.nlink <= 1 {
+            self.inner.quota.release_bytes(removed.size);
+        }
+        self.inner.quota.release_file();
+        drop(_counting);
+        let mut e = self.event(EventKind::Delete, Some(path), Outcome::Ok);
+        e.message = Some("retention".into());
+        self.inner.gateway.usage_changed(self.username());
+        self.inner.gateway.audit().record_durable(e).await?;
+        Ok(Some(removed.size))
+    }
+
     /// Creates a folder. Needs `mkdir`.
     pub async fn create_dir(&self, path: &VirtualPath) -> FsResult<()> {
         let r = async {

@@ -356,6 +356,23 @@ pub trait Storage: Send + Sync {
     async fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> VfsResult<()>;
     /// Deletes a file (or a symlink itself).
     async fn remove_file(&self, path: &VirtualPath) -> VfsResult<()>;
+    /// Removes `path` if it is a regular file last modified before `cutoff`,
+    /// reaching it without following any symbolic link on the way (a folder
+    /// swapped for a link cannot redirect it); `Ok(None)` if it was left
+    /// alone. What retention uses. Backends without links can rely on this
+    /// default.
+    async fn remove_if_older(
+        &self,
+        path: &VirtualPath,
+        cutoff: std::time::SystemTime,
+    ) -> VfsResult<Option<Metadata>> {
+        let meta = self.symlink_metadata(path).await?;
+        if meta.kind != FileKind::File || meta.modified >= cutoff {
+            return Ok(None);
+        }
+        self.remove_file(path).await?;
+        Ok(Some(meta))
+    }
     /// Creates one folder.
     async fn create_dir(&self, path: &VirtualPath) -> VfsResult<()>;
     /// Removes an empty folder.

@@ -466,6 +466,36 @@ impl Storage for LocalStorage {
         .await
     }
 
+    async fn remove_if_older(
+        &self,
+        path: &VirtualPath,
+        cutoff: std::time::SystemTime,
+    ) -> VfsResult<Option<Metadata>> {
+        let Some(name) = path.file_name().map(str::to_owned) else {
+            return Ok(None);
+        };
+        let (home, parent) = (self.home.clone(), path.parent());
+        blocking(move || {
+            // Folder by folder, never following a link: every step is
+            // relative to the handle of the one before.
+            let mut dir = home.try_clone()?;
+            for component in parent
+                .relative()
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+            {
+                dir = dir.open_dir_nofollow(component)?;
+            }
+            let meta = dir.symlink_metadata(&name)?;
+            if !meta.is_file() || meta.modified()?.into_std() >= cutoff {
+                return Ok(None);
+            }
+            dir.remove_file(&name)?;
+            Ok(Some(to_meta(&meta)))
+        })
+        .await
+    }
+
     async fn create_dir(&self, path: &VirtualPath) -> VfsResult<()> {
         if path.is_root() {
             return Err(VfsError::AlreadyExists);
