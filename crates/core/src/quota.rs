@@ -61,6 +61,19 @@ impl QuotaGuard {
         }
     }
 
+    /// A guard counting from `bytes` and `files` already in use (what the
+    /// tracker builds after measuring a home; also for tests).
+    pub fn counting(limit: Quota, bytes: u64, files: u64) -> Self {
+        QuotaGuard {
+            limit,
+            usage: Some(Arc::new(Usage {
+                bytes: AtomicU64::new(bytes),
+                files: AtomicU64::new(files),
+                ..Usage::default()
+            })),
+        }
+    }
+
     /// Reserves `bytes` more, or fails without reserving anything.
     pub fn reserve_bytes(&self, bytes: u64) -> Result<(), FsError> {
         let Some(usage) = &self.usage else {

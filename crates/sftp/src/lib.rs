@@ -50,3 +50,32 @@ pub mod bench_support {
         n
     }
 }
+
+/// Pure functions exposed for the fuzz targets (`fuzz/`); not a stable API.
+#[doc(hidden)]
+pub mod fuzz_support {
+    use crate::codec::{FrameDecoder, decode_request};
+
+    /// Feeds `data` to the framer in two pieces (as a channel may deliver
+    /// it) and decodes every whole packet; returns how many were decoded.
+    pub fn decode_stream(data: &[u8]) -> usize {
+        let mut frames = FrameDecoder::default();
+        let mut n = 0;
+        let (a, b) = data.split_at(data.len() / 2);
+        for piece in [a, b] {
+            frames.push(piece);
+            loop {
+                match frames.next_frame() {
+                    Ok(Some(frame)) => {
+                        let _ = decode_request(frame);
+                        n += 1;
+                    }
+                    Ok(None) => break,
+                    // The connection would end here.
+                    Err(_) => return n,
+                }
+            }
+        }
+        n
+    }
+}
