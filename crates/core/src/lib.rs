@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     pub storage_root: PathBuf,
     /// `[storage] upload_mode`.
     pub upload_mode: UploadMode,
+    /// `[storage] durable_uploads`: answer an upload only once it is on
+    /// disk (`true`, the default) or from the page cache.
+    pub durable_uploads: bool,
     /// Shown in events and sessions (`[cluster] node_name`).
     pub node_name: String,
     /// Connection caps and the ban rules (`[limits]`).
@@ -79,6 +82,7 @@ impl GatewayConfig {
         GatewayConfig {
             storage_root,
             upload_mode: UploadMode::Atomic,
+            durable_uploads: true,
             node_name: String::new(),
             admission: AdmissionConfig::default(),
             login_grace: std::time::Duration::from_secs(60),

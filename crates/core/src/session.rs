@@ -407,6 +407,7 @@ impl Session {
             mode: self.inner.upload_mode,
             start,
             exclusive,
+            durable: self.inner.gateway.config.durable_uploads,
         };
         let writer = match self.inner.fs.create(path, opts).await {
             Ok(w) => w,

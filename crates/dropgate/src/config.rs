@@ -72,6 +72,7 @@ pub(crate) struct StorageConfig {
     /// Empty: `<data_dir>/files`.
     pub(crate) root: PathBuf,
     pub(crate) upload_mode: UploadModeSetting,
+    pub(crate) durable_uploads: bool,
     pub(crate) s3: S3Section,
 }
 
@@ -220,6 +221,7 @@ impl Default for StorageConfig {
             backend: Backend::Local,
             root: PathBuf::new(),
             upload_mode: UploadModeSetting::Atomic,
+            durable_uploads: true,
             s3: S3Section::default(),
         }
     }

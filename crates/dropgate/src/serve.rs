@@ -58,6 +58,7 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
                 UploadModeSetting::AtomicResume => UploadMode::AtomicResume,
                 UploadModeSetting::Direct => UploadMode::Direct,
             },
+            durable_uploads: cfg.raw.storage.durable_uploads,
             node_name: cfg.node_name.clone(),
             admission: AdmissionConfig {
                 max_connections: cfg.raw.limits.max_connections,

@@ -244,3 +244,31 @@ fn sigterm_during_uploads_drains_in_time_and_leaves_no_debris() {
         assert_eq!(len, 4 << 20, "{n} is a partial file");
     }
 }
+
+#[test]
+fn uploads_answered_from_the_page_cache_when_durability_is_off() {
+    dropgate_testkit::require_tool("curl", "curl");
+    let gw = Gateway::start("[storage]\ndurable_uploads = false\n");
+    let token = gw.token();
+    gw.create_user(&token, &json!({"username": "acme", "password": PASSWORD}));
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f.bin");
+    let content = dropgate_testkit::write_random_file(&src, 3 << 20, 11);
+    for (proto, name) in [("ftp", "via-ftp.bin"), ("sftp", "via-sftp.bin")] {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-S", "-k", "-T"])
+            .arg(&src)
+            .arg(format!(
+                "{proto}://acme:{PASSWORD}@{}/{name}",
+                gw.addr(proto)
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(gw.home("acme").join(name)).unwrap(), content);
+    }
+    let sha = hex::encode(Sha256::digest(&content));
+    let audited = uploads_audited(&gw, &token);
+    assert_eq!(audited.get("/via-ftp.bin"), Some(&sha));
+    assert_eq!(audited.get("/via-sftp.bin"), Some(&sha));
+}

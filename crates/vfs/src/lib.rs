@@ -243,6 +243,9 @@ pub struct CreateOptions {
     pub start: WriteStart,
     /// Fail with [`VfsError::AlreadyExists`] if the target exists (SFTP EXCL, FTP STOU).
     pub exclusive: bool,
+    /// The commit returns only once the data, the rename and the folder are
+    /// on disk (`[storage] durable_uploads`); `false`: from the page cache.
+    pub durable: bool,
 }
 
 /// Readable file content, positioned reads (safe to share between tasks).

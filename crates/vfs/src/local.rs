@@ -420,6 +420,7 @@ impl Storage for LocalStorage {
                 temp,
                 mode: opts.mode,
                 exclusive: opts.exclusive,
+                durable: opts.durable,
                 initial_len: keep,
                 wrote: AtomicBool::new(false),
                 writeback: Arc::default(),
@@ -770,6 +771,8 @@ struct LocalWriter {
     temp: Option<String>,
     mode: UploadMode,
     exclusive: bool,
+    /// Sync the data and the folder before the commit returns.
+    durable: bool,
     initial_len: u64,
     /// Whether any byte was written (atomic_resume keeps only real partials).
     wrote: AtomicBool,
@@ -877,7 +880,9 @@ impl FileWriter for LocalWriter {
     async fn commit(mut self: Box<Self>) -> VfsResult<Committed> {
         tokio::task::spawn_blocking(move || {
             let result = (|| -> VfsResult<(u64, Replaced)> {
-                self.file.sync_data()?;
+                if self.durable {
+                    self.file.sync_data()?;
+                }
                 let mut replaced = Replaced::InPlace;
                 if let Some(temp) = &self.temp {
                     replaced = self.current_target();
@@ -899,11 +904,12 @@ impl FileWriter for LocalWriter {
                     // cap-std holds folders as O_PATH handles, which cannot be
                     // fsynced: open the folder itself (read-only) for that.
                     match self.parent.open(".") {
-                        Ok(dir) => {
+                        Ok(dir) if self.durable => {
                             if let Err(e) = dir.sync_all() {
                                 tracing::warn!(error = %e, "could not fsync the upload's folder");
                             }
                         }
+                        Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "could not open the upload's folder to fsync it"),
                     }
                 }

@@ -220,6 +220,7 @@ pub fn opts(mode: UploadMode, start: WriteStart, exclusive: bool) -> CreateOptio
         mode,
         start,
         exclusive,
+        durable: true,
     }
 }
 
