@@ -344,27 +344,41 @@ impl Dispatcher {
             return Outcome::failed(format!("invalid path {path:?}"), true);
         };
         let older_than = Duration::from_secs(days.saturating_mul(86_400));
-        let accounts = match self.accounts_of(rule).await {
-            Ok(a) => a,
-            Err(e) => return Outcome::failed(format!("listing accounts: {e}"), false),
-        };
         let (mut files, mut bytes, mut errors, mut homes) = (0u64, 0u64, 0u64, 0u64);
-        for username in accounts {
-            let session = match self.gateway.action_session(&username, true).await {
-                Ok(s) => s,
-                Err(_) => {
-                    errors += 1;
-                    continue;
+        // The rule's accounts, or every account a page at a time.
+        let mut offset = 0u64;
+        loop {
+            let page = if rule.filter.usernames.is_empty() {
+                match self.gateway.store().list_users(500, offset).await {
+                    Ok((page, _)) => page.into_iter().map(|u| u.username).collect(),
+                    Err(e) => return Outcome::failed(format!("listing accounts: {e}"), false),
                 }
+            } else if offset == 0 {
+                rule.filter.usernames.clone()
+            } else {
+                Vec::new()
             };
-            match file_actions::sweep(&session, &root, older_than).await {
-                Ok(s) => {
-                    homes += 1;
-                    files += s.files;
-                    bytes += s.bytes;
-                    errors += s.errors;
+            if page.is_empty() {
+                break;
+            }
+            offset += page.len() as u64;
+            for username in page {
+                let session = match self.gateway.action_session(&username, true).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        errors += 1;
+                        continue;
+                    }
+                };
+                match file_actions::sweep(&session, &root, older_than).await {
+                    Ok(s) => {
+                        homes += 1;
+                        files += s.files;
+                        bytes += s.bytes;
+                        errors += s.errors;
+                    }
+                    Err(_) => errors += 1,
                 }
-                Err(_) => errors += 1,
             }
         }
         let summary = format!(
@@ -379,32 +393,6 @@ impl Dispatcher {
         } else {
             Outcome::ok(Some(summary))
         }
-    }
-
-    /// The accounts a retention rule covers: its `usernames`, or all.
-    async fn accounts_of(&self, rule: &EventRule) -> Result<Vec<String>, String> {
-        if !rule.filter.usernames.is_empty() {
-            return Ok(rule.filter.usernames.clone());
-        }
-        let mut names = Vec::new();
-        let mut offset = 0u64;
-        loop {
-            let (page, total) = self
-                .gateway
-                .store()
-                .list_users(500, offset)
-                .await
-                .map_err(|e| e.to_string())?;
-            if page.is_empty() {
-                break;
-            }
-            offset += page.len() as u64;
-            names.extend(page.into_iter().map(|u| u.username));
-            if offset >= total {
-                break;
-            }
-        }
-        Ok(names)
     }
 
     /// Stores a delivery for every schedule rule whose period has passed;

@@ -212,7 +212,9 @@ pub async fn sweep(
                 continue;
             }
         };
-        let mut old_files = Vec::new();
+        // Old files go as they are listed (removing entries already read
+        // does not disturb the listing): a folder of a million old files
+        // is never held in memory.
         while let Some(entry) = entries.next().await {
             let Ok(entry) = entry else {
                 swept.errors += 1;
@@ -228,20 +230,17 @@ pub async fn sweep(
             if own.is_dir() {
                 folders.push(path);
             } else if own.is_file() && own.modified < cutoff {
-                old_files.push((path, own.size));
-            }
-        }
-        for (path, _) in old_files {
-            // Decided again at the removal, on a path reached without
-            // following links: a folder swapped for a symlink since the
-            // listing cannot point the removal elsewhere.
-            match session.remove_if_older(&path, cutoff).await {
-                Ok(Some(size)) => {
-                    swept.files += 1;
-                    swept.bytes += size;
+                // Decided again at the removal, on a path reached without
+                // following links: a folder swapped for a symlink since the
+                // listing cannot point the removal elsewhere.
+                match session.remove_if_older(&path, cutoff).await {
+                    Ok(Some(size)) => {
+                        swept.files += 1;
+                        swept.bytes += size;
+                    }
+                    Ok(None) | Err(FsError::Vfs(VfsError::NotFound)) => {}
+                    Err(_) => swept.errors += 1,
                 }
-                Ok(None) | Err(FsError::Vfs(VfsError::NotFound)) => {}
-                Err(_) => swept.errors += 1,
             }
         }
     }

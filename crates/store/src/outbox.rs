@@ -381,16 +381,34 @@ fn to_json<T: Serialize>(v: &T, what: &'static str) -> StoreResult<String> {
     serde_json::to_string(v).map_err(|_| StoreError::Corrupt(what))
 }
 
-const RULE_COLUMNS: &str =
-    "id, name, enabled, trigger_kind, every_secs, filter, action, created_at, updated_at";
 const INSERT_EVENT: &str = "INSERT INTO events (ts, kind, username, protocol, remote_addr, path, target_path, bytes, \
     duration_ms, outcome, sha256, message, node, session_id) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 const INSERT_DELIVERY: &str = "INSERT INTO event_deliveries (id, rule_id, trigger_kind, body, status, attempts, \
     last_error, output, next_attempt_at, created_at, finished_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING";
-const DELIVERY_COLUMNS_RETURNING: &str = " RETURNING id, rule_id, trigger_kind, body, status, attempts, \
-    last_error, output, next_attempt_at, created_at, finished_at";
+
+/// Inserts one delivery on `$conn` (either dialect: the query type differs,
+/// the text and the bindings do not).
+macro_rules! insert_delivery {
+    ($conn:expr, $d:expr) => {{
+        let d: &Delivery = $d;
+        sqlx::query(INSERT_DELIVERY)
+            .bind(&d.id)
+            .bind(d.rule_id)
+            .bind(d.trigger.as_str())
+            .bind(&d.body)
+            .bind(d.status.as_str())
+            .bind(i64::from(d.attempts))
+            .bind(&d.last_error)
+            .bind(&d.output)
+            .bind(to_ms(d.next_attempt_at))
+            .bind(to_ms(d.created_at))
+            .bind(d.finished_at.map(to_ms))
+            .execute($conn)
+            .await?;
+    }};
+}
 
 impl Store {
     // ---------------------------------------------------------------- rules
@@ -428,7 +446,6 @@ impl Store {
     pub async fn list_rules(&self) -> StoreResult<Vec<EventRule>> {
         const Q: &str = "SELECT id, name, enabled, trigger_kind, every_secs, filter, action, created_at, updated_at \
             FROM event_rules ORDER BY id";
-        debug_assert!(Q.contains(RULE_COLUMNS));
         let rows: Vec<RuleRow> = on_pool!(self, p => sqlx::query_as(Q).fetch_all(p).await?);
         rules_from(rows)
     }
@@ -521,20 +538,7 @@ impl Store {
                     .await?;
             }
             for d in deliveries {
-                sqlx::query(INSERT_DELIVERY)
-                    .bind(&d.id)
-                    .bind(d.rule_id)
-                    .bind(d.trigger.as_str())
-                    .bind(&d.body)
-                    .bind(d.status.as_str())
-                    .bind(i64::from(d.attempts))
-                    .bind(&d.last_error)
-                    .bind(&d.output)
-                    .bind(to_ms(d.next_attempt_at))
-                    .bind(to_ms(d.created_at))
-                    .bind(d.finished_at.map(to_ms))
-                    .execute(&mut *tx)
-                    .await?;
+                insert_delivery!(&mut *tx, d);
             }
             tx.commit().await?;
         });
@@ -560,7 +564,6 @@ impl Store {
             (SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= $3 \
             AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
             RETURNING id, rule_id, trigger_kind, body, status, attempts, last_error, output, next_attempt_at, created_at, finished_at";
-        debug_assert!(SQLITE.ends_with(DELIVERY_COLUMNS_RETURNING));
         let rows: Vec<DeliveryRow> = match &self.db {
             Db::Sqlite(p) => {
                 sqlx::query_as(SQLITE)
@@ -694,20 +697,7 @@ impl Store {
                 .await?
                 .rows_affected();
             if n == 1 {
-                sqlx::query(INSERT_DELIVERY)
-                    .bind(&delivery.id)
-                    .bind(delivery.rule_id)
-                    .bind(delivery.trigger.as_str())
-                    .bind(&delivery.body)
-                    .bind(delivery.status.as_str())
-                    .bind(i64::from(delivery.attempts))
-                    .bind(&delivery.last_error)
-                    .bind(&delivery.output)
-                    .bind(to_ms(delivery.next_attempt_at))
-                    .bind(to_ms(delivery.created_at))
-                    .bind(delivery.finished_at.map(to_ms))
-                    .execute(&mut *tx)
-                    .await?;
+                insert_delivery!(&mut *tx, delivery);
             }
             tx.commit().await?;
             n == 1
