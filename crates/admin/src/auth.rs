@@ -219,8 +219,12 @@ pub(crate) async fn create_token(
     let admission = state.gateway.admission();
     let attempt = admission
         .begin_login(ip)
+        .await
         .map_err(|_| ApiError::RateLimited {
-            retry_after: admission.ban_remaining(ip).unwrap_or_default(),
+            // Not banned: the address's allowance was busy; soon, then.
+            retry_after: admission
+                .ban_remaining(ip)
+                .unwrap_or(std::time::Duration::from_secs(1)),
         })?;
     let store = state.gateway.store();
     // A name that cannot exist is not looked up, but still costs one hash.

@@ -104,7 +104,15 @@ pub enum Refusal {
     /// The source is at `max_connections_per_ip`.
     #[error("too many connections from this address")]
     SourceFull,
+    /// The source's whole failure allowance is being verified right now,
+    /// and none of it came back within [`LOGIN_SLOT_WAIT`].
+    #[error("too many logins being verified from this address")]
+    LoginsBusy,
 }
+
+/// How long a login waits for one of its source's attempts in flight to
+/// end when the rest of the allowance is taken by them.
+pub(crate) const LOGIN_SLOT_WAIT: Duration = Duration::from_secs(10);
 
 /// A ban as the admin API lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -121,8 +129,11 @@ pub struct BanSnapshot {
 
 #[derive(Debug)]
 struct FailureRecord {
-    /// Failures (and attempts still being verified) since `window_start`.
+    /// Failed logins since `window_start`.
     failures: u32,
+    /// Attempts being verified now; each becomes a failure unless it was
+    /// right. `failures + pending` never exceeds the allowance.
+    pending: u32,
     window_start: Instant,
     ban: Option<Ban>,
 }
@@ -174,6 +185,9 @@ pub struct Admission {
     config: AdmissionConfig,
     counts: Mutex<Counts>,
     failures: Mutex<HashMap<Source, FailureRecord>>,
+    /// Woken whenever an attempt ends, for logins waiting on their source's
+    /// allowance.
+    attempt_ended: tokio::sync::Notify,
     counters: Counters,
 }
 
@@ -204,15 +218,14 @@ impl Drop for ConnectionPermit {
     }
 }
 
-/// A login attempt that has been counted as a failure in advance. Call
-/// [`LoginAttempt::succeeded`] when the secret was right (or the attempt
-/// should not count, e.g. the store was down); dropping it keeps the failure.
+/// A login attempt holding one place of its source's failure allowance.
+/// Call [`LoginAttempt::succeeded`] when the secret was right (or the
+/// attempt should not count, e.g. the store was down); dropping it counts a
+/// failure, and the failure that reaches the allowance bans the source.
 #[must_use = "a right login must call succeeded() or it counts as a failure"]
 pub struct LoginAttempt {
     admission: Arc<Admission>,
     source: Source,
-    /// This attempt reached the threshold and banned the source.
-    banned_by_this: bool,
     counted: bool,
 }
 
@@ -228,24 +241,48 @@ impl LoginAttempt {
     /// The attempt was right: its failure is taken back (and a ban it set
     /// lifted).
     pub fn succeeded(mut self) {
-        self.forgive();
+        self.end(false);
     }
 
-    fn forgive(&mut self) {
+    fn end(&mut self, failed: bool) {
         if !self.counted {
             return;
         }
         self.counted = false;
-        let mut map = self.admission.lock_failures();
+        let admission = &self.admission;
+        let mut map = admission.lock_failures();
         if let Some(r) = map.get_mut(&self.source) {
-            r.failures = r.failures.saturating_sub(1);
-            if self.banned_by_this {
-                r.ban = None;
+            r.pending = r.pending.saturating_sub(1);
+            if failed {
+                r.failures = r.failures.saturating_add(1);
+                if r.failures >= admission.config.failures_before_ban && r.ban.is_none() {
+                    let now = Instant::now();
+                    let at = Utc::now();
+                    let duration = admission.config.ban_duration;
+                    r.ban = Some(Ban {
+                        until: now
+                            .checked_add(duration)
+                            .unwrap_or(now + Duration::from_secs(10 * 365 * 24 * 3600)),
+                        at,
+                        expires_at: at
+                            + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX),
+                    });
+                    admission.counters.bans.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(source = %self.source, failures = r.failures, "source banned after failed logins");
+                }
             }
-            if r.failures == 0 && r.ban.is_none() {
+            if r.failures == 0 && r.pending == 0 && r.ban.is_none() {
                 map.remove(&self.source);
             }
         }
+        drop(map);
+        admission.attempt_ended.notify_waiters();
+    }
+}
+
+impl Drop for LoginAttempt {
+    fn drop(&mut self) {
+        self.end(true);
     }
 }
 
@@ -256,6 +293,7 @@ impl Admission {
             config,
             counts: Mutex::default(),
             failures: Mutex::default(),
+            attempt_ended: tokio::sync::Notify::new(),
             counters: Counters::default(),
         })
     }
@@ -322,12 +360,34 @@ impl Admission {
         None
     }
 
-    /// Counts a password attempt from `ip` as a failure *before* it is
-    /// verified, or refuses it because the source is banned. The attempt
-    /// that reaches `login_failures_before_ban` bans the source for every
-    /// protocol and for the admin login.
-    pub fn begin_login(self: &Arc<Self>, ip: IpAddr) -> Result<LoginAttempt, Refusal> {
+    /// Takes a place in `ip`'s failure allowance for a password attempt,
+    /// *before* the password is verified, or refuses it because the source
+    /// is banned. At most `login_failures_before_ban` minus the failures so
+    /// far are verified at once: a further attempt waits (up to
+    /// [`LOGIN_SLOT_WAIT`]) until one of them ends. So a burst of parallel
+    /// guesses gets exactly the allowance, and parallel *right* logins (a
+    /// script, many partners behind one NAT) only wait a moment instead of
+    /// banning their own address.
+    pub async fn begin_login(self: &Arc<Self>, ip: IpAddr) -> Result<LoginAttempt, Refusal> {
         let source = Source::of(ip);
+        let deadline = tokio::time::Instant::now() + LOGIN_SLOT_WAIT;
+        loop {
+            let ended = self.attempt_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the look, so an attempt that ends between
+            // the look and the wait still wakes us.
+            ended.as_mut().enable();
+            if let Some(attempt) = self.try_begin_login(source)? {
+                return Ok(attempt);
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return Err(Refusal::LoginsBusy);
+            }
+        }
+    }
+
+    /// One look at the allowance: an attempt, no room yet (`None`), or a ban.
+    fn try_begin_login(self: &Arc<Self>, source: Source) -> Result<Option<LoginAttempt>, Refusal> {
         let threshold = self.config.failures_before_ban;
         let now = Instant::now();
         let mut map = self.lock_failures();
@@ -345,21 +405,21 @@ impl Admission {
             }
         }
         if threshold == 0 {
-            return Ok(LoginAttempt {
+            return Ok(Some(LoginAttempt {
                 admission: self.clone(),
                 source,
-                banned_by_this: false,
                 counted: false,
-            });
+            }));
         }
         if !map.contains_key(&source) && map.len() >= MAX_TRACKED_SOURCES {
             make_room(&mut map, now, self.config.ban_window);
         }
         if !map.contains_key(&source) && map.len() >= MAX_TRACKED_SOURCES {
-            // Every tracked source is banned: the ban closest to its end
-            // makes room, so new sources are still counted.
+            // Every tracked source is banned or busy: the ban closest to its
+            // end makes room, so new sources are still counted.
             let ending = map
                 .iter()
+                .filter(|(_, r)| r.pending == 0)
                 .min_by_key(|(_, r)| r.ban.map(|b| b.until))
                 .map(|(s, _)| *s);
             if let Some(ending) = ending {
@@ -369,6 +429,7 @@ impl Admission {
         }
         let r = map.entry(source).or_insert(FailureRecord {
             failures: 0,
+            pending: 0,
             window_start: now,
             ban: None,
         });
@@ -376,29 +437,15 @@ impl Admission {
             r.failures = 0;
             r.window_start = now;
         }
-        r.failures = r.failures.saturating_add(1);
-        let mut banned_by_this = false;
-        if r.failures >= threshold {
-            let at = Utc::now();
-            r.ban = Some(Ban {
-                until: now
-                    .checked_add(self.config.ban_duration)
-                    .unwrap_or(now + Duration::from_secs(10 * 365 * 24 * 3600)),
-                at,
-                expires_at: at
-                    + chrono::Duration::from_std(self.config.ban_duration)
-                        .unwrap_or(chrono::Duration::MAX),
-            });
-            banned_by_this = true;
-            self.counters.bans.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%source, failures = r.failures, "source banned after failed logins");
+        if r.failures.saturating_add(r.pending) >= threshold {
+            return Ok(None);
         }
-        Ok(LoginAttempt {
+        r.pending += 1;
+        Ok(Some(LoginAttempt {
             admission: self.clone(),
             source,
-            banned_by_this,
             counted: true,
-        })
+        }))
     }
 
     /// The sources banned now, longest-standing first.
@@ -470,6 +517,7 @@ impl Admission {
 /// window and ban are over, then (if still full) records that are not bans.
 fn make_room(map: &mut HashMap<Source, FailureRecord>, now: Instant, window: Duration) {
     map.retain(|_, r| match r.ban {
+        _ if r.pending > 0 => true,
         Some(b) => b.until > now,
         None => now.duration_since(r.window_start) <= window,
     });
@@ -478,7 +526,7 @@ fn make_room(map: &mut HashMap<Source, FailureRecord>, now: Instant, window: Dur
         // pay this scan on every attempt.
         let victims: Vec<Source> = map
             .iter()
-            .filter(|(_, r)| r.ban.is_none())
+            .filter(|(_, r)| r.ban.is_none() && r.pending == 0)
             .map(|(s, _)| *s)
             .take(MAX_TRACKED_SOURCES / 10)
             .collect();
@@ -561,47 +609,104 @@ mod tests {
         assert!(a.admit(ip("2001:db8:0:1::1")).is_ok());
     }
 
-    #[test]
-    fn failures_ban_before_verification_and_success_takes_back() {
+    /// Whether `begin_login` is still waiting after a short while.
+    async fn waits(a: &Arc<Admission>, src: IpAddr) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), a.begin_login(src))
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_before_verification_and_ban_at_the_allowance() {
         let a = admission(0, 0, 3);
         let src = ip("192.0.2.1");
-        // Three attempts in flight at once: all counted before any result.
-        let t1 = a.begin_login(src).unwrap();
-        let t2 = a.begin_login(src).unwrap();
-        let t3 = a.begin_login(src).unwrap();
-        assert!(a.is_banned(src), "the third attempt bans at once");
-        assert_eq!(a.begin_login(src).unwrap_err(), Refusal::Banned);
+        // Three attempts in flight take the whole allowance: a fourth waits.
+        let t1 = a.begin_login(src).await.unwrap();
+        let t2 = a.begin_login(src).await.unwrap();
+        let t3 = a.begin_login(src).await.unwrap();
+        assert!(!a.is_banned(src), "nothing has failed yet");
+        assert!(waits(&a, src).await);
+        // One was right: its place comes back.
+        t3.succeeded();
+        let t4 = a.begin_login(src).await.unwrap();
+        // Three failures: banned, on every door.
+        drop((t1, t2));
+        assert!(!a.is_banned(src));
+        drop(t4);
+        assert!(a.is_banned(src));
+        assert_eq!(a.begin_login(src).await.unwrap_err(), Refusal::Banned);
         assert_eq!(a.admit(src).unwrap_err(), Refusal::Banned);
         assert!(a.admit(ip("192.0.2.2")).is_ok(), "other sources unaffected");
-        // The banning attempt was right after all: its ban is lifted.
-        t3.succeeded();
-        assert!(!a.is_banned(src));
-        drop((t1, t2));
-        let t = a.begin_login(src).unwrap();
-        assert!(a.is_banned(src), "two failures kept, the third bans again");
-        drop(t);
         let bans = a.bans();
         assert_eq!(bans.len(), 1);
         assert_eq!(bans[0].ip, "192.0.2.1");
         assert_eq!(bans[0].failures, 3);
         assert!(a.lift_ban(Source::of(src)));
         assert!(!a.lift_ban(Source::of(src)));
-        assert!(a.begin_login(src).is_ok());
+        assert!(a.begin_login(src).await.is_ok());
     }
 
-    #[test]
-    fn a_right_password_does_not_count() {
-        let a = admission(0, 0, 2);
-        let src = ip("192.0.2.9");
-        for _ in 0..10 {
-            a.begin_login(src).unwrap().succeeded();
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_burst_of_parallel_guesses_gets_exactly_the_allowance() {
+        let a = admission(0, 0, 5);
+        let src = ip("192.0.2.7");
+        let tries: Vec<_> = (0..64)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let attempt = a.begin_login(src).await?;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    drop(attempt); // wrong password
+                    Ok::<(), Refusal>(())
+                })
+            })
+            .collect();
+        let mut verified = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Ok(()) => verified += 1,
+                Err(r) => assert_eq!(r, Refusal::Banned),
+            }
+        }
+        assert_eq!(verified, 5);
+        assert!(a.is_banned(src));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn parallel_right_logins_never_ban_their_address() {
+        let a = admission(0, 0, 3);
+        let src = ip("192.0.2.8");
+        let logins: Vec<_> = (0..64)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let attempt = a.begin_login(src).await?;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    attempt.succeeded();
+                    Ok::<(), Refusal>(())
+                })
+            })
+            .collect();
+        for l in logins {
+            l.await.unwrap().unwrap();
         }
         assert!(!a.is_banned(src));
         assert_eq!(a.tracked_sources(), 0);
     }
 
-    #[test]
-    fn bans_expire() {
+    #[tokio::test]
+    async fn a_right_password_does_not_count() {
+        let a = admission(0, 0, 2);
+        let src = ip("192.0.2.9");
+        for _ in 0..10 {
+            a.begin_login(src).await.unwrap().succeeded();
+        }
+        assert!(!a.is_banned(src));
+        assert_eq!(a.tracked_sources(), 0);
+    }
+
+    #[tokio::test]
+    async fn bans_expire() {
         let a = Admission::new(AdmissionConfig {
             max_connections: 0,
             max_connections_per_source: 0,
@@ -610,29 +715,29 @@ mod tests {
             ban_duration: Duration::from_millis(20),
         });
         let src = ip("192.0.2.3");
-        drop(a.begin_login(src).unwrap());
+        drop(a.begin_login(src).await.unwrap());
         assert!(a.is_banned(src));
         std::thread::sleep(Duration::from_millis(40));
         assert!(!a.is_banned(src));
         assert!(a.bans().is_empty());
     }
 
-    #[test]
-    fn memory_stays_bounded_under_many_sources() {
+    #[tokio::test]
+    async fn memory_stays_bounded_under_many_sources() {
         let a = admission(0, 0, 10);
         for i in 0..(MAX_TRACKED_SOURCES as u32 + 50_000) {
             let v4 = Ipv4Addr::from(0x0a00_0000 + i);
-            drop(a.begin_login(IpAddr::V4(v4)).unwrap());
+            drop(a.begin_login(IpAddr::V4(v4)).await.unwrap());
         }
         assert!(a.tracked_sources() <= MAX_TRACKED_SOURCES);
         // A banned source is never the one dropped to make room.
         let bad = ip("198.51.100.1");
         for _ in 0..10 {
-            drop(a.begin_login(bad).unwrap());
+            drop(a.begin_login(bad).await.unwrap());
         }
         for i in 0..(MAX_TRACKED_SOURCES as u32) {
             let v4 = Ipv4Addr::from(0x0b00_0000 + i);
-            drop(a.begin_login(IpAddr::V4(v4)).unwrap());
+            drop(a.begin_login(IpAddr::V4(v4)).await.unwrap());
         }
         assert!(a.is_banned(bad));
         assert!(a.tracked_sources() <= MAX_TRACKED_SOURCES);

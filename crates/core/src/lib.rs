@@ -54,6 +54,12 @@ pub use dropgate_vfs as vfs;
 /// waits for all of them together.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a login waits for the account's record. Past it the login
+/// fails closed as "service unavailable" instead of holding the client
+/// (and its connection slot) while the database is down; the pool's own
+/// acquire timeout is far longer, for the admin API's sake.
+pub const LOGIN_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Settings `core` needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -263,6 +269,9 @@ impl Gateway {
 
     /// Checks a login and opens a session jailed to the account's home.
     ///
+    /// With the store unreachable, the login fails closed
+    /// ([`AuthError::Unavailable`]) within [`LOGIN_LOOKUP_TIMEOUT`].
+    ///
     /// Order matters: a password attempt is counted against the source's
     /// failure allowance before anything else (see [`Admission::begin_login`]);
     /// the account's own rules (enabled, expiry, source address, protocol,
@@ -277,8 +286,12 @@ impl Gateway {
         peer: SocketAddr,
     ) -> Result<Session, AuthError> {
         let attempt = match credential {
-            Credential::Password(_) => match self.admission.begin_login(peer.ip()) {
+            Credential::Password(_) => match self.admission.begin_login(peer.ip()).await {
                 Ok(a) => Some(a),
+                Err(Refusal::LoginsBusy) => {
+                    tracing::warn!(%peer, "login refused: its address's failure allowance stayed in use");
+                    return Err(AuthError::Unavailable);
+                }
                 Err(_) => return self.refuse_banned(protocol, username, peer),
             },
             // A key cannot be guessed, and clients offer several in turn:
@@ -288,10 +301,21 @@ impl Gateway {
             }
             Credential::PublicKey(_) => None,
         };
-        let record = match self.store.get_user(username).await {
-            Ok(r) => r,
-            Err(e) => {
+        let lookup = tokio::time::timeout(LOGIN_LOOKUP_TIMEOUT, self.store.get_user(username));
+        let record = match lookup.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "user lookup failed");
+                if let Some(a) = attempt {
+                    a.succeeded(); // our failure, not the client's
+                }
+                return Err(AuthError::Unavailable);
+            }
+            Err(_) => {
+                tracing::error!(
+                    timeout_secs = LOGIN_LOOKUP_TIMEOUT.as_secs(),
+                    "user lookup timed out: is the database reachable?"
+                );
                 if let Some(a) = attempt {
                     a.succeeded(); // our failure, not the client's
                 }

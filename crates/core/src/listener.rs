@@ -30,6 +30,19 @@ pub struct AdmittingListener {
     listener: TcpListener,
     admission: Arc<Admission>,
     backoff: Duration,
+    /// A descriptor held back for the moment the process runs out: closing
+    /// it lets one pending connection be accepted and refused at once,
+    /// instead of it waiting in the backlog with no answer (the client's
+    /// connect succeeded, so it would hang until its own timeout).
+    reserve: Option<std::fs::File>,
+}
+
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 impl AdmittingListener {
@@ -39,6 +52,7 @@ impl AdmittingListener {
             listener,
             admission,
             backoff: FIRST_ACCEPT_BACKOFF,
+            reserve: open_reserve(),
         }
     }
 
@@ -52,6 +66,9 @@ impl AdmittingListener {
     /// fails. Cancel-safe.
     pub async fn accept(&mut self) -> Accepted {
         loop {
+            if self.reserve.is_none() {
+                self.reserve = open_reserve();
+            }
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     self.backoff = FIRST_ACCEPT_BACKOFF;
@@ -62,6 +79,19 @@ impl AdmittingListener {
                             Accepted::Refused(stream, peer, why)
                         }
                     };
+                }
+                Err(e) if out_of_descriptors(&e) && self.reserve.take().is_some() => {
+                    // The reserve is closed: take the waiting connection and
+                    // refuse it as a full server would.
+                    tracing::warn!(error = %e, "out of descriptors: refusing a connection");
+                    let pending = tokio::select! {
+                        biased;
+                        r = self.listener.accept() => r.ok(),
+                        () = std::future::ready(()) => None,
+                    };
+                    if let Some((stream, peer)) = pending {
+                        return Accepted::Refused(stream, peer, Refusal::ServerFull);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

@@ -35,7 +35,7 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     let stop = StopSignals::install()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
-    raise_descriptor_limit(cfg.raw.limits.max_connections);
+    let max_connections = raise_descriptor_limit(cfg.raw.limits.max_connections);
     let store = crate::users::open_store(&cfg).await?;
     ensure_first_admin(&store, &cfg.data_dir).await?;
 
@@ -61,7 +61,7 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
             durable_uploads: cfg.raw.storage.durable_uploads,
             node_name: cfg.node_name.clone(),
             admission: AdmissionConfig {
-                max_connections: cfg.raw.limits.max_connections,
+                max_connections,
                 max_connections_per_source: cfg.raw.limits.max_connections_per_ip,
                 failures_before_ban: cfg.raw.limits.login_failures_before_ban,
                 ban_window: Duration::from_secs(cfg.raw.limits.ban_window_secs),
@@ -84,6 +84,10 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
         .map_err(|e| CliError::Usage(format!("config key `events.allowed_webhook_hosts`: {e}")))?;
     listeners.spawn(dispatcher.run(shutdown.clone()));
     start_listeners(&cfg, &gateway, &shutdown, &mut listeners).await?;
+    listeners.spawn(return_memory_after_load(
+        gateway.admission().clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), node = %cfg.node_name, "dropgate started");
 
     stop.wait().await;
@@ -244,9 +248,14 @@ const DESCRIPTORS_PER_CONNECTION: u64 = 4;
 const DESCRIPTORS_SPARE: u64 = 256;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (the usual soft 1024
-/// would refuse connections long before `max_connections`), and says so when
-/// even the hard limit is below what `max_connections` can need.
-fn raise_descriptor_limit(max_connections: usize) {
+/// would refuse connections long before `max_connections`) and returns how
+/// many connections the server admits: `max_connections`, or fewer when even
+/// the hard limit cannot give each its descriptors. Refusing the connection
+/// past that point (421, as for a full server) keeps the descriptors of the
+/// sessions already running for their data connections and files; otherwise
+/// the newest connection would take the last one and an existing session's
+/// next transfer would fail.
+fn raise_descriptor_limit(max_connections: usize) -> usize {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     let before = limit.current;
@@ -258,20 +267,91 @@ fn raise_descriptor_limit(max_connections: usize) {
             limit.current = before;
         }
     }
-    let needed = (max_connections as u64)
-        .saturating_mul(DESCRIPTORS_PER_CONNECTION)
-        .saturating_add(DESCRIPTORS_SPARE);
-    match limit.current {
-        Some(n) if n < needed => tracing::warn!(
-            open_files = n,
-            needed,
+    let Some(open_files) = limit.current else {
+        tracing::info!("open-file limit: unlimited");
+        return max_connections;
+    };
+    let fit = admissible_connections(open_files);
+    if fit < max_connections as u64 {
+        let admitted = usize::try_from(fit).unwrap_or(max_connections).max(1);
+        tracing::warn!(
+            open_files,
+            needed = descriptors_needed(max_connections),
+            admitted,
             "the open-file limit is below what limits.max_connections can need; \
-             connections past it are refused (raise `ulimit -n` or LimitNOFILE)"
-        ),
-        Some(n) => tracing::info!(open_files = n, "open-file limit"),
-        None => tracing::info!("open-file limit: unlimited"),
+             admitting at most {admitted} connections (raise `ulimit -n` or LimitNOFILE)"
+        );
+        admitted
+    } else {
+        tracing::info!(open_files, "open-file limit");
+        max_connections
     }
 }
+
+/// Descriptors `max_connections` sessions can hold, plus the spare.
+fn descriptors_needed(max_connections: usize) -> u64 {
+    (max_connections as u64)
+        .saturating_mul(DESCRIPTORS_PER_CONNECTION)
+        .saturating_add(DESCRIPTORS_SPARE)
+}
+
+/// How many connections fit in `open_files` descriptors.
+fn admissible_connections(open_files: u64) -> u64 {
+    open_files.saturating_sub(DESCRIPTORS_SPARE) / DESCRIPTORS_PER_CONNECTION
+}
+
+/// How often the connection count is looked at for [`return_memory_after_load`].
+const LOAD_SAMPLE: Duration = Duration::from_secs(5);
+
+/// Gives memory freed after a burst of load back to the system. glibc keeps
+/// what a thousand sessions freed in its per-thread arenas (measured: 93 MiB
+/// idle, 331 MiB under 1,000 sessions, still 256 MiB minutes after they
+/// ended, while `malloc_trim` brought it to 113 MiB). So once the connection
+/// count has fallen to half of its peak since the last trim, trim once. A
+/// steady load never trims, so no memory is handed back only to be faulted
+/// in again.
+async fn return_memory_after_load(
+    admission: Arc<dropgate_core::Admission>,
+    shutdown: CancellationToken,
+) {
+    let mut peak = 0u64;
+    let mut trimmed_at_zero = true;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(LOAD_SAMPLE) => {}
+        }
+        let now = admission.counters().connections;
+        peak = peak.max(now);
+        let fell = now.saturating_mul(2) <= peak && peak >= 8;
+        let idle = now == 0 && !trimmed_at_zero;
+        if fell || idle {
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
+            tracing::debug!(
+                connections = now,
+                peak,
+                "returned freed memory to the system"
+            );
+            peak = now;
+            trimmed_at_zero = now == 0;
+        } else if now > 0 {
+            trimmed_at_zero = false;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers and only releases free pages of
+    // glibc's own arenas; it is thread-safe (it locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 /// SIGHUP re-reads the FTPS certificate; sessions already running keep theirs.
 async fn reload_on_sighup(tls: Arc<FtpsTls>, shutdown: CancellationToken) {

@@ -7,6 +7,7 @@
 //! lease lives in the [`PendingPassive`] that owns the listener, and is
 //! dropped with it in all three cases.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -19,6 +20,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 /// How many ports one PASV tries before giving up (ports held by other
 /// processes are skipped).
 const MAX_BIND_ATTEMPTS: usize = 256;
+
+/// Ports any one source or account may hold, however small the range
+/// (lftp's and FileZilla's parallel transfers open a few sessions at once).
+const MIN_HOLDER_SHARE: usize = 4;
 
 /// The passive port range of one listener, shared by all its sessions.
 #[derive(Clone)]
@@ -34,16 +39,40 @@ struct PoolInner {
 struct PoolState {
     /// One flag per port of the range.
     in_use: Vec<bool>,
+    /// Leases held per source address and per account, so that one of
+    /// them cannot take every port (PASV after PASV on many sessions,
+    /// never connecting) and lock everyone else out of transfers.
+    by_source: HashMap<IpAddr, usize>,
+    by_account: HashMap<String, usize>,
     /// Where the next search starts: round robin, so a port just released
     /// (and maybe still in TIME_WAIT on the client side) is reused last.
     next: usize,
     leased: usize,
 }
 
+/// Who asks for a passive port.
+#[derive(Clone, Debug)]
+pub(crate) struct Holder {
+    /// The client's address (IPv4-mapped addresses count as IPv4).
+    pub(crate) source: IpAddr,
+    /// The logged-in account.
+    pub(crate) account: String,
+}
+
+/// Why no port was leased.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NoPort {
+    /// Every port of the range is leased.
+    Exhausted,
+    /// This source or account already holds its share of the range.
+    HolderFull,
+}
+
 /// A port taken from the pool; dropping it gives the port back.
 pub(crate) struct PortLease {
     pool: Arc<PoolInner>,
     port: u16,
+    holder: Holder,
 }
 
 impl PortLease {
@@ -60,6 +89,18 @@ impl Drop for PortLease {
         if st.in_use[i] {
             st.in_use[i] = false;
             st.leased -= 1;
+            release(&mut st.by_source, &self.holder.source);
+            release(&mut st.by_account, &self.holder.account);
+        }
+    }
+}
+
+/// Decrements a holder's count, forgetting holders at zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
         }
     }
 }
@@ -87,6 +128,8 @@ impl PassivePortPool {
                 first,
                 state: Mutex::new(PoolState {
                     in_use: vec![false; len],
+                    by_source: HashMap::new(),
+                    by_account: HashMap::new(),
                     next: 0,
                     leased: 0,
                 }),
@@ -94,24 +137,48 @@ impl PassivePortPool {
         }
     }
 
-    /// Takes a free port, or `None` when all are leased.
-    pub(crate) fn lease(&self) -> Option<PortLease> {
+    /// The most ports one source or one account may hold at once: a quarter
+    /// of the range, but at least [`MIN_HOLDER_SHARE`] (all of a range that
+    /// small). Ports are held only from PASV until the data connection
+    /// arrives, so a real client holds one per session.
+    pub(crate) fn holder_share(&self) -> usize {
+        let capacity = self.capacity();
+        (capacity / 4).max(capacity.min(MIN_HOLDER_SHARE))
+    }
+
+    /// Takes a free port for `holder`.
+    pub(crate) fn lease(&self, holder: &Holder) -> Result<PortLease, NoPort> {
+        let share = self.holder_share();
+        let source = holder.source.to_canonical();
         let mut st = self.inner.lock();
+        if st.by_source.get(&source).copied().unwrap_or(0) >= share
+            || st.by_account.get(&holder.account).copied().unwrap_or(0) >= share
+        {
+            return Err(NoPort::HolderFull);
+        }
         let len = st.in_use.len();
         for k in 0..len {
             let i = (st.next + k) % len;
             if !st.in_use[i] {
+                let Ok(offset) = u16::try_from(i) else {
+                    break;
+                };
                 st.in_use[i] = true;
                 st.leased += 1;
                 st.next = (i + 1) % len;
-                let port = self.inner.first + u16::try_from(i).ok()?;
-                return Some(PortLease {
+                *st.by_source.entry(source).or_default() += 1;
+                *st.by_account.entry(holder.account.clone()).or_default() += 1;
+                return Ok(PortLease {
                     pool: self.inner.clone(),
-                    port,
+                    port: self.inner.first + offset,
+                    holder: Holder {
+                        source,
+                        account: holder.account.clone(),
+                    },
                 });
             }
         }
-        None
+        Err(NoPort::Exhausted)
     }
 
     /// How many ports are leased right now.
@@ -125,10 +192,18 @@ impl PassivePortPool {
         self.inner.lock().in_use.len()
     }
 
-    /// Binds a listener on `ip` at a leased port.
-    pub(crate) fn bind(&self, ip: IpAddr) -> io::Result<(TcpListener, PortLease)> {
+    /// Binds a listener on `ip` at a port leased to `holder`.
+    pub(crate) fn bind(
+        &self,
+        ip: IpAddr,
+        holder: &Holder,
+    ) -> Result<(TcpListener, PortLease), BindError> {
         for _ in 0..self.capacity().min(MAX_BIND_ATTEMPTS) {
-            let Some(lease) = self.lease() else { break };
+            let lease = match self.lease(holder) {
+                Ok(l) => l,
+                Err(NoPort::Exhausted) => break,
+                Err(NoPort::HolderFull) => return Err(BindError::HolderFull),
+            };
             let socket = if ip.is_ipv4() {
                 TcpSocket::new_v4()?
             } else {
@@ -139,14 +214,22 @@ impl PassivePortPool {
                 Ok(()) => return Ok((socket.listen(8)?, lease)),
                 // Held by another process: try the next one.
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
-        Err(io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            "no passive port available",
-        ))
+        Err(BindError::Exhausted)
     }
+}
+
+/// Why no passive listener could be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BindError {
+    #[error("no passive port available")]
+    Exhausted,
+    #[error("this address or account holds its share of the passive ports")]
+    HolderFull,
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 /// A passive listener waiting for the client's data connection.
@@ -332,24 +415,67 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A holder no other call returns (its own address and account).
+    fn anyone() -> Holder {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Holder {
+            source: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)),
+            account: format!("user{n}"),
+        }
+    }
+
+    #[test]
+    fn one_source_or_account_holds_at_most_a_quarter_of_the_range() {
+        assert_eq!(PassivePortPool::new(1..=2).holder_share(), 2);
+        assert_eq!(PassivePortPool::new(1..=10).holder_share(), 4);
+        let pool = PassivePortPool::new(8000..=8039);
+        assert_eq!(pool.holder_share(), 10);
+        let hoarder = Holder {
+            source: "192.0.2.1".parse().unwrap(),
+            account: "hoarder".into(),
+        };
+        let held: Vec<PortLease> = (0..10).map(|_| pool.lease(&hoarder).unwrap()).collect();
+        assert_eq!(pool.lease(&hoarder).err(), Some(NoPort::HolderFull));
+        // The same account from elsewhere, or the same address (IPv4-mapped
+        // too) under another account, is still one holder too many.
+        let moved = Holder {
+            source: "192.0.2.2".parse().unwrap(),
+            ..hoarder.clone()
+        };
+        assert_eq!(pool.lease(&moved).err(), Some(NoPort::HolderFull));
+        let mapped = Holder {
+            source: "::ffff:192.0.2.1".parse().unwrap(),
+            account: "other".into(),
+        };
+        assert_eq!(pool.lease(&mapped).err(), Some(NoPort::HolderFull));
+        // Everyone else is served.
+        let others: Vec<PortLease> = (0..30).map(|_| pool.lease(&anyone()).unwrap()).collect();
+        assert_eq!(pool.leased(), 40);
+        drop(held);
+        assert!(pool.lease(&hoarder).is_ok(), "given back with the ports");
+        drop(others);
+    }
+
     #[test]
     fn leases_round_robin_and_release_on_drop() {
         let pool = PassivePortPool::new(5000..=5002);
         assert_eq!(pool.capacity(), 3);
-        let a = pool.lease().unwrap();
-        let b = pool.lease().unwrap();
-        let c = pool.lease().unwrap();
+        let a = pool.lease(&anyone()).unwrap();
+        let b = pool.lease(&anyone()).unwrap();
+        let c = pool.lease(&anyone()).unwrap();
         assert_eq!((a.port(), b.port(), c.port()), (5000, 5001, 5002));
-        assert!(pool.lease().is_none());
+        assert!(pool.lease(&anyone()).is_err());
         assert_eq!(pool.leased(), 3);
         drop(b);
         assert_eq!(pool.leased(), 2);
-        let d = pool.lease().unwrap();
+        let d = pool.lease(&anyone()).unwrap();
         assert_eq!(d.port(), 5001);
         drop((a, c, d));
         assert_eq!(pool.leased(), 0);
         // Round robin: the search continues after the last port handed out.
-        assert_eq!(pool.lease().unwrap().port(), 5002);
+        assert_eq!(pool.lease(&anyone()).unwrap().port(), 5002);
     }
 
     #[test]
@@ -357,11 +483,11 @@ mod tests {
         #[allow(clippy::reversed_empty_ranges)]
         let pool = PassivePortPool::new(6000..=5999);
         assert_eq!(pool.capacity(), 0);
-        assert!(pool.lease().is_none());
+        assert!(pool.lease(&anyone()).is_err());
         let pool = PassivePortPool::new(0..=1);
-        let only = pool.lease().unwrap();
+        let only = pool.lease(&anyone()).unwrap();
         assert_eq!(only.port(), 1);
-        assert!(pool.lease().is_none());
+        assert!(pool.lease(&anyone()).is_err());
     }
 
     #[test]
@@ -372,7 +498,7 @@ mod tests {
             for p in &pools {
                 s.spawn(move || {
                     for _ in 0..10_000 {
-                        if let Some(l) = p.lease() {
+                        if let Ok(l) = p.lease(&anyone()) {
                             assert!((7000..=7009).contains(&l.port()));
                         }
                     }
@@ -396,7 +522,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let pool = PassivePortPool::new(45000..=45999);
         let client: IpAddr = "127.0.0.1".parse().unwrap();
-        let (listener, lease) = pool.bind(client).unwrap();
+        let (listener, lease) = pool.bind(client, &anyone()).unwrap();
         let addr = SocketAddr::new(client, lease.port());
         let pending = PendingPassive::new(listener, lease, client, Duration::from_secs(10));
         let foreign = TcpSocket::new_v4().unwrap();
@@ -449,7 +575,7 @@ mod tests {
         };
         let pool = PassivePortPool::new(port..=next);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        match pool.bind(ip) {
+        match pool.bind(ip, &anyone()) {
             Ok((listener, lease)) => {
                 assert_eq!(lease.port(), next);
                 let pending = PendingPassive::new(listener, lease, ip, Duration::from_millis(50));
@@ -459,7 +585,7 @@ mod tests {
                 assert_eq!(pool.leased(), 0);
             }
             // The neighbouring port happened to be taken too.
-            Err(e) => assert_eq!(e.kind(), io::ErrorKind::AddrNotAvailable),
+            Err(e) => assert!(matches!(e, BindError::Exhausted), "{e}"),
         }
     }
 }

@@ -195,7 +195,9 @@ async fn serve_connection(
 async fn refuse(mut stream: TcpStream, why: Refusal) {
     let line: &[u8] = match why {
         Refusal::Banned => b"421 Too many failed logins from your address; try again later.\r\n",
-        Refusal::ServerFull | Refusal::SourceFull => b"421 Too many connections.\r\n",
+        Refusal::ServerFull | Refusal::SourceFull | Refusal::LoginsBusy => {
+            b"421 Too many connections.\r\n"
+        }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = stream.write_all(line).await;

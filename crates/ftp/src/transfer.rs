@@ -465,7 +465,6 @@ async fn receive_into(
         if eof {
             if n > 0 {
                 disk(ctl, upload.write_at(pos, data)).await?;
-                ctl.progress.fetch_add(n, Ordering::Relaxed);
             }
             // TLS: the client ended with close_notify; answer with ours
             // (clients such as Python's `unwrap()` wait for it). Best effort:
@@ -481,13 +480,13 @@ async fn receive_into(
             fill(stream, &mut next, ctl)
         )?;
         pos += n;
-        ctl.progress.fetch_add(n, Ordering::Relaxed);
         eof = at_end;
         std::mem::swap(&mut current, &mut next);
     }
 }
 
 /// Reads until `buf` holds a full chunk or the client closes; `true` at EOF.
+/// Counts the bytes received in the transfer's progress (what STAT shows).
 async fn fill(
     stream: &mut DataStream,
     buf: &mut BytesMut,

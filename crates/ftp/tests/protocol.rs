@@ -472,6 +472,75 @@ async fn connection_limits_answer_421() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_or_account_cannot_hoard_the_passive_ports() {
+    // 16 ports: a holder's share is 4 (a quarter of the range).
+    let server = common::start_with(Options {
+        passive_ports: Some(47970..=47985),
+        ..Options::default()
+    })
+    .await;
+    server.user("hoarder", "pw-h-1").await;
+    server.user("other", "pw-o-1").await;
+    server.user("third", "pw-t-1").await;
+    let login_from = async |from: &str, user: &str, password: &str| {
+        let stream = connect_from(Some(from), server.addr).await;
+        let (r, w) = stream.into_split();
+        let mut c = common::Client {
+            r: tokio::io::BufReader::new(r),
+            w,
+            peer: server.addr,
+        };
+        assert_eq!(c.reply().await.code, 220);
+        c.login(user, password).await;
+        c
+    };
+    // PASV after PASV on many sessions, never connecting.
+    let mut hoarding = Vec::new();
+    for _ in 0..4 {
+        let mut c = login_from("127.0.0.1", "hoarder", "pw-h-1").await;
+        c.expect("EPSV", 229).await;
+        hoarding.push(c);
+    }
+    let mut fifth = login_from("127.0.0.1", "hoarder", "pw-h-1").await;
+    let r = fifth.expect("EPSV", 425).await;
+    assert!(r.text.contains("Too many passive"), "{}", r.text);
+    // The same address under another account, and the account from another
+    // address, are refused too...
+    let mut same_source = login_from("127.0.0.1", "other", "pw-o-1").await;
+    same_source.expect("PASV", 425).await;
+    let mut same_account = login_from("127.0.0.2", "hoarder", "pw-h-1").await;
+    same_account.expect("EPSV", 425).await;
+    // ...while everyone else transfers.
+    let home = server.home("third");
+    std::fs::write(home.join("f"), b"still served").unwrap();
+    let mut third = login_from("127.0.0.2", "third", "pw-t-1").await;
+    let port = third.epsv().await;
+    let mut data = connect_from(
+        Some("127.0.0.2"),
+        std::net::SocketAddr::new(server.addr.ip(), port),
+    )
+    .await;
+    third.send("RETR f").await;
+    assert_eq!(third.reply().await.code, 150);
+    let mut got = Vec::new();
+    data.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"still served");
+    assert_eq!(third.reply().await.code, 226);
+    // A session that moves on gives its port back.
+    hoarding[0].expect("QUIT", 221).await;
+    drop(hoarding.remove(0));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fifth.cmd("EPSV").await.code != 229 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_ports_are_not_leaked() {
     // Two ports for everything: any leak shows up as a 425.
     let server = common::start_with(Options {

@@ -10,8 +10,8 @@
 //!   the channel from its single session loop, so a reader that stops
 //!   draining would stall that loop, which then could not process the
 //!   client's WINDOW_ADJUST, so our replies could never leave. Its memory is
-//!   bounded instead by a per-session byte budget for decoded requests; a
-//!   client that exceeds it is dropped.
+//!   bounded instead by byte budgets for decoded requests, per connection
+//!   and server-wide (`budget`); a client that exceeds them is dropped.
 //! - the **executor** starts queued requests as tasks, at most
 //!   [`MAX_CONCURRENT_REQUESTS`] at a time. When a slot is free and nothing
 //!   waits, the reader starts a request itself and polls it once in place:
@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use crate::budget::{Charge, ConnectionBudget};
 use crate::codec::{self, DecodeError, FrameDecoder, Request, StatusCode};
 use crate::ssh::ConnControl;
 
@@ -63,12 +64,6 @@ use crate::ssh::ConnControl;
 pub(crate) const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Open file and directory handles per session (advertised in limits@openssh.com).
 pub(crate) const MAX_OPEN_HANDLES: usize = 256;
-/// Bytes of decoded requests a session may have queued or executing. Far
-/// above what any client needs (OpenSSH: 64 x 255 KiB writes = 16 MiB;
-/// paramiko prefetching a 1 GiB file: 32768 small reads, about 3 MiB).
-const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
-/// Accounting overhead charged per queued request on top of its packet.
-const REQUEST_OVERHEAD: usize = 96;
 /// Replies waiting for the writer (each holds a permit, so never more than
 /// [`MAX_CONCURRENT_REQUESTS`]; the margin keeps senders from waiting).
 const REPLY_QUEUE: usize = MAX_CONCURRENT_REQUESTS + 8;
@@ -179,7 +174,7 @@ struct Job {
     /// Arrival order: replies leave in this order.
     seq: u64,
     work: Work,
-    _budget: BudgetCharge,
+    _budget: Charge,
 }
 
 enum Work {
@@ -195,18 +190,6 @@ struct Outgoing {
     reply: Bytes,
     /// The request's concurrency slot, released once the reply is sent.
     _permit: OwnedSemaphorePermit,
-}
-
-/// Bytes charged against the session budget, released on drop.
-struct BudgetCharge {
-    counter: Arc<AtomicUsize>,
-    bytes: usize,
-}
-
-impl Drop for BudgetCharge {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
 }
 
 /// Everything a request task needs.
@@ -303,7 +286,7 @@ pub(crate) async fn serve(
         frames: FrameDecoder::default(),
         initialized: false,
         next_seq: 0,
-        budget: Arc::new(AtomicUsize::new(0)),
+        budget: conn.budget.clone(),
     };
     let end = reader.run(&mut rx, &cancel).await;
     drop(reader);
@@ -415,7 +398,7 @@ struct Reader {
     frames: FrameDecoder,
     initialized: bool,
     next_seq: u64,
-    budget: Arc<AtomicUsize>,
+    budget: ConnectionBudget,
 }
 
 impl Reader {
@@ -448,17 +431,7 @@ impl Reader {
     }
 
     fn on_frame(&mut self, frame: Bytes) -> Result<(), String> {
-        let cost = frame.len() + REQUEST_OVERHEAD;
-        let charged = self.budget.fetch_add(cost, Ordering::AcqRel) + cost;
-        let charge = BudgetCharge {
-            counter: self.budget.clone(),
-            bytes: cost,
-        };
-        if charged > MAX_QUEUED_BYTES {
-            return Err(format!(
-                "more than {MAX_QUEUED_BYTES} bytes of requests outstanding"
-            ));
-        }
+        let charge = self.budget.charge(frame.len()).map_err(|e| e.to_string())?;
         let len = frame.len();
         let request = match codec::decode_request(frame) {
             Ok(r) => r,
@@ -532,7 +505,7 @@ impl Reader {
         }
     }
 
-    fn queue(&mut self, work: Work, budget: BudgetCharge) {
+    fn queue(&mut self, work: Work, budget: Charge) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let job = Job {

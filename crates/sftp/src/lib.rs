@@ -19,6 +19,7 @@
 //! executor and writer of one SFTP session), `ops` (what each request does),
 //! `listing` (attributes and `ls -l` names), `status` (error → status table).
 
+mod budget;
 mod codec;
 mod dispatcher;
 mod error;

@@ -1,6 +1,7 @@
 //! The listener: binding, the accept loop with connection limits applied
 //! before any SSH byte is exchanged, the login grace timer, and shutdown.
 
+use crate::budget::ServerBudget;
 use std::borrow::Cow;
 use std::future::Future;
 use std::io;
@@ -232,6 +233,7 @@ impl SftpServer {
             gateway: self.gateway,
             shutdown: shutdown.clone(),
             tasks: TaskTracker::new(),
+            budget: ServerBudget::default(),
         });
         for listener in self.listeners {
             if let Ok(addr) = listener.local_addr() {
@@ -254,6 +256,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// Accept loops and connections, awaited at shutdown.
     tasks: TaskTracker,
+    /// Request bytes all connections together may queue.
+    budget: ServerBudget,
 }
 
 async fn accept_loop(mut listener: AdmittingListener, shared: Arc<Shared>) {
@@ -282,7 +286,7 @@ async fn serve_connection(
     _permit: ConnectionPermit,
 ) {
     let _ = tcp.set_nodelay(true);
-    let conn = ConnShared::new(peer);
+    let conn = ConnShared::new(peer, shared.budget.connection());
     let stream = KillableStream::new(tcp, conn.kill.clone());
     let handler = SshHandler::new(shared.gateway.clone(), conn.clone());
     let grace_end = Instant::now() + shared.gateway.login_grace();

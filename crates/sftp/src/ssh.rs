@@ -2,6 +2,7 @@
 //! session channels, the `sftp` subsystem, and refusing everything else
 //! (there is never a shell, an exec, a pty or a forwarding).
 
+use crate::budget::ConnectionBudget;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,12 +41,15 @@ pub(crate) struct ConnShared {
     /// Cancelling it makes the socket fail: the last resort to end a
     /// connection whose russh loop does not react to a disconnect request.
     pub(crate) kill: CancellationToken,
+    /// Request bytes its channels may queue (see `budget`).
+    pub(crate) budget: ConnectionBudget,
 }
 
 impl ConnShared {
-    pub(crate) fn new(peer: SocketAddr) -> Arc<Self> {
+    pub(crate) fn new(peer: SocketAddr, budget: ConnectionBudget) -> Arc<Self> {
         Arc::new(ConnShared {
             peer,
+            budget,
             authenticated: AtomicBool::new(false),
             end: CancellationToken::new(),
             closing: CancellationToken::new(),
@@ -62,6 +66,7 @@ pub(crate) struct ConnControl {
     closing: CancellationToken,
     kill: CancellationToken,
     handle: Handle,
+    pub(crate) budget: ConnectionBudget,
 }
 
 impl ConnControl {
@@ -72,6 +77,7 @@ impl ConnControl {
             closing: shared.closing.clone(),
             kill: shared.kill.clone(),
             handle,
+            budget: shared.budget.clone(),
         }
     }
 

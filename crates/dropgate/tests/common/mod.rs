@@ -27,6 +27,12 @@ impl Gateway {
 
     /// Starts (or restarts) the gateway in `dir`, keeping its data.
     pub fn start_in(dir: tempfile::TempDir, extra_toml: &str) -> Gateway {
+        Gateway::start_wrapped(dir, extra_toml, &[])
+    }
+
+    /// Starts the gateway through `wrapper` (a command that runs the rest of
+    /// its arguments in its own place, like `prlimit --nofile=N:N`).
+    pub fn start_wrapped(dir: tempfile::TempDir, extra_toml: &str, wrapper: &[&str]) -> Gateway {
         std::fs::write(
             dir.path().join("dropgate.toml"),
             format!(
@@ -35,7 +41,15 @@ impl Gateway {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dropgate"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_dropgate"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_dropgate")),
+        };
+        let mut child = command
             .arg("serve")
             .current_dir(dir.path())
             .env_remove("DROPGATE_CONFIG")
@@ -75,6 +89,11 @@ impl Gateway {
             log,
             admin_password,
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn addr(&self, protocol: &str) -> SocketAddr {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::connection::{Connection, Flow};
 use crate::data::{DataSetup, PASSIVE_WAIT};
 use crate::parse::EpsvArg;
-use crate::passive::{PendingPassive, same_host};
+use crate::passive::{BindError, Holder, PendingPassive, same_host};
 use crate::reply::Reply;
 
 impl Connection {
@@ -19,13 +19,29 @@ impl Connection {
     async fn open_passive(&mut self) -> io::Result<Option<u16>> {
         // A previous listener is dropped here: its port goes back to the pool.
         self.data = None;
-        match self.ctx.pool.bind(self.local.ip()) {
+        let holder = Holder {
+            source: self.peer.ip(),
+            account: self
+                .session()
+                .map(|s| s.username().to_owned())
+                .unwrap_or_default(),
+        };
+        match self.ctx.pool.bind(self.local.ip(), &holder) {
             Ok((listener, lease)) => {
                 let port = lease.port();
                 let pending = PendingPassive::new(listener, lease, self.peer.ip(), PASSIVE_WAIT)
                     .admitted_by(self.ctx.gateway.admission().clone());
                 self.data = Some(DataSetup::Passive(pending));
                 Ok(Some(port))
+            }
+            Err(BindError::HolderFull) => {
+                tracing::warn!(peer = %self.peer, account = %holder.account, "passive port share used up");
+                self.send(Reply::new(
+                    425,
+                    "Too many passive connections pending from this client.",
+                ))
+                .await?;
+                Ok(None)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no passive port");
