@@ -11,6 +11,7 @@ small files, listing), ftplib and paramiko (sessions, idle memory, FTP listing).
 """
 
 import ftplib
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -1144,10 +1145,22 @@ def disk_limits(b):
             os.unlink(os.path.join(d, f"f{i}"))
         return SMALL_FILES / dt
 
-    say("== disk limits (same filesystem as the servers' data)")
+    def sha256():
+        # OpenSSL's SHA-256 (hashlib), one core, 1 MiB updates: what hashing an upload
+        # while it streams can reach at best on this CPU (dropgate answers an upload only
+        # with its SHA-256; the peers do not hash).
+        h = hashlib.sha256()
+        t = time.perf_counter()
+        for _ in range(BIG_MB):
+            h.update(chunk)
+        h.hexdigest()
+        return BIG_MB * MiB / (time.perf_counter() - t) / 1e6
+
+    say("== disk and hash limits (same filesystem as the servers' data)")
     r = {k: statistics.median(f() for _ in range(3)) for k, f in (
         ("big", lambda: big(False)), ("big_sync", lambda: big(True)),
-        ("small", lambda: small(False)), ("small_sync", lambda: small(True)))}
+        ("small", lambda: small(False)), ("small_sync", lambda: small(True)),
+        ("sha256", sha256))}
     shutil.rmtree(d, ignore_errors=True)
     say(f"   {r}")
     b.notes.append(
@@ -1155,7 +1168,10 @@ def disk_limits(b):
         f"writing {human_size(BIG_MB * MiB)} in 1 MiB writes {r['big']:.0f} MB/s into the page cache, "
         f"{r['big_sync']:.0f} MB/s with one fdatasync at the end; {SMALL_FILES} x {SMALL_KB} KiB "
         f"create+write+rename {r['small']:.0f} files/s, {r['small_sync']:.0f} files/s with dropgate's "
-        f"fdatasync + folder fsync per file (dropgate answers an upload only after them; the peers do not sync).")
+        f"fdatasync + folder fsync per file (dropgate answers an upload only after them; the peers do not sync). "
+        f"SHA-256 on one core (OpenSSL, 1 MiB updates): {r['sha256']:.0f} MB/s, the most a single "
+        f"upload can reach here while dropgate hashes it as it streams; with the client on the same "
+        f"2 cores, hashing, receiving and writing share them.")
 
 
 def measure():
