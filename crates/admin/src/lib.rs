@@ -32,6 +32,7 @@ mod event_rules;
 mod events;
 mod extract;
 mod limits;
+mod nodes;
 mod schema;
 mod server;
 mod sessions;

@@ -34,7 +34,8 @@ use crate::error::{ApiError, error_response};
 use crate::limits::MAX_BODY_BYTES;
 use crate::system::OpenApiJson;
 use crate::{
-    AdminConfig, AppState, StatusInfo, bans, console, event_rules, events, sessions, system, users,
+    AdminConfig, AppState, StatusInfo, bans, console, event_rules, events, nodes, sessions, system,
+    users,
 };
 
 /// A request still unanswered after this gets 408 (argon2 queues included).
@@ -62,6 +63,7 @@ const CONSOLE_COOKIE: &str = "console_cookie";
         (name = "api-keys", description = "Long-lived credentials for scripts"),
         (name = "users", description = "Partner accounts"),
         (name = "sessions", description = "Live sessions"),
+        (name = "nodes", description = "Nodes sharing the store"),
         (name = "events", description = "The audit log"),
         (name = "system", description = "Health, metrics, status"),
         (name = "bans", description = "Sources banned for failed logins"),
@@ -110,9 +112,8 @@ pub(crate) fn build_router(gateway: Arc<Gateway>, status: StatusInfo) -> Router 
             event_rules::delete_rule
         ))
         .routes(routes!(event_rules::list_deliveries))
+        .routes(routes!(nodes::list_nodes))
         .routes(routes!(system::status));
-    // Later work slots in here: event rules, deliveries and nodes are
-    // protected routes like the above.
 
     let (public, mut doc) = public.split_for_parts();
     let (protected, mut protected_doc) = protected.split_for_parts();

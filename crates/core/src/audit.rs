@@ -297,9 +297,17 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
             if !matches!(attempt, Ok(Ok(()))) {
                 // A store that answers but refuses this one file would
                 // otherwise hold back every later batch for ever: set it
-                // aside (with a loud log) and go on.
-                if store.ping().await {
-                    tracing::error!(file = %path.display(), error = ?attempt.ok().and_then(Result::err).map(|e| e.to_string()),
+                // aside (with a loud log) and go on. Not when it only did not
+                // answer in time or was busy (a locked SQLite file still
+                // answers a ping): that file goes in later, in its turn.
+                let refused = match &attempt {
+                    Ok(Err(e)) if !e.is_transient() => Some(e.to_string()),
+                    _ => None,
+                };
+                if let Some(error) = refused
+                    && store.ping().await
+                {
+                    tracing::error!(file = %path.display(), %error,
                         "the store refuses a spooled audit batch; moved to spool/rejected");
                     let s = spool.clone();
                     let _ = tokio::task::spawn_blocking(move || s.reject(&path)).await;

@@ -14,7 +14,7 @@ use dropgate_core::{AdmissionConfig, Gateway, GatewayConfig};
 use dropgate_ftp::{FtpConfig, FtpServer, TlsMode};
 use dropgate_ftps::{FtpsTls, TlsError, TlsSettings};
 use dropgate_sftp::{SftpConfig, SftpError, SftpServer};
-use dropgate_store::Store;
+use dropgate_store::{NodeInfo, Store};
 use dropgate_vfs::UploadMode;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -83,7 +83,15 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     let dispatcher = Dispatcher::new(gateway.clone(), &cfg.raw.events.allowed_webhook_hosts)
         .map_err(|e| CliError::Usage(format!("config key `events.allowed_webhook_hosts`: {e}")))?;
     listeners.spawn(dispatcher.run(shutdown.clone()));
-    start_listeners(&cfg, &gateway, &shutdown, &mut listeners).await?;
+    let bound = start_listeners(&cfg, &gateway, &shutdown, &mut listeners).await?;
+    let node = NodeInfo {
+        name: cfg.node_name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: chrono::Utc::now(),
+        last_seen_at: chrono::Utc::now(),
+        listeners: bound.iter().map(|(p, a)| format!("{p} {a}")).collect(),
+    };
+    let heartbeat = tokio::spawn(heartbeat(store.clone(), node.clone(), shutdown.clone()));
     listeners.spawn(return_memory_after_load(
         gateway.admission().clone(),
         shutdown.clone(),
@@ -102,6 +110,14 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
         tracing::warn!("some listeners did not stop in time");
         listeners.abort_all();
     }
+    // Leave the node list at once rather than after the heartbeat ages out.
+    let _ = heartbeat.await;
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(2), store.remove_node(&node.name))
+        .await
+        .unwrap_or(Ok(()))
+    {
+        tracing::warn!(error = %e, "could not remove this node from the node list");
+    }
     gateway.shutdown().await;
     store.close().await;
     tracing::info!("stopped");
@@ -113,7 +129,7 @@ async fn start_listeners(
     gateway: &Arc<Gateway>,
     shutdown: &CancellationToken,
     set: &mut JoinSet<()>,
-) -> Result<(), CliError> {
+) -> Result<Vec<(String, SocketAddr)>, CliError> {
     let mut bound: Vec<(String, SocketAddr)> = Vec::new();
     let announce = |protocol: &str, addrs: &[SocketAddr], bound: &mut Vec<(String, SocketAddr)>| {
         for a in addrs {
@@ -238,7 +254,7 @@ async fn start_listeners(
         announce("admin", &server.local_addrs(), &mut bound);
         set.spawn(server.run(shutdown.clone()));
     }
-    Ok(())
+    Ok(bound)
 }
 
 /// Descriptors one connection may hold at once: an FTP session has its
@@ -298,6 +314,33 @@ fn descriptors_needed(max_connections: usize) -> u64 {
 /// How many connections fit in `open_files` descriptors.
 fn admissible_connections(open_files: u64) -> u64 {
     open_files.saturating_sub(DESCRIPTORS_SPARE) / DESCRIPTORS_PER_CONNECTION
+}
+
+/// Refreshes this node's row in the store's node list until shutdown. A node
+/// with the same name seen recently is another process (two nodes left on
+/// the default name, say): said once, since their rows would overwrite each
+/// other.
+async fn heartbeat(store: Store, mut node: NodeInfo, shutdown: CancellationToken) {
+    let recent = chrono::Utc::now()
+        - chrono::Duration::from_std(dropgate_store::NODE_GONE_AFTER).unwrap_or_default();
+    if let Ok(nodes) = store.list_nodes(recent).await
+        && nodes.iter().any(|n| n.name == node.name)
+    {
+        tracing::warn!(
+            node = %node.name,
+            "another node with this name was seen in the last seconds; give each node its own [cluster] node_name"
+        );
+    }
+    loop {
+        node.last_seen_at = chrono::Utc::now();
+        if let Err(e) = store.node_heartbeat(&node).await {
+            tracing::warn!(error = %e, "node heartbeat failed");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(dropgate_store::NODE_HEARTBEAT) => {}
+        }
+    }
 }
 
 /// How often the connection count is looked at for [`return_memory_after_load`].

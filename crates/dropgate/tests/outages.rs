@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, curl, require_tool};
+use common::{Gateway, PrivatePostgres, curl, require_tool};
 use serde_json::json;
 
 const PASSWORD: &str = "Right-pass-1";
@@ -224,89 +224,6 @@ fn a_full_disk_fails_uploads_honestly_keeps_downloads_and_recovers() {
 // ---------------------------------------------------------------------------
 // The database goes away.
 
-/// A PostgreSQL cluster of the test's own on an ephemeral port, run as the
-/// `postgres` user; stopped (immediately) on drop.
-struct PrivatePostgres {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl PrivatePostgres {
-    fn start() -> PrivatePostgres {
-        require_tool("runuser", "util-linux");
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
-            .flatten()
-            .map(|e| e.path().join("bin"))
-            .find(|b| b.join("initdb").exists())
-            .expect("initdb");
-        let dir = tempfile::tempdir().unwrap();
-        ok(
-            "chown",
-            &run(
-                "chown",
-                &["postgres:postgres", dir.path().to_str().unwrap()],
-            ),
-        );
-        let data = dir.path().join("data");
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        ok("initdb", &out);
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let pg = PrivatePostgres { dir, bin, port };
-        pg.pg_ctl_start();
-        pg
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn pg_ctl(&self, args: &[&str]) -> Output {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn pg_ctl_start(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("log");
-        let out = self.pg_ctl(&["-w", "-o", &options, "-l", log.to_str().unwrap(), "start"]);
-        ok("pg_ctl start", &out);
-    }
-
-    fn stop(&self) {
-        ok(
-            "pg_ctl stop",
-            &self.pg_ctl(&["-w", "-m", "immediate", "stop"]),
-        );
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
-    }
-}
-
 /// A curl FTP listing as `partner`: whether it logged in, and how long it took.
 fn ftp_login(gw: &Gateway) -> (bool, Duration) {
     let started = Instant::now();
@@ -404,6 +321,68 @@ fn without_its_database_the_server_fails_logins_closed_finishes_transfers_and_re
     });
     let log = gw.log.lock().unwrap().clone();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn with_sqlite_write_locked_logins_go_on_and_uploads_keep_their_events() {
+    require_tool("curl", "curl");
+    require_tool("python3", "python3");
+    let gw = Gateway::start("");
+    let token = create_partner(&gw);
+    let work = tempfile::tempdir().unwrap();
+    let data = pseudo_random(1 << 20, 5);
+    let src = work.path().join("f.bin");
+    std::fs::write(&src, &data).unwrap();
+    // Another program holds SQLite's write lock for 12 s.
+    let db = gw.dir.path().join("data/dropgate.db");
+    let mut locker = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(12)\n\
+             c.execute('COMMIT')\n",
+        ])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(locker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let locked = Instant::now();
+    // Reads go on beside the lock (WAL): logins work, and an upload is
+    // acknowledged once its event is in the spool.
+    let out = curl(&[
+        "--max-time",
+        "30",
+        "-T",
+        src.to_str().unwrap(),
+        &format!("ftp://partner:{PASSWORD}@{}/locked.bin", gw.addr("ftp")),
+    ]);
+    ok("FTP upload while SQLite is locked", &out);
+    assert!(
+        locked.elapsed() < Duration::from_secs(12),
+        "answered while locked"
+    );
+    assert!(std::fs::read(gw.home("partner").join("locked.bin")).unwrap() == data);
+    sftp_ok(
+        "SFTP login while SQLite is locked",
+        &common::sftp_password(gw.addr("sftp"), "127.0.0.1", "partner", PASSWORD, "ls\n"),
+    );
+    // Once the lock is gone the spooled events reach the store.
+    locker.wait().unwrap();
+    gw.wait_events(&token, "kind=upload&username=partner", |items| {
+        items.iter().any(|e| e["path"] == "/locked.bin")
+    });
+    // A busy store is not a refusing one: nothing was set aside.
+    let rejected = gw.dir.path().join("data/spool/rejected");
+    let set_aside = std::fs::read_dir(&rejected).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(set_aside, 0, "{}", gw.log.lock().unwrap());
 }
 
 // ---------------------------------------------------------------------------

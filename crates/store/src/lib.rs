@@ -9,6 +9,7 @@
 //! `dropgate-core`) or touch the file storage.
 
 mod model;
+mod nodes;
 mod outbox;
 mod password;
 mod queries;
@@ -24,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub use model::*;
+pub use nodes::{NODE_GONE_AFTER, NODE_HEARTBEAT, NodeInfo};
 pub use outbox::*;
 pub use password::{MAX_PASSWORD_LEN, PasswordHasher, Verified};
 
@@ -67,6 +69,38 @@ impl From<sqlx::Error> for StoreError {
             return StoreError::Duplicate("record".into());
         }
         StoreError::Db(e)
+    }
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed: the database is unreachable,
+    /// busy or locked, shutting down, or the pool had no connection in time.
+    /// Anything else (a constraint, a value it cannot take) fails the same
+    /// way again.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
+                // extended codes. PostgreSQL: connection exceptions (08),
+                // insufficient resources (53), operator intervention (57),
+                // serialization failures and deadlocks (40001, 40P01).
+                matches!(code.parse::<i64>(), Ok(n) if n & 0xff == 5 || n & 0xff == 6)
+                    || ["08", "53", "57"].iter().any(|c| code.starts_with(c))
+                    || code == "40001"
+                    || code == "40P01"
+            }
+            _ => false,
+        }
     }
 }
 

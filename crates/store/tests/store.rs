@@ -256,7 +256,61 @@ async fn suite(store: Store) {
     assert_eq!(ranged.len(), 3);
 
     outbox(&store).await;
+    nodes(&store).await;
     store.close().await;
+}
+
+/// Node heartbeats: written, refreshed in place, listed by freshness, removed.
+async fn nodes(store: &Store) {
+    use dropgate_store::NodeInfo;
+    let t0 = Utc::now();
+    let node = |name: &str, seen: chrono::DateTime<Utc>| NodeInfo {
+        name: name.into(),
+        version: "0.1.0".into(),
+        started_at: t0 - Duration::seconds(60),
+        last_seen_at: seen,
+        listeners: vec!["ftp 127.0.0.1:2121".into(), "sftp 127.0.0.1:2222".into()],
+    };
+    store.node_heartbeat(&node("b", t0)).await.unwrap();
+    store
+        .node_heartbeat(&node("a", t0 - Duration::seconds(40)))
+        .await
+        .unwrap();
+    let all = store
+        .list_nodes(t0 - Duration::seconds(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(all[1].listeners.len(), 2);
+    assert_eq!(
+        all[1].last_seen_at.timestamp_millis(),
+        t0.timestamp_millis()
+    );
+    // A stale node drops out of a recent view; a heartbeat brings it back.
+    let recent = store.list_nodes(t0 - Duration::seconds(30)).await.unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].name, "b");
+    store.node_heartbeat(&node("a", t0)).await.unwrap();
+    assert_eq!(
+        store
+            .list_nodes(t0 - Duration::seconds(30))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    store.remove_node("a").await.unwrap();
+    store.remove_node("b").await.unwrap();
+    assert!(
+        store
+            .list_nodes(t0 - Duration::seconds(3600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Event rules and the outbox: deliveries stored with their event, claimed

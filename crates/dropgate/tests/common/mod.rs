@@ -358,3 +358,95 @@ pub fn curl(args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// A PostgreSQL cluster of the test's own on an ephemeral port, run as the
+/// `postgres` user; stopped (immediately) on drop.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
+        require_tool("runuser", "util-linux");
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").exists())
+            .expect("initdb");
+        let dir = tempfile::tempdir().unwrap();
+        pg_ok(
+            "chown",
+            &Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .output()
+                .unwrap(),
+        );
+        let data = dir.path().join("data");
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        pg_ok("initdb", &out);
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pg = PrivatePostgres { dir, bin, port };
+        pg.pg_ctl_start();
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) -> Output {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log");
+        let out = self.pg_ctl(&["-w", "-o", &options, "-l", log.to_str().unwrap(), "start"]);
+        pg_ok("pg_ctl start", &out);
+    }
+
+    pub fn stop(&self) {
+        pg_ok(
+            "pg_ctl stop",
+            &self.pg_ctl(&["-w", "-m", "immediate", "stop"]),
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
+    }
+}
+
+fn pg_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
