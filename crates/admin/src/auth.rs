@@ -229,7 +229,23 @@ pub(crate) async fn create_token(
     let store = state.gateway.store();
     // A name that cannot exist is not looked up, but still costs one hash.
     let admin = if dropgate_store::validate_username(&login.username).is_ok() {
-        store.get_admin(&login.username).await?
+        let lookup = tokio::time::timeout(
+            dropgate_core::LOGIN_LOOKUP_TIMEOUT,
+            store.get_admin(&login.username),
+        )
+        .await;
+        match lookup {
+            Ok(Ok(admin)) => admin,
+            // Our failure, not a wrong password: it does not count.
+            Ok(Err(e)) => {
+                attempt.succeeded();
+                return Err(e.into());
+            }
+            Err(_) => {
+                attempt.succeeded();
+                return Err(ApiError::Unavailable);
+            }
+        }
     } else {
         None
     };

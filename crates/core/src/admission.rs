@@ -507,6 +507,11 @@ impl Admission {
         }
     }
 
+    /// Connections admitted and still open (cheap: no ban list scan).
+    pub fn connections(&self) -> usize {
+        self.lock_counts().total
+    }
+
     /// How many sources the ban list tracks (tests check it stays bounded).
     pub fn tracked_sources(&self) -> usize {
         self.lock_failures().len()

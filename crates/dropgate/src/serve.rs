@@ -112,7 +112,8 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     }
     // Leave the node list at once rather than after the heartbeat ages out.
     let _ = heartbeat.await;
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(2), store.remove_node(&node.name))
+    let leave = store.remove_node(&node.name, node.started_at);
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(2), leave)
         .await
         .unwrap_or(Ok(()))
     {
@@ -258,8 +259,9 @@ async fn start_listeners(
 }
 
 /// Descriptors one connection may hold at once: an FTP session has its
-/// control and data connections, a passive listener and an open file.
-const DESCRIPTORS_PER_CONNECTION: u64 = 4;
+/// control and data connections, a passive listener, an open file and its
+/// home folder's handle.
+const DESCRIPTORS_PER_CONNECTION: u64 = 5;
 /// Descriptors for everything else (listeners, database, logs, hashing).
 const DESCRIPTORS_SPARE: u64 = 256;
 
@@ -323,7 +325,8 @@ fn admissible_connections(open_files: u64) -> u64 {
 async fn heartbeat(store: Store, mut node: NodeInfo, shutdown: CancellationToken) {
     let recent = chrono::Utc::now()
         - chrono::Duration::from_std(dropgate_store::NODE_GONE_AFTER).unwrap_or_default();
-    if let Ok(nodes) = store.list_nodes(recent).await
+    let others = tokio::time::timeout(Duration::from_secs(5), store.list_nodes(recent)).await;
+    if let Ok(Ok(nodes)) = others
         && nodes.iter().any(|n| n.name == node.name)
     {
         tracing::warn!(
@@ -333,8 +336,12 @@ async fn heartbeat(store: Store, mut node: NodeInfo, shutdown: CancellationToken
     }
     loop {
         node.last_seen_at = chrono::Utc::now();
-        if let Err(e) = store.node_heartbeat(&node).await {
-            tracing::warn!(error = %e, "node heartbeat failed");
+        // A database that does not answer must not hold up the shutdown.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = store.node_heartbeat(&node) => if let Err(e) = r {
+                tracing::warn!(error = %e, "node heartbeat failed");
+            },
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -364,7 +371,7 @@ async fn return_memory_after_load(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(LOAD_SAMPLE) => {}
         }
-        let now = admission.counters().connections;
+        let now = admission.connections() as u64;
         peak = peak.max(now);
         let fell = now.saturating_mul(2) <= peak && peak >= 8;
         let idle = now == 0 && !trimmed_at_zero;

@@ -4,8 +4,13 @@
 //! The reader of a channel never stops draining it (see the dispatcher), so
 //! a client that sends requests faster than they finish, or never reads its
 //! replies, makes the queue grow; these budgets bound that growth and end
-//! the connection that goes past them. The bound of the whole server is
-//! [`SERVER_HARD`] plus at most one packet per connection in flight.
+//! the connection that goes past them. A request is charged from the moment
+//! it is decoded until its reply has been sent (the charge takes the reply's
+//! size once it exists), so replies held up by a client that keeps its SSH
+//! window shut count too. What is not charged: one partial packet per
+//! channel in the framer (at most 256 KiB each) and russh's own buffers.
+//! Server-wide, request and reply memory stays below [`SERVER_HARD`] plus
+//! one packet or reply per connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,8 +23,9 @@ const MIB: usize = 1024 * 1024;
 /// 3 MiB).
 pub(crate) const PER_CONNECTION: usize = 64 * MIB;
 /// What one connection may always hold, however busy the server is: the
-/// most a real client keeps in flight (OpenSSH's 64 writes of 255 KiB).
-pub(crate) const FAIR_SHARE: usize = 16 * MIB;
+/// most a real client keeps in flight (OpenSSH's 64 writes or reads of
+/// 255 KiB, about 16 MiB), with a margin.
+pub(crate) const FAIR_SHARE: usize = 24 * MIB;
 /// Past this server-wide total, a connection holding more than its
 /// [`FAIR_SHARE`] is ended when it asks for more.
 pub(crate) const SERVER_SOFT: usize = 256 * MIB;
@@ -94,6 +100,26 @@ pub(crate) struct Charge {
     bytes: usize,
 }
 
+impl Charge {
+    /// The same charge for `len` bytes instead (a request's reply, once it
+    /// exists). Never refused: the bytes are already there, and what they
+    /// add makes the connection's next request meet the budget.
+    pub(crate) fn resize(mut self, len: usize) -> Charge {
+        let bytes = len.saturating_add(REQUEST_OVERHEAD);
+        if bytes > self.bytes {
+            let more = bytes - self.bytes;
+            self.budget.used.fetch_add(more, Ordering::AcqRel);
+            self.budget.server.fetch_add(more, Ordering::AcqRel);
+        } else {
+            let less = self.bytes - bytes;
+            self.budget.used.fetch_sub(less, Ordering::AcqRel);
+            self.budget.server.fetch_sub(less, Ordering::AcqRel);
+        }
+        self.bytes = bytes;
+        self
+    }
+}
+
 impl Drop for Charge {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
@@ -105,6 +131,20 @@ impl Drop for Charge {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_reply_takes_over_its_requests_charge() {
+        let server = ServerBudget::default();
+        let conn = server.connection();
+        let read = conn.charge(40).unwrap();
+        assert_eq!(server.used(), 40 + REQUEST_OVERHEAD);
+        let reply = read.resize(MIB);
+        assert_eq!(server.used(), MIB + REQUEST_OVERHEAD);
+        let write = conn.charge(MIB).unwrap().resize(20);
+        assert_eq!(server.used(), MIB + 20 + 2 * REQUEST_OVERHEAD);
+        drop((reply, write));
+        assert_eq!(server.used(), 0);
+    }
 
     #[test]
     fn channels_of_one_connection_share_its_budget() {
@@ -126,11 +166,11 @@ mod tests {
     fn a_busy_server_ends_greedy_connections_first_and_caps_everyone() {
         let server = ServerBudget::default();
         let packet = MIB - REQUEST_OVERHEAD;
-        // Sixteen greedy connections at their 16 MiB fair share: 256 MiB.
-        let greedy: Vec<ConnectionBudget> = (0..16).map(|_| server.connection()).collect();
+        // Eight greedy connections at 32 MiB each, above their fair share: 256 MiB.
+        let greedy: Vec<ConnectionBudget> = (0..8).map(|_| server.connection()).collect();
         let mut held: Vec<Charge> = Vec::new();
         for c in &greedy {
-            held.extend((0..16).map(|_| c.charge(packet).unwrap()));
+            held.extend((0..32).map(|_| c.charge(packet).unwrap()));
         }
         assert_eq!(server.used(), SERVER_SOFT);
         // Past the soft mark a connection over its fair share is ended...

@@ -14,6 +14,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 /// Largest accepted packet (the length field, excluding itself), as OpenSSH's
 /// `SFTP_MAX_MSG_LENGTH`.
 pub(crate) const MAX_PACKET_LEN: u32 = 256 * 1024;
+/// Extended attribute pairs a decoded request keeps (the rest are skipped).
+const MAX_KEPT_EXTENDED_ATTRS: usize = 16;
 /// Largest read we serve and write we advertise (`SFTP_MAX_MSG_LENGTH - 1024`),
 /// so a full DATA reply or WRITE request always fits in one packet.
 pub(crate) const MAX_IO_LEN: u32 = MAX_PACKET_LEN - 1024;
@@ -395,9 +397,14 @@ impl Fields {
             let count = self.u32()?;
             for _ in 0..count {
                 // Each pair needs at least 8 bytes: a count cannot make us loop
-                // (or allocate) past what the packet holds.
+                // past what the packet holds. Only the first few are kept:
+                // nothing acts on them, and a pair costs 8 bytes on the wire
+                // but 64 in memory, so keeping 32,000 empty ones would make a
+                // request outgrow the bytes charged for it.
                 let pair = (self.string()?, self.string()?);
-                a.extended.push(pair);
+                if a.extended.len() < MAX_KEPT_EXTENDED_ATTRS {
+                    a.extended.push(pair);
+                }
             }
         }
         Ok(a)
@@ -1165,6 +1172,24 @@ mod tests {
                 id: None
             })
         );
+    }
+
+    #[test]
+    fn many_extended_attrs_are_skipped_not_kept() {
+        // 30,000 empty pairs in one SETSTAT: decoded, but only a few kept.
+        let mut body = Vec::new();
+        body.extend_from_slice(&u32b(7));
+        body.extend_from_slice(&s(b"/f"));
+        body.extend_from_slice(&u32b(attr_flags::EXTENDED));
+        body.extend_from_slice(&u32b(30_000));
+        for _ in 0..30_000 {
+            body.extend_from_slice(&[0u8; 8]);
+        }
+        let r = decode(&pkt(packet::SETSTAT, &body)).unwrap();
+        let Request::Setstat { attrs, .. } = r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(attrs.extended.len(), MAX_KEPT_EXTENDED_ATTRS);
     }
 
     #[test]

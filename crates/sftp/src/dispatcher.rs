@@ -190,6 +190,9 @@ struct Outgoing {
     reply: Bytes,
     /// The request's concurrency slot, released once the reply is sent.
     _permit: OwnedSemaphorePermit,
+    /// The request's budget charge, now the reply's size: a reply waiting
+    /// for a client that does not open its window is memory too.
+    _charge: Option<Charge>,
 }
 
 /// Everything a request task needs.
@@ -544,10 +547,12 @@ impl Starter {
         let Job { seq, work, _budget } = job;
         let request = match work {
             Work::Reply(reply) => {
+                let charge = _budget.resize(reply.len());
                 self.reply(Outgoing {
                     seq,
                     reply,
                     _permit: permit,
+                    _charge: Some(charge),
                 });
                 return;
             }
@@ -570,24 +575,27 @@ impl Starter {
         // not done is spawned, and its task polls it again (with its own
         // waker) at once.
         if let Poll::Ready(reply) = run.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            let charge = _budget.resize(reply.len());
             self.reply(Outgoing {
                 seq,
                 reply,
                 _permit: permit,
+                _charge: Some(charge),
             });
             return;
         }
         let state = self.state.clone();
         self.tasks.spawn(async move {
             let reply = run.await;
+            let charge = _budget.resize(reply.len());
             state
                 .send(Outgoing {
                     seq,
                     reply,
                     _permit: permit,
+                    _charge: Some(charge),
                 })
                 .await;
-            drop(_budget);
         });
     }
 
@@ -707,6 +715,7 @@ mod tests {
                 .clone()
                 .try_acquire_owned()
                 .unwrap_or_else(|_| unreachable!()),
+            _charge: None,
         };
         let mut order = ReplyOrder::default();
         order.insert(out(2));

@@ -90,14 +90,21 @@ impl StoreError {
             | sqlx::Error::Protocol(_) => true,
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
-                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
-                // extended codes. PostgreSQL: connection exceptions (08),
-                // insufficient resources (53), operator intervention (57),
-                // serialization failures and deadlocks (40001, 40P01).
-                matches!(code.parse::<i64>(), Ok(n) if n & 0xff == 5 || n & 0xff == 6)
-                    || ["08", "53", "57"].iter().any(|c| code.starts_with(c))
-                    || code == "40001"
-                    || code == "40P01"
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // Primary result codes (the low byte of an extended
+                    // one): BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN,
+                    // PROTOCOL. What is wrong is the database or its disk,
+                    // not the data.
+                    matches!(code.parse::<i64>(), Ok(n) if matches!(n & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15))
+                } else {
+                    // SQLSTATE: connection exceptions (08), insufficient
+                    // resources (53), operator intervention (57), system
+                    // errors (58), serialization failures and deadlocks,
+                    // a read-only transaction (a standby during fail-over),
+                    // locks not available.
+                    ["08", "53", "57", "58"].iter().any(|c| code.starts_with(c))
+                        || ["40001", "40P01", "25006", "55P03", "55006"].contains(&code.as_ref())
+                }
             }
             _ => false,
         }
@@ -242,4 +249,62 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 
 pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sqlx::Connection;
+
+    #[tokio::test]
+    async fn busy_and_unreachable_databases_are_transient_bad_statements_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::ZERO);
+        let mut a = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        let mut b = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        let busy = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut b)
+            .await
+            .unwrap_err();
+        assert!(StoreError::from(busy).is_transient());
+        let bad = sqlx::query("SELECT * FROM nope")
+            .execute(&mut b)
+            .await
+            .unwrap_err();
+        assert!(!StoreError::from(bad).is_transient());
+        // Nothing listens on port 1 of loopback.
+        let refused = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:1/x")
+            .await
+            .unwrap_err();
+        assert!(StoreError::from(refused).is_transient());
+        if let Ok(url) = std::env::var("DROPGATE_TEST_POSTGRES_URL") {
+            let mut pg = sqlx::PgConnection::connect(&url).await.unwrap();
+            // 22012: division by zero (and numeric, like 42501, whose low
+            // byte would read as SQLite's BUSY).
+            let e = sqlx::query("SELECT 1/0")
+                .execute(&mut pg)
+                .await
+                .unwrap_err();
+            assert!(!StoreError::from(e).is_transient());
+            let e = sqlx::query("SELECT chr(0)")
+                .execute(&mut pg)
+                .await
+                .unwrap_err();
+            assert!(!StoreError::from(e).is_transient());
+        }
+    }
 }

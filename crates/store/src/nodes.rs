@@ -71,10 +71,14 @@ impl Store {
             .collect())
     }
 
-    /// Removes `name`'s row (a clean stop).
-    pub async fn remove_node(&self, name: &str) -> StoreResult<()> {
-        on_pool!(self, p => sqlx::query("DELETE FROM nodes WHERE name = $1")
+    /// Removes the row of the node `name` that started at `started_at` (a
+    /// clean stop). A node of the same name started since (a restart that
+    /// overlapped) keeps its row.
+    pub async fn remove_node(&self, name: &str, started_at: DateTime<Utc>) -> StoreResult<()> {
+        const Q: &str = "DELETE FROM nodes WHERE name = $1 AND started_at = $2";
+        on_pool!(self, p => sqlx::query(Q)
             .bind(name)
+            .bind(to_ms(started_at))
             .execute(p)
             .await
             .map(|_| ())?);

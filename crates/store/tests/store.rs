@@ -302,8 +302,22 @@ async fn nodes(store: &Store) {
             .len(),
         2
     );
-    store.remove_node("a").await.unwrap();
-    store.remove_node("b").await.unwrap();
+    // Only the row of the node that started then: not a newer one's.
+    store
+        .remove_node("a", t0 - Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .list_nodes(t0 - Duration::seconds(30))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let started = t0 - Duration::seconds(60);
+    store.remove_node("a", started).await.unwrap();
+    store.remove_node("b", started).await.unwrap();
     assert!(
         store
             .list_nodes(t0 - Duration::seconds(3600))
