@@ -14,7 +14,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dropgate_core::Admission;
+use dropgate_core::{Admission, Source};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// How many ports one PASV tries before giving up (ports held by other
@@ -42,7 +42,7 @@ struct PoolState {
     /// Leases held per source address and per account, so that one of
     /// them cannot take every port (PASV after PASV on many sessions,
     /// never connecting) and lock everyone else out of transfers.
-    by_source: HashMap<IpAddr, usize>,
+    by_source: HashMap<Source, usize>,
     by_account: HashMap<String, usize>,
     /// Where the next search starts: round robin, so a port just released
     /// (and maybe still in TIME_WAIT on the client side) is reused last.
@@ -53,7 +53,8 @@ struct PoolState {
 /// Who asks for a passive port.
 #[derive(Clone, Debug)]
 pub(crate) struct Holder {
-    /// The client's address (IPv4-mapped addresses count as IPv4).
+    /// The client's address; counted by source as admission counts it (an
+    /// IPv4 address, or an IPv6 /64; IPv4-mapped addresses count as IPv4).
     pub(crate) source: IpAddr,
     /// The logged-in account.
     pub(crate) account: String,
@@ -72,7 +73,8 @@ pub(crate) enum NoPort {
 pub(crate) struct PortLease {
     pool: Arc<PoolInner>,
     port: u16,
-    holder: Holder,
+    source: Source,
+    account: String,
 }
 
 impl PortLease {
@@ -89,8 +91,8 @@ impl Drop for PortLease {
         if st.in_use[i] {
             st.in_use[i] = false;
             st.leased -= 1;
-            release(&mut st.by_source, &self.holder.source);
-            release(&mut st.by_account, &self.holder.account);
+            release(&mut st.by_source, &self.source);
+            release(&mut st.by_account, &self.account);
         }
     }
 }
@@ -149,7 +151,7 @@ impl PassivePortPool {
     /// Takes a free port for `holder`.
     pub(crate) fn lease(&self, holder: &Holder) -> Result<PortLease, NoPort> {
         let share = self.holder_share();
-        let source = holder.source.to_canonical();
+        let source = Source::of(holder.source);
         let mut st = self.inner.lock();
         if st.by_source.get(&source).copied().unwrap_or(0) >= share
             || st.by_account.get(&holder.account).copied().unwrap_or(0) >= share
@@ -171,10 +173,8 @@ impl PassivePortPool {
                 return Ok(PortLease {
                     pool: self.inner.clone(),
                     port: self.inner.first + offset,
-                    holder: Holder {
-                        source,
-                        account: holder.account.clone(),
-                    },
+                    source,
+                    account: holder.account.clone(),
                 });
             }
         }
@@ -450,6 +450,20 @@ mod tests {
             account: "other".into(),
         };
         assert_eq!(pool.lease(&mapped).err(), Some(NoPort::HolderFull));
+        // One IPv6 host owns a whole /64: its other addresses are the same source.
+        let v6 = |ip: &str, account: &str| Holder {
+            source: ip.parse().unwrap(),
+            account: account.into(),
+        };
+        let six: Vec<PortLease> = (0..10)
+            .map(|i| pool.lease(&v6(&format!("2001:db8::{i}"), &format!("v6-{i}"))))
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            pool.lease(&v6("2001:db8::ff", "v6-x")).err(),
+            Some(NoPort::HolderFull)
+        );
+        drop(six);
         // Everyone else is served.
         let others: Vec<PortLease> = (0..30).map(|_| pool.lease(&anyone()).unwrap()).collect();
         assert_eq!(pool.leased(), 40);
