@@ -994,6 +994,14 @@ impl Upload {
     /// the event (and any delivery it causes) is stored: only then may the
     /// client be told the upload succeeded.
     pub async fn commit(mut self) -> FsResult<u64> {
+        // A session that has been ended (kicked, its account changed, the
+        // server stopping) commits nothing more: an SFTP CLOSE arriving after
+        // that is a client reacting to the disconnect, not one that finished
+        // its upload, and would put a partial file under the final name.
+        // Dropping the upload aborts it.
+        if self.session.is_cancelled() {
+            return Err(FsError::Closed);
+        }
         let Some(writer) = self.writer.take() else {
             return Err(FsError::Closed);
         };
