@@ -524,17 +524,7 @@ fn out_of_descriptors_a_new_connection_is_refused_at_once_not_left_waiting() {
         break held.len();
     };
     println!("refused after {refused_after} connections");
-    // The log is read by another thread: give it a moment to catch up.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !gw
-        .log
-        .lock()
-        .unwrap()
-        .contains("out of descriptors: refusing a connection")
-    {
-        assert!(Instant::now() < deadline, "{}", gw.log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gw.wait_log("out of descriptors: refusing a connection");
     // With descriptors back, connections are served again.
     ok(
         "prlimit",

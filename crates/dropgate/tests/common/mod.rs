@@ -91,6 +91,20 @@ impl Gateway {
         }
     }
 
+    /// Waits (up to 5 s) until the server's log contains `needle`: the log
+    /// is read by another thread, which may lag behind what a client saw.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log.lock().unwrap().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}:\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
