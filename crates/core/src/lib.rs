@@ -16,6 +16,7 @@ mod error;
 mod listener;
 mod metrics;
 mod permissions;
+pub mod proxy;
 mod quota;
 mod registry;
 pub mod rules;
@@ -37,9 +38,10 @@ pub use admission::{
 };
 pub use audit::{AuditLog, SPOOL_MAX_BYTES, Unrecorded};
 pub use error::{ErrorClass, FsError, FsResult};
-pub use listener::{Accepted, AdmittingListener};
+pub use listener::{Accepted, AdmittingListener, Incoming};
 pub use metrics::{Metrics, ProtocolCounters};
 pub use permissions::PermissionSet;
+pub use proxy::ProxyPolicy;
 pub use quota::{QuotaGuard, QuotaTracker, Usage};
 pub use registry::{Direction, SessionRegistry, SessionSnapshot, TransferSnapshot};
 pub use rules::Rules;
@@ -80,6 +82,9 @@ pub struct GatewayConfig {
     /// Where audit events wait while the store is down (`<data_dir>/spool`);
     /// `None`: they are retried in memory only.
     pub spool_dir: Option<PathBuf>,
+    /// `[cluster] proxy_protocol` with its `trusted_proxies`; `None`: no
+    /// PROXY headers are read.
+    pub proxy: Option<Arc<ProxyPolicy>>,
 }
 
 impl GatewayConfig {
@@ -93,6 +98,7 @@ impl GatewayConfig {
             admission: AdmissionConfig::default(),
             login_grace: std::time::Duration::from_secs(60),
             spool_dir: None,
+            proxy: None,
         }
     }
 }
@@ -195,6 +201,11 @@ impl Gateway {
     /// Connection caps and the ban list, for every listener and the admin login.
     pub fn admission(&self) -> &Arc<Admission> {
         &self.admission
+    }
+
+    /// Who may send PROXY headers (`[cluster]`), for every listener.
+    pub fn proxy_policy(&self) -> Option<Arc<ProxyPolicy>> {
+        self.config.proxy.clone()
     }
 
     /// How long a client may take to log in after connecting.

@@ -8,21 +8,41 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 use crate::admission::{Admission, ConnectionPermit, Refusal};
+use crate::proxy::{self, Proxied, ProxyPolicy};
 
 /// Longest pause after repeated accept errors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// First pause after an accept error.
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 
+/// Connections from trusted proxies whose header may be outstanding at once
+/// per listener; past it a proxy's new connections wait in the backlog.
+const MAX_PENDING_HEADERS: usize = 1024;
+
 /// What an [`AdmittingListener`] hands over.
 #[derive(Debug)]
 pub enum Accepted {
     /// A connection that may be served; its place is freed when the permit drops.
-    Admitted(TcpStream, SocketAddr, ConnectionPermit),
+    Admitted(Incoming),
     /// A connection to refuse at once (FTP says 421 first; SSH just closes).
     Refused(TcpStream, SocketAddr, Refusal),
+}
+
+/// An admitted connection and who is on the other end.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The connection, positioned after any PROXY header.
+    pub stream: TcpStream,
+    /// The client: the TCP peer, or the source a trusted proxy's header named.
+    pub peer: SocketAddr,
+    /// The address the client connected to when a proxy's header named it
+    /// (the balancer's front end); `None`: the socket's own local address.
+    pub destination: Option<SocketAddr>,
+    /// Frees the connection's place when dropped.
+    pub permit: ConnectionPermit,
 }
 
 /// A TCP listener whose connections pass the admission check.
@@ -35,6 +55,10 @@ pub struct AdmittingListener {
     /// instead of it waiting in the backlog with no answer (the client's
     /// connect succeeded, so it would hang until its own timeout).
     reserve: Option<std::fs::File>,
+    /// `[cluster] proxy_protocol`: who may send a PROXY header.
+    proxy: Option<Arc<ProxyPolicy>>,
+    /// Connections from a trusted proxy whose header is being read.
+    headers: JoinSet<(TcpStream, SocketAddr, Result<Proxied, proxy::ProxyError>)>,
 }
 
 fn open_reserve() -> Option<std::fs::File> {
@@ -53,7 +77,16 @@ impl AdmittingListener {
             admission,
             backoff: FIRST_ACCEPT_BACKOFF,
             reserve: open_reserve(),
+            proxy: None,
+            headers: JoinSet::new(),
         }
+    }
+
+    /// Reads a PROXY header from every connection whose peer the policy
+    /// trusts (and requires one), and admits it by the client it names.
+    pub fn with_proxy(mut self, policy: Option<Arc<ProxyPolicy>>) -> AdmittingListener {
+        self.proxy = policy;
+        self
     }
 
     /// The bound address.
@@ -69,16 +102,40 @@ impl AdmittingListener {
             if self.reserve.is_none() {
                 self.reserve = open_reserve();
             }
-            match self.listener.accept().await {
-                Ok((stream, peer)) => {
-                    self.backoff = FIRST_ACCEPT_BACKOFF;
-                    return match self.admission.admit(peer.ip()) {
-                        Ok(permit) => Accepted::Admitted(stream, peer, permit),
-                        Err(why) => {
-                            tracing::info!(%peer, reason = %why, "connection refused");
-                            Accepted::Refused(stream, peer, why)
+            let accepted = tokio::select! {
+                biased;
+                Some(done) = self.headers.join_next(), if !self.headers.is_empty() => {
+                    match done {
+                        Ok((stream, from, Ok(Proxied::Client { source, destination }))) => {
+                            tracing::debug!(proxy = %from, client = %source, "PROXY header");
+                            return self.admit(stream, source, Some(destination));
                         }
-                    };
+                        Ok((stream, from, Ok(Proxied::Local))) => {
+                            return self.admit(stream, from, None);
+                        }
+                        Ok((_, from, Err(e))) => {
+                            tracing::warn!(proxy = %from, error = %e, "connection from a trusted proxy closed");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "PROXY header task failed"),
+                    }
+                    continue;
+                }
+                r = self.listener.accept(), if self.headers.len() < MAX_PENDING_HEADERS => r,
+            };
+            match accepted {
+                Ok((mut stream, peer)) => {
+                    self.backoff = FIRST_ACCEPT_BACKOFF;
+                    if self.proxy.as_ref().is_some_and(|p| p.trusts(peer.ip())) {
+                        // A banned client behind the proxy is refused once
+                        // its header names it; the proxy itself is not
+                        // counted against any cap.
+                        self.headers.spawn(async move {
+                            let header = proxy::read_header(&mut stream).await;
+                            (stream, peer, header)
+                        });
+                        continue;
+                    }
+                    return self.admit(stream, peer, None);
                 }
                 Err(e) if out_of_descriptors(&e) && self.reserve.take().is_some() => {
                     // The reserve is closed: take the waiting connection and
@@ -98,6 +155,26 @@ impl AdmittingListener {
                     tokio::time::sleep(self.backoff).await;
                     self.backoff = (self.backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 }
+            }
+        }
+    }
+
+    fn admit(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        destination: Option<SocketAddr>,
+    ) -> Accepted {
+        match self.admission.admit(peer.ip()) {
+            Ok(permit) => Accepted::Admitted(Incoming {
+                stream,
+                peer,
+                destination,
+                permit,
+            }),
+            Err(why) => {
+                tracing::info!(%peer, reason = %why, "connection refused");
+                Accepted::Refused(stream, peer, why)
             }
         }
     }

@@ -316,6 +316,8 @@ pub(crate) struct Effective {
     pub(crate) sftp_listen: Vec<SocketAddr>,
     pub(crate) admin_listen: Vec<SocketAddr>,
     pub(crate) node_name: String,
+    /// `[cluster] proxy_protocol` on: the trusted proxies' networks.
+    pub(crate) proxy_policy: Option<Vec<ipnet::IpNet>>,
 }
 
 /// Finds the config file: `--config`, else `$DROPGATE_CONFIG`, else
@@ -516,14 +518,30 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
     }
     let sftp_listen = raw.sftp.listen.addrs("sftp.listen")?;
     let admin_listen = raw.admin.listen.addrs("admin.listen")?;
+    let mut trusted_proxies = Vec::with_capacity(raw.cluster.trusted_proxies.len());
     for (i, cidr) in raw.cluster.trusted_proxies.iter().enumerate() {
-        if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
-            return Err(bad(
-                &format!("cluster.trusted_proxies[{i}]"),
-                format!("{cidr:?} is not a CIDR"),
-            ));
+        let net = cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => {
+                return Err(bad(
+                    &format!("cluster.trusted_proxies[{i}]"),
+                    format!("{cidr:?} is not a CIDR"),
+                ));
+            }
         }
     }
+    // Without a trusted proxy every header would be refused: a setting that
+    // cannot work is an error, not a silent no-op.
+    if raw.cluster.proxy_protocol && trusted_proxies.is_empty() {
+        return Err(bad(
+            "cluster.trusted_proxies",
+            "must name the load balancers when cluster.proxy_protocol = true",
+        ));
+    }
+    let proxy_policy = raw.cluster.proxy_protocol.then_some(trusted_proxies);
     if raw.limits.max_connections == 0 {
         return Err(bad("limits.max_connections", "must be at least 1"));
     }
@@ -586,6 +604,7 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
         sftp_listen,
         admin_listen,
         node_name,
+        proxy_policy,
     })
 }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use dropgate_admin::{AdminConfig, AdminServer};
-use dropgate_core::{AdmissionConfig, Gateway, GatewayConfig};
+use dropgate_core::{AdmissionConfig, Gateway, GatewayConfig, ProxyPolicy};
 use dropgate_ftp::{FtpConfig, FtpServer, TlsMode};
 use dropgate_ftps::{FtpsTls, TlsError, TlsSettings};
 use dropgate_sftp::{SftpConfig, SftpError, SftpServer};
@@ -69,6 +69,10 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
             },
             login_grace: Duration::from_secs(cfg.raw.limits.login_grace_secs),
             spool_dir: Some(cfg.data_dir.join("spool")),
+            proxy: cfg
+                .proxy_policy
+                .clone()
+                .map(|nets| Arc::new(ProxyPolicy::new(nets))),
         },
     );
     if let Err(e) = gateway.reload_rules().await {

@@ -156,6 +156,14 @@ fn bad_config_exits_2_naming_the_key() {
         ),
         ("[database]\nurl = \"mysql://x\"\n", "database.url"),
         ("[ftp]\nno_such_key = 1\n", "no_such_key"),
+        (
+            "[cluster]\nproxy_protocol = true\n",
+            "cluster.trusted_proxies",
+        ),
+        (
+            "[cluster]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "cluster.trusted_proxies[0]",
+        ),
         ("not toml at all [[[", "TOML"),
     ];
     for (body, key) in cases {

@@ -10,32 +10,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, curl, require_tool};
+use common::{Gateway, connect_from, curl, require_tool};
 use serde_json::json;
 
 const PASSWORD: &str = "Right-pass-1";
-
-/// A TCP connection from `local` (127.0.0.x) to `addr`, blocking.
-fn connect_from(local: &str, addr: SocketAddr) -> TcpStream {
-    let local: IpAddr = local.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    let stream = rt.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(local, 0)).unwrap();
-        socket.connect(addr).await.unwrap()
-    });
-    let std = stream.into_std().unwrap();
-    std.set_nonblocking(false).unwrap();
-    std.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    std
-}
 
 /// The first line the server sends ("" if it closed without a word).
 fn first_line(stream: &TcpStream) -> String {

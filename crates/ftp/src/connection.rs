@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -114,6 +114,9 @@ pub(crate) struct Connection {
     /// Our end of the control connection (passive listeners bind here,
     /// active connections start here).
     pub(crate) local: SocketAddr,
+    /// The address the client connected to: `local`, or the balancer's
+    /// front end a PROXY header named (what PASV advertises).
+    pub(crate) front: IpAddr,
     pub(crate) shutdown: CancellationToken,
     /// The FTPS seam: AUTH/PBSZ/PROT state.
     pub(crate) security: ChannelSecurity,
@@ -156,6 +159,7 @@ impl Connection {
         security: ChannelSecurity,
         peer: SocketAddr,
         local: SocketAddr,
+        front: IpAddr,
         shutdown: CancellationToken,
     ) -> Connection {
         let idle = ctx.idle_limit();
@@ -169,6 +173,7 @@ impl Connection {
             ctx,
             peer,
             local,
+            front,
             shutdown,
             security,
             login: Login::Pending(None),

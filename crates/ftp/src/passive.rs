@@ -14,7 +14,8 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dropgate_core::{Admission, Source};
+use dropgate_core::proxy::Proxied;
+use dropgate_core::{Admission, ProxyPolicy, Source};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// How many ports one PASV tries before giving up (ports held by other
@@ -247,6 +248,8 @@ pub(crate) struct PendingPassive {
     deadline: Instant,
     /// Bans apply to data connections too.
     admission: Option<Arc<Admission>>,
+    /// Data connections from a trusted proxy carry the client in a header.
+    proxy: Option<Arc<ProxyPolicy>>,
 }
 
 impl PendingPassive {
@@ -263,7 +266,15 @@ impl PendingPassive {
             client,
             deadline: Instant::now() + wait,
             admission: None,
+            proxy: None,
         }
+    }
+
+    /// Reads the PROXY header of a data connection from a trusted proxy and
+    /// checks the client it names (`[cluster] proxy_protocol`).
+    pub(crate) fn behind(mut self, proxy: Option<Arc<ProxyPolicy>>) -> PendingPassive {
+        self.proxy = proxy;
+        self
     }
 
     /// Refuses data connections from a banned source (the control
@@ -288,10 +299,28 @@ impl PendingPassive {
             client,
             deadline,
             admission,
+            proxy,
         } = self;
         let result = tokio::time::timeout_at(deadline.into(), async {
             loop {
-                match listener.accept().await {
+                let accepted = match listener.accept().await {
+                    Ok((mut stream, from))
+                        if proxy.as_ref().is_some_and(|p| p.trusts(from.ip())) =>
+                    {
+                        // Bounded by the header timeout and the deadline;
+                        // only a trusted proxy can hold this up.
+                        match dropgate_core::proxy::read_header(&mut stream).await {
+                            Ok(Proxied::Client { source, .. }) => Ok((stream, source)),
+                            Ok(Proxied::Local) => Ok((stream, from)),
+                            Err(e) => {
+                                tracing::warn!(proxy = %from, error = %e, "data connection from a trusted proxy closed");
+                                continue;
+                            }
+                        }
+                    }
+                    other => other,
+                };
+                match accepted {
                     Ok((stream, from))
                         if admission.as_ref().is_some_and(|a| a.is_banned(from.ip())) =>
                     {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dropgate_core::{Accepted, AdmittingListener, Gateway, Refusal};
+use dropgate_core::{Accepted, AdmittingListener, Gateway, Incoming, Refusal};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -77,7 +77,8 @@ impl FtpServer {
         let (accepted_tx, mut accepted) = mpsc::channel::<Accepted>(64);
         let mut acceptors = JoinSet::new();
         for listener in listeners {
-            let listener = AdmittingListener::new(listener, ctx.gateway.admission().clone());
+            let listener = AdmittingListener::new(listener, ctx.gateway.admission().clone())
+                .with_proxy(ctx.gateway.proxy_policy());
             acceptors.spawn(accept_loop(listener, accepted_tx.clone()));
         }
         drop(accepted_tx);
@@ -87,10 +88,10 @@ impl FtpServer {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(conn) = accepted.recv() => match conn {
-                    Accepted::Admitted(stream, peer, permit) => {
+                    Accepted::Admitted(Incoming { stream, peer, destination, permit }) => {
                         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
                         sessions.spawn(async move {
-                            serve_connection(stream, peer, ctx, shutdown).await;
+                            serve_connection(stream, peer, destination, ctx, shutdown).await;
                             drop(permit);
                         });
                     }
@@ -149,6 +150,7 @@ async fn accept_loop(mut listener: AdmittingListener, out: mpsc::Sender<Accepted
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    destination: Option<SocketAddr>,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
 ) {
@@ -186,7 +188,10 @@ async fn serve_connection(
         }
         _ => (Box::new(stream), ChannelSecurity::new(&ctx.config)),
     };
-    Connection::new(ctx, stream, security, peer, local, shutdown)
+    // Behind a proxy, the address the client connected to is the one to
+    // advertise for passive data connections.
+    let front = destination.map_or(local.ip(), |d| d.ip());
+    Connection::new(ctx, stream, security, peer, local, front, shutdown)
         .serve()
         .await;
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use dropgate_core::{Accepted, AdmittingListener, ConnectionPermit, Gateway};
+use dropgate_core::{Accepted, AdmittingListener, ConnectionPermit, Gateway, Incoming};
 use russh::keys::{Algorithm, HashAlg, PrivateKey};
 use russh::{Preferred, cipher, compression, kex, mac};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -239,7 +239,8 @@ impl SftpServer {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "SFTP listening");
             }
-            let listener = AdmittingListener::new(listener, shared.gateway.admission().clone());
+            let listener = AdmittingListener::new(listener, shared.gateway.admission().clone())
+                .with_proxy(shared.gateway.proxy_policy());
             shared.tasks.spawn(accept_loop(listener, shared.clone()));
         }
         shutdown.cancelled().await;
@@ -267,10 +268,15 @@ async fn accept_loop(mut listener: AdmittingListener, shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
         };
         match accepted {
-            Accepted::Admitted(tcp, peer, permit) => {
+            Accepted::Admitted(Incoming {
+                stream,
+                peer,
+                permit,
+                ..
+            }) => {
                 shared
                     .tasks
-                    .spawn(serve_connection(tcp, peer, shared.clone(), permit));
+                    .spawn(serve_connection(stream, peer, shared.clone(), permit));
             }
             // Closed before the SSH identification: nothing to say to a
             // client that may not even speak SSH.

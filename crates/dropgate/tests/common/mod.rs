@@ -464,3 +464,21 @@ fn pg_ok(what: &str, out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A TCP connection from `local` (127.0.0.x) to `addr`, blocking.
+pub fn connect_from(local: &str, addr: SocketAddr) -> std::net::TcpStream {
+    let local: std::net::IpAddr = local.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        socket.connect(addr).await.unwrap()
+    });
+    let std = stream.into_std().unwrap();
+    std.set_nonblocking(false).unwrap();
+    std.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std
+}

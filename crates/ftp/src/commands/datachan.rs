@@ -30,7 +30,8 @@ impl Connection {
             Ok((listener, lease)) => {
                 let port = lease.port();
                 let pending = PendingPassive::new(listener, lease, self.peer.ip(), PASSIVE_WAIT)
-                    .admitted_by(self.ctx.gateway.admission().clone());
+                    .admitted_by(self.ctx.gateway.admission().clone())
+                    .behind(self.ctx.gateway.proxy_policy());
                 self.data = Some(DataSetup::Passive(pending));
                 Ok(Some(port))
             }
@@ -56,7 +57,7 @@ impl Connection {
         if self.epsv_all {
             return self.reply(503, "EPSV ALL in effect; use EPSV.").await;
         }
-        let Some(ip) = self.ctx.advertised.resolve(self.local.ip()).await else {
+        let Some(ip) = self.ctx.advertised.resolve(self.front).await else {
             return self.reply(425, "PASV needs IPv4; use EPSV.").await;
         };
         let Some(port) = self.open_passive().await? else {
@@ -72,7 +73,7 @@ impl Connection {
     }
 
     pub(super) async fn epsv(&mut self, arg: EpsvArg) -> io::Result<Flow> {
-        let v4 = self.local.ip().to_canonical().is_ipv4();
+        let v4 = self.front.to_canonical().is_ipv4();
         match arg {
             EpsvArg::All => {
                 self.epsv_all = true;

@@ -20,6 +20,17 @@ impl Connection {
     /// Applies one command (no transfer is running).
     pub(crate) async fn dispatch(&mut self, cmd: Command) -> io::Result<Flow> {
         if let Command::Unknown(verb) = &cmd {
+            if verb == "PROXY" {
+                // A PROXY header reaches the command parser only from a
+                // source not in `trusted_proxies` (or with proxy_protocol
+                // off): someone claiming another address. Never believed;
+                // the connection ends. (A v2 header ends it by itself: its
+                // signature contains QUIT.)
+                tracing::warn!(peer = %self.peer, "PROXY header from an untrusted source refused");
+                self.reply(421, "PROXY header not accepted from this address.")
+                    .await?;
+                return Ok(Flow::Close);
+            }
             tracing::debug!(%verb, "unknown command");
             return self
                 .refuse_if_anonymous(Reply::new(500, "Unknown command."))
