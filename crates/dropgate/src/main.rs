@@ -2,6 +2,7 @@
 //! gateway and every listener, and graceful shutdown. Business rules live in
 //! the library crates; this crate only connects them.
 
+mod cluster_keys;
 mod config;
 mod serve;
 mod users;

@@ -87,6 +87,22 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     let dispatcher = Dispatcher::new(gateway.clone(), &cfg.raw.events.allowed_webhook_hosts)
         .map_err(|e| CliError::Usage(format!("config key `events.allowed_webhook_hosts`: {e}")))?;
     listeners.spawn(dispatcher.run(shutdown.clone()));
+    // Before any listener loads a key: nodes sharing this store present the
+    // same generated host keys and certificate.
+    let wants_tls = (cfg.raw.ftp.enabled && cfg.raw.ftp.tls != TlsSetting::Off)
+        || !cfg.implicit_ftps_listen.is_empty();
+    crate::cluster_keys::share(
+        &store,
+        &cfg.data_dir,
+        crate::cluster_keys::Wanted {
+            host_keys: cfg.raw.sftp.enabled
+                && !cfg.sftp_listen.is_empty()
+                && cfg.raw.sftp.host_keys.is_empty(),
+            ftps_pair: wants_tls && cfg.raw.ftps.cert.as_os_str().is_empty(),
+        },
+    )
+    .await
+    .map_err(CliError::Runtime)?;
     let bound = start_listeners(&cfg, &gateway, &shutdown, &mut listeners).await?;
     let node = NodeInfo {
         name: cfg.node_name.clone(),

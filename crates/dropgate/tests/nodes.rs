@@ -83,8 +83,72 @@ fn two_nodes_on_one_postgres_see_each_other_share_accounts_and_part_cleanly() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Both present the same SSH host keys and FTPS certificate: the second
+    // node took the first one's from the store instead of generating its own.
+    for alg in ["ssh-ed25519", "rsa-sha2-512"] {
+        let (k1, k2) = (
+            host_key(n1.addr("sftp"), alg),
+            host_key(n2.addr("sftp"), alg),
+        );
+        assert!(k1.starts_with("ssh-") && k1.contains(" AAAA"), "{k1}");
+        assert_eq!(k1, k2, "{alg}");
+    }
+    let (c1, c2) = (ftps_cert(n1.addr("ftp")), ftps_cert(n2.addr("ftp")));
+    assert!(c1.contains("BEGIN CERTIFICATE"), "{c1}");
+    assert_eq!(c1, c2);
+    assert!(!n2.log.lock().unwrap().contains("generated SSH host key"));
+    assert!(
+        n2.log
+            .lock()
+            .unwrap()
+            .contains("took the cluster's key from the store")
+    );
+
     // A node that stops leaves the list at once.
     let (code, _, _) = n2.terminate();
     assert_eq!(code, Some(0));
     nodes_until(&n1, &token, |items| names(items) == ["n1"]);
+}
+
+/// The host key of type `alg` the SSH listener at `addr` presents, as
+/// `ssh-keyscan` (OpenSSH) reads it: "type base64".
+fn host_key(addr: std::net::SocketAddr, alg: &str) -> String {
+    require_tool("ssh-keyscan", "openssh-client");
+    let out = std::process::Command::new("ssh-keyscan")
+        .args(["-T", "10", "-t", alg, "-p", &addr.port().to_string()])
+        .arg(addr.ip().to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .unwrap_or_else(|| panic!("no {alg} key from {addr}: {out:?}"));
+    line.split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The certificate the FTP listener at `addr` presents after AUTH TLS.
+fn ftps_cert(addr: std::net::SocketAddr) -> String {
+    require_tool("openssl", "openssl");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-starttls",
+            "ftp",
+            "-connect",
+            &addr.to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let begin = text.find("-----BEGIN CERTIFICATE-----");
+    let end = text.find("-----END CERTIFICATE-----");
+    match (begin, end) {
+        (Some(b), Some(e)) => text[b..e].to_owned(),
+        _ => panic!("no certificate from {addr}: {text}"),
+    }
 }

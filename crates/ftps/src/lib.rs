@@ -243,7 +243,7 @@ fn build_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
 }
 
 /// Returns the generated pair's paths, creating it on first use.
-fn ensure_generated(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+pub fn ensure_generated(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
     let cert = data_dir.join(GENERATED_CERT);
     let key = data_dir.join(GENERATED_KEY);
     if cert.is_file() && key.is_file() {

@@ -16,6 +16,12 @@ use crate::SftpError;
 pub(crate) const ED25519_FILE: &str = "ssh_host_ed25519_key";
 /// File name of the generated RSA key.
 pub(crate) const RSA_FILE: &str = "ssh_host_rsa_key";
+/// The generated keys and their `.pub` files: what every node of a cluster
+/// must hold alike (`dropgate serve` shares them through the store).
+pub const DEFAULT_HOST_KEY_FILES: [(&str, &str); 2] = [
+    (ED25519_FILE, "ssh_host_ed25519_key.pub"),
+    (RSA_FILE, "ssh_host_rsa_key.pub"),
+];
 /// RSA size for generated keys (OpenSSH's default since 9.x is 3072).
 const RSA_BITS: usize = 3072;
 
@@ -45,6 +51,12 @@ pub(crate) async fn load_or_generate(
         }
     }
     Ok(keys)
+}
+
+/// Generates whichever default key is missing from `data_dir` (no
+/// configured `host_keys`), loading the others to check them.
+pub async fn ensure_default_host_keys(data_dir: &Path) -> Result<(), SftpError> {
+    load_or_generate(&[], data_dir).await.map(|_| ())
 }
 
 /// `SHA256:…` fingerprint of a host key, as `ssh-keygen -l` prints it.

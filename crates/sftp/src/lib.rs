@@ -31,6 +31,7 @@ mod ssh;
 mod status;
 
 pub use error::SftpError;
+pub use host_keys::{DEFAULT_HOST_KEY_FILES, ensure_default_host_keys};
 pub use server::{SftpConfig, SftpServer};
 
 /// Pure functions exposed for `cargo bench` (`benches/codec.rs`); not a

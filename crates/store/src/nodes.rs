@@ -84,4 +84,32 @@ impl Store {
             .map(|_| ())?);
         Ok(())
     }
+
+    /// The shared key material stored under `name`, if any.
+    pub async fn cluster_key(&self, name: &str) -> StoreResult<Option<String>> {
+        const Q: &str = "SELECT value FROM cluster_keys WHERE name = $1";
+        let row: Option<(String,)> = on_pool!(self, p => sqlx::query_as(Q)
+            .bind(name)
+            .fetch_optional(p)
+            .await?);
+        Ok(row.map(|(v,)| v))
+    }
+
+    /// Stores `value` under `name` unless a value is there already, and
+    /// returns what is stored: of two nodes offering their own at once,
+    /// both get the one that won.
+    pub async fn share_cluster_key(&self, name: &str, value: &str) -> StoreResult<String> {
+        const Q: &str = "INSERT INTO cluster_keys (name, value, created_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (name) DO NOTHING";
+        on_pool!(self, p => sqlx::query(Q)
+            .bind(name)
+            .bind(value)
+            .bind(to_ms(Utc::now()))
+            .execute(p)
+            .await
+            .map(|_| ())?);
+        self.cluster_key(name)
+            .await?
+            .ok_or_else(|| crate::StoreError::NotFound(format!("cluster key {name}")))
+    }
 }

@@ -257,6 +257,7 @@ async fn suite(store: Store) {
 
     outbox(&store).await;
     nodes(&store).await;
+    cluster_keys(&store).await;
     store.close().await;
 }
 
@@ -535,4 +536,30 @@ async fn postgres_suite() {
     };
     suite(Store::connect(&url, 4).await.unwrap()).await;
     exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+}
+
+/// Shared keys: the first offer wins, later offers get the stored value.
+async fn cluster_keys(store: &Store) {
+    assert_eq!(
+        store.cluster_key("ssh_host_ed25519_key").await.unwrap(),
+        None
+    );
+    let first = store
+        .share_cluster_key("ssh_host_ed25519_key", "{\"a\":\"1\"}")
+        .await
+        .unwrap();
+    assert_eq!(first, "{\"a\":\"1\"}");
+    let second = store
+        .share_cluster_key("ssh_host_ed25519_key", "{\"a\":\"2\"}")
+        .await
+        .unwrap();
+    assert_eq!(second, first);
+    assert_eq!(
+        store
+            .cluster_key("ssh_host_ed25519_key")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(first.as_str())
+    );
 }
