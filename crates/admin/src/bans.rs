@@ -69,6 +69,7 @@ pub(crate) async fn list_bans(State(state): State<AppState>) -> Json<crate::Item
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "That source is not banned", body = ErrorBody),
         (status = 422, description = "Not an IP address", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; nothing was lifted", body = ErrorBody),
     )
 )]
 pub(crate) async fn delete_ban(
@@ -80,7 +81,12 @@ pub(crate) async fn delete_ban(
         field: "ip".into(),
         message: "not an IP address".into(),
     })?;
-    if !state.gateway.admission().lift_ban(source) {
+    // Lifted on every node (the ban list is shared through the store).
+    let lifted = state.gateway.lift_ban(source).await.map_err(|e| {
+        tracing::warn!(error = %e, %source, "cannot lift a ban: store unavailable");
+        ApiError::Unavailable
+    })?;
+    if !lifted {
         return Err(ApiError::NotFound(format!("ban of {source}")));
     }
     tracing::info!(admin = %caller.username, %source, "ban lifted by an admin");

@@ -377,13 +377,15 @@ pub(crate) struct SessionDoc {
     protocol: String,
     /// Client address (`ip:port`).
     remote_addr: String,
+    /// The node serving it (`[cluster] node_name`).
+    node: String,
     /// Login time.
     started_at: DateTime<Utc>,
     /// The current transfer, if any.
     transfer: Option<TransferDoc>,
 }
 
-/// Every live session of this node, oldest first.
+/// Every live session of every node on this store, oldest first.
 #[derive(ToSchema)]
 #[schema(as = SessionList)]
 pub(crate) struct SessionListDoc {
@@ -505,6 +507,7 @@ mod tests {
             username: "acme".into(),
             protocol: "ftp".into(),
             remote_addr: "127.0.0.1:1".into(),
+            node: "n1".into(),
             started_at: Utc::now(),
             transfer: Some(TransferSnapshot {
                 path: "/f".into(),

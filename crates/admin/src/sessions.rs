@@ -1,9 +1,12 @@
-//! `/api/v1/sessions`: the live sessions of this node, and ending one.
+//! `/api/v1/sessions`: the live sessions of every node sharing the store,
+//! and ending one wherever it lives.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+
+use dropgate_core::EndSession;
 
 use crate::AppState;
 use crate::auth::AdminIdentity;
@@ -20,11 +23,12 @@ use crate::schema::SessionListDoc;
         (status = 401, description = "Not authenticated", body = ErrorBody),
     )
 )]
-pub(crate) async fn list_sessions(State(state): State<AppState>) -> Response {
-    Json(crate::Items {
-        items: state.gateway.sessions().list(),
-    })
-    .into_response()
+pub(crate) async fn list_sessions(State(state): State<AppState>) -> ApiResult<Response> {
+    let items = state.gateway.all_sessions().await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot read other nodes' sessions");
+        ApiError::Unavailable
+    })?;
+    Ok(Json(crate::Items { items }).into_response())
 }
 
 /// Disconnect a session at once (a transfer in progress is aborted).
@@ -37,6 +41,7 @@ pub(crate) async fn list_sessions(State(state): State<AppState>) -> Response {
         (status = 204, description = "Disconnected"),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such live session", body = ErrorBody),
+        (status = 503, description = "The store, or the node holding the session, did not answer", body = ErrorBody),
     )
 )]
 pub(crate) async fn delete_session(
@@ -44,8 +49,17 @@ pub(crate) async fn delete_session(
     caller: AdminIdentity,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !state.gateway.sessions().disconnect(&id) {
-        return Err(ApiError::NotFound(format!("session {id:?}")));
+    let ended = state.gateway.end_session(&id).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot reach the store to end a session");
+        ApiError::Unavailable
+    })?;
+    match ended {
+        EndSession::Ended => {}
+        EndSession::NotFound => return Err(ApiError::NotFound(format!("session {id:?}"))),
+        EndSession::NoAnswer(node) => {
+            tracing::warn!(session = %id, %node, "the node holding the session did not end it");
+            return Err(ApiError::Unavailable);
+        }
     }
     tracing::info!(admin = %caller.username, session = %id, "session disconnected by an admin");
     Ok(StatusCode::NO_CONTENT)

@@ -143,6 +143,22 @@ struct Ban {
     until: Instant,
     at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    /// In the shared list (written there, or read from it): once it is
+    /// missing from the list, another node lifted it.
+    shared: bool,
+}
+
+/// A ban as the nodes exchange it (core's side of the store's `bans`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedBan {
+    /// The banned source.
+    pub source: Source,
+    /// Failed logins that led to it.
+    pub failures: u32,
+    /// When it began.
+    pub banned_at: DateTime<Utc>,
+    /// When it ends.
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Default)]
@@ -178,9 +194,9 @@ pub struct AdmissionCounters {
 
 /// The connection caps and the ban list of one node.
 ///
-/// The ban list lives in this process; its interface (record an attempt,
-/// ask, list, lift) is what a store-backed list shared by several nodes will
-/// implement.
+/// The ban list lives in this process, so the accept loops never wait on
+/// the database; `Gateway::share_bans` exchanges it with the other nodes on
+/// the store (`unshared_bans`, `ban_shared`, `merge_shared_bans`).
 pub struct Admission {
     config: AdmissionConfig,
     counts: Mutex<Counts>,
@@ -266,6 +282,7 @@ impl LoginAttempt {
                         at,
                         expires_at: at
                             + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX),
+                        shared: false,
                     });
                     admission.counters.bans.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(source = %self.source, failures = r.failures, "source banned after failed logins");
@@ -485,6 +502,92 @@ impl Admission {
             tracing::info!(%source, "ban lifted");
         }
         banned
+    }
+
+    /// Bans this node imposed that the other nodes do not know yet.
+    pub fn unshared_bans(&self) -> Vec<SharedBan> {
+        let now = Instant::now();
+        self.lock_failures()
+            .iter()
+            .filter_map(|(source, r)| {
+                let b = r.ban.filter(|b| b.until > now && !b.shared)?;
+                Some(SharedBan {
+                    source: *source,
+                    failures: r.failures,
+                    banned_at: b.at,
+                    expires_at: b.expires_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Records that `source`'s ban is in the shared list now.
+    pub fn ban_shared(&self, source: Source) {
+        if let Some(ban) = self
+            .lock_failures()
+            .get_mut(&source)
+            .and_then(|r| r.ban.as_mut())
+        {
+            ban.shared = true;
+        }
+    }
+
+    /// Makes this node's list agree with the shared one, read at `now`:
+    /// bans from other nodes apply here, and a shared ban missing from the
+    /// list was lifted on another node. Bans not yet shared are kept.
+    pub fn merge_shared_bans(&self, list: &[SharedBan], now: DateTime<Utc>) {
+        let instant = Instant::now();
+        let listed: std::collections::HashSet<Source> = list.iter().map(|b| b.source).collect();
+        let mut map = self.lock_failures();
+        map.retain(|source, r| match r.ban {
+            Some(b) if b.shared && b.until > instant && !listed.contains(source) => {
+                tracing::info!(%source, "ban lifted on another node");
+                false
+            }
+            _ => true,
+        });
+        for shared in list {
+            let Ok(left) = (shared.expires_at - now).to_std() else {
+                continue;
+            };
+            if left.is_zero() {
+                continue;
+            }
+            let ban = Ban {
+                until: instant + left,
+                at: shared.banned_at,
+                expires_at: shared.expires_at,
+                shared: true,
+            };
+            match map.get_mut(&shared.source) {
+                Some(r) => match r.ban.as_mut() {
+                    Some(b) if b.until > instant => {
+                        b.shared = true;
+                        if ban.until > b.until {
+                            *b = ban;
+                        }
+                    }
+                    _ => {
+                        r.failures = r.failures.max(shared.failures);
+                        r.ban = Some(ban);
+                    }
+                },
+                None => {
+                    if map.len() >= MAX_TRACKED_SOURCES {
+                        make_room(&mut map, instant, self.config.ban_window);
+                    }
+                    map.insert(
+                        shared.source,
+                        FailureRecord {
+                            failures: shared.failures,
+                            pending: 0,
+                            window_start: instant,
+                            ban: Some(ban),
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// Counters for `/metrics`.
@@ -746,5 +849,48 @@ mod tests {
         }
         assert!(a.is_banned(bad));
         assert!(a.tracked_sources() <= MAX_TRACKED_SOURCES);
+    }
+
+    #[tokio::test]
+    async fn bans_travel_between_nodes_and_lifts_follow() {
+        let (a, b) = (admission(0, 0, 2), admission(0, 0, 2));
+        for _ in 0..2 {
+            drop(a.begin_login(ip("192.0.2.1")).await.unwrap());
+        }
+        assert!(a.is_banned(ip("192.0.2.1")));
+        // Node a's new ban goes to the list, once.
+        let new = a.unshared_bans();
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].source, Source::of(ip("192.0.2.1")));
+        a.ban_shared(new[0].source);
+        assert!(a.unshared_bans().is_empty());
+        // Node b takes it from the list: refused there too, not re-shared.
+        let now = Utc::now();
+        b.merge_shared_bans(&new, now);
+        assert!(b.is_banned(ip("192.0.2.1")));
+        assert!(matches!(b.admit(ip("192.0.2.1")), Err(Refusal::Banned)));
+        assert!(b.unshared_bans().is_empty());
+        assert_eq!(b.bans().len(), 1);
+        // A ban b makes meanwhile is kept by a merge that does not list it yet.
+        for _ in 0..2 {
+            drop(b.begin_login(ip("192.0.2.2")).await.unwrap());
+        }
+        b.merge_shared_bans(&new, now);
+        assert!(b.is_banned(ip("192.0.2.2")));
+        // Lifted elsewhere (missing from the list): gone on both nodes.
+        a.merge_shared_bans(&[], now);
+        b.merge_shared_bans(&[], now);
+        assert!(!a.is_banned(ip("192.0.2.1")));
+        assert!(!b.is_banned(ip("192.0.2.1")));
+        assert!(b.is_banned(ip("192.0.2.2")), "not yet shared: kept");
+        // An ended ban from the list is ignored.
+        let ended = SharedBan {
+            source: Source::of(ip("192.0.2.3")),
+            failures: 9,
+            banned_at: now - chrono::Duration::seconds(120),
+            expires_at: now - chrono::Duration::seconds(1),
+        };
+        a.merge_shared_bans(&[ended], now);
+        assert!(!a.is_banned(ip("192.0.2.3")));
     }
 }

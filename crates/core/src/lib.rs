@@ -21,6 +21,8 @@ mod quota;
 mod registry;
 pub mod rules;
 mod session;
+mod shared_bans;
+mod shared_sessions;
 mod stream_hash;
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,7 +36,7 @@ use dropgate_vfs::{LocalStorage, Storage, UploadMode};
 pub use accounts::{AccountError, PasswordChange};
 pub use admission::{
     Admission, AdmissionConfig, AdmissionCounters, BanSnapshot, ConnectionPermit, LoginAttempt,
-    Refusal, Source,
+    Refusal, SharedBan, Source,
 };
 pub use audit::{AuditLog, SPOOL_MAX_BYTES, Unrecorded};
 pub use error::{ErrorClass, FsError, FsResult};
@@ -46,6 +48,8 @@ pub use quota::{QuotaGuard, QuotaTracker, Usage};
 pub use registry::{Direction, SessionRegistry, SessionSnapshot, TransferSnapshot};
 pub use rules::Rules;
 pub use session::{Download, Session, Upload};
+pub use shared_bans::BAN_SYNC;
+pub use shared_sessions::{EndSession, SESSION_SYNC};
 
 pub use dropgate_store as store;
 pub use dropgate_store::{Permission, User};
@@ -149,6 +153,9 @@ pub struct Gateway {
     hash_permits: tokio::sync::Semaphore,
     /// Usage measured for accounts this node does not count live.
     usage_cache: std::sync::Mutex<UsageCache>,
+    /// Live sessions per account on the other nodes, as they last
+    /// published them (for `max_sessions` across nodes).
+    remote_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// username -> (home, when measured, (bytes, files)).
@@ -173,8 +180,9 @@ impl Gateway {
         let admission = Admission::new(config.admission.clone());
         Arc::new(Gateway {
             store,
+            sessions: SessionRegistry::new(config.node_name.clone()),
             config,
-            sessions: SessionRegistry::default(),
+            remote_sessions: std::sync::Mutex::default(),
             admission,
             quotas: QuotaTracker::default(),
             bandwidth: bandwidth::BandwidthTracker::default(),
@@ -510,7 +518,9 @@ impl Gateway {
             return Some("protocol not allowed");
         }
         if user.max_sessions > 0
-            && self.sessions.count_user(&user.username) as u64 >= user.max_sessions
+            && (self.sessions.count_user(&user.username)
+                + self.remote_session_count(&user.username)) as u64
+                >= user.max_sessions
         {
             return Some("too many sessions");
         }

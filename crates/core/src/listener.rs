@@ -19,8 +19,10 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 
 /// Connections from trusted proxies whose header may be outstanding at once
-/// per listener; past it a proxy's new connections wait in the backlog.
-const MAX_PENDING_HEADERS: usize = 1024;
+/// per listener. Past it a new one is closed at once: `accept` itself never
+/// stops, so direct clients are served whatever a trusted peer does.
+/// (Counted in `serve`'s descriptor spare.)
+pub(crate) const MAX_PENDING_HEADERS: usize = 64;
 
 /// What an [`AdmittingListener`] hands over.
 #[derive(Debug)]
@@ -113,6 +115,10 @@ impl AdmittingListener {
                         Ok((stream, from, Ok(Proxied::Local))) => {
                             return self.admit(stream, from, None);
                         }
+                        // A plain TCP health check: connect, close.
+                        Ok((_, from, Err(proxy::ProxyError::Closed))) => {
+                            tracing::debug!(proxy = %from, "trusted proxy closed before a header");
+                        }
                         Ok((_, from, Err(e))) => {
                             tracing::warn!(proxy = %from, error = %e, "connection from a trusted proxy closed");
                         }
@@ -120,12 +126,17 @@ impl AdmittingListener {
                     }
                     continue;
                 }
-                r = self.listener.accept(), if self.headers.len() < MAX_PENDING_HEADERS => r,
+                r = self.listener.accept() => r,
             };
             match accepted {
                 Ok((mut stream, peer)) => {
                     self.backoff = FIRST_ACCEPT_BACKOFF;
                     if self.proxy.as_ref().is_some_and(|p| p.trusts(peer.ip())) {
+                        if self.headers.len() >= MAX_PENDING_HEADERS {
+                            tracing::warn!(proxy = %peer, "too many connections awaiting a PROXY header; closing one");
+                            drop(stream);
+                            continue;
+                        }
                         // A banned client behind the proxy is refused once
                         // its header names it; the proxy itself is not
                         // counted against any cap.

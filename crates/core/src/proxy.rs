@@ -38,8 +38,10 @@ pub struct ProxyPolicy {
 }
 
 impl ProxyPolicy {
-    /// A policy trusting these networks.
+    /// A policy trusting these networks (an IPv4-mapped IPv6 network counts
+    /// as its IPv4 network, as peers do).
     pub fn new(trusted: Vec<IpNet>) -> ProxyPolicy {
+        let trusted = trusted.into_iter().map(canonical_net).collect();
         ProxyPolicy { trusted }
     }
 
@@ -48,6 +50,19 @@ impl ProxyPolicy {
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.trusted.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// `::ffff:10.0.0.0/104` as `10.0.0.0/8`: peers are compared canonically.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
     }
 }
 
@@ -73,6 +88,9 @@ pub enum ProxyError {
     /// Nothing, or not all of it, within [`PROXY_HEADER_TIMEOUT`].
     #[error("no complete PROXY header within {0:?}")]
     Timeout(Duration),
+    /// Closed before sending a byte (a TCP health check).
+    #[error("closed before sending a header")]
+    Closed,
     /// The bytes are not a PROXY header.
     #[error("malformed PROXY header: {0}")]
     Malformed(String),
@@ -179,7 +197,14 @@ pub fn parse_header(input: &[u8]) -> Parsed {
 pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Proxied, ProxyError> {
     let read = async {
         let mut buf = vec![0u8; 8];
-        stream.read_exact(&mut buf).await?;
+        let mut got = 0;
+        while got < buf.len() {
+            match stream.read(&mut buf[got..]).await? {
+                0 if got == 0 => return Err(ProxyError::Closed),
+                0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                n => got += n,
+            }
+        }
         if buf.starts_with(b"PROXY ") {
             let mut byte = [0u8; 1];
             while buf.last() != Some(&b'\n') {
@@ -323,6 +348,15 @@ mod tests {
         assert!(policy.trusts("10.1.2.3".parse().unwrap()));
         assert!(policy.trusts("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!policy.trusts("11.0.0.1".parse().unwrap()));
+        let mapped = ProxyPolicy::new(vec!["::ffff:10.0.0.10/128".parse().unwrap()]);
+        assert!(mapped.trusts("10.0.0.10".parse().unwrap()));
+        assert!(!mapped.trusts("10.0.0.11".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_health_check_that_sends_nothing_is_told_apart() {
+        assert!(matches!(read_from(b"").await.0, Err(ProxyError::Closed)));
+        assert!(matches!(read_from(b"PRO").await.0, Err(ProxyError::Io(_))));
     }
 
     #[test]

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// Direction of a transfer in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Client to server.
@@ -52,8 +52,9 @@ pub(crate) struct SessionEntry {
     pub transfers: Mutex<Vec<Arc<TransferState>>>,
 }
 
-/// A serialisable snapshot of a session for the admin API.
-#[derive(Debug, Clone, Serialize)]
+/// A serialisable snapshot of a session for the admin API (and for the
+/// other nodes, which read it back from the store).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionSnapshot {
     /// Session id.
     pub id: String,
@@ -63,6 +64,9 @@ pub struct SessionSnapshot {
     pub protocol: String,
     /// Client address.
     pub remote_addr: String,
+    /// The node serving it (`[cluster] node_name`).
+    #[serde(default)]
+    pub node: String,
     /// Login time.
     pub started_at: DateTime<Utc>,
     /// The current transfer, if any.
@@ -70,7 +74,7 @@ pub struct SessionSnapshot {
 }
 
 /// A transfer in a [`SessionSnapshot`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransferSnapshot {
     /// Virtual path.
     pub path: String,
@@ -86,9 +90,19 @@ pub struct TransferSnapshot {
 #[derive(Default)]
 pub struct SessionRegistry {
     sessions: Mutex<HashMap<String, Arc<SessionEntry>>>,
+    /// This node's name, put in every snapshot.
+    node: String,
 }
 
 impl SessionRegistry {
+    /// An empty registry of the node `node`.
+    pub fn new(node: String) -> SessionRegistry {
+        SessionRegistry {
+            sessions: Mutex::default(),
+            node,
+        }
+    }
+
     /// Registers a session unless its account already has `max_sessions`
     /// live ones (0: no limit); check and insert are one step, so parallel
     /// logins cannot overshoot.
@@ -146,6 +160,7 @@ impl SessionRegistry {
                     username: e.username.clone(),
                     protocol: e.protocol.clone(),
                     remote_addr: e.remote_addr.to_string(),
+                    node: self.node.clone(),
                     started_at: e.started_at,
                     transfer,
                 }

@@ -129,10 +129,18 @@ impl Session {
             cancel: CancellationToken::new(),
             transfers: Default::default(),
         });
-        if !gateway
-            .sessions()
-            .try_insert(entry.clone(), user.max_sessions)
-        {
+        // Sessions on other nodes count against `max_sessions` too (as
+        // they last published them; see shared_sessions).
+        let elsewhere = gateway.remote_session_count(&user.username) as u64;
+        let admitted = if user.max_sessions == 0 {
+            gateway.sessions().try_insert(entry.clone(), 0)
+        } else {
+            user.max_sessions > elsewhere
+                && gateway
+                    .sessions()
+                    .try_insert(entry.clone(), user.max_sessions - elsewhere)
+        };
+        if !admitted {
             return None;
         }
         let perms = match origin {

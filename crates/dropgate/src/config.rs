@@ -524,6 +524,14 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
             .parse::<ipnet::IpNet>()
             .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
         match net {
+            Ok(net) if net.prefix_len() == 0 => {
+                return Err(bad(
+                    &format!("cluster.trusted_proxies[{i}]"),
+                    format!(
+                        "{cidr:?} would let any client claim any address; list the load balancers"
+                    ),
+                ));
+            }
             Ok(net) => trusted_proxies.push(net),
             Err(_) => {
                 return Err(bad(

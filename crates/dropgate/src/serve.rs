@@ -112,6 +112,10 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
         listeners: bound.iter().map(|(p, a)| format!("{p} {a}")).collect(),
     };
     let heartbeat = tokio::spawn(heartbeat(store.clone(), node.clone(), shutdown.clone()));
+    // Bans hold on every node sharing this store.
+    listeners.spawn(gateway.clone().share_bans(shutdown.clone()));
+    // GET /api/v1/sessions and max_sessions see every node.
+    listeners.spawn(gateway.clone().share_sessions(shutdown.clone()));
     listeners.spawn(return_memory_after_load(
         gateway.admission().clone(),
         shutdown.clone(),

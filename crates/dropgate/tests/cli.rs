@@ -164,6 +164,10 @@ fn bad_config_exits_2_naming_the_key() {
             "[cluster]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
             "cluster.trusted_proxies[0]",
         ),
+        (
+            "[cluster]\ntrusted_proxies = [\"10.0.0.1\", \"::/0\"]\n",
+            "cluster.trusted_proxies[1]",
+        ),
         ("not toml at all [[[", "TOML"),
     ];
     for (body, key) in cases {

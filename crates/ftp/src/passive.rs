@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use dropgate_core::proxy::Proxied;
 use dropgate_core::{Admission, ProxyPolicy, Source};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinSet;
 
 /// How many ports one PASV tries before giving up (ports held by other
 /// processes are skipped).
@@ -301,24 +302,35 @@ impl PendingPassive {
             admission,
             proxy,
         } = self;
+        // Headers of connections from a trusted proxy are read side by side,
+        // so a stalled one cannot hold up the client's own connection.
+        let mut headers: JoinSet<HeaderRead> = JoinSet::new();
         let result = tokio::time::timeout_at(deadline.into(), async {
             loop {
-                let accepted = match listener.accept().await {
-                    Ok((mut stream, from))
-                        if proxy.as_ref().is_some_and(|p| p.trusts(from.ip())) =>
-                    {
-                        // Bounded by the header timeout and the deadline;
-                        // only a trusted proxy can hold this up.
-                        match dropgate_core::proxy::read_header(&mut stream).await {
-                            Ok(Proxied::Client { source, .. }) => Ok((stream, source)),
-                            Ok(Proxied::Local) => Ok((stream, from)),
-                            Err(e) => {
-                                tracing::warn!(proxy = %from, error = %e, "data connection from a trusted proxy closed");
-                                continue;
-                            }
+                let accepted = tokio::select! {
+                    Some(done) = headers.join_next(), if !headers.is_empty() => match done {
+                        Ok((stream, _, Ok(Proxied::Client { source, .. }))) => Ok((stream, source)),
+                        Ok((stream, from, Ok(Proxied::Local))) => Ok((stream, from)),
+                        Ok((_, from, Err(e))) => {
+                            tracing::debug!(proxy = %from, error = %e, "data connection from a trusted proxy closed");
+                            continue;
                         }
-                    }
-                    other => other,
+                        Err(_) => continue,
+                    },
+                    r = listener.accept() => match r {
+                        Ok((mut stream, from))
+                            if proxy.as_ref().is_some_and(|p| p.trusts(from.ip())) =>
+                        {
+                            if headers.len() < MAX_PENDING_DATA_HEADERS {
+                                headers.spawn(async move {
+                                    let header = dropgate_core::proxy::read_header(&mut stream).await;
+                                    (stream, from, header)
+                                });
+                            }
+                            continue;
+                        }
+                        other => other,
+                    },
                 };
                 match accepted {
                     Ok((stream, from))
@@ -348,6 +360,17 @@ impl PendingPassive {
         result
     }
 }
+
+/// A data connection from a trusted proxy, with what its header said.
+type HeaderRead = (
+    TcpStream,
+    std::net::SocketAddr,
+    Result<Proxied, dropgate_core::proxy::ProxyError>,
+);
+
+/// Data connections from a trusted proxy whose header may be outstanding at
+/// once per passive port; more are closed unread.
+const MAX_PENDING_DATA_HEADERS: usize = 16;
 
 /// Accept errors that concern one connection or a momentary shortage.
 fn is_transient(e: &io::Error) -> bool {

@@ -242,6 +242,28 @@ fn build_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// Checks a certificate chain and private key given as PEM text (what the
+/// store holds for a cluster): both parse and the key belongs to the
+/// certificate. Errors never repeat the key's text.
+pub fn check_pair(cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::Cert("stored certificate: not PEM".into()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert("stored certificate: none found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|_| TlsError::Key("stored key: not a PEM private key".into()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?;
+    Ok(())
+}
+
 /// Returns the generated pair's paths, creating it on first use.
 pub fn ensure_generated(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
     let cert = data_dir.join(GENERATED_CERT);
@@ -282,6 +304,20 @@ fn write_file(path: &Path, content: &str, mode: u32) -> io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_pair_is_checked_whole_and_never_quoted() {
+        let a = rcgen::generate_simple_self_signed(vec!["a".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b".into()]).unwrap();
+        let (cert_a, key_a) = (a.cert.pem(), a.signing_key.serialize_pem());
+        check_pair(&cert_a, &key_a).unwrap();
+        let mismatched = check_pair(&cert_a, &b.signing_key.serialize_pem());
+        assert!(mismatched.is_err(), "another certificate's key accepted");
+        let garbage = check_pair(&cert_a, "not a key");
+        assert!(garbage.is_err());
+        let broken = check_pair("x", &key_a).unwrap_err().to_string();
+        assert!(!broken.contains("PRIVATE KEY"), "{broken}");
+    }
 
     #[test]
     fn generates_once_and_reuses() {

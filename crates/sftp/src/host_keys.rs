@@ -59,6 +59,28 @@ pub async fn ensure_default_host_keys(data_dir: &Path) -> Result<(), SftpError> 
     load_or_generate(&[], data_dir).await.map(|_| ())
 }
 
+/// Checks a host key given as text (what the store holds for a cluster)
+/// the way a key file is checked, and returns its public half as an
+/// OpenSSH line (for the `.pub` file) and its fingerprint. Errors never
+/// repeat the key's text.
+pub fn check_host_key(pem: &str) -> Result<(String, String), SftpError> {
+    let fail = |message: String| SftpError::LoadHostKey {
+        path: PathBuf::from("(stored host key)"),
+        message,
+    };
+    let key = russh::keys::decode_secret_key(pem, None)
+        .map_err(|_| fail("not a readable private key".into()))?;
+    let algorithm = key.algorithm();
+    if algorithm != Algorithm::Ed25519 && !algorithm.clone().is_rsa() {
+        return Err(fail(format!("unsupported host key type {algorithm}")));
+    }
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((public, fingerprint(&key)))
+}
+
 /// `SHA256:…` fingerprint of a host key, as `ssh-keygen -l` prints it.
 pub(crate) fn fingerprint(key: &PrivateKey) -> String {
     key.public_key().fingerprint(HashAlg::Sha256).to_string()
@@ -137,6 +159,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stored_key_is_checked_and_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_default_host_keys(dir.path()).await.unwrap();
+        let pem = std::fs::read_to_string(dir.path().join(ED25519_FILE)).unwrap();
+        let public = std::fs::read_to_string(dir.path().join("ssh_host_ed25519_key.pub")).unwrap();
+        let (line, fp) = check_host_key(&pem).unwrap();
+        assert_eq!(format!("{line}\n"), public);
+        assert!(fp.starts_with("SHA256:"));
+        let cut = &pem[..pem.len() / 2];
+        let err = check_host_key(cut).unwrap_err().to_string();
+        assert!(!err.contains(&cut[40..80]), "{err}");
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn generated_keys_persist_with_mode_0600() {

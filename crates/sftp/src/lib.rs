@@ -31,7 +31,7 @@ mod ssh;
 mod status;
 
 pub use error::SftpError;
-pub use host_keys::{DEFAULT_HOST_KEY_FILES, ensure_default_host_keys};
+pub use host_keys::{DEFAULT_HOST_KEY_FILES, check_host_key, ensure_default_host_keys};
 pub use server::{SftpConfig, SftpServer};
 
 /// Pure functions exposed for `cargo bench` (`benches/codec.rs`); not a

@@ -8,7 +8,9 @@
 //! Must not: decide policy (who may log in, what a permission allows: that is
 //! `dropgate-core`) or touch the file storage.
 
+mod bans;
 mod model;
+mod node_sessions;
 mod nodes;
 mod outbox;
 mod password;
@@ -24,6 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+pub use bans::StoredBan;
 pub use model::*;
 pub use nodes::{NODE_GONE_AFTER, NODE_HEARTBEAT, NodeInfo};
 pub use outbox::*;

@@ -258,6 +258,8 @@ async fn suite(store: Store) {
     outbox(&store).await;
     nodes(&store).await;
     cluster_keys(&store).await;
+    shared_bans(&store).await;
+    node_sessions(&store).await;
     store.close().await;
 }
 
@@ -562,4 +564,96 @@ async fn cluster_keys(store: &Store) {
             .as_deref(),
         Some(first.as_str())
     );
+}
+
+/// Shared bans: written, kept at the later end, listed while running,
+/// lifted, and swept once over.
+async fn shared_bans(store: &Store) {
+    use dropgate_store::StoredBan;
+    let now = Utc::now();
+    let ban = |source: &str, ends_in: i64| StoredBan {
+        source: source.into(),
+        failures: 10,
+        banned_at: now - Duration::seconds(5),
+        expires_at: now + Duration::seconds(ends_in),
+    };
+    store.put_ban(&ban("192.0.2.1", 600)).await.unwrap();
+    store.put_ban(&ban("2001:db8:1:2::/64", 600)).await.unwrap();
+    store.put_ban(&ban("192.0.2.9", -1)).await.unwrap();
+    // An earlier end does not shorten a running ban; a later one extends it.
+    store.put_ban(&ban("192.0.2.1", 60)).await.unwrap();
+    let active = store.active_bans(now).await.unwrap();
+    let sources: Vec<&str> = active.iter().map(|b| b.source.as_str()).collect();
+    assert_eq!(sources.len(), 2, "{active:?}");
+    assert!(sources.contains(&"192.0.2.1") && sources.contains(&"2001:db8:1:2::/64"));
+    let first = active.iter().find(|b| b.source == "192.0.2.1").unwrap();
+    assert_eq!(
+        first.expires_at.timestamp_millis(),
+        (now + Duration::seconds(600)).timestamp_millis()
+    );
+    store.put_ban(&ban("192.0.2.1", 900)).await.unwrap();
+    let first = store.active_bans(now).await.unwrap();
+    let first = first.iter().find(|b| b.source == "192.0.2.1").unwrap();
+    assert_eq!(
+        first.expires_at.timestamp_millis(),
+        (now + Duration::seconds(900)).timestamp_millis()
+    );
+    // Lifted: gone for every node; an ended ban does not count as lifted.
+    assert!(store.delete_ban("192.0.2.1", now).await.unwrap());
+    assert!(!store.delete_ban("192.0.2.1", now).await.unwrap());
+    assert!(!store.delete_ban("192.0.2.9", now).await.unwrap());
+    store.put_ban(&ban("192.0.2.8", -1)).await.unwrap();
+    assert_eq!(store.delete_expired_bans(now).await.unwrap(), 1);
+    assert_eq!(store.active_bans(now).await.unwrap().len(), 1);
+    assert!(store.delete_ban("2001:db8:1:2::/64", now).await.unwrap());
+}
+
+/// Sessions published per node, replaced in place, dropped; kick requests
+/// taken once by their node.
+async fn node_sessions(store: &Store) {
+    let now = Utc::now();
+    store.publish_sessions("n1", "[1]", now).await.unwrap();
+    store
+        .publish_sessions("n2", "[2]", now - Duration::seconds(60))
+        .await
+        .unwrap();
+    store.publish_sessions("n1", "[1,1]", now).await.unwrap();
+    let fresh = store
+        .node_sessions(now - Duration::seconds(20))
+        .await
+        .unwrap();
+    assert_eq!(fresh.len(), 1);
+    assert_eq!((fresh[0].0.as_str(), fresh[0].1.as_str()), ("n1", "[1,1]"));
+    assert_eq!(
+        store
+            .node_sessions(now - Duration::seconds(3600))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    store.drop_node_sessions("n2").await.unwrap();
+    assert_eq!(
+        store
+            .node_sessions(now - Duration::seconds(3600))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    store.request_kick("abc", "n1", now).await.unwrap();
+    store.request_kick("abc", "n1", now).await.unwrap();
+    store
+        .request_kick("old", "gone", now - Duration::seconds(120))
+        .await
+        .unwrap();
+    assert!(store.take_kicks("n2", now).await.unwrap().is_empty());
+    assert_eq!(store.take_kicks("n1", now).await.unwrap(), ["abc"]);
+    assert!(store.take_kicks("n1", now).await.unwrap().is_empty());
+    assert!(
+        store.take_kicks("gone", now).await.unwrap().is_empty(),
+        "stale request dropped"
+    );
+    store.drop_node_sessions("n1").await.unwrap();
 }
