@@ -12,13 +12,15 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, connect_from, curl, require_tool, sftp_password};
+use common::{Gateway, PrivatePostgres, connect_from, curl, require_tool, sftp_password};
 use serde_json::json;
 
 const PASSWORD: &str = "Proxy-pass-1";
 /// Where HAProxy listens; the gateway listens on 127.0.0.1 and trusts only
 /// 127.0.0.1 (HAProxy's source address towards it).
 const FRONT: &str = "127.0.0.3";
+/// The second test's balancer (both run at once; each binds its own).
+const FRONT2: &str = "127.0.0.4";
 /// Clients, each from its own loopback address.
 const CLIENT: &str = "127.0.0.5";
 const GUESSER: &str = "127.0.0.6";
@@ -46,24 +48,45 @@ fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// One gateway behind the balancer, with the passive range it was given.
+struct Backend<'a> {
+    gw: &'a Gateway,
+    passive: (u16, u16),
+}
+
 impl Haproxy {
-    /// Forwards FTP (and the gateway's passive range, port for port) with
-    /// PROXY v2 and SSH with PROXY v1 to the gateway on 127.0.0.1.
-    fn start(gw: &Gateway) -> Haproxy {
+    /// Forwards FTP (round robin, and each node's passive range to that
+    /// node, port for port) with PROXY v2, and SSH (round robin) with PROXY
+    /// `ssh_proxy` (`send-proxy` for v1, `send-proxy-v2`), to gateways on
+    /// 127.0.0.1.
+    fn start(front: &str, nodes: &[Backend<'_>], ssh_proxy: &str) -> Haproxy {
         require_tool("haproxy", "haproxy");
         let dir = tempfile::tempdir().unwrap();
-        let (ftp_port, ssh_port) = (free_port(FRONT), free_port(FRONT));
-        let config = format!(
+        let (ftp_port, ssh_port) = (free_port(front), free_port(front));
+        let mut config = format!(
             "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend ftp\n  bind {FRONT}:{ftp_port}\n  default_backend ftp\n\
-             backend ftp\n  server n1 127.0.0.1:{} send-proxy-v2\n\
-             frontend ftpdata\n  bind {FRONT}:46000-46999\n  default_backend ftpdata\n\
-             backend ftpdata\n  server n1 127.0.0.1 send-proxy-v2\n\
-             frontend ssh\n  bind {FRONT}:{ssh_port}\n  default_backend ssh\n\
-             backend ssh\n  server n1 127.0.0.1:{} send-proxy\n",
-            gw.addr("ftp").port(),
-            gw.addr("sftp").port(),
+             frontend ftp\n  bind {front}:{ftp_port}\n  default_backend ftp\n\
+             frontend ssh\n  bind {front}:{ssh_port}\n  default_backend ssh\n"
         );
+        let mut ftp = String::from("backend ftp\n  balance roundrobin\n");
+        let mut ssh = String::from("backend ssh\n  balance roundrobin\n");
+        for (i, node) in nodes.iter().enumerate() {
+            let (lo, hi) = node.passive;
+            ftp += &format!(
+                "  server n{i} 127.0.0.1:{} send-proxy-v2\n",
+                node.gw.addr("ftp").port()
+            );
+            ssh += &format!(
+                "  server n{i} 127.0.0.1:{} {ssh_proxy}\n",
+                node.gw.addr("sftp").port()
+            );
+            config += &format!(
+                "frontend ftpdata{i}\n  bind {front}:{lo}-{hi}\n  default_backend ftpdata{i}\n\
+                 backend ftpdata{i}\n  server n{i} 127.0.0.1 send-proxy-v2\n"
+            );
+        }
+        config += &ftp;
+        config += &ssh;
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
         let child = Command::new("haproxy")
@@ -74,8 +97,8 @@ impl Haproxy {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let ftp: SocketAddr = format!("{FRONT}:{ftp_port}").parse().unwrap();
-        let ssh: SocketAddr = format!("{FRONT}:{ssh_port}").parse().unwrap();
+        let ftp: SocketAddr = format!("{front}:{ftp_port}").parse().unwrap();
+        let ssh: SocketAddr = format!("{front}:{ssh_port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(ftp).is_err() || TcpStream::connect(ssh).is_err() {
             assert!(Instant::now() < deadline, "haproxy did not start");
@@ -122,7 +145,14 @@ fn behind_haproxy_the_client_address_is_seen_and_headers_are_only_believed_from_
         &token,
         &json!({"username": "pat", "password": PASSWORD, "permissions": {"/": ["*"]}}),
     );
-    let proxy = Haproxy::start(&gw);
+    let proxy = Haproxy::start(
+        FRONT,
+        &[Backend {
+            gw: &gw,
+            passive: (46000, 46999),
+        }],
+        "send-proxy",
+    );
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("up.bin");
     std::fs::write(&file, vec![7u8; 300_000]).unwrap();
@@ -226,4 +256,191 @@ fn behind_haproxy_the_client_address_is_seen_and_headers_are_only_believed_from_
     // Nothing of the above is listed as a session or banned beyond the guesser.
     let (_, sessions) = gw.api("GET", "/api/v1/sessions", Some(&token), None);
     assert!(!sessions.to_string().contains("203.0.113.9"), "{sessions}");
+}
+
+#[test]
+fn two_nodes_behind_haproxy_serve_one_service_with_one_host_key() {
+    require_tool("curl", "curl");
+    require_tool("sshpass", "sshpass");
+    require_tool("ssh-keyscan", "openssh-client");
+    let pg = PrivatePostgres::start();
+    let config = |name: &str| {
+        format!(
+            "[database]\nurl = {:?}\n[cluster]\nnode_name = {name:?}\nproxy_protocol = true\n\
+             trusted_proxies = [\"127.0.0.1/32\"]\n",
+            pg.url()
+        )
+    };
+    // Each node its own passive range; the balancer routes each to its node.
+    let n1 = Gateway::start_env(
+        tempfile::tempdir().unwrap(),
+        &config("n1"),
+        &[("DROPGATE_FTP__PASSIVE_PORTS", "46000-46499")],
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir2.path().join("data")).unwrap();
+    std::fs::copy(
+        n1.dir.path().join("data/initial-admin-password"),
+        dir2.path().join("data/initial-admin-password"),
+    )
+    .unwrap();
+    let n2 = Gateway::start_env(
+        dir2,
+        &config("n2"),
+        &[("DROPGATE_FTP__PASSIVE_PORTS", "46500-46999")],
+    );
+    let proxy = Haproxy::start(
+        FRONT2,
+        &[
+            Backend {
+                gw: &n1,
+                passive: (46000, 46499),
+            },
+            Backend {
+                gw: &n2,
+                passive: (46500, 46999),
+            },
+        ],
+        "send-proxy-v2",
+    );
+    let token = n1.token();
+    n1.create_user(
+        &token,
+        &json!({"username": "pat", "password": PASSWORD, "permissions": {"/": ["*"]}}),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("up.bin");
+    std::fs::write(&file, vec![3u8; 100_000]).unwrap();
+
+    // FTP uploads through the balancer land on both nodes (round robin),
+    // passive data included.
+    for i in 0..4 {
+        let out = curl(&[
+            "--interface",
+            CLIENT,
+            "-T",
+            file.to_str().unwrap(),
+            &format!("ftp://pat:{PASSWORD}@{}/f{i}.bin", proxy.ftp),
+        ]);
+        assert!(out.status.success(), "upload {i}: {out:?}");
+    }
+
+    // SSH through the balancer: the host key pinned on the first connection
+    // holds on every node (strict checking would refuse a different one).
+    let known = work.path().join("known_hosts");
+    let scan = Command::new("ssh-keyscan")
+        .args([
+            "-T",
+            "10",
+            "-t",
+            "ed25519",
+            "-p",
+            &proxy.ssh.port().to_string(),
+            FRONT2,
+        ])
+        .output()
+        .unwrap();
+    assert!(!scan.stdout.is_empty(), "{scan:?}");
+    std::fs::write(&known, &scan.stdout).unwrap();
+    for i in 0..2 {
+        let mut child = Command::new("sshpass")
+            .args(["-p", PASSWORD, "sftp", "-P", &proxy.ssh.port().to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "HostKeyAlgorithms=ssh-ed25519",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .args([
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "PubkeyAuthentication=no",
+            ])
+            .args(["-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!("BindAddress={CLIENT}"))
+            .arg(format!("pat@{FRONT2}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("put {} /s{i}.bin\n", file.display()).as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "sftp {i}: {out:?}");
+    }
+
+    // One audit log: uploads from both nodes, each with the client's address.
+    let events = n2.wait_events(&token, "username=pat&kind=upload", |items| items.len() >= 6);
+    let nodes: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|e| e["node"].as_str()).collect();
+    assert_eq!(
+        nodes.into_iter().collect::<Vec<_>>(),
+        ["n1", "n2"],
+        "{events:#?}"
+    );
+    for e in &events {
+        let addr = e["remote_addr"].as_str().unwrap();
+        assert!(addr.starts_with(&format!("{CLIENT}:")), "{e}");
+    }
+}
+
+/// The several-nodes files at the repository root stay valid: the nodes'
+/// config (as docker-compose.yml sets its environment) passes
+/// `check-config`, and HAProxy accepts its config (node names pointed at
+/// loopback, as there is no container network here).
+#[test]
+fn the_docker_compose_topology_files_are_valid() {
+    require_tool("haproxy", "haproxy");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    for needle in [
+        "deploy/node.toml",
+        "deploy/haproxy.cfg",
+        "172.28.0.10",
+        "50050-50099",
+    ] {
+        assert!(compose.contains(needle), "docker-compose.yml lost {needle}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dropgate"))
+        .arg("--config")
+        .arg(root.join("deploy/node.toml"))
+        .arg("check-config")
+        .env("DROPGATE_CLUSTER__NODE_NAME", "node2")
+        .env("DROPGATE_FTP__PASSIVE_PORTS", "50050-50099")
+        .env("DROPGATE_FTP__PASSIVE_ADDRESS", "127.0.0.1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("proxy_protocol = true") && text.contains("172.28.0.10/32"),
+        "{text}"
+    );
+
+    let cfg = std::fs::read_to_string(root.join("deploy/haproxy.cfg"))
+        .unwrap()
+        .replace("node1:", "127.0.0.1:")
+        .replace("node2:", "127.0.0.1:")
+        .replace(" node1 send-proxy", " 127.0.0.1 send-proxy")
+        .replace(" node2 send-proxy", " 127.0.0.1 send-proxy");
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let out = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 }

@@ -33,6 +33,21 @@ impl Gateway {
     /// Starts the gateway through `wrapper` (a command that runs the rest of
     /// its arguments in its own place, like `prlimit --nofile=N:N`).
     pub fn start_wrapped(dir: tempfile::TempDir, extra_toml: &str, wrapper: &[&str]) -> Gateway {
+        Gateway::start_full(dir, extra_toml, wrapper, &[])
+    }
+
+    /// Starts the gateway with environment overrides (`DROPGATE_FTP__…`),
+    /// for settings the harness's own file already names.
+    pub fn start_env(dir: tempfile::TempDir, extra_toml: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_full(dir, extra_toml, &[], env)
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        extra_toml: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         std::fs::write(
             dir.path().join("dropgate.toml"),
             format!(
@@ -54,6 +69,7 @@ impl Gateway {
             .current_dir(dir.path())
             .env_remove("DROPGATE_CONFIG")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
