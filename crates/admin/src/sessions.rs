@@ -21,6 +21,7 @@ use crate::schema::SessionListDoc;
     responses(
         (status = 200, description = "Live sessions", body = SessionListDoc),
         (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 503, description = "The store is unavailable (other nodes' sessions cannot be read)", body = ErrorBody),
     )
 )]
 pub(crate) async fn list_sessions(State(state): State<AppState>) -> ApiResult<Response> {

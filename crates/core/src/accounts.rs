@@ -94,6 +94,7 @@ impl Gateway {
             .await?;
         if ends_sessions(old, new, password != PasswordChange::Keep) {
             let n = self.sessions.disconnect_user(&new.username);
+            self.end_sessions_elsewhere(&new.username).await;
             if n > 0 {
                 tracing::info!(user = %new.username, sessions = n, "account changed: live sessions ended");
             }
@@ -130,6 +131,7 @@ impl Gateway {
             return Err(StoreError::NotFound(format!("user {username:?}")).into());
         }
         let ended = self.sessions.disconnect_user(username);
+        self.end_sessions_elsewhere(username).await;
         self.quotas.forget(username);
         tracing::info!(user = %username, sessions_ended = ended, delete_files, "account deleted");
         self.record_account_change(username, "deleted").await;

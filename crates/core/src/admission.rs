@@ -521,26 +521,32 @@ impl Admission {
             .collect()
     }
 
-    /// Records that `source`'s ban is in the shared list now.
-    pub fn ban_shared(&self, source: Source) {
-        if let Some(ban) = self
+    /// Records that `source`'s ban is in the shared list now; `false` if it
+    /// was lifted here meanwhile (the caller takes it out of the list again).
+    pub fn ban_shared(&self, source: Source) -> bool {
+        match self
             .lock_failures()
             .get_mut(&source)
             .and_then(|r| r.ban.as_mut())
         {
-            ban.shared = true;
+            Some(ban) => {
+                ban.shared = true;
+                true
+            }
+            None => false,
         }
     }
 
     /// Makes this node's list agree with the shared one, read at `now`:
-    /// bans from other nodes apply here, and a shared ban missing from the
-    /// list was lifted on another node. Bans not yet shared are kept.
-    pub fn merge_shared_bans(&self, list: &[SharedBan], now: DateTime<Utc>) {
+    /// bans from other nodes apply here, and (when `complete`: the read was
+    /// not cut at its limit) a shared ban missing from the list was lifted
+    /// on another node. Bans not yet shared are kept.
+    pub fn merge_shared_bans(&self, list: &[SharedBan], now: DateTime<Utc>, complete: bool) {
         let instant = Instant::now();
         let listed: std::collections::HashSet<Source> = list.iter().map(|b| b.source).collect();
         let mut map = self.lock_failures();
         map.retain(|source, r| match r.ban {
-            Some(b) if b.shared && b.until > instant && !listed.contains(source) => {
+            Some(b) if complete && b.shared && b.until > instant && !listed.contains(source) => {
                 tracing::info!(%source, "ban lifted on another node");
                 false
             }
@@ -866,7 +872,7 @@ mod tests {
         assert!(a.unshared_bans().is_empty());
         // Node b takes it from the list: refused there too, not re-shared.
         let now = Utc::now();
-        b.merge_shared_bans(&new, now);
+        b.merge_shared_bans(&new, now, true);
         assert!(b.is_banned(ip("192.0.2.1")));
         assert!(matches!(b.admit(ip("192.0.2.1")), Err(Refusal::Banned)));
         assert!(b.unshared_bans().is_empty());
@@ -875,11 +881,11 @@ mod tests {
         for _ in 0..2 {
             drop(b.begin_login(ip("192.0.2.2")).await.unwrap());
         }
-        b.merge_shared_bans(&new, now);
+        b.merge_shared_bans(&new, now, true);
         assert!(b.is_banned(ip("192.0.2.2")));
         // Lifted elsewhere (missing from the list): gone on both nodes.
-        a.merge_shared_bans(&[], now);
-        b.merge_shared_bans(&[], now);
+        a.merge_shared_bans(&[], now, true);
+        b.merge_shared_bans(&[], now, true);
         assert!(!a.is_banned(ip("192.0.2.1")));
         assert!(!b.is_banned(ip("192.0.2.1")));
         assert!(b.is_banned(ip("192.0.2.2")), "not yet shared: kept");
@@ -890,7 +896,7 @@ mod tests {
             banned_at: now - chrono::Duration::seconds(120),
             expires_at: now - chrono::Duration::seconds(1),
         };
-        a.merge_shared_bans(&[ended], now);
+        a.merge_shared_bans(&[ended], now, true);
         assert!(!a.is_banned(ip("192.0.2.3")));
     }
 }

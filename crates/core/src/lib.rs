@@ -66,6 +66,9 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 /// acquire timeout is far longer, for the admin API's sake.
 pub const LOGIN_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The refusal reason of a login past the account's `max_sessions`.
+const TOO_MANY_SESSIONS: &str = "too many sessions";
+
 /// Settings `core` needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -297,6 +300,8 @@ impl Gateway {
     /// sessions) are decided before the secret, and an account they refuse
     /// is verified against a dummy hash, so a right password for a refused
     /// account is never cached and never answers faster than a wrong one.
+    /// (At `max_sessions` alone the real hash is checked, so a right password
+    /// refused for the cap does not count as a failed guess.)
     pub async fn authenticate(
         self: &Arc<Self>,
         protocol: Protocol,
@@ -354,9 +359,12 @@ impl Gateway {
         // exists or may log in, so timing tells none of them apart.
         let verified = match credential {
             Credential::Password(pw) => {
+                // At `max_sessions` the real secret is checked too: a right
+                // password refused for the cap is not a guess, and must not
+                // ban a partner whose client retries.
                 let stored = record
                     .as_ref()
-                    .filter(|_| refused.is_none())
+                    .filter(|_| refused.is_none() || refused == Some(TOO_MANY_SESSIONS))
                     .and_then(|r| r.password_hash.as_deref());
                 self.store.hasher().verify(pw, stored).await
             }
@@ -378,6 +386,12 @@ impl Gateway {
             return fail("unknown user");
         };
         if let Some(reason) = refused {
+            if reason == TOO_MANY_SESSIONS
+                && verified != Verified::Wrong
+                && let Some(a) = attempt
+            {
+                a.succeeded();
+            }
             return fail(reason);
         }
         if verified == Verified::Wrong {
@@ -445,7 +459,7 @@ impl Gateway {
             throttles,
         ) else {
             // Lost a race for the last place: the same generic failure.
-            return fail("too many sessions");
+            return fail(TOO_MANY_SESSIONS);
         };
         self.metrics.login(protocol, true);
         self.audit
@@ -522,7 +536,7 @@ impl Gateway {
                 + self.remote_session_count(&user.username)) as u64
                 >= user.max_sessions
         {
-            return Some("too many sessions");
+            return Some(TOO_MANY_SESSIONS);
         }
         None
     }

@@ -58,16 +58,22 @@ impl Gateway {
                     expires_at: ban.expires_at,
                 })
                 .await?;
-            admission.ban_shared(ban.source);
+            if !admission.ban_shared(ban.source) {
+                // Lifted here while it was being written: take it out again,
+                // or the next exchange would bring it back.
+                self.store()
+                    .delete_ban(&ban.source.to_string(), Utc::now())
+                    .await?;
+            }
         }
         let now = Utc::now();
         if sweep {
             self.store().delete_expired_bans(now).await?;
         }
-        let list: Vec<SharedBan> = self
-            .store()
-            .active_bans(now)
-            .await?
+        let rows = self.store().active_bans(now).await?;
+        // A read cut at its limit cannot tell a lift from a row left out.
+        let complete = rows.len() < dropgate_store::MAX_BANS_READ;
+        let list: Vec<SharedBan> = rows
             .into_iter()
             .filter_map(|b| {
                 let source = b.source.parse::<Source>().ok()?;
@@ -79,7 +85,7 @@ impl Gateway {
                 })
             })
             .collect();
-        admission.merge_shared_bans(&list, now);
+        admission.merge_shared_bans(&list, now, complete);
         Ok(())
     }
 

@@ -123,6 +123,24 @@ impl Gateway {
         Ok(all)
     }
 
+    /// Asks the other nodes to end `username`'s sessions there (an account
+    /// changed or deleted through this node). Best effort: the store being
+    /// down is logged, and those sessions end at their next login check.
+    pub async fn end_sessions_elsewhere(&self, username: &str) {
+        let others = match self.other_nodes_sessions().await {
+            Ok(others) => others,
+            Err(e) => {
+                tracing::warn!(user = %username, error = %e, "cannot ask other nodes to end the account's sessions");
+                return;
+            }
+        };
+        for s in others.iter().filter(|s| s.username == username) {
+            if let Err(e) = self.store.request_kick(&s.id, &s.node, Utc::now()).await {
+                tracing::warn!(user = %username, node = %s.node, error = %e, "cannot ask a node to end a session");
+            }
+        }
+    }
+
     /// Ends session `id` wherever it lives: here at once, on another node by
     /// a request that node takes within [`SESSION_SYNC`] (waited for).
     pub async fn end_session(&self, id: &str) -> Result<EndSession, StoreError> {

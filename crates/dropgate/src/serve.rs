@@ -112,10 +112,13 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
         listeners: bound.iter().map(|(p, a)| format!("{p} {a}")).collect(),
     };
     let heartbeat = tokio::spawn(heartbeat(store.clone(), node.clone(), shutdown.clone()));
-    // Bans hold on every node sharing this store.
-    listeners.spawn(gateway.clone().share_bans(shutdown.clone()));
-    // GET /api/v1/sessions and max_sessions see every node.
-    listeners.spawn(gateway.clone().share_sessions(shutdown.clone()));
+    // Several nodes share a PostgreSQL store (a SQLite file is one node's):
+    // bans hold on every node, and GET /api/v1/sessions and max_sessions
+    // see every node's sessions.
+    if store.dialect() == "postgres" {
+        listeners.spawn(gateway.clone().share_bans(shutdown.clone()));
+        listeners.spawn(gateway.clone().share_sessions(shutdown.clone()));
+    }
     listeners.spawn(return_memory_after_load(
         gateway.admission().clone(),
         shutdown.clone(),

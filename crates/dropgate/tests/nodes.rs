@@ -200,6 +200,24 @@ fn two_nodes_on_one_postgres_see_each_other_share_accounts_and_part_cleanly() {
     );
     assert_eq!(status, 404);
 
+    // An account disabled through one node loses its sessions on the other.
+    let mut held = ftp_login_raw(n2.addr("ftp"), "solo");
+    std::thread::sleep(SYNC_TWICE);
+    let (status, v) = n1.api(
+        "PATCH",
+        "/api/v1/users/solo",
+        Some(&token),
+        Some(r#"{"enabled": false}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    held.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut held, &mut rest);
+    assert!(
+        rest.contains("421"),
+        "n2 kept the disabled account's session: {rest:?}"
+    );
+
     // A node that stops leaves the list at once.
     let (code, _, _) = n2.terminate();
     assert_eq!(code, Some(0));

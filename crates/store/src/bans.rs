@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::{Store, StoreResult, from_ms, on_pool, to_ms};
 
 /// Most rows one read returns (as many as a node tracks).
-const MAX_BANS_READ: i64 = 100_000;
+pub const MAX_BANS_READ: usize = 100_000;
 
 /// One stored ban.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl Store {
                          WHERE expires_at > $1 ORDER BY banned_at LIMIT $2";
         let rows: Vec<(String, i64, i64, i64)> = on_pool!(self, p => sqlx::query_as(Q)
             .bind(to_ms(now))
-            .bind(MAX_BANS_READ)
+            .bind(MAX_BANS_READ as i64)
             .fetch_all(p)
             .await?);
         Ok(rows

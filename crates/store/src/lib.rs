@@ -26,7 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-pub use bans::StoredBan;
+pub use bans::{MAX_BANS_READ, StoredBan};
 pub use model::*;
 pub use nodes::{NODE_GONE_AFTER, NODE_HEARTBEAT, NodeInfo};
 pub use outbox::*;
