@@ -76,7 +76,13 @@ impl Gateway {
         let list: Vec<SharedBan> = rows
             .into_iter()
             .filter_map(|b| {
+                // Only the form nodes write: a row in any other form could
+                // not be lifted (the lift deletes the canonical form).
                 let source = b.source.parse::<Source>().ok()?;
+                if source.to_string() != b.source {
+                    tracing::debug!(row = %b.source, "ban row not in canonical form; ignored");
+                    return None;
+                }
                 Some(SharedBan {
                     source,
                     failures: b.failures,
