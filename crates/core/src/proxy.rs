@@ -115,6 +115,14 @@ pub enum Parsed {
     },
 }
 
+/// A forwarded client from a header's four address fields.
+fn client(source: IpAddr, source_port: u16, destination: IpAddr, destination_port: u16) -> Proxied {
+    Proxied::Client {
+        source: SocketAddr::new(source, source_port),
+        destination: SocketAddr::new(destination, destination_port),
+    }
+}
+
 /// Parses the header at the start of `input` (pure: the fuzz target's entry).
 pub fn parse_header(input: &[u8]) -> Parsed {
     let result = HeaderResult::parse(input);
@@ -129,14 +137,18 @@ pub fn parse_header(input: &[u8]) -> Parsed {
         HeaderResult::V1(Ok(h)) => Parsed::Header {
             len: h.header.len(),
             proxied: match h.addresses {
-                v1::Addresses::Tcp4(a) => Proxied::Client {
-                    source: SocketAddr::new(a.source_address.into(), a.source_port),
-                    destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-                },
-                v1::Addresses::Tcp6(a) => Proxied::Client {
-                    source: SocketAddr::new(a.source_address.into(), a.source_port),
-                    destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-                },
+                v1::Addresses::Tcp4(a) => client(
+                    a.source_address.into(),
+                    a.source_port,
+                    a.destination_address.into(),
+                    a.destination_port,
+                ),
+                v1::Addresses::Tcp6(a) => client(
+                    a.source_address.into(),
+                    a.source_port,
+                    a.destination_address.into(),
+                    a.destination_port,
+                ),
                 v1::Addresses::Unknown => Proxied::Local,
             },
         },
@@ -154,23 +166,21 @@ pub fn parse_header(input: &[u8]) -> Parsed {
             match (h.protocol, h.addresses) {
                 (v2::Protocol::Stream, v2::Addresses::IPv4(a)) => Parsed::Header {
                     len,
-                    proxied: Proxied::Client {
-                        source: SocketAddr::new(a.source_address.into(), a.source_port),
-                        destination: SocketAddr::new(
-                            a.destination_address.into(),
-                            a.destination_port,
-                        ),
-                    },
+                    proxied: client(
+                        a.source_address.into(),
+                        a.source_port,
+                        a.destination_address.into(),
+                        a.destination_port,
+                    ),
                 },
                 (v2::Protocol::Stream, v2::Addresses::IPv6(a)) => Parsed::Header {
                     len,
-                    proxied: Proxied::Client {
-                        source: SocketAddr::new(a.source_address.into(), a.source_port),
-                        destination: SocketAddr::new(
-                            a.destination_address.into(),
-                            a.destination_port,
-                        ),
-                    },
+                    proxied: client(
+                        a.source_address.into(),
+                        a.source_port,
+                        a.destination_address.into(),
+                        a.destination_port,
+                    ),
                 },
                 // The spec lets a receiver treat an unsupported family as
                 // LOCAL, but a PROXY command with no usable address from a

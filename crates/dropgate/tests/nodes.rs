@@ -53,14 +53,7 @@ fn two_nodes_on_one_postgres_see_each_other_share_accounts_and_part_cleanly() {
     };
     let n1 = Gateway::start(&config("n1"));
     // The first node made the first admin; the second finds it in the store.
-    let dir2 = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir2.path().join("data")).unwrap();
-    std::fs::copy(
-        n1.dir.path().join("data/initial-admin-password"),
-        dir2.path().join("data/initial-admin-password"),
-    )
-    .unwrap();
-    let n2 = Gateway::start_in(dir2, &config("n2"));
+    let n2 = Gateway::start_next_node(&n1, &config("n2"), &[]);
 
     // A token from one node is good on the other (tokens live in the store).
     let token = n1.token();

@@ -12,7 +12,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, PrivatePostgres, connect_from, curl, require_tool, sftp_password};
+use common::{
+    Gateway, PrivatePostgres, connect_from, curl, require_tool, sftp_password, sftp_password_with,
+};
 use serde_json::json;
 
 const PASSWORD: &str = "Proxy-pass-1";
@@ -277,15 +279,8 @@ fn two_nodes_behind_haproxy_serve_one_service_with_one_host_key() {
         &config("n1"),
         &[("DROPGATE_FTP__PASSIVE_PORTS", "46000-46499")],
     );
-    let dir2 = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir2.path().join("data")).unwrap();
-    std::fs::copy(
-        n1.dir.path().join("data/initial-admin-password"),
-        dir2.path().join("data/initial-admin-password"),
-    )
-    .unwrap();
-    let n2 = Gateway::start_env(
-        dir2,
+    let n2 = Gateway::start_next_node(
+        &n1,
         &config("n2"),
         &[("DROPGATE_FTP__PASSIVE_PORTS", "46500-46999")],
     );
@@ -342,39 +337,25 @@ fn two_nodes_behind_haproxy_serve_one_service_with_one_host_key() {
         .unwrap();
     assert!(!scan.stdout.is_empty(), "{scan:?}");
     std::fs::write(&known, &scan.stdout).unwrap();
+    let known_hosts = format!("UserKnownHostsFile={}", known.display());
+    let strict = [
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "HostKeyAlgorithms=ssh-ed25519",
+        "-o",
+        known_hosts.as_str(),
+    ];
+    let front: SocketAddr = format!("{FRONT2}:{}", proxy.ssh.port()).parse().unwrap();
     for i in 0..2 {
-        let mut child = Command::new("sshpass")
-            .args(["-p", PASSWORD, "sftp", "-P", &proxy.ssh.port().to_string()])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "HostKeyAlgorithms=ssh-ed25519",
-            ])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known.display()))
-            .args([
-                "-o",
-                "PreferredAuthentications=password",
-                "-o",
-                "PubkeyAuthentication=no",
-            ])
-            .args(["-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"])
-            .arg("-o")
-            .arg(format!("BindAddress={CLIENT}"))
-            .arg(format!("pat@{FRONT2}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("put {} /s{i}.bin\n", file.display()).as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = sftp_password_with(
+            front,
+            CLIENT,
+            "pat",
+            PASSWORD,
+            &format!("put {} /s{i}.bin\n", file.display()),
+            &strict,
+        );
         assert!(out.status.success(), "sftp {i}: {out:?}");
     }
 

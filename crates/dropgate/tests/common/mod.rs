@@ -42,6 +42,19 @@ impl Gateway {
         Gateway::start_full(dir, extra_toml, &[], env)
     }
 
+    /// A further node on the same store as `first`: it finds the first
+    /// admin there, so it gets the first node's admin password file.
+    pub fn start_next_node(first: &Gateway, extra_toml: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::copy(
+            first.dir.path().join("data/initial-admin-password"),
+            dir.path().join("data/initial-admin-password"),
+        )
+        .unwrap();
+        Gateway::start_full(dir, extra_toml, &[], env)
+    }
+
     fn start_full(
         dir: tempfile::TempDir,
         extra_toml: &str,
@@ -347,11 +360,26 @@ pub fn sftp_password(
     password: &str,
     commands: &str,
 ) -> Output {
+    sftp_password_with(addr, local, user, password, commands, &[])
+}
+
+/// [`sftp_password`] with `options` ahead of the tests' usual ones
+/// (OpenSSH keeps the first value it is given, so these win: e.g.
+/// `StrictHostKeyChecking=yes` with a known-hosts file of the test's own).
+pub fn sftp_password_with(
+    addr: SocketAddr,
+    local: &str,
+    user: &str,
+    password: &str,
+    commands: &str,
+    options: &[&str],
+) -> Output {
     require_tool("sshpass", "sshpass");
     require_tool("sftp", "openssh-client");
     let mut child = Command::new("sshpass")
         // Not `-b`: batch mode turns password authentication off.
         .args(["-p", password, "sftp", "-P", &addr.port().to_string()])
+        .args(options)
         .args(SSH_TEST_OPTIONS)
         .args([
             "-o",
