@@ -2,6 +2,7 @@
 """Measuring and tabulating half of bench/run (Python 3 stdlib + paramiko).
 
     bench.py prepare CLIENT_DIR HOME...   generate the client files and the same data in each home
+    bench.py unftp-credentials FILE       write unFTP's JSON user file (the account mftbench)
     bench.py wait                         wait for every server's listeners (exit 1 if one stays down)
     bench.py measure                      run the measurements, print and save the markdown table
 
@@ -10,6 +11,7 @@ BIG_MB, ...). Clients: curl (FTP/FTPS bulk), lftp (FTP small files), OpenSSH sft
 small files, listing), ftplib and paramiko (sessions, idle memory, FTP listing).
 """
 
+import base64
 import ftplib
 import hashlib
 import json
@@ -51,7 +53,7 @@ STEP_TIMEOUT = env_int("STEP_TIMEOUT", 600)
 SESSION_TIMEOUT = env_int("SESSION_TIMEOUT", 60)
 # clients of the concurrent-session test are spread over this many processes (GIL)
 CLIENT_PROCS = env_int("CLIENT_PROCS", os.cpu_count() or 2)
-SERVERS = os.environ.get("SERVERS", "dropgate vsftpd pureftpd sshd").split()
+SERVERS = os.environ.get("SERVERS", "dropgate dropgate-cache vsftpd pureftpd proftpd unftp sshd").split()
 ONLY = os.environ.get("ONLY", "ftp ftps sftp small sessions memory listing").split()
 SFTP_KEX = "curve25519-sha256"
 SESS_FILE = "sess/f4k.bin"
@@ -60,11 +62,26 @@ SESS_FILE_SIZE = 4096
 PEER_HOME = os.path.join(BASE, "home", USER)
 SERVER_INFO = {
     "dropgate": {"label": "dropgate", "ftp": 21024, "sftp": 22024,
-                 "home": os.path.join(BASE, "dropgate", "files", USER)},
+                 "home": os.path.join(BASE, "dropgate", "files", USER), "mode": "durable"},
+    # the same server with `durable_uploads = false`: upload rows only, into an empty home
+    "dropgate-cache": {"label": "dropgate (page cache)", "ftp": 21027, "sftp": 22027,
+                       "home": os.path.join(BASE, "dropgate-cache", "files", USER),
+                       "mode": "page cache", "uploads_only": True},
     "vsftpd": {"label": "vsftpd", "ftp": 21021, "home": PEER_HOME},
     "pureftpd": {"label": "Pure-FTPd", "ftp": 21023, "home": PEER_HOME},
+    # one process serves both: FTP/FTPS (mod_tls) and, in a virtual host, SFTP (mod_sftp)
+    "proftpd": {"label": "ProFTPD", "label_sftp": "ProFTPD mod_sftp", "ftp": 21025, "sftp": 22025,
+                "home": PEER_HOME},
+    "unftp": {"label": "unFTP", "ftp": 21026, "home": PEER_HOME},
     "sshd": {"label": "OpenSSH sshd", "sftp": 22022, "home": PEER_HOME},
 }
+
+
+def label(server, proto=None):
+    """The server's name in the table; a protocol may have its own (ProFTPD's mod_sftp)."""
+    info = SERVER_INFO[server]
+    return info.get(f"label_{proto}", info["label"]) if proto else info["label"]
+
 
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
@@ -150,6 +167,24 @@ def prepare(client, homes):
         os.makedirs(up)
     # one flush so the first measurement does not pay for the writeback of the data set
     os.sync()
+
+
+def unftp_credentials(path):
+    """unFTP's JSON user file for its json authenticator: the account mftbench with the run's
+    password as PBKDF2-HMAC-SHA256 (base64 salt and key, UNFTP_PBKDF2_ITER iterations; 0 =
+    the password in plain text, which that authenticator also accepts)."""
+    iterations = env_int("UNFTP_PBKDF2_ITER", 70000)
+    if iterations > 0:
+        salt = os.urandom(16)
+        key = hashlib.pbkdf2_hmac("sha256", password().encode(), salt, iterations, 32)
+        entry = {"username": USER, "pbkdf2_salt": base64.b64encode(salt).decode(),
+                 "pbkdf2_key": base64.b64encode(key).decode(), "pbkdf2_iter": iterations}
+    else:
+        entry = {"username": USER, "password": password()}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump([entry], f)
+        f.write("\n")
 
 
 # ----------------------------------------------------------------------------------------
@@ -539,6 +574,7 @@ class Bench:
         self.down = {}             # (server, proto) -> message
         self.client_cpu = {}       # (server, proto) -> [client CPU ms per session]
         self.steal = {}            # key -> server -> [% of CPU time stolen by the hypervisor]
+        self.limits = {}           # what disk_limits measured
 
     def metric(self, *a, **kw):
         m = Metric(*a, **kw)
@@ -546,8 +582,11 @@ class Bench:
         self.values.setdefault(m.key, {})
         return m
 
-    def servers(self, proto):
-        return [s for s in SERVERS if proto in SERVER_INFO.get(s, {})]
+    def servers(self, proto, uploads=False):
+        """The servers that speak `proto`; those that take part in upload rows only
+        (dropgate-cache) when `uploads`."""
+        return [s for s in SERVERS if proto in SERVER_INFO.get(s, {})
+                and (uploads or not SERVER_INFO[s].get("uploads_only"))]
 
     def reachable(self, server, proto):
         key = (server, proto)
@@ -639,6 +678,41 @@ def probe(port, proto, wait=0.0):
         time.sleep(0.5)
 
 
+_SSH_CIPHERS = {}
+
+
+def ssh_ciphers(port):
+    """The client-to-server ciphers the SSH server on port offers (name-list of its KEXINIT),
+    or None when that cannot be read. Looked up once per port."""
+    if port in _SSH_CIPHERS:
+        return _SSH_CIPHERS[port]
+    offered = None
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.settimeout(10)
+            f = s.makefile("rb")
+            s.sendall(b"SSH-2.0-bench_probe\r\n")
+            while True:  # a server may send other lines before its version
+                line = f.readline(512)
+                if not line or line.startswith(b"SSH-"):
+                    break
+            length = int.from_bytes(f.read(4), "big")
+            packet = f.read(min(length, 65536))
+            # byte padding length, byte SSH_MSG_KEXINIT (20), 16 bytes cookie, then the name-lists
+            # kex, host key, ciphers client-to-server, ...
+            if line and len(packet) > 18 and packet[1] == 20:
+                pos, lists = 18, []
+                for _ in range(3):
+                    n = int.from_bytes(packet[pos:pos + 4], "big")
+                    lists.append(packet[pos + 4:pos + 4 + n].decode("ascii", "replace"))
+                    pos += 4 + n
+                offered = lists[2].split(",")
+    except (OSError, ValueError, IndexError):
+        offered = None
+    _SSH_CIPHERS[port] = offered
+    return offered
+
+
 def fmt(v):
     if isinstance(v, str):
         return v
@@ -690,7 +764,7 @@ def bench_bulk(b, tls):
     for _r, s in rounds_over(servers):
         b.record(dl.key, s, lambda s=s: download(SERVER_INFO[s]["ftp"]))
     say(f"-- {ul.title}")
-    for r, s in rounds_over(servers):
+    for r, s in rounds_over(b.servers(proto, uploads=True)):
         b.record(ul.key, s, lambda s=s, r=r: upload(s, SERVER_INFO[s]["ftp"], r))
 
 
@@ -702,11 +776,18 @@ def bench_sftp(b):
         dl = b.metric(f"sftp_dl_{short}", f"SFTP download {human_size(size)}, OpenSSH sftp, {short}", "MB/s", "higher", "sftp")
         ul = b.metric(f"sftp_ul_{short}", f"SFTP upload {human_size(size)}, OpenSSH sftp, {short}", "MB/s", "higher", "sftp")
 
+        def offered(port, cipher=cipher):
+            ciphers = ssh_ciphers(port)
+            if ciphers is not None and cipher not in ciphers:
+                raise NotSupported(f"the server does not offer {cipher} (its ciphers: {','.join(ciphers)})")
+
         def download(port, cipher=cipher):
+            offered(port, cipher)
             dt, _ = sftp_batch(port, ["get big.bin /dev/null"], cipher)
             return size / dt / 1e6
 
         def upload(server, port, r, cipher=cipher, short=short):
+            offered(port, cipher)
             home = SERVER_INFO[server]["home"]
             name = f"big-sftp-{short}-{r}.bin"
             try:
@@ -723,7 +804,7 @@ def bench_sftp(b):
         for _r, s in rounds_over(servers):
             b.record(dl.key, s, lambda s=s, f=download: f(SERVER_INFO[s]["sftp"]))
         say(f"-- {ul.title}")
-        for r, s in rounds_over(servers):
+        for r, s in rounds_over(b.servers("sftp", uploads=True)):
             b.record(ul.key, s, lambda s=s, r=r, f=upload: f(s, SERVER_INFO[s]["sftp"], r))
 
 
@@ -762,9 +843,12 @@ def bench_small(b):
             clear_dir(dl_dir)
 
     def sftp_up(server, r):
-        sub = f"sftp-{r}"
+        # `put -r` asks for the REALPATH of its target before it creates it, and ProFTPD's
+        # mod_sftp answers that only for a path that exists: every server gets the folder made
+        # first (one mkdir in the same session) and `put -r small up` then fills up/small
+        sub = "small"
         try:
-            dt, _ = sftp_batch(SERVER_INFO[server]["sftp"], [f"put -r {client_small} up/{sub}"])
+            dt, _ = sftp_batch(SERVER_INFO[server]["sftp"], [f"mkdir up/{sub}", f"put -r {client_small} up"])
             check_upload(server, sub)
             return n / dt
         finally:
@@ -783,7 +867,7 @@ def bench_small(b):
         up = b.metric(f"small_ftp_up_p{par}", f"{what} upload, FTP, lftp mirror -R --parallel={par}", "files/s", "higher", "ftp")
         down = b.metric(f"small_ftp_down_p{par}", f"{what} download, FTP, lftp mirror --parallel={par}", "files/s", "higher", "ftp")
         say(f"-- {up.title}")
-        for r, s in rounds_over(b.servers("ftp")):
+        for r, s in rounds_over(b.servers("ftp", uploads=True)):
             b.record(up.key, s, lambda s=s, r=r, par=par: ftp_up(s, par, r))
         say(f"-- {down.title}")
         for r, s in rounds_over(b.servers("ftp")):
@@ -791,7 +875,7 @@ def bench_small(b):
     up = b.metric("small_sftp_up", f"{what} upload, SFTP, OpenSSH sftp put -r", "files/s", "higher", "sftp")
     down = b.metric("small_sftp_down", f"{what} download, SFTP, OpenSSH sftp get -r", "files/s", "higher", "sftp")
     say(f"-- {up.title}")
-    for r, s in rounds_over(b.servers("sftp")):
+    for r, s in rounds_over(b.servers("sftp", uploads=True)):
         b.record(up.key, s, lambda s=s, r=r: sftp_up(s, r))
     say(f"-- {down.title}")
     for r, s in rounds_over(b.servers("sftp")):
@@ -812,7 +896,7 @@ def bench_sessions(b):
             r, p, e, sample, client_ms = concurrent_sessions(proto, SERVER_INFO[server][proto], n)
             b.client_cpu.setdefault((server, proto), []).append(client_ms)
             if e:
-                b.notes.append(f"{SERVER_INFO[server]['label']} {proto.upper()} sessions: {e} error(s), e.g. {sample}")
+                b.notes.append(f"{label(server, proto)} {proto.upper()} sessions: {e} error(s), e.g. {sample}")
             if e == n:
                 raise StepError(f"every session failed, e.g. {sample}")
             return {rate.key: r, p99.key: p, errs.key: e}
@@ -964,6 +1048,11 @@ def aggregate(m, vals):
     return statistics.median(vals)
 
 
+# The rows durable_uploads plays a part in (dropgate-cache is measured in these only).
+UPLOAD_KEYS = {"ftp_ul", "ftps_ul", "sftp_ul_aes128-gcm", "sftp_ul_chacha20-poly1305",
+               "small_ftp_up_p1", "small_ftp_up_p8", "small_sftp_up"}
+
+
 def cell(b, m, server):
     if server in b.failed.get(m.key, {}):
         return "FAIL", None
@@ -994,6 +1083,17 @@ def versions():
     if "pureftpd" in SERVERS:
         debs = [d for d in os.listdir(os.path.join(BASE, "pkg")) if d.startswith("pure-ftpd_")] if os.path.isdir(os.path.join(BASE, "pkg")) else []
         v["pureftpd"] = "pure-ftpd " + (debs[0].split("_")[1] if debs else "?")
+    if "proftpd" in SERVERS:
+        debs = [d for d in os.listdir(os.path.join(BASE, "pkg")) if d.startswith("proftpd-core_")] if os.path.isdir(os.path.join(BASE, "pkg")) else []
+        v["proftpd"] = "proftpd " + (debs[0].split("_")[1] if debs else "?") + " (mod_tls, mod_sftp)"
+    if "unftp" in SERVERS:
+        # "unFTP 0.16.0" and build details on later lines, among them " - libunftp:\tv0.24.0"
+        try:
+            out = subprocess.run([os.environ.get("UNFTP_BIN", "unftp"), "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        lib = re.search(r"libunftp:\s*v?(\S+)", out)
+        v["unftp"] = (out.strip().splitlines() or ["unFTP ?"])[0] + (f" (libunftp {lib.group(1)})" if lib else "")
     if "sshd" in SERVERS:
         v["sshd"] = "openssh-server " + dpkg("openssh-server")
     try:
@@ -1021,9 +1121,49 @@ def machine():
     return f"{os.cpu_count()} CPUs ({cpu}), {mem_kb / 1024 / 1024:.1f} GiB RAM, Linux {platform.release()}"
 
 
+def password_note():
+    """Who checks the FTP password against what."""
+    parts = []
+    shadow = [label(s) for s in SERVERS if s in ("vsftpd", "pureftpd", "proftpd", "sshd")]
+    if shadow:
+        parts.append(f"{', '.join(shadow)} check /etc/shadow ({os.environ.get('PEER_HASH_NAME', '?')})")
+    if "unftp" in SERVERS:
+        n = env_int("UNFTP_PBKDF2_ITER", 70000)
+        parts.append("unFTP its JSON user file (" + (f"PBKDF2-HMAC-SHA256, {n:,} iterations" if n > 0 else "plain text") + ")")
+    if "dropgate" in SERVERS:
+        parts.append("dropgate its argon2id hash")
+    return ", ".join(parts) or "—"
+
+
+def ftp_features(port):
+    """The FEAT lines of an FTP server after login (upper-case first words), or None."""
+    try:
+        f = ftp_login(port)
+    except (OSError, EOFError, ftplib.Error):
+        return None
+    try:
+        reply = f.sendcmd("FEAT")
+        f.quit()
+    except (OSError, EOFError, ftplib.Error):
+        return None
+    finally:
+        f.close()
+    return {line.split()[0].upper() for line in reply.splitlines()[1:-1] if line.strip()}
+
+
+def mfmt_note():
+    yes, no = [], []
+    for s in SERVERS:
+        if "ftp" in SERVER_INFO[s]:
+            feats = ftp_features(SERVER_INFO[s]["ftp"])
+            if feats is not None:
+                (yes if "MFMT" in feats else no).append(label(s))
+    return ", ".join(yes or ["none"]) + ("; not " + ", ".join(no) if no else "")
+
+
 def report(b, started, finished):
-    peers = [s for s in SERVERS if s != "dropgate"]
-    has_dg = "dropgate" in SERVERS
+    dgs = [s for s in SERVERS if s.startswith("dropgate")] or ["dropgate"]
+    peers = [s for s in SERVERS if not s.startswith("dropgate")]
     lines = [
         f"## dropgate vs peers — {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}"
         f"{' (--quick smoke run: sizes too small to compare)' if os.environ.get('QUICK') == '1' else ''}",
@@ -1033,25 +1173,38 @@ def report(b, started, finished):
         "sessions/s higher is better, so a ratio above 1 favours dropgate; for ms, s, kB, MiB and error "
         "counts lower is better, so a ratio below 1 favours dropgate.",
         "",
-        "| measurement | unit (better) | dropgate | peer | peer value | dropgate / peer |",
-        "|---|---|---|---|---|---|",
+        "**dropgate mode**: `durable` answers an upload only once its data, rename and folder are on disk "
+        "(`durable_uploads = true`, the default); `page cache` answers from the page cache "
+        "(`durable_uploads = false`), as the peers do; rows where the setting plays no part say `either`.",
+        "",
+        "| measurement | unit (better) | dropgate mode | dropgate | peer | peer value | dropgate / peer |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for m in b.metrics:
+    for m, dg in ((m, dg) for m in b.metrics for dg in dgs):
         servers = [s for s in SERVERS if m.proto in SERVER_INFO[s]]
-        dg_txt, dg_v = cell(b, m, "dropgate") if has_dg else ("not run", None)
+        measured_cache = m.key in b.values and "dropgate-cache" in b.values[m.key] \
+            or "dropgate-cache" in b.failed.get(m.key, {}) or "dropgate-cache" in b.na.get(m.key, {})
+        if dg == "dropgate-cache" and not measured_cache:
+            continue
+        if m.key in UPLOAD_KEYS or measured_cache:
+            mode = SERVER_INFO.get(dg, {}).get("mode", "—")
+        else:
+            mode = "either"
+        dg_txt, dg_v = cell(b, m, dg) if dg in SERVERS else ("not run", None)
         row_peers = [s for s in peers if s in servers] or [None]
         for p in row_peers:
             if p is None:
                 p_label, p_txt, p_v = "—", "—", None
             else:
-                p_label = SERVER_INFO[p]["label"]
+                p_label = label(p, m.proto)
                 p_txt, p_v = cell(b, m, p)
             if dg_v is not None and p_v is not None and p_v != 0 and dg_v == dg_v and p_v == p_v:
                 r = dg_v / p_v
                 ratio = f"{r:.0f}" if abs(r) >= 100 else f"{r:.3g}" if abs(r) < 0.1 else f"{r:.2f}"
             else:
                 ratio = "—"
-            lines.append(f"| {m.title} | {m.unit} ({m.better}) | {dg_txt} | {p_label} | {p_txt} | {ratio} |")
+            lines.append(f"| {m.title} | {m.unit} ({m.better}) | {mode} | {dg_txt} | {p_label} | {p_txt} | {ratio} |")
+    lines += limits_table(b)
     v = versions()
     lines += ["", "Notes:", "",
               f"- Machine: {machine()}; client and servers share the CPUs.",
@@ -1062,16 +1215,15 @@ def report(b, started, finished):
               f"- Sizes: big file {human_size(BIG_MB * MiB)}, {SMALL_FILES} small files of {SMALL_KB} KiB, "
               f"{SESSIONS} concurrent sessions, {MEM_FTP_SESSIONS} idle FTP / {MEM_SFTP_SESSIONS} idle SFTP sessions, "
               f"{LIST_FILES} listing entries; run took {(finished - started) / 60:.1f} min.",
-              f"- Passwords: peers check /etc/shadow ({os.environ.get('PEER_HASH_NAME', '?')}), dropgate its argon2id hash; "
-              "FTP logins pay that cost, SFTP logins use the ed25519 key.",
+              f"- Passwords: {password_note()}; FTP logins pay that cost, SFTP logins use the ed25519 key.",
               f"- SFTP: kex forced to {SFTP_KEX} for OpenSSH sftp and paramiko; bulk runs name the cipher, "
               "small files and listing use aes128-gcm; paramiko sessions use aes128-gcm (or aes128-ctr).",
               "- FTP small files: lftp with TLS, PRET and SITE CHMOD/UTIME off; it still sends MFMT after each "
-              "upload to servers whose FEAT lists it (Pure-FTPd, dropgate; not vsftpd).",
+              f"upload to servers whose FEAT lists it ({mfmt_note()}).",
               "- Sessions/s = successful sessions / time from the common start to the end of the last successful "
               "one; failed sessions (e.g. connect timeouts on a full listen backlog) are counted as errors."
               + (" Client CPU per session (median): " + ", ".join(
-                  f"{SERVER_INFO[s]['label']} {p.upper()} {statistics.median(v):.1f} ms"
+                  f"{label(s, p)} {p.upper()} {statistics.median(v):.1f} ms"
                   for (s, p), v in b.client_cpu.items() if v) + "." if b.client_cpu else ""),
               "- Memory is PSS from /proc/PID/smaps_rollup summed over the server's whole process tree "
               "(per-session processes included)."]
@@ -1082,8 +1234,8 @@ def report(b, started, finished):
                 if (kind, s, msg) in said:
                     continue
                 said.add((kind, s, msg))
-                title = next((m.title for m in b.metrics if m.key == key), key)
-                lines.append(f"- {kind} {SERVER_INFO[s]['label']}: {title}: {msg}")
+                m = next((m for m in b.metrics if m.key == key), None)
+                lines.append(f"- {kind} {label(s, m.proto if m else None)}: {m.title if m else key}: {msg}")
     steals = [(v, key, s) for key, per in b.steal.items() for s, vs in per.items() for v in vs]
     if steals:
         worst = max(steals)
@@ -1091,7 +1243,7 @@ def report(b, started, finished):
         lines.append(
             f"- CPU steal (time the hypervisor gave other guests) during the measured steps: median "
             f"{statistics.median(v for v, _, _ in steals):.0f}%, max {worst[0]:.0f}% "
-            f"({SERVER_INFO[worst[2]]['label']}, {worst[1]}); {noisy} of {len(steals)} steps at "
+            f"({label(worst[2])}, {worst[1]}); {noisy} of {len(steals)} steps at "
             f"{STEAL_WARN}% or more" + (" -- compare such runs with care, or repeat them on a quiet host." if noisy else "."))
     seen = set()
     for note in b.notes:
@@ -1099,6 +1251,47 @@ def report(b, started, finished):
             seen.add(note)
             lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
+
+
+def limits_table(b):
+    """dropgate's upload rows against what this machine allows, measured in the same run by
+    disk_limits: `durable` 1 GiB uploads against one write + fdatasync and against a hashing
+    receiver (whichever is lower binds), `page cache` ones against the hashing receiver, and
+    `durable` small files against the per-file commit with dropgate's two syncs."""
+    lim = b.limits
+    if not lim:
+        return []
+    rows = []
+    # one at a time only: parallel uploads overlap their syncs, and SFTP's ciphers are not in
+    # the plain-TCP receiver, so neither would be set against a real limit
+    for key in ("ftp_ul", "ftps_ul", "small_ftp_up_p1", "small_sftp_up"):
+        m = next((m for m in b.metrics if m.key == key), None)
+        if m is None:
+            continue
+        for dg in (s for s in SERVERS if s.startswith("dropgate")):
+            txt, v = cell(b, m, dg)
+            if v is None:
+                continue
+            durable = SERVER_INFO[dg]["mode"] == "durable"
+            if key.startswith("small"):
+                if not durable:
+                    # without syncs the file system is no limit (thousands of files/s): the
+                    # target there is the best peer, in the table above
+                    continue
+                name, limit = "create + write + fdatasync + rename + folder fsync", lim["small_sync"]
+            elif durable and lim["big_sync"] < lim["receive_hash"]:
+                name, limit = "write + one fdatasync", lim["big_sync"]
+            else:
+                name, limit = "loopback receive + SHA-256 + write", lim["receive_hash"]
+            if not limit > 0:
+                continue
+            rows.append(f"| {m.title} | {SERVER_INFO[dg]['mode']} | {txt} | {name} | {limit:.0f} | "
+                        f"{v / limit:.2f} |")
+    if not rows:
+        return []
+    return ["", "dropgate's uploads against this machine's limits, measured in the same run (notes below):", "",
+            "| measurement | dropgate mode | dropgate | limit | limit value | dropgate / limit |",
+            "|---|---|---|---|---|---|", *rows]
 
 
 def disk_limits(b):
@@ -1156,11 +1349,67 @@ def disk_limits(b):
         h.hexdigest()
         return BIG_MB * MiB / (time.perf_counter() - t) / 1e6
 
+    def receive(hashing):
+        # The least a server does to take an upload over loopback: one process sends the file
+        # with sendfile (less CPU than curl), another receives it in 1 MiB reads and writes it
+        # (pwrite) into the data's filesystem, hashing it first with OpenSSL's SHA-256 when
+        # `hashing`. Client and receiver share the CPUs as in the measurements, so this is
+        # the upload rate a hashing (dropgate) or non-hashing (the peers) server can reach
+        # here; no sync.
+        src = os.path.join(BASE, "client", "big.bin")
+        path = os.path.join(d, "received")
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        pid = os.fork()
+        if pid == 0:  # the sender
+            code = 1
+            try:
+                with socket.create_connection(srv.getsockname()) as c, open(src, "rb") as f:
+                    c.sendfile(f)
+                code = 0
+            finally:
+                os._exit(code)
+        conn, _ = srv.accept()
+        srv.close()
+        buf = bytearray(MiB)
+        view = memoryview(buf)
+        h = hashlib.sha256()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        t = time.perf_counter()
+        off = 0
+        try:
+            while True:
+                n = 0
+                while n < MiB:
+                    k = conn.recv_into(view[n:])
+                    if k == 0:
+                        break
+                    n += k
+                if n == 0:
+                    break
+                if hashing:
+                    h.update(view[:n])
+                os.pwrite(fd, view[:n], off)
+                off += n
+                if n < MiB:
+                    break
+            dt = time.perf_counter() - t
+        finally:
+            conn.close()
+            os.close(fd)
+            _, status = os.waitpid(pid, 0)
+            os.unlink(path)
+        if status != 0:
+            raise StepError("the loopback sender failed")
+        return off / dt / 1e6
+
     say("== disk and hash limits (same filesystem as the servers' data)")
     r = {k: statistics.median(f() for _ in range(3)) for k, f in (
         ("big", lambda: big(False)), ("big_sync", lambda: big(True)),
         ("small", lambda: small(False)), ("small_sync", lambda: small(True)),
-        ("sha256", sha256))}
+        ("sha256", sha256), ("receive", lambda: receive(False)),
+        ("receive_hash", lambda: receive(True)))}
     shutil.rmtree(d, ignore_errors=True)
     say(f"   {r}")
     b.notes.append(
@@ -1170,8 +1419,12 @@ def disk_limits(b):
         f"create+write+rename {r['small']:.0f} files/s, {r['small_sync']:.0f} files/s with dropgate's "
         f"fdatasync + folder fsync per file (dropgate answers an upload only after them; the peers do not sync). "
         f"SHA-256 on one core (OpenSSL, 1 MiB updates): {r['sha256']:.0f} MB/s, the most a single "
-        f"upload can reach here while dropgate hashes it as it streams; with the client on the same "
-        f"2 cores, hashing, receiving and writing share them.")
+        f"upload can reach here while dropgate hashes it as it streams. Receiving {human_size(BIG_MB * MiB)} "
+        f"over loopback (a sendfile client; a receiver that reads 1 MiB at a time and writes it, "
+        f"client and receiver on the same CPUs): {r['receive']:.0f} MB/s, {r['receive_hash']:.0f} MB/s "
+        f"when the receiver also hashes every chunk (SHA-256) as dropgate does: the upload limits of a "
+        f"non-hashing and of a hashing server on this machine.")
+    b.limits = r
 
 
 def measure():
@@ -1195,14 +1448,19 @@ def measure():
         if g in ONLY:
             groups[g]()
     if "ftp" in ONLY or "small" in ONLY:
-        disk_limits(b)
+        try:
+            disk_limits(b)
+        except Exception as e:  # noqa: BLE001 -- the table is printed without the limits
+            say(f"!! disk limits not measured: {e}")
+            b.notes.append(f"Disk limits: not measured ({e}).")
     text = report(b, started, time.time())
     print(text)
     with open(os.path.join(BASE, "results.md"), "w") as f:
         f.write(text)
     raw = {"config": {k: os.environ.get(k) for k in ("ROUNDS", "BIG_MB", "SMALL_FILES", "SMALL_KB", "SESSIONS",
                                                      "MEM_FTP_SESSIONS", "MEM_SFTP_SESSIONS", "LIST_FILES", "SERVERS")},
-           "values": b.values, "steal_pct": b.steal, "failed": b.failed, "na": b.na, "notes": b.notes}
+           "values": b.values, "steal_pct": b.steal, "failed": b.failed, "na": b.na, "notes": b.notes,
+           "limits": b.limits}
     with open(os.path.join(BASE, "results.json"), "w") as f:
         json.dump(raw, f, indent=1)
     return 1 if any(b.failed.values()) else 0
@@ -1233,6 +1491,9 @@ def main(argv):
         sys.exit("bench.py: set PERFBASE")
     if len(argv) >= 3 and argv[0] == "prepare":
         prepare(argv[1], argv[2:])
+        return 0
+    if len(argv) == 2 and argv[0] == "unftp-credentials":
+        unftp_credentials(argv[1])
         return 0
     if argv == ["wait"]:
         return wait()

@@ -2,13 +2,16 @@
 # Start/stop the benchmarked servers by hand, loopback only, with the configs in ./configs
 # (adapted from the project's shared peer set-up; bench/run drives it).
 # usage: servers.sh render
-#        servers.sh start|stop|status|pids  dropgate|vsftpd|pureftpd|sshd ...
+#        servers.sh start|stop|status|pids  dropgate|dropgate-cache|vsftpd|pureftpd|proftpd|unftp|sshd ...
 # `@PERFBASE@` in the configs stands for the scratch folder $PERFBASE; `render` copies them
 # into $PERFBASE/conf. Each server runs in the foreground (&), never as a system service; its
 # launcher PID is kept in $PERFBASE/run/<name>.launch.pid and `stop` kills that PID and its
 # descendants by PID. dropgate is $DROPGATE_BIN (default: the release build in
-# $CARGO_TARGET_DIR). EXTRA_CONF="opt=val\nopt2=val2" is appended to the rendered vsftpd.conf
-# (variant runs).
+# $CARGO_TARGET_DIR); Pure-FTPd and ProFTPD are the binaries bench/run unpacked into
+# $PERFBASE/pkg; unFTP is $UNFTP_BIN (default: bench/run's copy in $PERFBASE/bin, else the
+# cargo install in /var/tmp/dropgate-bench-tools) and runs as the user mftbench, with the
+# credentials, certificate and key bench/run put into $PERFBASE/unftp.
+# EXTRA_CONF="opt=val\nopt2=val2" is appended to the rendered vsftpd.conf (variant runs).
 set -euo pipefail
 BASE=${PERFBASE:?set PERFBASE to a scratch folder}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -17,6 +20,11 @@ RUN=$BASE/run
 LOGS=$BASE/logs
 PKG=$BASE/pkg
 DROPGATE_BIN=${DROPGATE_BIN:-${CARGO_TARGET_DIR:-/var/tmp/dropgate-target}/release/dropgate}
+if [[ -z ${UNFTP_BIN:-} ]]; then
+  UNFTP_BIN=/var/tmp/dropgate-bench-tools/bin/unftp
+  if [[ -x $BASE/bin/unftp ]]; then UNFTP_BIN=$BASE/bin/unftp; fi
+fi
+BENCH_USER=mftbench
 mkdir -p "$CONF" "$RUN" "$LOGS" "$BASE/empty"
 chmod 755 "$BASE/empty"
 
@@ -50,12 +58,23 @@ start() {
       # shellcheck disable=SC2046 # one option per line, no spaces inside values
       "$PKG/pure-ftpd/usr/sbin/pure-ftpd" $(grep -v '^#' "$CONF/pure-ftpd.args") >"$LOGS/$name.out" 2>&1 &
       pid=$! ;;
+    proftpd)
+      # -n: standalone in the foreground (its sessions are forked children of this PID)
+      "$PKG/proftpd/usr/sbin/proftpd" -n -c "$CONF/proftpd.conf" >"$LOGS/$name.out" 2>&1 &
+      pid=$! ;;
+    unftp)
+      # as mftbench (setpriv execs, so the PID is unftp's), so that what it writes into the
+      # peers' home belongs to the account like with the other peers; umask 022 like theirs
+      # shellcheck disable=SC2046 # one option per line, no spaces inside values
+      (umask 022; exec setpriv --reuid="$BENCH_USER" --regid="$BENCH_USER" --init-groups -- \
+        "$UNFTP_BIN" $(grep -v '^#' "$CONF/unftp.args")) >"$LOGS/$name.out" 2>&1 &
+      pid=$! ;;
     sshd)
       mkdir -p /run/sshd; chmod 755 /run/sshd
       /usr/sbin/sshd -D -e -f "$CONF/sshd_config" >"$LOGS/$name.out" 2>&1 &
       pid=$! ;;
-    dropgate)
-      "$DROPGATE_BIN" --config "$CONF/dropgate.toml" serve >"$LOGS/$name.out" 2>&1 &
+    dropgate|dropgate-cache)
+      "$DROPGATE_BIN" --config "$CONF/$name.toml" serve >"$LOGS/$name.out" 2>&1 &
       pid=$! ;;
     *) echo "unknown server $name" >&2; exit 2 ;;
   esac
@@ -87,5 +106,5 @@ case $cmd in
   stop) for n in "$@"; do stop "$n"; done ;;
   pids) for n in "$@"; do p=$(launch_pid "$n"); if [[ -n "$p" ]]; then descendants "$p"; fi; done ;;
   status) for n in "$@"; do p=$(launch_pid "$n"); if [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; then echo "$n up pid $p procs $(descendants "$p" | wc -l)"; else echo "$n down"; fi; done ;;
-  *) echo "usage: $0 render | start|stop|status|pids NAME..." >&2; exit 2 ;;
+  *) echo "usage: $0 render | start|stop|status|pids NAME... (dropgate vsftpd pureftpd proftpd unftp sshd)" >&2; exit 2 ;;
 esac

@@ -912,8 +912,20 @@ impl Upload {
         self.transfer.bytes.load(Ordering::Relaxed)
     }
 
-    /// Writes `data` at `offset` (absolute in the final file).
+    /// Writes `data` at `offset` (absolute in the final file). Writes may
+    /// run concurrently and arrive out of order (SFTP).
     pub async fn write_at(&self, offset: u64, data: Bytes) -> FsResult<()> {
+        self.write(offset, data, false).await
+    }
+
+    /// Writes `data` at `offset` for a caller that writes front to back, one
+    /// write at a time (FTP): the bytes are hashed on the thread that writes
+    /// them, one hand-off per chunk instead of two.
+    pub async fn write_next(&self, offset: u64, data: Bytes) -> FsResult<()> {
+        self.write(offset, data, true).await
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, in_order: bool) -> FsResult<()> {
         if self.session.is_cancelled() {
             return Err(FsError::Closed);
         }
@@ -944,11 +956,28 @@ impl Upload {
         if let Some(t) = &self.session.inner.throttles.upload {
             t.take(len).await;
         }
-        // Hashed while the write runs (large chunks on another thread).
-        let (written, ()) = tokio::join!(
-            writer.write_at(offset, data.clone()),
-            self.hash.feed(offset, &data)
-        );
+        let lent = if in_order {
+            self.hash.lend(offset).await
+        } else {
+            None
+        };
+        let written = match lent {
+            Some(lent) => {
+                let written = writer.write_at_inspect(offset, data, lent.digester()).await;
+                self.hash
+                    .give_back(lent, written.is_ok().then_some(len))
+                    .await;
+                written
+            }
+            None => {
+                // Hashed while the write runs (large chunks on another thread).
+                let (written, ()) = tokio::join!(
+                    writer.write_at(offset, data.clone()),
+                    self.hash.feed(offset, &data)
+                );
+                written
+            }
+        };
         match written {
             Ok(()) => {
                 self.transfer.bytes.fetch_add(len, Ordering::Relaxed);

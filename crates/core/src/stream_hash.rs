@@ -35,7 +35,31 @@ static PARKED_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 enum Feed {
     Idle(Box<Sha256>),
     Running(JoinHandle<Box<Sha256>>),
+    /// Out with a writer that digests its bytes itself ([`StreamHash::lend`]).
+    Lent,
     Off,
+}
+
+/// The hash of an upload, lent to the one writer that digests the next
+/// bytes in order on its own thread; returned with [`StreamHash::give_back`].
+pub(crate) struct Lent {
+    /// The hasher and how many bytes it digested while lent.
+    hasher: std::sync::Arc<std::sync::Mutex<(Box<Sha256>, u64)>>,
+    /// The offset the lent hash stands at.
+    at: u64,
+}
+
+impl Lent {
+    /// Digests `data` (the bytes at the offset the hash stands at).
+    pub(crate) fn digester(&self) -> dropgate_vfs::Inspect {
+        let hasher = self.hasher.clone();
+        Box::new(move |data: &[u8]| {
+            if let Ok(mut h) = hasher.lock() {
+                h.0.update(data);
+                h.1 += data.len() as u64;
+            }
+        })
+    }
 }
 
 struct State {
@@ -76,8 +100,13 @@ impl StreamHash {
             return;
         }
         let mut st = self.state.lock().await;
-        if matches!(st.feed, Feed::Off) {
-            return;
+        match st.feed {
+            Feed::Off => return,
+            Feed::Lent => {
+                st.stop();
+                return;
+            }
+            _ => {}
         }
         if offset < st.next {
             st.stop();
@@ -118,6 +147,46 @@ impl StreamHash {
         }
     }
 
+    /// Lends the hash to a caller about to write (and digest) the bytes at
+    /// `offset`, one write at a time, if that is where the hash stands and
+    /// nothing is parked. `None`: feed the bytes through [`StreamHash::feed`].
+    /// While lent, anything fed meanwhile turns streaming off (the commit
+    /// then reads the file back), so a misuse costs time, never a wrong hash.
+    pub(crate) async fn lend(&self, offset: u64) -> Option<Lent> {
+        let mut st = self.state.lock().await;
+        if offset != st.next || !st.parked.is_empty() {
+            return None;
+        }
+        let hasher = st.take().await?;
+        st.feed = Feed::Lent;
+        Some(Lent {
+            hasher: std::sync::Arc::new(std::sync::Mutex::new((hasher, 0))),
+            at: offset,
+        })
+    }
+
+    /// Takes the lent hash back after `written` bytes were written, or turns
+    /// streaming off when the write failed (`written` is `None`) or the
+    /// writer did not digest exactly those bytes.
+    pub(crate) async fn give_back(&self, lent: Lent, written: Option<u64>) {
+        let mut st = self.state.lock().await;
+        if !matches!(st.feed, Feed::Lent) || st.next != lent.at {
+            st.stop();
+            return;
+        }
+        let hasher = std::sync::Arc::try_unwrap(lent.hasher)
+            .ok()
+            .and_then(|m| m.into_inner().ok());
+        match (hasher, written) {
+            // Only if the writer digested exactly what it wrote.
+            (Some((h, digested)), Some(n)) if digested == n => {
+                st.next += n;
+                st.feed = Feed::Idle(h);
+            }
+            _ => st.stop(),
+        }
+    }
+
     /// The upload changed in a way the stream does not follow.
     pub(crate) async fn stop(&self) {
         self.state.lock().await.stop();
@@ -154,7 +223,7 @@ impl State {
         match std::mem::replace(&mut self.feed, Feed::Off) {
             Feed::Idle(h) => Some(h),
             Feed::Running(job) => job.await.ok(),
-            Feed::Off => None,
+            Feed::Lent | Feed::Off => None,
         }
     }
 
@@ -177,6 +246,7 @@ impl State {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -211,6 +281,68 @@ mod tests {
             h.feed(*off, chunk).await;
         }
         assert_eq!(h.finish(data.len() as u64).await, Some(digest(&data)));
+    }
+
+    /// Simulates a writer that digests the bytes on its own thread.
+    async fn write_lent(h: &StreamHash, offset: u64, data: &[u8]) -> bool {
+        let Some(lent) = h.lend(offset).await else {
+            return false;
+        };
+        let digest = lent.digester();
+        let owned = data.to_vec();
+        tokio::task::spawn_blocking(move || digest(&owned))
+            .await
+            .unwrap();
+        h.give_back(lent, Some(data.len() as u64)).await;
+        true
+    }
+
+    #[tokio::test]
+    async fn a_lent_hash_digests_in_order_writes() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13) as u8).collect();
+        let h = StreamHash::new(true);
+        let mut off = 0usize;
+        // Lent and fed chunks may alternate.
+        for (i, chunk) in data.chunks(700_001).enumerate() {
+            if i % 2 == 0 {
+                assert!(write_lent(&h, off as u64, chunk).await);
+            } else {
+                h.feed(off as u64, &Bytes::copy_from_slice(chunk)).await;
+            }
+            off += chunk.len();
+        }
+        assert_eq!(h.finish(data.len() as u64).await, Some(digest(&data)));
+    }
+
+    #[tokio::test]
+    async fn a_lent_hash_is_not_trusted_after_misuse() {
+        // Not where the hash stands: not lent.
+        let h = StreamHash::new(true);
+        assert!(h.lend(5).await.is_none());
+        // A failed write turns streaming off.
+        let h = StreamHash::new(true);
+        let lent = h.lend(0).await.unwrap();
+        h.give_back(lent, None).await;
+        assert_eq!(h.finish(0).await, None);
+        // Bytes fed while the hash is out turn streaming off.
+        let h = StreamHash::new(true);
+        let lent = h.lend(0).await.unwrap();
+        h.feed(0, &Bytes::from_static(b"abc")).await;
+        (lent.digester())(b"abc");
+        h.give_back(lent, Some(3)).await;
+        assert_eq!(h.finish(3).await, None);
+        // A writer that digested less than it wrote is not trusted.
+        let h = StreamHash::new(true);
+        let lent = h.lend(0).await.unwrap();
+        (lent.digester())(b"ab");
+        h.give_back(lent, Some(3)).await;
+        assert_eq!(h.finish(3).await, None);
+        // Finishing while the hash is out reads back instead.
+        let h = StreamHash::new(true);
+        let _lent = h.lend(0).await.unwrap();
+        assert_eq!(h.finish(0).await, None);
+        // Disabled from the start: never lent.
+        assert!(StreamHash::new(false).lend(0).await.is_none());
     }
 
     #[tokio::test]

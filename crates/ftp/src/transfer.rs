@@ -464,7 +464,7 @@ async fn receive_into(
         let n = data.len() as u64;
         if eof {
             if n > 0 {
-                disk(ctl, upload.write_at(pos, data)).await?;
+                disk(ctl, upload.write_next(pos, data)).await?;
             }
             // TLS: the client ended with close_notify; answer with ours
             // (clients such as Python's `unwrap()` wait for it). Best effort:
@@ -476,7 +476,7 @@ async fn receive_into(
         }
         // One disk write in flight while the next buffer fills.
         let (_, at_end) = tokio::try_join!(
-            disk(ctl, upload.write_at(pos, data)),
+            disk(ctl, upload.write_next(pos, data)),
             fill(stream, &mut next, ctl)
         )?;
         pos += n;

@@ -268,11 +268,28 @@ pub trait FileReader: Send + Sync {
     }
 }
 
+/// What [`FileWriter::write_at_inspect`] hands the written bytes to.
+pub type Inspect = Box<dyn FnOnce(&[u8]) + Send>;
+
 /// An upload in progress. Dropping it without [`FileWriter::commit`] aborts it.
 #[async_trait]
 pub trait FileWriter: Send + Sync {
     /// Writes all of `data` at `offset` (offsets are absolute in the final file).
     async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()>;
+    /// Writes like [`FileWriter::write_at`] and hands the same bytes to
+    /// `inspect` where the write runs (a local file: on the same blocking
+    /// thread), so that a caller digesting an upload pays one thread hand-off
+    /// per chunk instead of two. `inspect` runs whether or not the write
+    /// succeeds.
+    async fn write_at_inspect(
+        &self,
+        offset: u64,
+        data: Bytes,
+        inspect: crate::Inspect,
+    ) -> VfsResult<()> {
+        inspect(&data);
+        self.write_at(offset, data).await
+    }
     /// Truncates or extends the upload's content to `len` (SFTP fsetstat size,
     /// scp overwriting a longer file), before it is committed.
     async fn set_len(&self, len: u64) -> VfsResult<()>;

@@ -423,7 +423,7 @@ impl Storage for LocalStorage {
                 durable: opts.durable,
                 initial_len: keep,
                 wrote: AtomicBool::new(false),
-                writeback: Arc::default(),
+                writeback: Arc::new(WriteBack::new(opts.durable)),
                 finished: false,
             }) as Box<dyn FileWriter>)
         })
@@ -858,6 +858,26 @@ impl FileWriter for LocalWriter {
         .await
     }
 
+    async fn write_at_inspect(
+        &self,
+        offset: u64,
+        data: Bytes,
+        inspect: crate::Inspect,
+    ) -> VfsResult<()> {
+        let file = self.file.clone();
+        let writeback = self.writeback.clone();
+        self.wrote.store(true, Ordering::Relaxed);
+        blocking(move || {
+            let written = file.write_all_at(&data, offset);
+            if written.is_ok() {
+                writeback.wrote(&file, data.len() as u64);
+            }
+            inspect(&data);
+            Ok(written?)
+        })
+        .await
+    }
+
     async fn set_len(&self, len: u64) -> VfsResult<()> {
         let file = self.file.clone();
         self.wrote.store(true, Ordering::Relaxed);
@@ -903,14 +923,15 @@ impl FileWriter for LocalWriter {
                     // Make the rename itself durable.
                     // cap-std holds folders as O_PATH handles, which cannot be
                     // fsynced: open the folder itself (read-only) for that.
-                    match self.parent.open(".") {
-                        Ok(dir) if self.durable => {
-                            if let Err(e) = dir.sync_all() {
-                                tracing::warn!(error = %e, "could not fsync the upload's folder");
+                    if self.durable {
+                        match self.parent.open(".") {
+                            Ok(dir) => {
+                                if let Err(e) = dir.sync_all() {
+                                    tracing::warn!(error = %e, "could not fsync the upload's folder");
+                                }
                             }
+                            Err(e) => tracing::warn!(error = %e, "could not open the upload's folder to fsync it"),
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "could not open the upload's folder to fsync it"),
                     }
                 }
                 self.finished = true;

@@ -17,17 +17,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) const WINDOW: u64 = 8 << 20;
 
 /// Counts written bytes and starts write-back every [`WINDOW`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct WriteBack {
     pending: AtomicU64,
+    /// Off for uploads answered from the page cache (`durable_uploads =
+    /// false`): nothing waits for a final sync there, and writing back early
+    /// would only spend CPU and disk time while the client is still sending.
+    off: bool,
 }
 
 impl WriteBack {
+    /// Write-back for an upload whose commit syncs (`durable`), none otherwise.
+    pub(crate) fn new(durable: bool) -> WriteBack {
+        WriteBack {
+            pending: AtomicU64::new(0),
+            off: !durable,
+        }
+    }
+
     /// Records `len` bytes just written to `file`; starts the write-back of
     /// its dirty pages once a window has filled. Called on a blocking thread:
     /// the call can block briefly while the device queue is full, which is
     /// the back-pressure we want.
     pub(crate) fn wrote(&self, file: &File, len: u64) {
+        if self.off {
+            return;
+        }
         let before = self.pending.fetch_add(len, Ordering::Relaxed);
         if before + len >= WINDOW {
             self.pending.store(0, Ordering::Relaxed);

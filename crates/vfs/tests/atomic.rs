@@ -96,6 +96,37 @@ async fn atomic_drop_without_commit_keeps_the_old_content() {
     j.assert_no_temporaries();
 }
 
+/// `write_at_inspect` writes like `write_at` and hands the inspector exactly
+/// the bytes written, on the thread that wrote them.
+#[tokio::test]
+async fn an_inspected_write_shows_the_written_bytes() {
+    let j = with_old_file();
+    let s: &dyn Storage = &j.storage;
+    let f = vp("/f.txt");
+    let w = s
+        .create(&f, opts(UploadMode::Atomic, WriteStart::Truncate, false))
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for (offset, part) in [(0u64, b(b"hello ")), (6, b(b"world"))] {
+        let seen = seen.clone();
+        w.write_at_inspect(
+            offset,
+            part,
+            Box::new(move |data: &[u8]| seen.lock().unwrap().extend_from_slice(data)),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(&seen.lock().unwrap()[..], b"hello world");
+    let committed = w.commit().await.unwrap();
+    assert_eq!(
+        &committed.content.read_at(0, 100).await.unwrap()[..],
+        b"hello world"
+    );
+    assert_eq!(std::fs::read(j.home.join("f.txt")).unwrap(), b"hello world");
+}
+
 #[tokio::test]
 async fn atomic_commit_replaces_in_one_step() {
     let j = with_old_file();
