@@ -13,8 +13,8 @@ use bytes::Bytes;
 use chrono::Utc;
 use dropgate_store::{Event, EventKind, Outcome, Permission, Protocol, User};
 use dropgate_vfs::{
-    CreateOptions, DirStream, FileKind, FileReader, FileWriter, FsStats, Metadata, Replaced,
-    Storage, UploadMode, VfsError, VirtualPath, WriteStart,
+    CreateOptions, DirStream, FileKind, FileReader, FileWriter, FsStats, LastWrite, Metadata,
+    Replaced, Storage, UploadMode, VfsError, VirtualPath, WriteStart,
 };
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bandwidth::AccountThrottles;
 use crate::quota::BusyPath;
 use crate::registry::{Direction, SessionEntry, TransferState};
-use crate::stream_hash::StreamHash;
+use crate::stream_hash::{Lent, StreamHash};
 use crate::{FsError, FsResult, Gateway, PermissionSet, QuotaGuard};
 
 /// A logged-in session; cheap to clone (all clones are the same session).
@@ -926,36 +926,11 @@ impl Upload {
     }
 
     async fn write(&self, offset: u64, data: Bytes, in_order: bool) -> FsResult<()> {
-        if self.session.is_cancelled() {
-            return Err(FsError::Closed);
-        }
         let len = data.len() as u64;
-        let new_end = offset.saturating_add(len);
-        // Reserve what this write adds beyond the furthest byte so far.
-        let mut cur = self.end.load(Ordering::Acquire);
-        while new_end > cur {
-            let grow = new_end - cur;
-            self.session.inner.quota.reserve_bytes(grow)?;
-            match self
-                .end
-                .compare_exchange(cur, new_end, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    self.reserved.fetch_add(grow, Ordering::AcqRel);
-                    break;
-                }
-                Err(actual) => {
-                    self.session.inner.quota.release_bytes(grow);
-                    cur = actual;
-                }
-            }
-        }
+        self.prepare_write(offset, len).await?;
         let Some(writer) = &self.writer else {
             return Err(FsError::Closed);
         };
-        if let Some(t) = &self.session.inner.throttles.upload {
-            t.take(len).await;
-        }
         let lent = if in_order {
             self.hash.lend(offset).await
         } else {
@@ -989,6 +964,38 @@ impl Upload {
                 Err(e.into())
             }
         }
+    }
+
+    /// What every write does first: refuses one on an ended session, reserves
+    /// what it adds beyond the furthest byte so far against the quota, and
+    /// waits for the account's upload rate limit.
+    async fn prepare_write(&self, offset: u64, len: u64) -> FsResult<()> {
+        if self.session.is_cancelled() {
+            return Err(FsError::Closed);
+        }
+        let new_end = offset.saturating_add(len);
+        let mut cur = self.end.load(Ordering::Acquire);
+        while new_end > cur {
+            let grow = new_end - cur;
+            self.session.inner.quota.reserve_bytes(grow)?;
+            match self
+                .end
+                .compare_exchange(cur, new_end, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.reserved.fetch_add(grow, Ordering::AcqRel);
+                    break;
+                }
+                Err(actual) => {
+                    self.session.inner.quota.release_bytes(grow);
+                    cur = actual;
+                }
+            }
+        }
+        if let Some(t) = &self.session.inner.throttles.upload {
+            t.take(len).await;
+        }
+        Ok(())
     }
 
     /// Truncates or extends the upload to `size` before it is committed
@@ -1030,7 +1037,22 @@ impl Upload {
     /// records it with the content's SHA-256. Returns the final size once
     /// the event (and any delivery it causes) is stored: only then may the
     /// client be told the upload succeeded.
-    pub async fn commit(mut self) -> FsResult<u64> {
+    pub async fn commit(self) -> FsResult<u64> {
+        self.finish(None).await
+    }
+
+    /// Writes the upload's last bytes at `offset` and commits it, in one
+    /// blocking call on local storage (FTP: the last chunk, all of a small
+    /// file). For a caller that writes front to back, as with
+    /// [`Upload::write_next`]. A failed write aborts the upload.
+    pub async fn commit_last(self, offset: u64, data: Bytes) -> FsResult<u64> {
+        if data.is_empty() {
+            return self.finish(None).await;
+        }
+        self.finish(Some((offset, data))).await
+    }
+
+    async fn finish(mut self, last: Option<(u64, Bytes)>) -> FsResult<u64> {
         // A session that has been ended (kicked, its account changed, the
         // server stopping) commits nothing more: an SFTP CLOSE arriving after
         // that is a client reacting to the disconnect, not one that finished
@@ -1039,6 +1061,12 @@ impl Upload {
         if self.session.is_cancelled() {
             return Err(FsError::Closed);
         }
+        if let Some((offset, data)) = &last
+            && let Err(e) = self.prepare_write(*offset, data.len() as u64).await
+        {
+            self.abort(&e.to_string()).await;
+            return Err(e);
+        }
         let Some(writer) = self.writer.take() else {
             return Err(FsError::Closed);
         };
@@ -1046,7 +1074,44 @@ impl Upload {
         // What the final name held is looked at during the rename, and the
         // count changed, with no other counting step of the account between.
         let counting = session.inner.quota.serialize().await;
-        let result = writer.commit().await;
+        let result = match last {
+            None => writer.commit().await.map_err(LastWrite::Commit),
+            Some((offset, data)) => {
+                let len = data.len() as u64;
+                let lent = self.hash.lend(offset).await;
+                if lent.is_none() {
+                    // Not where the hash stands: the commit reads back.
+                    self.hash.stop().await;
+                }
+                let inspect = lent.as_ref().map(Lent::digester);
+                let result = writer.write_and_commit(offset, data, inspect).await;
+                let wrote = !matches!(result, Err(LastWrite::Write(..)));
+                if let Some(lent) = lent {
+                    self.hash.give_back(lent, wrote.then_some(len)).await;
+                }
+                if wrote {
+                    self.transfer.bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                result
+            }
+        };
+        let result = match result {
+            Ok(committed) => Ok(committed),
+            Err(LastWrite::Commit(e)) => Err(e),
+            Err(LastWrite::Write(e, kept)) => {
+                // As after a failed write and `abort`.
+                self.failed.store(true, Ordering::Relaxed);
+                self.hash.stop().await;
+                if let Some(kept) = kept {
+                    self.settle(kept.size, kept.replaced);
+                    session.inner.gateway.usage_changed(session.username());
+                }
+                drop(counting);
+                let err = FsError::from(e);
+                self.release_and_record(Some(&err.to_string()));
+                return Err(err);
+            }
+        };
         session.end_transfer(&self.transfer);
         match result {
             Ok(committed) => {

@@ -204,17 +204,25 @@ pub(crate) async fn run(
                 Ok(s) => receive_file(s, &upload, ascii, &ctl).await,
                 Err(e) => Err(e),
             };
-            if let Err(e) = result {
-                upload.abort(&e.to_string()).await;
-                return failed(e);
-            }
+            let last = match result {
+                Ok(last) => last,
+                Err(e) => {
+                    upload.abort(&e.to_string()).await;
+                    return failed(e);
+                }
+            };
             // The data connection's end means the end of the file, unless
             // the client died (then its control connection closed as well).
             if !client_still_there(&ctl).await {
                 upload.abort("control connection closed").await;
                 return TransferOutcome::Aborted;
             }
-            match upload.commit().await {
+            // The last chunk is written by the commit's own blocking call.
+            let committed = match last {
+                Some((pos, data)) => upload.commit_last(pos, data).await,
+                None => upload.commit().await,
+            };
+            match committed {
                 Ok(_) => TransferOutcome::Done(Reply::new(226, done)),
                 Err(e) => failed(TransferError::Fs(e)),
             }
@@ -407,12 +415,14 @@ async fn send_copy(
 const DRAIN_TIME: Duration = Duration::from_secs(15);
 const DRAIN_BYTES: u64 = 1 << 30;
 
+/// Receives an upload; returns its last chunk unwritten (with its offset),
+/// for the commit to write.
 async fn receive_file(
     mut stream: DataStream,
     upload: &Upload,
     ascii: bool,
     ctl: &TransferControl,
-) -> Result<(), TransferError> {
+) -> Result<Option<(u64, Bytes)>, TransferError> {
     let r = receive_into(&mut stream, upload, ascii, ctl).await;
     if let Err(TransferError::Fs(e)) = &r
         && matches!(e.class(), ErrorClass::QuotaExceeded | ErrorClass::NoSpace)
@@ -442,7 +452,7 @@ async fn receive_into(
     upload: &Upload,
     ascii: bool,
     ctl: &TransferControl,
-) -> Result<(), TransferError> {
+) -> Result<Option<(u64, Bytes)>, TransferError> {
     let mut from_net = ascii.then(ascii::FromNetwork::default);
     let mut pos = upload.initial_len();
     let mut current = BytesMut::with_capacity(UPLOAD_CHUNK);
@@ -463,16 +473,13 @@ async fn receive_into(
         };
         let n = data.len() as u64;
         if eof {
-            if n > 0 {
-                disk(ctl, upload.write_next(pos, data)).await?;
-            }
             // TLS: the client ended with close_notify; answer with ours
             // (clients such as Python's `unwrap()` wait for it). Best effort:
             // the bytes are all here whatever happens to the socket now.
             if matches!(stream, DataStream::Tls(_)) {
                 let _ = tokio::time::timeout(TLS_CLOSE_WAIT, stream.shutdown()).await;
             }
-            return Ok(());
+            return Ok((n > 0).then_some((pos, data)));
         }
         // One disk write in flight while the next buffer fills.
         let (_, at_end) = tokio::try_join!(

@@ -384,7 +384,12 @@ async fn an_upload_over_quota_fails_with_552() {
     assert_eq!(r.code, 552, "{}", r.text);
     assert!(!home.join("too-big.bin").exists());
     assert!(temporaries(&home).is_empty());
-    // Nothing of the failed upload counts: 40 000 bytes still fit.
+    // Over by a file that arrives in one chunk (written by the commit).
+    let r = c.stor("small-over.bin", &[4u8; 50_000]).await;
+    assert_eq!(r.code, 552, "{}", r.text);
+    assert!(!home.join("small-over.bin").exists());
+    assert!(temporaries(&home).is_empty());
+    // Nothing of the failed uploads counts: 40 000 bytes still fit.
     assert_eq!(c.stor("fits-too.bin", &[3u8; 39_000]).await.code, 226);
     c.expect("NOOP", 200).await;
     server.stop().await;

@@ -271,6 +271,16 @@ pub trait FileReader: Send + Sync {
 /// What [`FileWriter::write_at_inspect`] hands the written bytes to.
 pub type Inspect = Box<dyn FnOnce(&[u8]) + Send>;
 
+/// Why [`FileWriter::write_and_commit`] failed.
+#[derive(Debug)]
+pub enum LastWrite {
+    /// The write failed: nothing was committed and the upload was aborted,
+    /// leaving what [`FileWriter::abort`] would have left.
+    Write(VfsError, Option<Placed>),
+    /// The commit failed (the upload is abandoned, as after `commit`).
+    Commit(VfsError),
+}
+
 /// An upload in progress. Dropping it without [`FileWriter::commit`] aborts it.
 #[async_trait]
 pub trait FileWriter: Send + Sync {
@@ -306,6 +316,25 @@ pub trait FileWriter: Send + Sync {
     /// Makes the upload durable and visible under its final name.
     /// Returns a reader over exactly the committed content (for hashing).
     async fn commit(self: Box<Self>) -> VfsResult<Committed>;
+    /// Writes the upload's last bytes (handed to `inspect` as
+    /// [`FileWriter::write_at_inspect`] does), then commits: one call, so
+    /// that a local file does both in one blocking call (the end of every
+    /// upload; all of a small one).
+    async fn write_and_commit(
+        self: Box<Self>,
+        offset: u64,
+        data: Bytes,
+        inspect: Option<Inspect>,
+    ) -> Result<Committed, LastWrite> {
+        let written = match inspect {
+            Some(inspect) => self.write_at_inspect(offset, data, inspect).await,
+            None => self.write_at(offset, data).await,
+        };
+        if let Err(e) = written {
+            return Err(LastWrite::Write(e, self.abort().await));
+        }
+        self.commit().await.map_err(LastWrite::Commit)
+    }
     /// Abandons the upload. What stays depends on the mode: nothing
     /// (`atomic`), or the partial under the final name (`atomic_resume`
     /// once something was written, `direct`), described by the result.

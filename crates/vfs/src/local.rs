@@ -24,8 +24,8 @@ use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 use crate::writeback::WriteBack;
 use crate::{
     Committed, CreateOptions, DirEntry, DirSource, DirStream, FileKind, FileReader, FileWriter,
-    FsStats, LIST_BATCH, Metadata, Placed, Replaced, Storage, TEMP_PREFIX, UploadMode, VfsError,
-    VfsResult, VirtualPath, WriteStart,
+    FsStats, Inspect, LIST_BATCH, LastWrite, Metadata, Placed, Replaced, Storage, TEMP_PREFIX,
+    UploadMode, VfsError, VfsResult, VirtualPath, WriteStart,
 };
 
 /// Local-disk storage rooted at one account's home.
@@ -793,6 +793,65 @@ impl LocalWriter {
         }
     }
 
+    /// Makes the upload durable (`durable`) and visible under its final
+    /// name; on a blocking thread.
+    fn commit_now(mut self) -> VfsResult<Committed> {
+        let result = (|| -> VfsResult<(u64, Replaced)> {
+            if self.durable {
+                self.file.sync_data()?;
+            }
+            let mut replaced = Replaced::InPlace;
+            if let Some(temp) = &self.temp {
+                replaced = self.current_target();
+                let flags = if self.exclusive {
+                    rustix::fs::RenameFlags::NOREPLACE
+                } else {
+                    rustix::fs::RenameFlags::empty()
+                };
+                rustix::fs::renameat_with(
+                    &self.parent,
+                    temp.as_str(),
+                    &self.parent,
+                    self.name.as_str(),
+                    flags,
+                )
+                .map_err(io::Error::from)?;
+                self.finished = true;
+                // Make the rename itself durable.
+                // cap-std holds folders as O_PATH handles, which cannot be
+                // fsynced: open the folder itself (read-only) for that.
+                if self.durable {
+                    match self.parent.open(".") {
+                        Ok(dir) => {
+                            if let Err(e) = dir.sync_all() {
+                                tracing::warn!(error = %e, "could not fsync the upload's folder");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not open the upload's folder to fsync it")
+                        }
+                    }
+                }
+            }
+            self.finished = true;
+            Ok((self.file.metadata()?.len(), replaced))
+        })();
+        match result {
+            Ok((size, replaced)) => Ok(Committed {
+                size,
+                replaced,
+                content: Arc::new(LocalReader {
+                    file: self.file.clone(),
+                    len: size,
+                }) as Arc<dyn FileReader>,
+            }),
+            Err(e) => {
+                let _ = self.abort_now();
+                Err(e)
+            }
+        }
+    }
+
     /// Abandons the upload; returns what stays under the final name.
     fn abort_now(&mut self) -> Option<Placed> {
         if self.finished {
@@ -858,12 +917,7 @@ impl FileWriter for LocalWriter {
         .await
     }
 
-    async fn write_at_inspect(
-        &self,
-        offset: u64,
-        data: Bytes,
-        inspect: crate::Inspect,
-    ) -> VfsResult<()> {
+    async fn write_at_inspect(&self, offset: u64, data: Bytes, inspect: Inspect) -> VfsResult<()> {
         let file = self.file.clone();
         let writeback = self.writeback.clone();
         self.wrote.store(true, Ordering::Relaxed);
@@ -897,63 +951,34 @@ impl FileWriter for LocalWriter {
         Some(&self.file)
     }
 
-    async fn commit(mut self: Box<Self>) -> VfsResult<Committed> {
+    async fn commit(self: Box<Self>) -> VfsResult<Committed> {
+        tokio::task::spawn_blocking(move || (*self).commit_now())
+            .await
+            .map_err(|e| VfsError::Io(io::Error::other(e)))?
+    }
+
+    async fn write_and_commit(
+        mut self: Box<Self>,
+        offset: u64,
+        data: Bytes,
+        inspect: Option<Inspect>,
+    ) -> Result<Committed, LastWrite> {
         tokio::task::spawn_blocking(move || {
-            let result = (|| -> VfsResult<(u64, Replaced)> {
-                if self.durable {
-                    self.file.sync_data()?;
-                }
-                let mut replaced = Replaced::InPlace;
-                if let Some(temp) = &self.temp {
-                    replaced = self.current_target();
-                    let flags = if self.exclusive {
-                        rustix::fs::RenameFlags::NOREPLACE
-                    } else {
-                        rustix::fs::RenameFlags::empty()
-                    };
-                    rustix::fs::renameat_with(
-                        &self.parent,
-                        temp.as_str(),
-                        &self.parent,
-                        self.name.as_str(),
-                        flags,
-                    )
-                    .map_err(io::Error::from)?;
-                    self.finished = true;
-                    // Make the rename itself durable.
-                    // cap-std holds folders as O_PATH handles, which cannot be
-                    // fsynced: open the folder itself (read-only) for that.
-                    if self.durable {
-                        match self.parent.open(".") {
-                            Ok(dir) => {
-                                if let Err(e) = dir.sync_all() {
-                                    tracing::warn!(error = %e, "could not fsync the upload's folder");
-                                }
-                            }
-                            Err(e) => tracing::warn!(error = %e, "could not open the upload's folder to fsync it"),
-                        }
-                    }
-                }
-                self.finished = true;
-                Ok((self.file.metadata()?.len(), replaced))
-            })();
-            match result {
-                Ok((size, replaced)) => Ok(Committed {
-                    size,
-                    replaced,
-                    content: Arc::new(LocalReader {
-                        file: self.file.clone(),
-                        len: size,
-                    }) as Arc<dyn FileReader>,
-                }),
+            self.wrote.store(true, Ordering::Relaxed);
+            let written = self.file.write_all_at(&data, offset);
+            if let Some(inspect) = inspect {
+                inspect(&data);
+            }
+            match written {
+                Ok(()) => (*self).commit_now().map_err(LastWrite::Commit),
                 Err(e) => {
-                    let _ = self.abort_now();
-                    Err(e)
+                    let placed = self.abort_now();
+                    Err(LastWrite::Write(e.into(), placed))
                 }
             }
         })
         .await
-        .map_err(|e| VfsError::Io(io::Error::other(e)))?
+        .map_err(|e| LastWrite::Commit(VfsError::Io(io::Error::other(e))))?
     }
 
     async fn abort(mut self: Box<Self>) -> Option<Placed> {

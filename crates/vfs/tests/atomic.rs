@@ -127,6 +127,43 @@ async fn an_inspected_write_shows_the_written_bytes() {
     assert_eq!(std::fs::read(j.home.join("f.txt")).unwrap(), b"hello world");
 }
 
+/// `write_and_commit` writes the last bytes and commits in one call: the
+/// final name holds everything, the inspector saw the last bytes, and no
+/// temporary is left.
+#[tokio::test]
+async fn the_last_write_and_the_commit_in_one_call() {
+    let j = with_old_file();
+    let s: &dyn Storage = &j.storage;
+    let f = vp("/f.txt");
+    let w = s
+        .create(&f, opts(UploadMode::Atomic, WriteStart::Truncate, false))
+        .await
+        .unwrap();
+    w.write_at(0, b(b"hello ")).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let inspect = {
+        let seen = seen.clone();
+        Box::new(move |data: &[u8]| seen.lock().unwrap().extend_from_slice(data))
+    };
+    let committed = w
+        .write_and_commit(6, b(b"world"), Some(inspect))
+        .await
+        .unwrap();
+    assert_eq!(committed.size, 11);
+    assert_eq!(&seen.lock().unwrap()[..], b"world");
+    assert_eq!(std::fs::read(j.home.join("f.txt")).unwrap(), b"hello world");
+    assert!(temporaries_in(&j.home).is_empty());
+    // Without an inspector, into a new name.
+    let g = vp("/g.txt");
+    let w = s
+        .create(&g, opts(UploadMode::Atomic, WriteStart::Truncate, true))
+        .await
+        .unwrap();
+    w.write_and_commit(0, b(b"all of it"), None).await.unwrap();
+    assert_eq!(std::fs::read(j.home.join("g.txt")).unwrap(), b"all of it");
+    assert!(temporaries_in(&j.home).is_empty());
+}
+
 #[tokio::test]
 async fn atomic_commit_replaces_in_one_step() {
     let j = with_old_file();
