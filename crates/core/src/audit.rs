@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dropgate_store::{Delivery, Event, Store};
+use dropgate_store::{Delivery, Event, KeyedEvent, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -189,16 +189,16 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
             match m {
                 Msg::Event(e, waiter) => {
                     shared.queued.fetch_sub(1, Ordering::AcqRel);
-                    batch.push(*e);
+                    batch.push(KeyedEvent::new(*e));
                     waiters.extend(waiter);
                 }
                 Msg::Flush(done) => flushes.push(done),
             }
         }
         for e in &mut batch {
-            sanitize(e);
+            sanitize(&mut e.event);
         }
-        let deliveries = shared.rules.deliveries_for(&batch);
+        let deliveries = shared.rules.deliveries_for(batch.iter().map(|k| &k.event));
         let result = write_batch(&store, &shared, &batch, &deliveries).await;
         if result.is_err() {
             shared.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -219,7 +219,7 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
 async fn write_batch(
     store: &Store,
     shared: &Shared,
-    events: &[Event],
+    events: &[KeyedEvent],
     deliveries: &[Delivery],
 ) -> Result<(), Unrecorded> {
     // While the spool holds batches the store refused, newer ones join them
@@ -317,8 +317,8 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
                 break;
             }
             // A crash between the commit and this removal replays the file
-            // once more: its deliveries are kept once (same ids), its events
-            // are stored twice. Rare and visible, where losing them is not.
+            // once more: its events and deliveries are kept once (same keys
+            // and ids; spool files from before event keys excepted).
             let s = spool.clone();
             let _ = tokio::task::spawn_blocking(move || s.remove(&path)).await;
             if !batch.deliveries.is_empty() {
@@ -363,7 +363,9 @@ fn sanitize(e: &mut Event) {
 /// One spooled batch.
 #[derive(Serialize, Deserialize)]
 struct SpoolFile {
-    events: Vec<Event>,
+    /// Each with its key (files written before event keys existed have
+    /// none, and read as `None`).
+    events: Vec<KeyedEvent>,
     deliveries: Vec<Delivery>,
 }
 

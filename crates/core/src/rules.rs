@@ -224,7 +224,7 @@ impl Rules {
     }
 
     /// The deliveries `events` cause under the current rules.
-    pub fn deliveries_for(&self, events: &[Event]) -> Vec<Delivery> {
+    pub fn deliveries_for<'a>(&self, events: impl IntoIterator<Item = &'a Event>) -> Vec<Delivery> {
         let rules = self.snapshot();
         if rules.is_empty() {
             return Vec::new();

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use dropgate_core::store::{Event, EventKind, EventQuery, Outcome, Store};
+use dropgate_core::store::{Event, EventKind, EventQuery, KeyedEvent, Outcome, Store};
 use dropgate_core::{Gateway, GatewayConfig};
 use sqlx::Connection;
 
@@ -184,4 +184,49 @@ async fn a_spool_file_the_store_cannot_take_is_set_aside_and_the_rest_goes_on() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(spool.join("rejected/00000000000000000001.json").exists());
+}
+
+/// A batch that reached the store and was spooled as well (a store write the
+/// writer gave up on that landed anyway; a crash between a replay's commit
+/// and the spool file's removal) is kept once when the spool is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_batch_that_already_landed_is_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/dropgate.db", dir.path().display());
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    let landed = KeyedEvent::new(event("/landed"));
+    store
+        .insert_events_with_deliveries(std::slice::from_ref(&landed), &[])
+        .await
+        .unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let fresh = KeyedEvent::new(event("/fresh"));
+    let batch = serde_json::json!({"events": [landed, fresh], "deliveries": []});
+    std::fs::write(
+        spool.join("00000000000000000001.json"),
+        serde_json::to_vec(&batch).unwrap(),
+    )
+    .unwrap();
+    let mut config = GatewayConfig::new(dir.path().join("files"));
+    config.spool_dir = Some(spool.clone());
+    let _gateway = Gateway::new(store.clone(), config);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while spooled(&spool) > 0 {
+        assert!(Instant::now() < deadline, "spool not replayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut paths: Vec<String> = store
+        .query_events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.path)
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["/fresh", "/landed"]);
 }

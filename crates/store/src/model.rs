@@ -481,6 +481,30 @@ pub struct Event {
     pub session_id: Option<String>,
 }
 
+/// An event with the key that makes storing it idempotent (migration 0008):
+/// a second insert with the same key keeps the first row. What the audit
+/// writer stores and spools.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyedEvent {
+    /// Unique per event; `None` only in spool files written before keys
+    /// existed (such rows never conflict).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl KeyedEvent {
+    /// `event` under a fresh random key (128 bits).
+    pub fn new(event: Event) -> KeyedEvent {
+        KeyedEvent {
+            key: Some(format!("{:032x}", rand::random::<u128>())),
+            event,
+        }
+    }
+}
+
 /// Filters for reading the audit log, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {

@@ -5,8 +5,8 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    Admin, ApiKey, Bandwidth, Event, EventKind, EventQuery, Outcome, Quota, Store, StoreError,
-    StoreResult, User, UserRecord, from_ms, on_pool, to_i64, to_ms, to_u64,
+    Admin, ApiKey, Bandwidth, Event, EventKind, EventQuery, KeyedEvent, Outcome, Quota, Store,
+    StoreError, StoreResult, User, UserRecord, from_ms, on_pool, to_i64, to_ms, to_u64,
 };
 
 #[derive(sqlx::FromRow)]
@@ -459,9 +459,10 @@ impl Store {
 
     // --------------------------------------------------------------- events
 
-    /// Appends audit events in one transaction.
+    /// Appends audit events in one transaction, each under a fresh key.
     pub async fn insert_events(&self, events: &[Event]) -> StoreResult<()> {
-        self.insert_events_with_deliveries(events, &[]).await
+        let keyed: Vec<KeyedEvent> = events.iter().cloned().map(KeyedEvent::new).collect();
+        self.insert_events_with_deliveries(&keyed, &[]).await
     }
 
     /// Reads the audit log, newest first.

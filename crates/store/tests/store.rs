@@ -5,8 +5,8 @@
 use chrono::{Duration, Utc};
 use dropgate_store::{
     AttemptResult, Delivery, DeliveryQuery, DeliveryStatus, Event, EventKind, EventQuery,
-    EventRule, Outcome, Permission, Protocol, RuleAction, RuleFilter, Store, StoreError, Trigger,
-    User, Verified,
+    EventRule, KeyedEvent, Outcome, Permission, Protocol, RuleAction, RuleFilter, Store,
+    StoreError, Trigger, User, Verified,
 };
 
 async fn suite(store: Store) {
@@ -387,12 +387,56 @@ async fn outbox(store: &Store) {
     let ds: Vec<Delivery> = (0..40)
         .map(|i| Delivery::new(rule.id, Trigger::Upload, format!("{{\"n\":{i}}}"), now))
         .collect();
+    let keyed = KeyedEvent::new(Event {
+        username: "replayed".into(),
+        ..event.clone()
+    });
     store
-        .insert_events_with_deliveries(std::slice::from_ref(&event), &ds)
+        .insert_events_with_deliveries(std::slice::from_ref(&keyed), &ds)
         .await
         .unwrap();
-    // A replay of the same batch keeps each delivery once.
+    // A replay of the same batch keeps each delivery and the event once.
+    store
+        .insert_events_with_deliveries(std::slice::from_ref(&keyed), &ds)
+        .await
+        .unwrap();
     store.insert_events_with_deliveries(&[], &ds).await.unwrap();
+    // A lone event (one statement, no transaction) stored twice: one row.
+    // Events without a key (spooled before keys existed) never conflict.
+    let lone = KeyedEvent::new(Event {
+        username: "carol".into(),
+        ..event.clone()
+    });
+    let unkeyed = KeyedEvent {
+        key: None,
+        event: Event {
+            username: "carol".into(),
+            ..event.clone()
+        },
+    };
+    for k in [&lone, &lone, &unkeyed, &unkeyed] {
+        store
+            .insert_events_with_deliveries(std::slice::from_ref(k), &[])
+            .await
+            .unwrap();
+    }
+    let count = |user: &'static str| async move {
+        store
+            .query_events(&EventQuery {
+                username: Some(user.into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        count("replayed").await,
+        1,
+        "a replayed batch's event is kept once"
+    );
+    assert_eq!(count("carol").await, 3, "one keyed row and two unkeyed");
 
     // Two nodes claiming at once never get the same delivery.
     let lease = std::time::Duration::from_secs(60);
