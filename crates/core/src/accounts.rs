@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 use dropgate_store::{StoreError, User};
-use dropgate_vfs::{LocalStorage, VfsError};
+use dropgate_vfs::VfsError;
 
 use crate::Gateway;
 
@@ -138,7 +138,7 @@ impl Gateway {
         if !delete_files {
             return Ok(false);
         }
-        match LocalStorage::remove_home(&self.config.storage_root, &home).await {
+        match self.config.storage.remove_home(&home).await {
             Ok(removed) => Ok(removed),
             Err(VfsError::PermissionDenied) => Err(AccountError::HomeNotRemovable(home)),
             Err(source) => Err(AccountError::HomeRemoval { home, source }),

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use dropgate_store::{Event, EventKind, Outcome, Protocol, Store, Verified};
-use dropgate_vfs::{LocalStorage, Storage, UploadMode};
+use dropgate_vfs::{Backend, LocalBackend, Storage, UploadMode};
 
 pub use accounts::{AccountError, PasswordChange};
 pub use admission::{
@@ -72,8 +72,8 @@ const TOO_MANY_SESSIONS: &str = "too many sessions";
 /// Settings `core` needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Where local homes live (`[storage] root`).
-    pub storage_root: PathBuf,
+    /// Where homes live (`[storage] backend`).
+    pub storage: Arc<dyn Backend>,
     /// `[storage] upload_mode`.
     pub upload_mode: UploadMode,
     /// `[storage] durable_uploads`: answer an upload only once it is on
@@ -95,10 +95,15 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Defaults for everything but where the homes live.
+    /// Defaults, with the homes as folders below `storage_root`.
     pub fn new(storage_root: PathBuf) -> GatewayConfig {
+        GatewayConfig::with_backend(Arc::new(LocalBackend::new(storage_root)))
+    }
+
+    /// Defaults for everything but where the homes live.
+    pub fn with_backend(storage: Arc<dyn Backend>) -> GatewayConfig {
         GatewayConfig {
-            storage_root,
+            storage,
             upload_mode: UploadMode::Atomic,
             durable_uploads: true,
             node_name: String::new(),
@@ -222,6 +227,11 @@ impl Gateway {
     /// How long a client may take to log in after connecting.
     pub fn login_grace(&self) -> std::time::Duration {
         self.config.login_grace
+    }
+
+    /// Where the homes live, and what that storage can do.
+    pub fn storage(&self) -> &Arc<dyn Backend> {
+        &self.config.storage
     }
 
     /// The audit log.
@@ -422,8 +432,8 @@ impl Gateway {
             }
         }
 
-        let fs: Arc<dyn Storage> = match LocalStorage::open(&self.config.storage_root, &user.home) {
-            Ok(fs) => Arc::new(fs),
+        let fs: Arc<dyn Storage> = match self.config.storage.open_home(&user.home).await {
+            Ok(fs) => fs,
             Err(e) => {
                 tracing::error!(error = %e, user = %user.username, "cannot open home");
                 self.record_login(
@@ -484,8 +494,7 @@ impl Gateway {
             .map_err(|e| FsError::Vfs(dropgate_vfs::VfsError::Io(std::io::Error::other(e))))?
             .ok_or(FsError::Vfs(dropgate_vfs::VfsError::NotFound))?;
         let user = record.user;
-        let fs: Arc<dyn Storage> =
-            Arc::new(LocalStorage::open(&self.config.storage_root, &user.home)?);
+        let fs = self.config.storage.open_home(&user.home).await?;
         let quota = self
             .quotas
             .guard(&user.username, user.quota, fs.as_ref())
@@ -611,8 +620,8 @@ impl Gateway {
         {
             return Ok(*u);
         }
-        let fs = LocalStorage::open(&self.config.storage_root, &user.home)?;
-        let measured = quota::measure(&fs).await;
+        let fs = self.config.storage.open_home(&user.home).await?;
+        let measured = quota::measure(fs.as_ref()).await;
         let mut cache = self.lock_usage_cache();
         if cache.len() >= USAGE_CACHE_MAX {
             cache.retain(|_, (_, at, _)| at.elapsed() < USAGE_CACHE_TTL);

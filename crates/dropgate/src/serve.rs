@@ -15,7 +15,7 @@ use dropgate_ftp::{FtpConfig, FtpServer, TlsMode};
 use dropgate_ftps::{FtpsTls, TlsError, TlsSettings};
 use dropgate_sftp::{SftpConfig, SftpError, SftpServer};
 use dropgate_store::{NodeInfo, Store};
-use dropgate_vfs::UploadMode;
+use dropgate_vfs::{Backend, LocalBackend, UploadMode};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -41,9 +41,10 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
 
     std::fs::create_dir_all(&cfg.storage_root)
         .with_context(|| format!("creating storage root {}", cfg.storage_root.display()))?;
+    let storage: Arc<dyn Backend> = Arc::new(LocalBackend::new(cfg.storage_root.clone()));
     // Only this process writes below the root at start-up, so any upload
     // temporary there is debris of a crash.
-    match dropgate_vfs::sweep_stale_temporaries(&cfg.storage_root) {
+    match storage.sweep_temporaries().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "swept stale upload temporaries"),
         Err(e) => tracing::warn!(error = %e, "could not sweep upload temporaries"),
@@ -52,7 +53,7 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     let gateway = Gateway::new(
         store.clone(),
         GatewayConfig {
-            storage_root: cfg.storage_root.clone(),
+            storage,
             upload_mode: match cfg.raw.storage.upload_mode {
                 UploadModeSetting::Atomic => UploadMode::Atomic,
                 UploadModeSetting::AtomicResume => UploadMode::AtomicResume,

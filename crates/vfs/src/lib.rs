@@ -2,13 +2,16 @@
 //!
 //! Owns: turning client paths into [`VirtualPath`]s (one canonicalizer for all
 //! protocols), the [`Storage`] trait that covers what FTP and SFTP need, and
-//! the storage backends (today [`LocalStorage`], confined at the OS level under
-//! each account's home with cap-std so a symlink or a race cannot leave it).
+//! the [`Backend`]s that hold the homes: [`LocalBackend`] (each home a folder,
+//! confined at the OS level with cap-std so a symlink or a race cannot leave
+//! it) and [`MemoryBackend`] (for tests).
 //!
 //! Must not: know about accounts, permissions, quotas or audit (that is
 //! `dropgate-core`), or speak any wire protocol.
 
+mod backend;
 mod local;
+mod memory;
 mod path;
 mod writeback;
 
@@ -19,7 +22,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use backend::{Backend, Capabilities, LocalBackend};
 pub use local::{LocalStorage, sweep_stale_temporaries};
+pub use memory::{MemoryBackend, MemoryStorage};
 pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, TEMP_PREFIX, VirtualPath};
 
 /// What went wrong in the filesystem, in terms every protocol can map to its
