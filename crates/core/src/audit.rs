@@ -7,6 +7,11 @@
 //! event, and any action it triggers, is in the store. Waiting events are
 //! committed in groups: while one transaction runs, the next batch gathers,
 //! so hundreds of small uploads a second cost a few transactions a second.
+//! When the writer is idle, nothing is queued and the event triggers no
+//! action, the waiting task stores its event itself (one `INSERT`), which
+//! spares the two task wake-ups of the round trip through the writer; if
+//! that does not succeed at once, the event goes to the writer under the
+//! same key, so a late landing of the first attempt cannot store it twice.
 //!
 //! When the store is down, batches go to an on-disk spool (one fsynced file
 //! per batch) and are acknowledged from there; a replay task moves them
@@ -33,6 +38,9 @@ const BATCH: usize = 256;
 const LINGER: Duration = Duration::from_millis(25);
 /// How long one store write may take before the batch goes to the spool.
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a waiting task's own store write may take before its event is
+/// handed to the writer (which retries, then spools).
+const INLINE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the spool is offered to the store.
 const REPLAY_EVERY: Duration = Duration::from_secs(2);
 /// Most bytes the spool holds; beyond it, waiting operations fail.
@@ -47,7 +55,7 @@ pub struct Unrecorded;
 type Waiter = oneshot::Sender<Result<(), Unrecorded>>;
 
 enum Msg {
-    Event(Box<Event>, Option<Waiter>),
+    Event(Box<KeyedEvent>, Option<Waiter>),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -57,6 +65,8 @@ enum Msg {
 pub struct AuditLog {
     tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
+    /// For waiting tasks that store their own event while the writer idles.
+    store: Store,
 }
 
 /// What senders, the writer and the replay task share.
@@ -65,12 +75,23 @@ struct Shared {
     queued: AtomicUsize,
     /// Ends the writer's linger early (a waiting event, a flush, a full batch).
     hurry: Notify,
+    /// Set while the writer holds events it has not finished writing.
+    writing: AtomicBool,
+    /// Set while a waiting task stores its own event: one at a time, so
+    /// that SQLite's writers do not queue on its lock (whose busy handler
+    /// sleeps a millisecond or more).
+    inline: AtomicBool,
     /// Rules that turn events into deliveries.
     rules: Arc<Rules>,
     /// Woken when deliveries were stored (the dispatcher).
     deliveries: Arc<Notify>,
     /// Set while the store refuses writes: batches go to the spool.
     degraded: AtomicBool,
+    /// Held while a batch is appended to the spool and `degraded` set, and
+    /// while the replay finds the spool empty and clears it: the replay
+    /// cannot leave the degraded mode between those two steps of the
+    /// writer (a batch spooled, later ones bypassing it out of order).
+    spool_gate: std::sync::Mutex<()>,
     spool: Option<Spool>,
     /// Events that could be neither stored nor spooled.
     lost: AtomicU64,
@@ -93,17 +114,20 @@ impl AuditLog {
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
             hurry: Notify::new(),
+            writing: AtomicBool::new(false),
+            inline: AtomicBool::new(false),
             rules,
             deliveries,
             degraded: AtomicBool::new(false),
+            spool_gate: std::sync::Mutex::new(()),
             spool,
             lost: AtomicU64::new(0),
         });
         if shared.spool.is_some() {
             tokio::spawn(replay_spool(store.clone(), shared.clone()));
         }
-        tokio::spawn(write_events(store, rx, shared.clone()));
-        AuditLog { tx, shared }
+        tokio::spawn(write_events(store.clone(), rx, shared.clone()));
+        AuditLog { tx, shared, store }
     }
 
     /// Queues one event nobody waits for (a logout, a failed operation).
@@ -114,15 +138,64 @@ impl AuditLog {
     /// Records one event and waits until it (with the deliveries it causes)
     /// is in the store or the spool: what a client is told succeeded.
     pub async fn record_durable(&self, event: Event) -> Result<(), Unrecorded> {
+        let mut event = KeyedEvent::new(event);
+        if self.writer_idle()
+            && let Some(_turn) = InlineTurn::take(&self.shared.inline)
+            && self.store_now(&mut event).await
+        {
+            return Ok(());
+        }
         let (done, wait) = oneshot::channel();
-        if !self.send(event, Some(done)) {
+        if !self.send_keyed(event, Some(done)) {
             return Err(Unrecorded);
         }
         self.shared.hurry.notify_one();
         wait.await.unwrap_or(Err(Unrecorded))
     }
 
+    /// Nothing queued, nothing being written, the store taking writes: an
+    /// event stored now cannot overtake an earlier one of this process.
+    fn writer_idle(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) == 0
+            && !self.shared.writing.load(Ordering::Acquire)
+            && !self.shared.degraded.load(Ordering::Acquire)
+    }
+
+    /// Stores one event from the calling task, if it triggers no action
+    /// (deliveries go through the writer, whose batch is their one
+    /// transaction) and the store answers in time; `false`: not stored,
+    /// or not known to be.
+    async fn store_now(&self, event: &mut KeyedEvent) -> bool {
+        sanitize(&mut event.event);
+        if !self
+            .shared
+            .rules
+            .deliveries_for(std::iter::once(&event.event))
+            .is_empty()
+        {
+            return false;
+        }
+        let attempt = tokio::time::timeout(
+            INLINE_TIMEOUT,
+            self.store
+                .insert_events_with_deliveries(std::slice::from_ref(event), &[]),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "storing an audit event failed; handed to the writer");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     fn send(&self, event: Event, waiter: Option<Waiter>) -> bool {
+        self.send_keyed(KeyedEvent::new(event), waiter)
+    }
+
+    fn send_keyed(&self, event: KeyedEvent, waiter: Option<Waiter>) -> bool {
         // Counted before it is sent: the writer may take it (and count it
         // off) before `send` returns.
         let queued = self.shared.queued.fetch_add(1, Ordering::AcqRel);
@@ -158,6 +231,24 @@ impl AuditLog {
     }
 }
 
+/// The one turn to store an event from a waiting task; given back on drop
+/// (also when the waiting task is cancelled).
+struct InlineTurn<'a>(&'a AtomicBool);
+
+impl<'a> InlineTurn<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<InlineTurn<'a>> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| InlineTurn(flag))
+    }
+}
+
+impl Drop for InlineTurn<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// The writer: wakes for the first event of a batch; for events nobody
 /// waits for, sleeps through the linger instead of waking for every event
 /// that follows (each wake of an idle task from a busy worker can cost a
@@ -167,6 +258,7 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
     let mut batch = Vec::with_capacity(BATCH);
     let mut waiters = Vec::new();
     while rx.recv_many(&mut msgs, BATCH).await > 0 {
+        shared.writing.store(true, Ordering::Release);
         let deadline = Instant::now() + LINGER;
         let urgent = |m: &Msg| matches!(m, Msg::Flush(_)) || matches!(m, Msg::Event(_, Some(_)));
         let mut hurry = msgs.iter().any(urgent);
@@ -189,7 +281,7 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
             match m {
                 Msg::Event(e, waiter) => {
                     shared.queued.fetch_sub(1, Ordering::AcqRel);
-                    batch.push(KeyedEvent::new(*e));
+                    batch.push(*e);
                     waiters.extend(waiter);
                 }
                 Msg::Flush(done) => flushes.push(done),
@@ -212,13 +304,14 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
         for f in flushes {
             let _ = f.send(());
         }
+        shared.writing.store(false, Ordering::Release);
     }
 }
 
 /// Stores one batch, or spools it when the store does not answer in time.
 async fn write_batch(
     store: &Store,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     events: &[KeyedEvent],
     deliveries: &[Delivery],
 ) -> Result<(), Unrecorded> {
@@ -245,13 +338,22 @@ async fn write_batch(
         );
         return Err(Unrecorded);
     };
-    shared.degraded.store(true, Ordering::Release);
     let spool = spool.clone();
     let file = SpoolFile {
         events: events.to_vec(),
         deliveries: deliveries.to_vec(),
     };
-    match tokio::task::spawn_blocking(move || spool.append(&file)).await {
+    let gated = shared.clone();
+    let appended = tokio::task::spawn_blocking(move || {
+        let _gate = gated
+            .spool_gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        spool.append(&file)?;
+        gated.degraded.store(true, Ordering::Release);
+        Ok::<_, std::io::Error>(())
+    });
+    match appended.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::error!(error = %e, events = events.len(), "audit events lost: the spool refused them");
@@ -329,12 +431,21 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
         if all_in && shared.degraded.load(Ordering::Acquire) {
             // Batches spooled while this pass ran are picked up next pass:
             // only leave the degraded mode when the folder is really empty.
-            let s = spool.clone();
-            let empty = tokio::task::spawn_blocking(move || s.pending().is_empty())
-                .await
-                .unwrap_or(false);
-            if empty {
-                shared.degraded.store(false, Ordering::Release);
+            let (s, gated) = (spool.clone(), shared.clone());
+            let cleared = tokio::task::spawn_blocking(move || {
+                let _gate = gated
+                    .spool_gate
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let empty = s.pending().is_empty();
+                if empty {
+                    gated.degraded.store(false, Ordering::Release);
+                }
+                empty
+            })
+            .await
+            .unwrap_or(false);
+            if cleared {
                 tracing::info!("audit log writes to the store again");
             }
         }
