@@ -144,6 +144,30 @@ async fn permissions_and_quotas_hold() {
     assert!(s.metadata(&p("/two")).await.is_err());
     s.remove_file(&p("/one")).await.unwrap();
     upload(&s, "/two", b"12345678").await.unwrap();
+
+    // A file count: a new name needs room, replacing a file does not.
+    let mut few = User::new("few");
+    few.quota = Quota {
+        max_bytes: 0,
+        max_files: 1,
+    };
+    let s = f.login(few).await;
+    upload(&s, "/only", b"1").await.unwrap();
+    assert!(matches!(
+        upload(&s, "/second", b"2").await,
+        Err(FsError::QuotaExceeded)
+    ));
+    assert!(
+        s.metadata(&p("/second")).await.is_err(),
+        "nothing left behind"
+    );
+    assert_eq!(upload(&s, "/only", b"replaced").await.unwrap(), 8);
+    let mut list = s.list(&p("/")).await.unwrap();
+    let mut names = Vec::new();
+    while let Some(e) = list.next().await {
+        names.push(e.unwrap().name);
+    }
+    assert_eq!(names, ["only"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

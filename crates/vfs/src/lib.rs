@@ -286,6 +286,20 @@ pub enum LastWrite {
     Commit(VfsError),
 }
 
+/// What an upload's final name held when the upload was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing (a new file).
+    Nothing,
+    /// A regular file (followed through a symlink inside the jail).
+    File {
+        /// Its size.
+        size: u64,
+        /// Its hard links.
+        nlink: u64,
+    },
+}
+
 /// An upload in progress. Dropping it without [`FileWriter::commit`] aborts it.
 #[async_trait]
 pub trait FileWriter: Send + Sync {
@@ -316,6 +330,10 @@ pub trait FileWriter: Send + Sync {
     /// Bytes already in the file before this upload wrote anything
     /// (the kept prefix of a resume or append).
     fn initial_len(&self) -> u64;
+    /// What the final name held when [`Storage::create`] looked at it, so
+    /// that a caller need not look it up first (one round trip fewer per
+    /// upload). Required: every backend looks before it creates.
+    fn found(&self) -> Found;
     /// The underlying local file, for zero-copy uploads (splice).
     fn local_file(&self) -> Option<&std::fs::File>;
     /// Makes the upload durable and visible under its final name.

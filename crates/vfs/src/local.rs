@@ -24,8 +24,8 @@ use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 use crate::writeback::WriteBack;
 use crate::{
     Committed, CreateOptions, DirEntry, DirSource, DirStream, FileKind, FileReader, FileWriter,
-    FsStats, Inspect, LIST_BATCH, LastWrite, Metadata, Placed, Replaced, Storage, TEMP_PREFIX,
-    UploadMode, VfsError, VfsResult, VirtualPath, WriteStart,
+    Found, FsStats, Inspect, LIST_BATCH, LastWrite, Metadata, Placed, Replaced, Storage,
+    TEMP_PREFIX, UploadMode, VfsError, VfsResult, VirtualPath, WriteStart,
 };
 
 /// Local-disk storage rooted at one account's home.
@@ -422,6 +422,13 @@ impl Storage for LocalStorage {
                 exclusive: opts.exclusive,
                 durable: opts.durable,
                 initial_len: keep,
+                found: match &existing {
+                    Some(m) => Found::File {
+                        size: m.len(),
+                        nlink: m.nlink(),
+                    },
+                    None => Found::Nothing,
+                },
                 wrote: AtomicBool::new(false),
                 writeback: Arc::new(WriteBack::new(opts.durable)),
                 finished: false,
@@ -774,6 +781,7 @@ struct LocalWriter {
     /// Sync the data and the folder before the commit returns.
     durable: bool,
     initial_len: u64,
+    found: Found,
     /// Whether any byte was written (atomic_resume keeps only real partials).
     wrote: AtomicBool,
     writeback: Arc<WriteBack>,
@@ -945,6 +953,10 @@ impl FileWriter for LocalWriter {
 
     fn initial_len(&self) -> u64 {
         self.initial_len
+    }
+
+    fn found(&self) -> Found {
+        self.found
     }
 
     fn local_file(&self) -> Option<&std::fs::File> {

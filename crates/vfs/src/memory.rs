@@ -17,8 +17,8 @@ use bytes::Bytes;
 use crate::backend::{Backend, Capabilities, home_components};
 use crate::{
     Committed, CreateOptions, DirEntry, DirSource, DirStream, FileKind, FileReader, FileWriter,
-    FsStats, Metadata, Placed, Replaced, Storage, TEMP_PREFIX, UploadMode, VfsError, VfsResult,
-    VirtualPath, WriteStart,
+    Found, FsStats, Metadata, Placed, Replaced, Storage, TEMP_PREFIX, UploadMode, VfsError,
+    VfsResult, VirtualPath, WriteStart,
 };
 
 /// What `fs_stats` reports as the capacity (the backend itself has no limit
@@ -330,6 +330,13 @@ impl Storage for MemoryStorage {
             }) => Some(c.clone()),
         };
         let existing_len = existing.as_ref().map_or(0, |c| lock(c).len() as u64);
+        let found = match existing {
+            Some(_) => Found::File {
+                size: existing_len,
+                nlink: 1,
+            },
+            None => Found::Nothing,
+        };
         let keep = match opts.start {
             WriteStart::Truncate => 0,
             WriteStart::ResumeAt(n) if n > existing_len => return Err(VfsError::InvalidOffset),
@@ -363,6 +370,7 @@ impl Storage for MemoryStorage {
             mode: opts.mode,
             exclusive: opts.exclusive,
             initial_len: keep,
+            found,
             wrote: AtomicBool::new(false),
             finished: false,
         }))
@@ -592,6 +600,7 @@ struct MemoryWriter {
     mode: UploadMode,
     exclusive: bool,
     initial_len: u64,
+    found: Found,
     wrote: AtomicBool,
     finished: bool,
 }
@@ -723,6 +732,10 @@ impl FileWriter for MemoryWriter {
 
     fn initial_len(&self) -> u64 {
         self.initial_len
+    }
+
+    fn found(&self) -> Found {
+        self.found
     }
 
     fn local_file(&self) -> Option<&std::fs::File> {

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use dropgate_vfs::{
-    Backend, CreateOptions, LIST_BATCH, LocalBackend, MemoryBackend, Replaced, Storage, UploadMode,
-    VfsError, VirtualPath, WriteStart,
+    Backend, CreateOptions, Found, LIST_BATCH, LocalBackend, MemoryBackend, Replaced, Storage,
+    UploadMode, VfsError, VirtualPath, WriteStart,
 };
 
 /// Every backend, each with a fresh, empty root (the temporary folder
@@ -83,6 +83,7 @@ async fn atomic_uploads_appear_whole_at_commit_and_not_before() {
             .create(&p("/a.txt"), opts(UploadMode::Atomic, WriteStart::Truncate))
             .await
             .unwrap();
+        assert_eq!(w.found(), Found::File { size: 3, nlink: 1 }, "{kind}");
         w.write_at(0, Bytes::from_static(b"new content"))
             .await
             .unwrap();
@@ -116,6 +117,7 @@ async fn atomic_uploads_appear_whole_at_commit_and_not_before() {
             .create(&p("/b.txt"), opts(UploadMode::Atomic, WriteStart::Truncate))
             .await
             .unwrap();
+        assert_eq!(w.found(), Found::Nothing, "{kind}");
         w.write_at(0, Bytes::from_static(b"dropped")).await.unwrap();
         drop(w);
         assert_eq!(read(fs.as_ref(), "/a.txt").await.unwrap(), b"new content");
