@@ -602,6 +602,11 @@ class Bench:
             return
         if server in self.failed.get(key, {}) or server in self.na.get(key, {}):
             return
+        if key in UPLOAD_KEYS:
+            # Every upload step starts with no dirty data in the page cache: otherwise a
+            # server that syncs (dropgate's durable mode) waits behind the write-back of
+            # whatever the servers measured before it left unsynced.
+            os.sync()
         try:
             before = cpu_times()
             try:
