@@ -69,14 +69,43 @@ async fn schemathesis_finds_no_server_error() {
         .await;
     assert_eq!(r.status, common::StatusCode::CREATED);
 
+    // CPython 3.11 before 3.11.9 can fail `ast.parse` inside hypothesis
+    // (which describes its filter lambdas by parsing their source) with
+    // "AST constructor recursion depth mismatch", at random: a fault of the
+    // tool's interpreter, not of the API. Such a run is repeated once; any
+    // other failure, or the same one twice, fails the test.
+    let (mut status, mut out, mut err) =
+        run_schemathesis(&exe, &api.url("/api/v1/openapi.json"), &token).await;
+    if !status.success() && (out.contains(INTERPRETER_FAULT) || err.contains(INTERPRETER_FAULT)) {
+        println!("schemathesis hit the CPython fault ({INTERPRETER_FAULT}); running it once more");
+        (status, out, err) = run_schemathesis(&exe, &api.url("/api/v1/openapi.json"), &token).await;
+    }
+    assert!(
+        status.success(),
+        "schemathesis found failures ({status}):\n{out}\n{err}"
+    );
+    // It really tested the API, not an empty document.
+    assert!(out.contains("/api/v1/users"), "{out}");
+    drop(session);
+}
+
+/// What the interpreter says when it hits the CPython 3.11 `ast.parse` fault.
+const INTERPRETER_FAULT: &str = "AST constructor recursion depth mismatch";
+
+/// One schemathesis run against `url`: its exit status, stdout and stderr.
+async fn run_schemathesis(
+    exe: &std::path::Path,
+    url: &str,
+    token: &str,
+) -> (std::process::ExitStatus, String, String) {
     // schemathesis and hypothesis write caches and reports to the working directory.
     let work = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(&exe)
+    let mut child = tokio::process::Command::new(exe)
         .current_dir(work.path())
         .env("NO_COLOR", "1")
         .args([
             "run",
-            &api.url("/api/v1/openapi.json"),
+            url,
             "--checks",
             "not_a_server_error",
             "--header",
@@ -118,11 +147,5 @@ async fn schemathesis_finds_no_server_error() {
     };
     let (out, err) = (out.await.unwrap(), err.await.unwrap());
     println!("{out}\n{err}");
-    assert!(
-        status.success(),
-        "schemathesis found failures ({status}):\n{out}\n{err}"
-    );
-    // It really tested the API, not an empty document.
-    assert!(out.contains("/api/v1/users"), "{out}");
-    drop(session);
+    (status, out, err)
 }
