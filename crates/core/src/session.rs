@@ -172,6 +172,12 @@ impl Session {
     }
 
     /// The account.
+    /// What the storage behind this session can do (protocols decide from
+    /// this what to offer, never from which backend it is).
+    pub fn capabilities(&self) -> dropgate_vfs::Capabilities {
+        self.inner.gateway.storage().capabilities()
+    }
+
     pub fn user(&self) -> &User {
         &self.inner.user
     }

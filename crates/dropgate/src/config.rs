@@ -470,10 +470,7 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
         return Err(bad("database.max_connections", "must be at least 1"));
     }
     if raw.storage.backend == Backend::S3 {
-        return Err(bad(
-            "storage.backend",
-            "\"s3\" is not available in this version yet; use \"local\"",
-        ));
+        validate_s3(&raw.storage.s3)?;
     }
     let storage_root = if raw.storage.root.as_os_str().is_empty() {
         data_dir.join("files")
@@ -614,6 +611,45 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
         node_name,
         proxy_policy,
     })
+}
+
+/// `[storage.s3]` when it is used: a bucket, an endpoint that is a URL,
+/// both keys or neither, and a prefix of plain names.
+fn validate_s3(s3: &S3Section) -> Result<(), ConfigError> {
+    if s3.bucket.trim().is_empty() {
+        return Err(bad(
+            "storage.s3.bucket",
+            "must be set when storage.backend = \"s3\"",
+        ));
+    }
+    let is_url = s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://");
+    if !s3.endpoint.is_empty() && !is_url {
+        return Err(bad(
+            "storage.s3.endpoint",
+            format!("{:?} is not an http:// or https:// URL", s3.endpoint),
+        ));
+    }
+    if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
+        return Err(bad(
+            "storage.s3.access_key_id",
+            "access_key_id and secret_access_key are set together or not at all (empty: the AWS credential chain)",
+        ));
+    }
+    if s3.region.is_empty() {
+        return Err(bad("storage.s3.region", "must not be empty"));
+    }
+    let prefix = s3.prefix.trim_matches('/');
+    if !prefix.is_empty()
+        && prefix
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == ".." || c.contains(['\\', '\0']))
+    {
+        return Err(bad(
+            "storage.s3.prefix",
+            format!("{:?} must be plain names separated by /", s3.prefix),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_port_range(s: &str) -> Option<RangeInclusive<u16>> {

@@ -28,6 +28,36 @@ use crate::config::{Effective, TlsSetting, UploadModeSetting};
 const SHUTDOWN_DEADLINE: Duration =
     Duration::from_secs(dropgate_core::SHUTDOWN_GRACE.as_secs() + 5);
 
+/// The storage backend `[storage] backend` names, ready to open homes.
+pub(crate) fn storage_backend(cfg: &Effective) -> Result<Arc<dyn Backend>, CliError> {
+    match cfg.raw.storage.backend {
+        crate::config::Backend::Local => {
+            std::fs::create_dir_all(&cfg.storage_root)
+                .with_context(|| format!("creating storage root {}", cfg.storage_root.display()))?;
+            Ok(Arc::new(LocalBackend::new(cfg.storage_root.clone())))
+        }
+        crate::config::Backend::S3 => {
+            let s3 = &cfg.raw.storage.s3;
+            let backend = dropgate_vfs::S3Backend::new(&dropgate_vfs::S3Settings {
+                bucket: s3.bucket.clone(),
+                prefix: s3.prefix.clone(),
+                region: s3.region.clone(),
+                endpoint: s3.endpoint.clone(),
+                path_style: s3.path_style,
+                access_key_id: s3.access_key_id.clone(),
+                secret_access_key: s3.secret_access_key.clone(),
+            })
+            .context("setting up the S3 storage backend")?;
+            if cfg.raw.storage.upload_mode == UploadModeSetting::Direct {
+                tracing::info!(
+                    "storage.upload_mode = \"direct\" on S3 behaves as \"atomic_resume\": an object appears only when complete"
+                );
+            }
+            Ok(Arc::new(backend))
+        }
+    }
+}
+
 pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     // Before anything else: a stop signal that arrives while the store opens
     // or the listeners start must still mean a clean stop, not death by the
@@ -39,11 +69,9 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     let store = crate::users::open_store(&cfg).await?;
     ensure_first_admin(&store, &cfg.data_dir).await?;
 
-    std::fs::create_dir_all(&cfg.storage_root)
-        .with_context(|| format!("creating storage root {}", cfg.storage_root.display()))?;
-    let storage: Arc<dyn Backend> = Arc::new(LocalBackend::new(cfg.storage_root.clone()));
+    let storage = storage_backend(&cfg)?;
     // Only this process writes below the root at start-up, so any upload
-    // temporary there is debris of a crash.
+    // temporary there is debris of a crash. (S3 keeps none: see the backend.)
     match storage.sweep_temporaries().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "swept stale upload temporaries"),

@@ -84,7 +84,7 @@ pub(crate) async fn open_store(cfg: &Effective) -> Result<Store, CliError> {
 /// are no live sessions to end in this process).
 async fn open_gateway(cfg: &Effective) -> Result<Arc<Gateway>, CliError> {
     let store = open_store(cfg).await?;
-    let mut config = GatewayConfig::new(cfg.storage_root.clone());
+    let mut config = GatewayConfig::with_backend(crate::serve::storage_backend(cfg)?);
     config.node_name = cfg.node_name.clone();
     let gateway = Gateway::new(store, config);
     // Account changes made here fire `account_changed` rules too (a running

@@ -642,11 +642,15 @@ impl ReplyBuilder {
     }
 }
 
-/// `SSH_FXP_VERSION` with our extensions.
-pub(crate) fn encode_version() -> Bytes {
+/// `SSH_FXP_VERSION` with our extensions (`hardlink@openssh.com` only
+/// where the storage has links).
+pub(crate) fn encode_version(hard_links: bool) -> Bytes {
     let mut b = ReplyBuilder::new(packet::VERSION, 256);
     b.u32(SFTP_VERSION);
     for (name, version) in ext::ADVERTISED {
+        if *name == ext::HARDLINK && !hard_links {
+            continue;
+        }
         b.string(name.as_bytes()).string(version.as_bytes());
     }
     b.finish()
@@ -1218,16 +1222,25 @@ mod tests {
 
     #[test]
     fn encodes_version() {
-        let v = encode_version();
-        let mut want = vec![packet::VERSION];
-        want.extend(u32b(3));
-        for (n, ver) in ext::ADVERTISED {
-            want.extend(s(n.as_bytes()));
-            want.extend(s(ver.as_bytes()));
+        for hard_links in [true, false] {
+            let v = encode_version(hard_links);
+            let mut want = vec![packet::VERSION];
+            want.extend(u32b(3));
+            for (n, ver) in ext::ADVERTISED {
+                if *n == ext::HARDLINK && !hard_links {
+                    continue;
+                }
+                want.extend(s(n.as_bytes()));
+                want.extend(s(ver.as_bytes()));
+            }
+            let mut framed = u32b(want.len() as u32);
+            framed.extend(want);
+            assert_eq!(&v[..], &framed[..]);
+            let has = v
+                .windows(ext::HARDLINK.len())
+                .any(|w| w == ext::HARDLINK.as_bytes());
+            assert_eq!(has, hard_links);
         }
-        let mut framed = u32b(want.len() as u32);
-        framed.extend(want);
-        assert_eq!(&v[..], &framed[..]);
     }
 
     #[test]

@@ -283,7 +283,9 @@ pub(crate) async fn serve(
     let tasks = starter.tasks.clone();
     let mut executor = tokio::spawn(execute(starter.clone(), job_rx));
 
+    let hard_links = state.session.capabilities().links;
     let mut reader = Reader {
+        hard_links,
         starter,
         jobs: job_tx,
         frames: FrameDecoder::default(),
@@ -396,6 +398,8 @@ pub(crate) async fn take_closed(handle: Arc<OpenHandle>) -> Option<OpenHandle> {
 }
 
 struct Reader {
+    /// Whether VERSION offers `hardlink@openssh.com` (the storage has links).
+    hard_links: bool,
     starter: Starter,
     jobs: mpsc::UnboundedSender<Job>,
     frames: FrameDecoder,
@@ -462,7 +466,7 @@ impl Reader {
             }
             self.initialized = true;
             tracing::debug!(version, "SFTP session started");
-            self.queue(Work::Reply(codec::encode_version()), charge);
+            self.queue(Work::Reply(codec::encode_version(self.hard_links)), charge);
             return Ok(());
         }
         if !self.initialized {

@@ -480,6 +480,14 @@ async fn on_handle(
                 if !s.allows(&handle.path, Permission::Chtimes) {
                     return Err(Failure(StatusCode::PermissionDenied, "Permission denied"));
                 }
+                if !s.capabilities().set_times {
+                    // Refused now: at CLOSE it would fail an upload that
+                    // was stored.
+                    return Err(Failure(
+                        StatusCode::OpUnsupported,
+                        "Setting file times is not supported by this storage",
+                    ));
+                }
                 *lock(&w.pending_times) = Some((Some(time(atime)), Some(time(mtime))));
             }
             Ok(ok(id))

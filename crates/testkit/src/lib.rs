@@ -3,6 +3,9 @@
 //! integration tests of every protocol crate so none of them copies set-up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod moto;
+pub use moto::Moto;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;

@@ -25,6 +25,31 @@ pub struct Capabilities {
     pub local_files: bool,
     /// Renaming a folder is one atomic step (not a copy of each object).
     pub atomic_folder_rename: bool,
+    /// An upload in `direct` mode is visible under its name while it is
+    /// written (object stores publish an object only when it is complete).
+    pub in_place_uploads: bool,
+    /// File times can be set (FTP `MFMT`, SFTP `SETSTAT` times).
+    pub set_times: bool,
+    /// A stored file's size can be changed to any length (SFTP `SETSTAT`
+    /// size); without it only to 0 or its current size.
+    pub resize: bool,
+    /// A file opened for reading keeps its content when its name is
+    /// replaced meanwhile; without it such a read fails ("file changed").
+    pub stable_reads: bool,
+}
+
+impl Capabilities {
+    /// Everything: a POSIX filesystem.
+    pub const ALL: Capabilities = Capabilities {
+        random_writes: true,
+        links: true,
+        local_files: true,
+        atomic_folder_rename: true,
+        in_place_uploads: true,
+        set_times: true,
+        resize: true,
+        stable_reads: true,
+    };
 }
 
 /// A storage backend for the whole gateway (`[storage] backend`).
@@ -73,12 +98,7 @@ impl Backend for LocalBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            random_writes: true,
-            links: true,
-            local_files: true,
-            atomic_folder_rename: true,
-        }
+        Capabilities::ALL
     }
 
     async fn open_home(&self, home: &str) -> VfsResult<Arc<dyn Storage>> {

@@ -4,7 +4,8 @@
 //! protocols), the [`Storage`] trait that covers what FTP and SFTP need, and
 //! the [`Backend`]s that hold the homes: [`LocalBackend`] (each home a folder,
 //! confined at the OS level with cap-std so a symlink or a race cannot leave
-//! it) and [`MemoryBackend`] (for tests).
+//! it), `S3Backend` (homes as prefixes of a bucket; feature `s3`) and
+//! [`MemoryBackend`] (for tests).
 //!
 //! Must not: know about accounts, permissions, quotas or audit (that is
 //! `dropgate-core`), or speak any wire protocol.
@@ -13,6 +14,8 @@ mod backend;
 mod local;
 mod memory;
 mod path;
+#[cfg(feature = "s3")]
+mod s3;
 mod writeback;
 
 use std::io;
@@ -26,6 +29,8 @@ pub use backend::{Backend, Capabilities, LocalBackend};
 pub use local::{LocalStorage, sweep_stale_temporaries};
 pub use memory::{MemoryBackend, MemoryStorage};
 pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, TEMP_PREFIX, VirtualPath};
+#[cfg(feature = "s3")]
+pub use s3::{S3Backend, S3Settings, S3Storage};
 
 /// What went wrong in the filesystem, in terms every protocol can map to its
 /// own reply codes.

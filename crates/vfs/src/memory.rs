@@ -203,10 +203,9 @@ impl Backend for MemoryBackend {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            random_writes: true,
             links: false,
             local_files: false,
-            atomic_folder_rename: true,
+            ..Capabilities::ALL
         }
     }
 

@@ -18,7 +18,12 @@ impl Connection {
             " EPSV".to_owned(),
             " HASH SHA-256*".to_owned(),
             " MDTM".to_owned(),
-            " MFMT".to_owned(),
+        ]);
+        // MFMT only where the storage keeps the times it is given.
+        if self.ctx.gateway.storage().capabilities().set_times {
+            lines.push(" MFMT".to_owned());
+        }
+        lines.extend([
             format!(" MLST {}", self.facts.feat_list()),
             " PASV".to_owned(),
         ]);

@@ -1,0 +1,1076 @@
+//! Homes in an S3-compatible bucket (AWS S3, MinIO, Ceph), on opendal
+//! (docs/design/s3-backend.md says why not object_store).
+//!
+//! The mapping: a home is the prefix `{home}/` below `[storage.s3] prefix`;
+//! a file is an object; a folder is a prefix, with an empty `dir/` marker
+//! object for the ones dropgate creates (folders made by other tools exist as
+//! long as something is below them). Uploads stream as multipart uploads, so
+//! an object appears only when it is complete: every upload mode is atomic
+//! by nature, and an aborted upload is aborted on the server. What S3 cannot
+//! do (writes in the middle of a file, links, times, resizing) is refused
+//! with `Unsupported`, and [`Capabilities`] says so up front.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use opendal::{ErrorKind, Operator};
+
+use crate::backend::{Backend, Capabilities, home_components};
+use crate::{
+    Committed, CreateOptions, DirEntry, DirSource, DirStream, FileKind, FileReader, FileWriter,
+    Found, FsStats, MAX_NAME_LEN, Metadata, Placed, Replaced, Storage, TEMP_PREFIX, UploadMode,
+    VfsError, VfsResult, VirtualPath, WriteStart,
+};
+
+/// Bytes buffered per multipart part. S3 allows 10,000 parts, so one object
+/// can reach 80 GiB; the part minimum is 5 MiB.
+const PART_SIZE: usize = 8 << 20;
+/// Parts of one upload in flight at once.
+const PARTS_IN_FLIGHT: usize = 2;
+/// Out-of-order writes (SFTP sends many at once) parked per upload until
+/// the gap before them fills: the SFTP dispatcher's window, 64 × 255 KiB.
+const PARK_LIMIT: usize = 16 << 20;
+/// One server-side copy call moves at most this much (S3's limit).
+const COPY_LIMIT: u64 = 5 << 30;
+/// Keys listed per ListObjectsV2 page.
+const LIST_PAGE: usize = 1000;
+/// What `statvfs` reports: S3 has no device, so a large, mostly free one
+/// (the account's quota is what really limits an upload).
+const STATS_BLOCK: u64 = 4096;
+const STATS_BLOCKS: u64 = 1 << 40;
+
+/// `[storage.s3]` (SPEC 3).
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// The bucket.
+    pub bucket: String,
+    /// Keys live below this prefix (empty: the whole bucket).
+    pub prefix: String,
+    /// The region requests are signed for.
+    pub region: String,
+    /// An S3-compatible endpoint URL; empty: AWS.
+    pub endpoint: String,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual hosts.
+    pub path_style: bool,
+    /// Static credentials; empty: the AWS environment/profile chain.
+    pub access_key_id: String,
+    /// Goes with `access_key_id`.
+    pub secret_access_key: String,
+}
+
+/// Homes as prefixes of one bucket.
+#[derive(Clone)]
+pub struct S3Backend {
+    op: Operator,
+    bucket: String,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials.
+        f.debug_struct("S3Backend")
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
+impl S3Backend {
+    /// A backend for `settings` (no request is made yet).
+    pub fn new(settings: &S3Settings) -> VfsResult<S3Backend> {
+        // With opendal's default features off, its HTTP client is installed
+        // by hand (idempotent).
+        opendal::install_default();
+        let prefix = settings.prefix.trim_matches('/');
+        let mut builder = opendal::services::S3::default()
+            .bucket(&settings.bucket)
+            .region(&settings.region)
+            .root(&format!("/{prefix}"));
+        if !settings.endpoint.is_empty() {
+            builder = builder.endpoint(&settings.endpoint);
+        }
+        if !settings.path_style {
+            builder = builder.enable_virtual_host_style();
+        }
+        if !settings.access_key_id.is_empty() {
+            builder = builder
+                .access_key_id(&settings.access_key_id)
+                .secret_access_key(&settings.secret_access_key)
+                // Given keys are the only ones: no surprise from a profile
+                // or the instance metadata service.
+                .disable_config_load()
+                .disable_ec2_metadata();
+        }
+        let op = Operator::new(builder)
+            .map_err(map_err)?
+            // A part of 8 MiB on a slow link takes longer than the default
+            // 10 s per call.
+            .layer(
+                opendal::layers::TimeoutLayer::new()
+                    .with_timeout(std::time::Duration::from_secs(120))
+                    .with_io_timeout(std::time::Duration::from_secs(120)),
+            )
+            .layer(opendal::layers::RetryLayer::new().with_jitter());
+        Ok(S3Backend {
+            op,
+            bucket: settings.bucket.clone(),
+        })
+    }
+
+    /// A home's storage (what [`Backend::open_home`] returns, typed).
+    pub async fn storage(&self, home: &str) -> VfsResult<S3Storage> {
+        let parts = home_components(home)?;
+        let home = if parts.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", parts.join("/"))
+        };
+        let storage = S3Storage {
+            op: self.op.clone(),
+            home,
+        };
+        if !storage.home.is_empty() && !storage.prefix_exists(&storage.home).await? {
+            storage
+                .op
+                .create_dir(&storage.home)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(storage)
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            random_writes: false,
+            links: false,
+            local_files: false,
+            atomic_folder_rename: false,
+            in_place_uploads: false,
+            set_times: false,
+            resize: false,
+            stable_reads: false,
+        }
+    }
+
+    async fn open_home(&self, home: &str) -> VfsResult<Arc<dyn Storage>> {
+        Ok(Arc::new(self.storage(home).await?))
+    }
+
+    async fn remove_home(&self, home: &str) -> VfsResult<bool> {
+        let parts = home_components(home)?;
+        if parts.is_empty() {
+            return Err(VfsError::PermissionDenied);
+        }
+        let prefix = format!("{}/", parts.join("/"));
+        let probe = S3Storage {
+            op: self.op.clone(),
+            home: prefix.clone(),
+        };
+        if !probe.prefix_exists(&prefix).await? {
+            return Ok(false);
+        }
+        // A streamed listing deleted in batches of up to 1,000 keys.
+        self.op
+            .delete_with(&prefix)
+            .recursive(true)
+            .await
+            .map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn sweep_temporaries(&self) -> VfsResult<usize> {
+        // Uploads are multipart uploads, never visible objects: a crash
+        // leaves no temporary under any name. Parts of an upload a crash
+        // interrupted are removed by the bucket's lifecycle rule
+        // (AbortIncompleteMultipartUpload; README), which holds for every
+        // node sharing the bucket.
+        Ok(0)
+    }
+}
+
+/// One home of an [`S3Backend`].
+#[derive(Clone)]
+pub struct S3Storage {
+    op: Operator,
+    /// `home/` (with the slash), or empty for the bucket prefix itself.
+    home: String,
+}
+
+impl S3Storage {
+    /// The object key of `path`.
+    fn key(&self, path: &VirtualPath) -> String {
+        format!("{}{}", self.home, path.as_str().trim_start_matches('/'))
+    }
+
+    /// The prefix of the folder `path` (ends with `/`, or is empty).
+    fn dir_prefix(&self, path: &VirtualPath) -> String {
+        if path.is_root() {
+            self.home.clone()
+        } else {
+            format!("{}/", self.key(path))
+        }
+    }
+
+    /// Whether anything (a marker or an object) is below `prefix`.
+    async fn prefix_exists(&self, prefix: &str) -> VfsResult<bool> {
+        if prefix.is_empty() {
+            return Ok(true);
+        }
+        let mut lister = self
+            .op
+            .lister_with(prefix)
+            .recursive(true)
+            .limit(1)
+            .await
+            .map_err(map_err)?;
+        match lister.next().await {
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Some(Err(e)) => Err(map_err(e)),
+            None => Ok(false),
+        }
+    }
+
+    /// A file's metadata from a HEAD, `None` if there is no such object.
+    async fn head(&self, key: &str) -> VfsResult<Option<opendal::Metadata>> {
+        match self.op.stat(key).await {
+            Ok(m) if m.is_file() => Ok(Some(m)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// Fails unless `path`'s parent folder exists.
+    async fn require_parent_dir(&self, path: &VirtualPath) -> VfsResult<()> {
+        let parent = path.parent();
+        if parent.is_root() {
+            return Ok(());
+        }
+        match self.metadata(&parent).await?.kind {
+            FileKind::Dir => Ok(()),
+            _ => Err(VfsError::NotADirectory),
+        }
+    }
+
+    /// Every key below `prefix` (markers included), a page at a time.
+    async fn keys_below(&self, prefix: &str) -> VfsResult<opendal::Lister> {
+        self.op
+            .lister_with(prefix)
+            .recursive(true)
+            .limit(LIST_PAGE)
+            .await
+            .map_err(map_err)
+    }
+
+    /// Copies one object, in calls of at most 5 GiB each.
+    async fn copy_object(&self, from: &str, to: &str, size: u64) -> VfsResult<()> {
+        if size <= COPY_LIMIT {
+            self.op.copy(from, to).await.map_err(map_err)?;
+            return Ok(());
+        }
+        let mut w = self
+            .op
+            .writer_with(to)
+            .chunk(PART_SIZE)
+            .await
+            .map_err(map_err)?;
+        let mut at = 0;
+        while at < size {
+            let end = (at + COPY_LIMIT).min(size);
+            if let Err(e) = w.copy_from(from, at..end).await {
+                let _ = w.abort().await;
+                return Err(map_err(e));
+            }
+            at = end;
+        }
+        w.close().await.map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    async fn metadata(&self, path: &VirtualPath) -> VfsResult<Metadata> {
+        if path.is_root() {
+            return Ok(dir_meta(&self.home, None));
+        }
+        let key = self.key(path);
+        if let Some(m) = self.head(&key).await? {
+            return Ok(file_meta(&key, &m));
+        }
+        if self.prefix_exists(&format!("{key}/")).await? {
+            return Ok(dir_meta(&key, None));
+        }
+        Err(VfsError::NotFound)
+    }
+
+    async fn symlink_metadata(&self, path: &VirtualPath) -> VfsResult<Metadata> {
+        self.metadata(path).await
+    }
+
+    async fn list(&self, path: &VirtualPath) -> VfsResult<DirStream> {
+        if !self.metadata(path).await?.is_dir() {
+            return Err(VfsError::NotADirectory);
+        }
+        let prefix = self.dir_prefix(path);
+        let lister = self
+            .op
+            .lister_with(&prefix)
+            .limit(LIST_PAGE)
+            .await
+            .map_err(map_err)?;
+        Ok(DirStream::new(Box::new(S3DirSource {
+            lister: Some(lister),
+            prefix,
+        })))
+    }
+
+    async fn open_read(&self, path: &VirtualPath) -> VfsResult<Arc<dyn FileReader>> {
+        let key = self.key(path);
+        match self.head(&key).await? {
+            Some(m) => Ok(Arc::new(S3Reader::new(self.op.clone(), key, &m))),
+            None if path.is_root() || self.prefix_exists(&format!("{key}/")).await? => {
+                Err(VfsError::IsADirectory)
+            }
+            None => Err(VfsError::NotFound),
+        }
+    }
+
+    async fn create(
+        &self,
+        path: &VirtualPath,
+        opts: CreateOptions,
+    ) -> VfsResult<Box<dyn FileWriter>> {
+        if path.is_root() {
+            return Err(VfsError::IsADirectory);
+        }
+        let key = self.key(path);
+        let existing = self.head(&key).await?;
+        if existing.is_none() {
+            if self.prefix_exists(&format!("{key}/")).await? {
+                return Err(VfsError::IsADirectory);
+            }
+            self.require_parent_dir(path).await?;
+        } else if opts.exclusive {
+            return Err(VfsError::AlreadyExists);
+        }
+        let existing_len = existing.as_ref().map_or(0, |m| m.content_length());
+        let found = match &existing {
+            Some(_) => Found::File {
+                size: existing_len,
+                nlink: 1,
+            },
+            None => Found::Nothing,
+        };
+        let (keep, deferred) = match opts.start {
+            WriteStart::Truncate => (0, false),
+            WriteStart::ResumeAt(n) if n > existing_len => return Err(VfsError::InvalidOffset),
+            WriteStart::ResumeAt(n) => (n, false),
+            WriteStart::Append => (existing_len, false),
+            // Which prefix stays is known at the first write.
+            WriteStart::Keep => (existing_len, true),
+        };
+        let mut writer = self
+            .op
+            .writer_with(&key)
+            .chunk(PART_SIZE)
+            .concurrent(PARTS_IN_FLIGHT)
+            .if_not_exists(opts.exclusive)
+            .await
+            .map_err(map_err)?;
+        let mut next = 0;
+        if !deferred && keep > 0 {
+            if let Err(e) = copy_range(&mut writer, &key, 0..keep).await {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+            next = keep;
+        }
+        Ok(Box::new(S3Writer {
+            op: self.op.clone(),
+            key,
+            mode: opts.mode,
+            initial_len: keep,
+            found,
+            old_len: existing.map(|m| m.content_length()),
+            state: tokio::sync::Mutex::new(WriteState {
+                writer: Some(writer),
+                started: !deferred,
+                next,
+                parked: BTreeMap::new(),
+                parked_bytes: 0,
+                failed: false,
+                end_at: None,
+            }),
+        }))
+    }
+
+    async fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> VfsResult<()> {
+        if from.is_root() || to.is_root() {
+            return Err(VfsError::PermissionDenied);
+        }
+        let source = self.metadata(from).await?;
+        self.require_parent_dir(to).await?;
+        if from == to {
+            return Ok(());
+        }
+        if source.is_dir() && to.starts_with(from) {
+            return Err(VfsError::InvalidName("a folder cannot move into itself"));
+        }
+        let target = match self.metadata(to).await {
+            Ok(m) => Some(m),
+            Err(VfsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(target) = &target {
+            if !overwrite {
+                return Err(VfsError::AlreadyExists);
+            }
+            match (target.is_dir(), source.is_dir()) {
+                (true, false) => return Err(VfsError::IsADirectory),
+                (false, true) => return Err(VfsError::NotADirectory),
+                (true, true) => {
+                    // Only an empty folder may be replaced: its marker goes.
+                    let prefix = self.dir_prefix(to);
+                    let mut keys = self.keys_below(&prefix).await?;
+                    while let Some(entry) = keys.next().await {
+                        let entry = entry.map_err(map_err)?;
+                        if entry.path() != prefix {
+                            return Err(VfsError::DirectoryNotEmpty);
+                        }
+                    }
+                    self.op.delete(&prefix).await.map_err(map_err)?;
+                }
+                (false, false) => {}
+            }
+        }
+        let (from_key, to_key) = (self.key(from), self.key(to));
+        if !source.is_dir() {
+            // Copy, then delete: never a moment without the file.
+            self.copy_object(&from_key, &to_key, source.size).await?;
+            return self.op.delete(&from_key).await.map_err(map_err);
+        }
+        // A folder moves object by object (not atomic: README). Its new
+        // marker first, so the target exists even if it was implicit.
+        let (from_prefix, to_prefix) = (format!("{from_key}/"), format!("{to_key}/"));
+        self.op.create_dir(&to_prefix).await.map_err(map_err)?;
+        let mut keys = self.keys_below(&from_prefix).await?;
+        while let Some(entry) = keys.next().await {
+            let entry = entry.map_err(map_err)?;
+            let old = entry.path();
+            let Some(rest) = old.strip_prefix(&from_prefix) else {
+                continue;
+            };
+            if !rest.is_empty() {
+                let new = format!("{to_prefix}{rest}");
+                if old.ends_with('/') {
+                    self.op.create_dir(&new).await.map_err(map_err)?;
+                } else {
+                    self.copy_object(old, &new, entry.metadata().content_length())
+                        .await?;
+                }
+            }
+            self.op.delete(old).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn remove_file(&self, path: &VirtualPath) -> VfsResult<()> {
+        let key = self.key(path);
+        if path.is_root() {
+            return Err(VfsError::IsADirectory);
+        }
+        if self.head(&key).await?.is_none() {
+            return Err(if self.prefix_exists(&format!("{key}/")).await? {
+                VfsError::IsADirectory
+            } else {
+                VfsError::NotFound
+            });
+        }
+        self.op.delete(&key).await.map_err(map_err)
+    }
+
+    async fn create_dir(&self, path: &VirtualPath) -> VfsResult<()> {
+        if path.is_root() {
+            return Err(VfsError::AlreadyExists);
+        }
+        match self.metadata(path).await {
+            Ok(_) => return Err(VfsError::AlreadyExists),
+            Err(VfsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        self.require_parent_dir(path).await.map_err(|e| match e {
+            VfsError::NotADirectory => VfsError::NotFound,
+            e => e,
+        })?;
+        self.op
+            .create_dir(&self.dir_prefix(path))
+            .await
+            .map_err(map_err)
+    }
+
+    async fn remove_dir(&self, path: &VirtualPath) -> VfsResult<()> {
+        if path.is_root() {
+            return Err(VfsError::PermissionDenied);
+        }
+        if !self.metadata(path).await?.is_dir() {
+            return Err(VfsError::NotADirectory);
+        }
+        let prefix = self.dir_prefix(path);
+        let mut keys = self
+            .op
+            .lister_with(&prefix)
+            .recursive(true)
+            .limit(2)
+            .await
+            .map_err(map_err)?;
+        while let Some(entry) = keys.next().await {
+            if entry.map_err(map_err)?.path() != prefix {
+                return Err(VfsError::DirectoryNotEmpty);
+            }
+        }
+        self.op.delete(&prefix).await.map_err(map_err)
+    }
+
+    async fn set_times(
+        &self,
+        path: &VirtualPath,
+        _accessed: Option<SystemTime>,
+        _modified: Option<SystemTime>,
+    ) -> VfsResult<()> {
+        // S3 sets LastModified itself.
+        self.metadata(path).await?;
+        Err(VfsError::Unsupported)
+    }
+
+    async fn set_len(&self, path: &VirtualPath, size: u64) -> VfsResult<()> {
+        let meta = self.metadata(path).await?;
+        if meta.is_dir() {
+            return Err(VfsError::IsADirectory);
+        }
+        if size == meta.size {
+            return Ok(());
+        }
+        if size == 0 {
+            self.op
+                .write(&self.key(path), Bytes::new())
+                .await
+                .map_err(map_err)?;
+            return Ok(());
+        }
+        Err(VfsError::Unsupported)
+    }
+
+    async fn read_link(&self, path: &VirtualPath) -> VfsResult<VirtualPath> {
+        self.metadata(path).await?;
+        Err(VfsError::InvalidName("not a symbolic link"))
+    }
+
+    async fn symlink(&self, _target: &VirtualPath, _link: &VirtualPath) -> VfsResult<()> {
+        Err(VfsError::Unsupported)
+    }
+
+    async fn hard_link(&self, _src: &VirtualPath, _dst: &VirtualPath) -> VfsResult<()> {
+        Err(VfsError::Unsupported)
+    }
+
+    async fn fs_stats(&self, _path: &VirtualPath) -> VfsResult<FsStats> {
+        Ok(FsStats {
+            block_size: STATS_BLOCK,
+            fragment_size: STATS_BLOCK,
+            blocks: STATS_BLOCKS,
+            blocks_free: STATS_BLOCKS,
+            blocks_available: STATS_BLOCKS,
+            files: u64::from(u32::MAX),
+            files_free: u64::from(u32::MAX),
+            name_max: MAX_NAME_LEN as u64,
+        })
+    }
+}
+
+/// Copies `range` of the object `key` into `writer`, in calls S3 accepts.
+async fn copy_range(writer: &mut opendal::Writer, key: &str, range: Range<u64>) -> VfsResult<()> {
+    let mut at = range.start;
+    while at < range.end {
+        let end = (at + COPY_LIMIT).min(range.end);
+        writer.copy_from(key, at..end).await.map_err(map_err)?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// A folder listed a ListObjectsV2 page at a time.
+struct S3DirSource {
+    lister: Option<opendal::Lister>,
+    /// The folder's prefix (with the slash; empty for the bucket prefix).
+    prefix: String,
+}
+
+#[async_trait]
+impl DirSource for S3DirSource {
+    async fn next_batch(&mut self, max: usize) -> Vec<VfsResult<DirEntry>> {
+        let mut batch = Vec::new();
+        while batch.len() < max {
+            let Some(lister) = self.lister.as_mut() else {
+                break;
+            };
+            let entry = match lister.next().await {
+                None => {
+                    self.lister = None;
+                    break;
+                }
+                Some(Err(e)) => {
+                    self.lister = None;
+                    batch.push(Err(map_err(e)));
+                    break;
+                }
+                Some(Ok(entry)) => entry,
+            };
+            let path = entry.path();
+            let Some(rest) = path.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            let (name, is_dir) = match rest.strip_suffix('/') {
+                Some(name) => (name, true),
+                None => (rest, false),
+            };
+            // The folder's own marker, upload temporaries, and keys other
+            // tools wrote that cannot be a name here (`a//b`, control
+            // characters, too long) are left out, not a failed listing.
+            if name.is_empty()
+                || name.contains('/')
+                || name.starts_with(TEMP_PREFIX)
+                || name.len() > MAX_NAME_LEN
+                || name.chars().any(char::is_control)
+            {
+                continue;
+            }
+            let meta = if is_dir {
+                dir_meta(path, entry.metadata().last_modified().map(SystemTime::from))
+            } else {
+                file_meta(path, entry.metadata())
+            };
+            batch.push(Ok(DirEntry {
+                name: name.to_owned(),
+                meta,
+            }));
+        }
+        batch
+    }
+}
+
+/// A stable 64-bit identity for a key (MLSD `unique`, SFTP handles).
+fn key_identity(key: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+fn file_meta(key: &str, m: &opendal::Metadata) -> Metadata {
+    let modified = m
+        .last_modified()
+        .map_or(SystemTime::UNIX_EPOCH, SystemTime::from);
+    Metadata {
+        kind: FileKind::File,
+        size: m.content_length(),
+        modified,
+        accessed: modified,
+        mode: 0o100_644,
+        nlink: 1,
+        unique: key_identity(key),
+    }
+}
+
+fn dir_meta(key: &str, modified: Option<SystemTime>) -> Metadata {
+    // A prefix has no time of its own.
+    let modified = modified.unwrap_or_else(SystemTime::now);
+    Metadata {
+        kind: FileKind::Dir,
+        size: 0,
+        modified,
+        accessed: modified,
+        mode: 0o040_755,
+        nlink: 2,
+        unique: key_identity(key),
+    }
+}
+
+fn map_err(e: opendal::Error) -> VfsError {
+    match e.kind() {
+        ErrorKind::NotFound => VfsError::NotFound,
+        ErrorKind::PermissionDenied => VfsError::PermissionDenied,
+        ErrorKind::AlreadyExists => VfsError::AlreadyExists,
+        ErrorKind::IsADirectory => VfsError::IsADirectory,
+        ErrorKind::NotADirectory => VfsError::NotADirectory,
+        ErrorKind::RangeNotSatisfied => VfsError::InvalidOffset,
+        ErrorKind::Unsupported => VfsError::Unsupported,
+        // opendal's messages name the operation, the service and the key,
+        // never the credentials.
+        _ => VfsError::Io(std::io::Error::other(e)),
+    }
+}
+
+/// A read of an object that was replaced since it was opened (its ETag no
+/// longer matches).
+fn changed() -> VfsError {
+    VfsError::Io(std::io::Error::other(
+        "the file changed on the storage during the download",
+    ))
+}
+
+fn map_read_err(e: opendal::Error) -> VfsError {
+    if e.kind() == ErrorKind::ConditionNotMatch {
+        changed()
+    } else {
+        map_err(e)
+    }
+}
+
+fn map_stream_err(e: std::io::Error) -> VfsError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<opendal::Error>())
+    {
+        Some(inner) if inner.kind() == ErrorKind::ConditionNotMatch => changed(),
+        Some(inner) if inner.kind() == ErrorKind::NotFound => changed(),
+        _ => VfsError::Io(e),
+    }
+}
+
+/// Reads of one object. Sequential reads (every download) share one
+/// streaming ranged GET; a read elsewhere starts a new one. Every GET is
+/// pinned to the ETag seen at open, so a replaced object fails the read
+/// instead of mixing two versions.
+struct S3Reader {
+    op: Operator,
+    key: String,
+    meta: Metadata,
+    etag: Option<String>,
+    stream: tokio::sync::Mutex<Option<OpenStream>>,
+}
+
+struct OpenStream {
+    /// Where `pending` starts in the object.
+    pos: u64,
+    pending: Bytes,
+    stream: opendal::FuturesBytesStream,
+}
+
+impl S3Reader {
+    fn new(op: Operator, key: String, m: &opendal::Metadata) -> S3Reader {
+        S3Reader {
+            meta: file_meta(&key, m),
+            etag: m.etag().map(str::to_owned),
+            op,
+            key,
+            stream: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn open(&self, at: u64) -> VfsResult<OpenStream> {
+        let mut reader = self.op.reader_with(&self.key);
+        if let Some(etag) = &self.etag {
+            reader = reader.if_match(etag);
+        }
+        let reader = reader.await.map_err(map_read_err)?;
+        let stream = reader
+            .into_bytes_stream(at..self.meta.size)
+            .await
+            .map_err(map_read_err)?;
+        Ok(OpenStream {
+            pos: at,
+            pending: Bytes::new(),
+            stream,
+        })
+    }
+}
+
+#[async_trait]
+impl FileReader for S3Reader {
+    async fn read_at(&self, offset: u64, len: usize) -> VfsResult<Bytes> {
+        if offset >= self.meta.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let mut guard = self.stream.lock().await;
+        let open = match guard.take() {
+            Some(s) if s.pos == offset => s,
+            _ => self.open(offset).await?,
+        };
+        let open = guard.insert(open);
+        let mut out = BytesMut::new();
+        while out.len() < len {
+            if open.pending.is_empty() {
+                match open.stream.next().await {
+                    Some(Ok(b)) => open.pending = b,
+                    Some(Err(e)) => {
+                        *guard = None;
+                        return Err(map_stream_err(e));
+                    }
+                    None => break,
+                }
+            }
+            let take = (len - out.len()).min(open.pending.len());
+            let part = open.pending.split_to(take);
+            open.pos += take as u64;
+            if out.is_empty() && take == len {
+                return Ok(part);
+            }
+            out.extend_from_slice(&part);
+        }
+        Ok(out.freeze())
+    }
+
+    fn len(&self) -> u64 {
+        self.meta.size
+    }
+
+    fn local_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+
+    fn stat(&self) -> Option<Metadata> {
+        Some(self.meta.clone())
+    }
+}
+
+/// An upload as one streaming multipart upload.
+struct S3Writer {
+    op: Operator,
+    key: String,
+    mode: UploadMode,
+    initial_len: u64,
+    found: Found,
+    /// The object's size when the upload began (`None`: there was none).
+    old_len: Option<u64>,
+    state: tokio::sync::Mutex<WriteState>,
+}
+
+struct WriteState {
+    /// `None` once committed or aborted.
+    writer: Option<opendal::Writer>,
+    /// Whether the kept prefix is in (`Keep` decides it at the first write).
+    started: bool,
+    /// The end of the contiguous run written so far.
+    next: u64,
+    /// Writes that arrived ahead of `next`, by offset.
+    parked: BTreeMap<u64, Bytes>,
+    parked_bytes: usize,
+    /// A write failed: the upload can only be aborted.
+    failed: bool,
+    /// Where the content ends (SFTP size set at `next`): no kept tail.
+    end_at: Option<u64>,
+}
+
+impl S3Writer {
+    async fn write_locked(&self, st: &mut WriteState, offset: u64, data: Bytes) -> VfsResult<()> {
+        if st.failed {
+            return Err(VfsError::Io(std::io::Error::other(
+                "an earlier write of this upload failed",
+            )));
+        }
+        let Some(writer) = st.writer.as_mut() else {
+            return Err(VfsError::Io(std::io::Error::other("the upload has ended")));
+        };
+        if !st.started {
+            // `Keep`: the old content before the first write stays.
+            let old = self.old_len.unwrap_or(0);
+            if offset > old {
+                return Err(VfsError::Unsupported);
+            }
+            copy_range(writer, &self.key, 0..offset).await?;
+            st.started = true;
+            st.next = offset;
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if offset < st.next {
+            // A rewrite of what was sent: S3 cannot change written parts.
+            return Err(VfsError::Unsupported);
+        }
+        if offset > st.next {
+            if st.parked_bytes + data.len() > PARK_LIMIT {
+                return Err(VfsError::Unsupported);
+            }
+            st.parked_bytes += data.len();
+            if let Some(old) = st.parked.insert(offset, data) {
+                st.parked_bytes -= old.len();
+            }
+            return Ok(());
+        }
+        st.next += data.len() as u64;
+        writer.write(data).await.map_err(map_err)?;
+        while let Some(entry) = st.parked.first_entry() {
+            if *entry.key() > st.next {
+                break;
+            }
+            let (at, chunk) = entry.remove_entry();
+            st.parked_bytes -= chunk.len();
+            let end = at + chunk.len() as u64;
+            if end <= st.next {
+                continue;
+            }
+            let chunk = chunk.slice((st.next - at) as usize..);
+            st.next = end;
+            writer.write(chunk).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes what was written: the object appears now.
+    async fn close(&self, st: &mut WriteState) -> VfsResult<Placed> {
+        let Some(mut writer) = st.writer.take() else {
+            return Err(VfsError::Io(std::io::Error::other("the upload has ended")));
+        };
+        let result = self.finish(st, &mut writer).await;
+        if result.is_err() {
+            // A failed complete leaves the multipart upload open.
+            let _ = writer.abort().await;
+        }
+        result
+    }
+
+    async fn finish(&self, st: &mut WriteState, writer: &mut opendal::Writer) -> VfsResult<Placed> {
+        if !st.parked.is_empty() {
+            // A gap no write filled: S3 cannot leave a hole.
+            return Err(VfsError::Unsupported);
+        }
+        if !st.started {
+            // `Keep` without a write: the old content stays as it was.
+            if let Some(old) = self.old_len {
+                copy_range(writer, &self.key, 0..old).await?;
+                st.next = old;
+            }
+            st.started = true;
+        }
+        // `Keep`: what lies beyond the last write stays, as on a disk.
+        if let (Some(old), None) = (self.old_len, st.end_at)
+            && st.next < old
+            && self.initial_len == old
+        {
+            copy_range(writer, &self.key, st.next..old).await?;
+            st.next = old;
+        }
+        let replaced = match self.op.stat(&self.key).await {
+            Ok(m) if m.is_file() => Replaced::File {
+                size: m.content_length(),
+                nlink: 1,
+            },
+            Ok(_) => Replaced::Other,
+            Err(e) if e.kind() == ErrorKind::NotFound => Replaced::Nothing,
+            Err(e) => return Err(map_err(e)),
+        };
+        writer.close().await.map_err(|e| match e.kind() {
+            // If-None-Match: * lost: 412, or 409 while another completes.
+            ErrorKind::ConditionNotMatch | ErrorKind::Conflict => VfsError::AlreadyExists,
+            _ => map_err(e),
+        })?;
+        Ok(Placed {
+            size: st.next,
+            replaced,
+        })
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // Neither committed nor aborted (a task cancelled mid-upload): end
+        // the multipart upload on the server, as `abort` would.
+        let Some(writer) = self.state.get_mut().writer.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut writer = writer;
+        handle.spawn(async move {
+            let _ = writer.abort().await;
+        });
+    }
+}
+
+#[async_trait]
+impl FileWriter for S3Writer {
+    async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()> {
+        let mut st = self.state.lock().await;
+        let result = self.write_locked(&mut st, offset, data).await;
+        if result.is_err() {
+            st.failed = true;
+        }
+        result
+    }
+
+    async fn set_len(&self, len: u64) -> VfsResult<()> {
+        let mut st = self.state.lock().await;
+        if !st.started && len == 0 {
+            // Nothing kept, nothing written: an empty file.
+            st.started = true;
+            st.next = 0;
+            st.end_at = Some(0);
+            return Ok(());
+        }
+        if st.started && st.parked.is_empty() && len == st.next {
+            st.end_at = Some(len);
+            return Ok(());
+        }
+        Err(VfsError::Unsupported)
+    }
+
+    fn initial_len(&self) -> u64 {
+        self.initial_len
+    }
+
+    fn found(&self) -> Found {
+        self.found
+    }
+
+    fn local_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+
+    async fn commit(self: Box<Self>) -> VfsResult<Committed> {
+        let mut st = self.state.lock().await;
+        if st.failed {
+            drop(st);
+            self.abort().await;
+            return Err(VfsError::Io(std::io::Error::other(
+                "an earlier write of this upload failed",
+            )));
+        }
+        let placed = self.close(&mut st).await?;
+        drop(st);
+        // The content as committed, for hashing when it was not streamed.
+        let meta = self.op.stat(&self.key).await.map_err(map_err)?;
+        Ok(Committed {
+            size: placed.size,
+            replaced: placed.replaced,
+            content: Arc::new(S3Reader::new(self.op.clone(), self.key.clone(), &meta)),
+        })
+    }
+
+    async fn abort(self: Box<Self>) -> Option<Placed> {
+        let mut st = self.state.lock().await;
+        let keep_partial = self.mode != UploadMode::Atomic && !st.failed && st.next > 0;
+        if keep_partial {
+            // `atomic_resume`/`direct`: what arrived stays under the name.
+            return self.close(&mut st).await.ok();
+        }
+        if let Some(mut writer) = st.writer.take() {
+            let _ = writer.abort().await;
+        }
+        None
+    }
+}
