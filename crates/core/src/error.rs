@@ -71,7 +71,7 @@ impl FsError {
                 VfsError::InvalidName(_) => ErrorClass::BadName,
                 VfsError::NoSpace => ErrorClass::NoSpace,
                 VfsError::InvalidOffset => ErrorClass::BadArgument,
-                VfsError::Unsupported => ErrorClass::Unsupported,
+                VfsError::Unsupported(_) => ErrorClass::Unsupported,
                 VfsError::Io(_) => ErrorClass::Internal,
             },
         }
@@ -92,7 +92,10 @@ impl FsError {
             ErrorClass::QuotaExceeded => "Quota exceeded",
             ErrorClass::NoSpace => "No space left on device",
             ErrorClass::BadArgument => "Invalid argument",
-            ErrorClass::Unsupported => "Operation not supported",
+            ErrorClass::Unsupported => match self {
+                FsError::Vfs(VfsError::Unsupported(why)) => why,
+                _ => "Operation not supported",
+            },
             ErrorClass::Internal => "Internal error",
         }
     }

@@ -63,9 +63,10 @@ pub enum VfsError {
     /// A resume offset past the end of the existing file.
     #[error("invalid offset")]
     InvalidOffset,
-    /// The backend does not support this operation.
-    #[error("operation not supported")]
-    Unsupported,
+    /// The backend does not support this operation; the reason is shown
+    /// to the client as it is.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// Any other I/O failure (not the client's fault).
     #[error("i/o error: {0}")]
     Io(io::Error),
@@ -83,7 +84,7 @@ impl From<io::Error> for VfsError {
             // ELOOP: O_NOFOLLOW on a symlink, or a symlink cycle.
             Some(Errno::LOOP) => return VfsError::PermissionDenied,
             Some(Errno::NAMETOOLONG) => return VfsError::InvalidName("name too long"),
-            Some(Errno::XDEV) => return VfsError::Unsupported,
+            Some(Errno::XDEV) => return VfsError::Unsupported(LINK_ACROSS_DEVICES),
             _ => {}
         }
         match e.kind() {
@@ -99,6 +100,9 @@ impl From<io::Error> for VfsError {
         }
     }
 }
+
+/// Why a hard link across file systems (EXDEV) is refused.
+const LINK_ACROSS_DEVICES: &str = "Operation not supported across file systems";
 
 /// Result alias for filesystem operations.
 pub type VfsResult<T> = Result<T, VfsError>;

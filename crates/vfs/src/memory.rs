@@ -480,15 +480,21 @@ impl Storage for MemoryStorage {
 
     async fn read_link(&self, path: &VirtualPath) -> VfsResult<VirtualPath> {
         self.metadata(path).await?;
-        Err(VfsError::Unsupported)
+        Err(VfsError::Unsupported(
+            "Links are not supported by this storage",
+        ))
     }
 
     async fn symlink(&self, _target: &VirtualPath, _link: &VirtualPath) -> VfsResult<()> {
-        Err(VfsError::Unsupported)
+        Err(VfsError::Unsupported(
+            "Links are not supported by this storage",
+        ))
     }
 
     async fn hard_link(&self, _src: &VirtualPath, _dst: &VirtualPath) -> VfsResult<()> {
-        Err(VfsError::Unsupported)
+        Err(VfsError::Unsupported(
+            "Links are not supported by this storage",
+        ))
     }
 
     async fn fs_stats(&self, _path: &VirtualPath) -> VfsResult<FsStats> {

@@ -45,6 +45,13 @@ const LIST_PAGE: usize = 1000;
 const STATS_BLOCK: u64 = 4096;
 const STATS_BLOCKS: u64 = 1 << 40;
 
+// What a client is told when it asks for what S3 cannot do (README,
+// "Storage on S3").
+const NO_REWRITE: &str = "Writing in the middle of a file is not supported by this storage (S3)";
+const NO_RESIZE: &str = "Changing a file's size is not supported by this storage (S3)";
+const NO_TIMES: &str = "Setting file times is not supported by this storage (S3)";
+const NO_LINKS: &str = "Links are not supported by this storage (S3)";
+
 /// `[storage.s3]` (SPEC 3).
 #[derive(Debug, Clone, Default)]
 pub struct S3Settings {
@@ -553,7 +560,7 @@ impl Storage for S3Storage {
     ) -> VfsResult<()> {
         // S3 sets LastModified itself.
         self.metadata(path).await?;
-        Err(VfsError::Unsupported)
+        Err(VfsError::Unsupported(NO_TIMES))
     }
 
     async fn set_len(&self, path: &VirtualPath, size: u64) -> VfsResult<()> {
@@ -571,20 +578,20 @@ impl Storage for S3Storage {
                 .map_err(map_err)?;
             return Ok(());
         }
-        Err(VfsError::Unsupported)
+        Err(VfsError::Unsupported(NO_RESIZE))
     }
 
     async fn read_link(&self, path: &VirtualPath) -> VfsResult<VirtualPath> {
         self.metadata(path).await?;
-        Err(VfsError::InvalidName("not a symbolic link"))
+        Err(VfsError::Unsupported(NO_LINKS))
     }
 
     async fn symlink(&self, _target: &VirtualPath, _link: &VirtualPath) -> VfsResult<()> {
-        Err(VfsError::Unsupported)
+        Err(VfsError::Unsupported(NO_LINKS))
     }
 
     async fn hard_link(&self, _src: &VirtualPath, _dst: &VirtualPath) -> VfsResult<()> {
-        Err(VfsError::Unsupported)
+        Err(VfsError::Unsupported(NO_LINKS))
     }
 
     async fn fs_stats(&self, _path: &VirtualPath) -> VfsResult<FsStats> {
@@ -716,7 +723,9 @@ fn map_err(e: opendal::Error) -> VfsError {
         ErrorKind::IsADirectory => VfsError::IsADirectory,
         ErrorKind::NotADirectory => VfsError::NotADirectory,
         ErrorKind::RangeNotSatisfied => VfsError::InvalidOffset,
-        ErrorKind::Unsupported => VfsError::Unsupported,
+        ErrorKind::Unsupported => {
+            VfsError::Unsupported("Operation not supported by this storage (S3)")
+        }
         // opendal's messages name the operation, the service and the key,
         // never the credentials.
         _ => VfsError::Io(std::io::Error::other(e)),
@@ -888,7 +897,7 @@ impl S3Writer {
             // `Keep`: the old content before the first write stays.
             let old = self.old_len.unwrap_or(0);
             if offset > old {
-                return Err(VfsError::Unsupported);
+                return Err(VfsError::Unsupported(NO_REWRITE));
             }
             copy_range(writer, &self.key, 0..offset).await?;
             st.started = true;
@@ -899,11 +908,11 @@ impl S3Writer {
         }
         if offset < st.next {
             // A rewrite of what was sent: S3 cannot change written parts.
-            return Err(VfsError::Unsupported);
+            return Err(VfsError::Unsupported(NO_REWRITE));
         }
         if offset > st.next {
             if st.parked_bytes + data.len() > PARK_LIMIT {
-                return Err(VfsError::Unsupported);
+                return Err(VfsError::Unsupported(NO_REWRITE));
             }
             st.parked_bytes += data.len();
             if let Some(old) = st.parked.insert(offset, data) {
@@ -946,7 +955,7 @@ impl S3Writer {
     async fn finish(&self, st: &mut WriteState, writer: &mut opendal::Writer) -> VfsResult<Placed> {
         if !st.parked.is_empty() {
             // A gap no write filled: S3 cannot leave a hole.
-            return Err(VfsError::Unsupported);
+            return Err(VfsError::Unsupported(NO_REWRITE));
         }
         if !st.started {
             // `Keep` without a write: the old content stays as it was.
@@ -1026,7 +1035,7 @@ impl FileWriter for S3Writer {
             st.end_at = Some(len);
             return Ok(());
         }
-        Err(VfsError::Unsupported)
+        Err(VfsError::Unsupported(NO_RESIZE))
     }
 
     fn initial_len(&self) -> u64 {

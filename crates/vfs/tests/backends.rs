@@ -412,13 +412,13 @@ async fn sizes_and_times_can_be_set() {
         if !caps.resize {
             assert!(matches!(
                 fs.set_len(&p("/t"), 2).await,
-                Err(VfsError::Unsupported)
+                Err(VfsError::Unsupported(_))
             ));
             fs.set_len(&p("/t"), 0).await.unwrap();
             assert_eq!(read(fs.as_ref(), "/t").await.unwrap(), b"", "{kind}");
             assert!(matches!(
                 fs.set_times(&p("/t"), None, Some(SystemTime::now())).await,
-                Err(VfsError::Unsupported)
+                Err(VfsError::Unsupported(_))
             ));
             assert!(fs.metadata(&p("/")).await.unwrap().is_dir(), "{kind}");
             assert!(fs.fs_stats(&p("/")).await.unwrap().blocks > 0, "{kind}");
@@ -453,8 +453,8 @@ async fn links_work_where_the_backend_has_them_and_say_unsupported_elsewhere() {
             assert_eq!(read(fs.as_ref(), "/sym").await.unwrap(), b"t", "{kind}");
             assert_eq!(fs.read_link(&p("/sym")).await.unwrap(), p("/target"));
         } else {
-            assert!(matches!(sym, Err(VfsError::Unsupported)), "{kind}");
-            assert!(matches!(hard, Err(VfsError::Unsupported)), "{kind}");
+            assert!(matches!(sym, Err(VfsError::Unsupported(_))), "{kind}");
+            assert!(matches!(hard, Err(VfsError::Unsupported(_))), "{kind}");
             assert_eq!(names(fs.as_ref(), "/").await, ["target"], "{kind}");
         }
     }
