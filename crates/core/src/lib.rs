@@ -229,6 +229,11 @@ impl Gateway {
         self.config.login_grace
     }
 
+    /// Whether the storage has links (what measuring a home must follow).
+    fn links(&self) -> bool {
+        self.config.storage.capabilities().links
+    }
+
     /// Where the homes live, and what that storage can do.
     pub fn storage(&self) -> &Arc<dyn Backend> {
         &self.config.storage
@@ -448,7 +453,7 @@ impl Gateway {
         };
         let quota = self
             .quotas
-            .guard(&user.username, user.quota, fs.as_ref())
+            .guard(&user.username, user.quota, fs.as_ref(), self.links())
             .await;
         let throttles = self.bandwidth.for_account(&user.username, user.bandwidth);
         let now = Utc::now();
@@ -497,7 +502,7 @@ impl Gateway {
         let fs = self.config.storage.open_home(&user.home).await?;
         let quota = self
             .quotas
-            .guard(&user.username, user.quota, fs.as_ref())
+            .guard(&user.username, user.quota, fs.as_ref(), self.links())
             .await;
         // Not the partner's traffic: no rate limit.
         let throttles = bandwidth::AccountThrottles::default();
@@ -621,7 +626,7 @@ impl Gateway {
             return Ok(*u);
         }
         let fs = self.config.storage.open_home(&user.home).await?;
-        let measured = quota::measure(fs.as_ref()).await;
+        let measured = quota::measure(fs.as_ref(), self.links()).await;
         let mut cache = self.lock_usage_cache();
         if cache.len() >= USAGE_CACHE_MAX {
             cache.retain(|_, (_, at, _)| at.elapsed() < USAGE_CACHE_TTL);

@@ -287,3 +287,74 @@ fn two_nodes_share_one_bucket() {
     assert!(std::fs::read(&back).unwrap() == content);
     assert!(!Path::new(&n1.home("acme")).exists() && !Path::new(&n2.home("acme")).exists());
 }
+
+/// The peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB");
+    kib * 1024
+}
+
+#[test]
+fn a_1_gib_upload_and_download_hold_only_a_few_parts_in_memory() {
+    let moto = Moto::shared();
+    let bucket = moto.bucket();
+    let gw = Gateway::start(&s3_config(moto, &bucket));
+    let token = gw.token();
+    gw.create_user(&token, &json!({"username": "acme", "password": PASSWORD}));
+    let ftp = format!("ftp://acme:{PASSWORD}@{}", gw.addr("ftp"));
+    let work = tempfile::tempdir().unwrap();
+    // A sparse file: 1 GiB for curl to read, none of it on the disk.
+    let big = work.path().join("1g.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let before = peak_rss(gw.pid());
+    run_ok(
+        &curl(&[
+            "--max-time",
+            "600",
+            "-T",
+            big.to_str().unwrap(),
+            &format!("{ftp}/1g.bin"),
+        ]),
+        "1 GiB FTP upload",
+    );
+    let after_upload = peak_rss(gw.pid());
+    let size = run_ok(
+        &curl(&[
+            "--max-time",
+            "600",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &format!("{ftp}/1g.bin"),
+        ]),
+        "1 GiB FTP download",
+    );
+    assert_eq!(size.trim(), (1u64 << 30).to_string());
+    let after_download = peak_rss(gw.pid());
+    eprintln!(
+        "peak RSS: {} MiB at start, {} MiB after the upload, {} MiB after the download",
+        before >> 20,
+        after_upload >> 20,
+        after_download >> 20
+    );
+    // Parts of 8 MiB: one filling and two in flight, plus the HTTP
+    // client's buffers; a whole file would be 1,024 MiB.
+    assert!(
+        after_download.saturating_sub(before) < 96 << 20,
+        "peak RSS grew by {} MiB",
+        after_download.saturating_sub(before) >> 20
+    );
+}

@@ -771,11 +771,58 @@ struct S3Reader {
     stream: tokio::sync::Mutex<Option<OpenStream>>,
 }
 
+/// How far a read may land behind or ahead of the stream and still be
+/// served from it: SFTP clients keep many reads in flight, and they reach
+/// the reader slightly out of order.
+const READ_WINDOW: u64 = 8 << 20;
+
 struct OpenStream {
     /// Where `pending` starts in the object.
     pos: u64,
     pending: Bytes,
     stream: opendal::FuturesBytesStream,
+    /// What the stream yielded last (offset, bytes), up to `READ_WINDOW`.
+    recent: std::collections::VecDeque<(u64, Bytes)>,
+    recent_bytes: u64,
+}
+
+impl OpenStream {
+    /// Up to `len` bytes at `offset` from what the stream already yielded.
+    fn recent_slice(&self, offset: u64, len: usize) -> Option<Bytes> {
+        let (at, chunk) = self
+            .recent
+            .iter()
+            .find(|(at, c)| *at <= offset && offset < at + c.len() as u64)?;
+        let start = (offset - at) as usize;
+        Some(chunk.slice(start..chunk.len().min(start + len)))
+    }
+
+    fn remember(&mut self, at: u64, chunk: Bytes) {
+        self.recent_bytes += chunk.len() as u64;
+        self.recent.push_back((at, chunk));
+        while self.recent_bytes > READ_WINDOW {
+            match self.recent.pop_front() {
+                Some((_, old)) => self.recent_bytes -= old.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// Up to `max` bytes from the stream's position; empty at the end.
+    async fn next_part(&mut self, max: usize) -> VfsResult<Bytes> {
+        if self.pending.is_empty() {
+            match self.stream.next().await {
+                Some(Ok(b)) => self.pending = b,
+                Some(Err(e)) => return Err(map_stream_err(e)),
+                None => return Ok(Bytes::new()),
+            }
+        }
+        let part = self.pending.split_to(max.min(self.pending.len()));
+        let at = self.pos;
+        self.pos += part.len() as u64;
+        self.remember(at, part.clone());
+        Ok(part)
+    }
 }
 
 impl S3Reader {
@@ -803,6 +850,8 @@ impl S3Reader {
             pos: at,
             pending: Bytes::new(),
             stream,
+            recent: std::collections::VecDeque::new(),
+            recent_bytes: 0,
         })
     }
 }
@@ -814,32 +863,41 @@ impl FileReader for S3Reader {
             return Ok(Bytes::new());
         }
         let mut guard = self.stream.lock().await;
+        if let Some(b) = guard.as_ref().and_then(|s| s.recent_slice(offset, len)) {
+            return Ok(b);
+        }
         let open = match guard.take() {
-            Some(s) if s.pos == offset => s,
+            Some(s) if offset >= s.pos && offset - s.pos <= READ_WINDOW => s,
             _ => self.open(offset).await?,
         };
         let open = guard.insert(open);
-        let mut out = BytesMut::new();
-        while out.len() < len {
-            if open.pending.is_empty() {
-                match open.stream.next().await {
-                    Some(Ok(b)) => open.pending = b,
-                    Some(Err(e)) => {
-                        *guard = None;
-                        return Err(map_stream_err(e));
-                    }
-                    None => break,
+        let result = async {
+            // A read a little ahead: what lies before it is kept for the
+            // reads still on their way.
+            while open.pos < offset {
+                let gap = (offset - open.pos).min(usize::MAX as u64) as usize;
+                if open.next_part(gap).await?.is_empty() {
+                    return Ok(Bytes::new());
                 }
             }
-            let take = (len - out.len()).min(open.pending.len());
-            let part = open.pending.split_to(take);
-            open.pos += take as u64;
-            if out.is_empty() && take == len {
-                return Ok(part);
+            let mut out = BytesMut::new();
+            while out.len() < len {
+                let part = open.next_part(len - out.len()).await?;
+                if part.is_empty() {
+                    break;
+                }
+                if out.is_empty() && part.len() == len {
+                    return Ok(part);
+                }
+                out.extend_from_slice(&part);
             }
-            out.extend_from_slice(&part);
+            Ok(out.freeze())
         }
-        Ok(out.freeze())
+        .await;
+        if result.is_err() {
+            *guard = None;
+        }
+        result
     }
 
     fn len(&self) -> u64 {

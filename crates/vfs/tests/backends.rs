@@ -491,3 +491,44 @@ async fn homes_are_separate_and_stay_below_the_root() {
         assert_eq!(backend.sweep_temporaries().await.unwrap(), 0, "{kind}");
     }
 }
+
+#[tokio::test]
+async fn reads_land_at_any_offset_in_any_order() {
+    for (backend, _guard) in backends() {
+        let kind = backend.kind();
+        let fs = backend.open_home("alice").await.unwrap();
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+        put(fs.as_ref(), "/big", &data).await;
+        let reader = fs.open_read(&p("/big")).await.unwrap();
+        // As SFTP clients send them: many in flight, arriving shuffled,
+        // then jumps ahead and back, and one past the end.
+        const K: u64 = 32 << 10;
+        for at in [
+            0,
+            2 * K,
+            K,
+            4 * K,
+            3 * K,
+            64 * K,
+            20 * K,
+            2 << 20,
+            1 << 20,
+            0,
+            5,
+        ] {
+            let want = &data[at as usize..(at + K) as usize];
+            let mut got = Vec::new();
+            while got.len() < want.len() {
+                let part = reader
+                    .read_at(at + got.len() as u64, want.len() - got.len())
+                    .await
+                    .unwrap();
+                assert!(!part.is_empty(), "{kind}: early end at {at}");
+                got.extend_from_slice(&part);
+            }
+            assert!(got == want, "{kind}: bytes at {at}");
+        }
+        assert!(reader.read_at(3 << 20, 10).await.unwrap().is_empty());
+        assert!(reader.read_at(99 << 20, 10).await.unwrap().is_empty());
+    }
+}
