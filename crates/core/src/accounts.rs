@@ -100,7 +100,7 @@ impl Gateway {
             }
         }
         if old.quota != new.quota || old.home != new.home {
-            self.quotas.forget(&new.username);
+            self.quotas.forget(&new.username).await;
         }
         tracing::info!(user = %new.username, "account updated");
         let what = if password != PasswordChange::Keep && old == new {
@@ -132,7 +132,7 @@ impl Gateway {
         }
         let ended = self.sessions.disconnect_user(username);
         self.end_sessions_elsewhere(username).await;
-        self.quotas.forget(username);
+        self.quotas.forget(username).await;
         tracing::info!(user = %username, sessions_ended = ended, delete_files, "account deleted");
         self.record_account_change(username, "deleted").await;
         if !delete_files {

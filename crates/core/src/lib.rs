@@ -186,13 +186,18 @@ impl Gateway {
             config.spool_dir.clone(),
         );
         let admission = Admission::new(config.admission.clone());
+        let quotas = if config.storage.shared() {
+            QuotaTracker::shared(store.clone())
+        } else {
+            QuotaTracker::default()
+        };
         Arc::new(Gateway {
             store,
             sessions: SessionRegistry::new(config.node_name.clone()),
             config,
             remote_sessions: std::sync::Mutex::default(),
             admission,
-            quotas: QuotaTracker::default(),
+            quotas,
             bandwidth: bandwidth::BandwidthTracker::default(),
             audit,
             rules,

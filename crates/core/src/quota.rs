@@ -5,12 +5,17 @@
 //! the bytes it adds before they reach the disk. The first session of an
 //! account with a quota measures its home once; from then on uploads and
 //! deletes keep the count.
+//!
+//! When several nodes share the homes (S3), the count lives in the store
+//! too: each node adds what its sessions changed every [`crate::SESSION_SYNC`]
+//! and takes the totals back, so another node's uploads count here within a
+//! few seconds (two uploads on two nodes within that window may each pass
+//! the limit, as `max_sessions` may).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dropgate_store::Quota;
+use dropgate_store::{Quota, Store, StoreError};
 use dropgate_vfs::{Storage, VirtualPath};
 
 use crate::FsError;
@@ -18,8 +23,7 @@ use crate::FsError;
 /// Bytes and files in use by one account (committed plus reserved).
 #[derive(Debug, Default)]
 pub struct Usage {
-    bytes: AtomicU64,
-    files: AtomicU64,
+    counts: Mutex<Counts>,
     /// Paths with an upload in progress, and how many. Deleting, renaming
     /// or resizing such a path is refused until the upload ends: otherwise
     /// its size would be given back twice (once by the delete, once by the
@@ -34,14 +38,63 @@ pub struct Usage {
     ops: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The numbers of a [`Usage`], changed together.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    bytes: u64,
+    files: u64,
+    /// Changes not yet added to the store's shared count (shared mode).
+    unsynced_bytes: i64,
+    unsynced_files: i64,
+}
+
+impl Counts {
+    fn add_bytes(&mut self, n: u64) {
+        self.bytes = self.bytes.saturating_add(n);
+        self.unsynced_bytes = self.unsynced_bytes.saturating_add(signed(n));
+    }
+    fn sub_bytes(&mut self, n: u64) {
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        self.unsynced_bytes = self.unsynced_bytes.saturating_sub(signed(n));
+    }
+    fn add_file(&mut self) {
+        self.files += 1;
+        self.unsynced_files += 1;
+    }
+    fn sub_file(&mut self) {
+        if self.files > 0 {
+            self.files -= 1;
+            self.unsynced_files -= 1;
+        }
+    }
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 impl Usage {
+    fn new(bytes: u64, files: u64) -> Usage {
+        Usage {
+            counts: Mutex::new(Counts {
+                bytes,
+                files,
+                ..Counts::default()
+            }),
+            ..Usage::default()
+        }
+    }
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        lock(&self.counts)
+    }
     /// Current bytes (committed + reserved by uploads in progress).
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.counts().bytes
     }
     /// Current files.
     pub fn files(&self) -> u64 {
-        self.files.load(Ordering::Relaxed)
+        self.counts().files
     }
 }
 
@@ -66,11 +119,7 @@ impl QuotaGuard {
     pub fn counting(limit: Quota, bytes: u64, files: u64) -> Self {
         QuotaGuard {
             limit,
-            usage: Some(Arc::new(Usage {
-                bytes: AtomicU64::new(bytes),
-                files: AtomicU64::new(files),
-                ..Usage::default()
-            })),
+            usage: Some(Arc::new(Usage::new(bytes, files))),
         }
     }
 
@@ -82,11 +131,11 @@ impl QuotaGuard {
         if bytes == 0 {
             return Ok(());
         }
-        let before = usage.bytes.fetch_add(bytes, Ordering::AcqRel);
-        if self.limit.max_bytes > 0 && before.saturating_add(bytes) > self.limit.max_bytes {
-            usage.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let mut counts = usage.counts();
+        if self.limit.max_bytes > 0 && counts.bytes.saturating_add(bytes) > self.limit.max_bytes {
             return Err(FsError::QuotaExceeded);
         }
+        counts.add_bytes(bytes);
         Ok(())
     }
 
@@ -94,18 +143,14 @@ impl QuotaGuard {
     /// disk, e.g. the kept prefix of a committed resume).
     pub fn reserve_bytes_unchecked(&self, bytes: u64) {
         if let Some(usage) = &self.usage {
-            usage.bytes.fetch_add(bytes, Ordering::AcqRel);
+            usage.counts().add_bytes(bytes);
         }
     }
 
     /// Gives bytes back (aborted upload, deleted or replaced file).
     pub fn release_bytes(&self, bytes: u64) {
         if let Some(usage) = &self.usage {
-            let _ = usage
-                .bytes
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                    Some(b.saturating_sub(bytes))
-                });
+            usage.counts().sub_bytes(bytes);
         }
     }
 
@@ -114,22 +159,18 @@ impl QuotaGuard {
         let Some(usage) = &self.usage else {
             return Ok(());
         };
-        let before = usage.files.fetch_add(1, Ordering::AcqRel);
-        if self.limit.max_files > 0 && before + 1 > self.limit.max_files {
-            usage.files.fetch_sub(1, Ordering::AcqRel);
+        let mut counts = usage.counts();
+        if self.limit.max_files > 0 && counts.files + 1 > self.limit.max_files {
             return Err(FsError::QuotaExceeded);
         }
+        counts.add_file();
         Ok(())
     }
 
     /// Gives one file back.
     pub fn release_file(&self) {
         if let Some(usage) = &self.usage {
-            let _ = usage
-                .files
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
-                    Some(f.saturating_sub(1))
-                });
+            usage.counts().sub_file();
         }
     }
 
@@ -142,7 +183,7 @@ impl QuotaGuard {
     /// out to create its name after all).
     pub(crate) fn add_file_unchecked(&self) {
         if let Some(usage) = &self.usage {
-            usage.files.fetch_add(1, Ordering::AcqRel);
+            usage.counts().add_file();
         }
     }
 
@@ -222,10 +263,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Default)]
 pub struct QuotaTracker {
     accounts: Mutex<HashMap<String, Arc<Usage>>>,
+    /// The store that holds the count shared with other nodes, when the
+    /// homes are shared (S3); `None`: this process counts alone.
+    shared: Option<Store>,
 }
 
 impl QuotaTracker {
-    /// The guard for an account; measures the home on first use.
+    /// A tracker whose counts are shared with the other nodes through `store`.
+    pub fn shared(store: Store) -> QuotaTracker {
+        QuotaTracker {
+            accounts: Mutex::default(),
+            shared: Some(store),
+        }
+    }
+
+    /// The guard for an account; measures the home on first use (shared:
+    /// takes the store's count, measuring only when there is none).
     pub async fn guard(
         &self,
         username: &str,
@@ -245,18 +298,10 @@ impl QuotaTracker {
         let usage = match existing {
             Some(u) => u,
             None => {
-                let (bytes, files) = measure(fs, links).await;
+                let (bytes, files) = self.first_count(username, fs, links).await;
                 let mut map = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
                 map.entry(username.to_owned())
-                    .or_insert_with(|| {
-                        Arc::new(Usage {
-                            bytes: AtomicU64::new(bytes),
-                            files: AtomicU64::new(files),
-                            busy: Mutex::default(),
-                            busy_inodes: Mutex::default(),
-                            ops: Arc::default(),
-                        })
-                    })
+                    .or_insert_with(|| Arc::new(Usage::new(bytes, files)))
                     .clone()
             }
         };
@@ -266,12 +311,100 @@ impl QuotaTracker {
         }
     }
 
-    /// Forgets an account's count (it is measured again at the next login).
-    pub fn forget(&self, username: &str) {
+    /// An account's count when this process starts counting it.
+    async fn first_count(&self, username: &str, fs: &dyn Storage, links: bool) -> (u64, u64) {
+        let Some(store) = &self.shared else {
+            return measure(fs, links).await;
+        };
+        match store.quota_usage(username).await {
+            Ok(Some(counts)) => return counts,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(user = %username, error = %e, "cannot read the shared quota count; measuring the home")
+            }
+        }
+        let (bytes, files) = measure(fs, links).await;
+        match store.init_quota_usage(username, bytes, files).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                tracing::warn!(user = %username, error = %e, "cannot share the quota count");
+                (bytes, files)
+            }
+        }
+    }
+
+    /// Forgets an account's count (it is measured again at the next login,
+    /// on every node).
+    pub async fn forget(&self, username: &str) {
         self.accounts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(username);
+        if let Some(store) = &self.shared
+            && let Err(e) = store.forget_quota_usage(username).await
+        {
+            tracing::warn!(user = %username, error = %e, "cannot drop the shared quota count");
+        }
+    }
+
+    /// Shared mode: adds this node's changes to the store's counts and takes
+    /// the totals (with the other nodes' changes) back. A failed round keeps
+    /// the changes for the next one.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let Some(store) = &self.shared else {
+            return Ok(());
+        };
+        let accounts: Vec<(String, Arc<Usage>)> = lock(&self.accounts)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if accounts.is_empty() {
+            return Ok(());
+        }
+        let mut totals: HashMap<String, (u64, u64)> = store
+            .all_quota_usage()
+            .await?
+            .into_iter()
+            .map(|(u, b, f)| (u, (b, f)))
+            .collect();
+        for (username, usage) in accounts {
+            let (bytes, files) = {
+                let mut c = usage.counts();
+                let taken = (c.unsynced_bytes, c.unsynced_files);
+                c.unsynced_bytes = 0;
+                c.unsynced_files = 0;
+                taken
+            };
+            let result = if bytes == 0 && files == 0 {
+                Ok(totals.remove(&username))
+            } else {
+                store.add_quota_usage(&username, bytes, files).await
+            };
+            if let Ok(None) = result {
+                // Dropped meanwhile (its quota or home changed on some
+                // node): the next login here counts it afresh.
+                let mut map = lock(&self.accounts);
+                if map.get(&username).is_some_and(|u| Arc::ptr_eq(u, &usage)) {
+                    map.remove(&username);
+                }
+                continue;
+            }
+            let mut c = usage.counts();
+            match result {
+                Ok(Some((b, f))) => {
+                    // The store's total plus what changed here since.
+                    c.bytes = b.saturating_add_signed(c.unsynced_bytes);
+                    c.files = f.saturating_add_signed(c.unsynced_files);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    c.unsynced_bytes = c.unsynced_bytes.saturating_add(bytes);
+                    c.unsynced_files = c.unsynced_files.saturating_add(files);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The usage of an account as counted now, if this process counts it.

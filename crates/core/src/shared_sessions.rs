@@ -81,7 +81,8 @@ impl Gateway {
             .remote_sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = counts;
-        Ok(())
+        // Quota counts of homes other nodes share (S3), in the same round.
+        self.quotas.sync().await
     }
 
     /// Live sessions of `username` on the other nodes, as last read.

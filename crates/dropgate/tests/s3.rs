@@ -286,6 +286,45 @@ fn two_nodes_share_one_bucket() {
     );
     assert!(std::fs::read(&back).unwrap() == content);
     assert!(!Path::new(&n1.home("acme")).exists() && !Path::new(&n2.home("acme")).exists());
+
+    // A quota holds across the nodes: files stored through one count on
+    // the other within a sync round (2 s).
+    n1.create_user(
+        &token,
+        &json!({"username": "capped", "password": PASSWORD, "quota": {"max_files": 2}}),
+    );
+    let put = |node: &Gateway, name: &str| {
+        curl(&[
+            "-T",
+            one.to_str().unwrap(),
+            &format!("ftp://capped:{PASSWORD}@{}/{name}", node.addr("ftp")),
+        ])
+    };
+    let settle = || std::thread::sleep(std::time::Duration::from_secs(5));
+    run_ok(&put(&n1, "f1"), "first file through node 1");
+    run_ok(&put(&n2, "f2"), "second file through node 2");
+    settle();
+    for node in [&n1, &n2] {
+        let out = put(node, "f3");
+        assert!(
+            !out.status.success(),
+            "a third file must be refused on every node"
+        );
+    }
+    // Deleted through node 2: node 1 takes a file again.
+    run_ok(
+        &curl(&[
+            &format!("ftp://capped:{PASSWORD}@{}/", n2.addr("ftp")),
+            "-Q",
+            "DELE f1",
+        ]),
+        "delete through node 2",
+    );
+    settle();
+    run_ok(&put(&n1, "f4"), "a file through node 1 after the delete");
+    let (status, user) = n1.api("GET", "/api/v1/users/capped", Some(&token), None);
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["usage"]["files"], 2, "{user}");
 }
 
 /// The peak resident memory of a process (`VmHWM`), in bytes.

@@ -15,6 +15,7 @@ mod nodes;
 mod outbox;
 mod password;
 mod queries;
+mod quota_usage;
 
 pub use queries::secret_digest;
 

@@ -260,7 +260,32 @@ async fn suite(store: Store) {
     cluster_keys(&store).await;
     shared_bans(&store).await;
     node_sessions(&store).await;
+    quota_usage(&store).await;
     store.close().await;
+}
+
+/// Shared quota usage: the first measurement wins, changes add up (never
+/// below zero), a forgotten account has no row.
+async fn quota_usage(store: &Store) {
+    assert_eq!(store.quota_usage("q").await.unwrap(), None);
+    assert_eq!(store.add_quota_usage("q", 5, 1).await.unwrap(), None);
+    assert_eq!(store.init_quota_usage("q", 100, 2).await.unwrap(), (100, 2));
+    // A second node measuring meanwhile gets the stored counts.
+    assert_eq!(store.init_quota_usage("q", 7, 7).await.unwrap(), (100, 2));
+    assert_eq!(
+        store.add_quota_usage("q", 50, 1).await.unwrap(),
+        Some((150, 3))
+    );
+    assert_eq!(
+        store.add_quota_usage("q", -1000, -9).await.unwrap(),
+        Some((0, 0))
+    );
+    store.init_quota_usage("r", u64::MAX, 1).await.unwrap();
+    let all = store.all_quota_usage().await.unwrap();
+    assert!(all.contains(&("q".into(), 0, 0)), "{all:?}");
+    assert!(all.contains(&("r".into(), i64::MAX as u64, 1)), "{all:?}");
+    store.forget_quota_usage("q").await.unwrap();
+    assert_eq!(store.quota_usage("q").await.unwrap(), None);
 }
 
 /// Node heartbeats: written, refreshed in place, listed by freshness, removed.

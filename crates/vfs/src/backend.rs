@@ -67,6 +67,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Refused (`PermissionDenied`, nothing removed) for a home that is the
     /// root itself, leaves it, or (local disk) is a symbolic link.
     async fn remove_home(&self, home: &str) -> VfsResult<bool>;
+    /// Several nodes may serve the same homes from it at once (an object
+    /// store): their quota counts must then be shared.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Removes the upload temporaries a crash of this node left behind;
     /// how many. Run once at start-up, before any client connects.
     async fn sweep_temporaries(&self) -> VfsResult<usize>;

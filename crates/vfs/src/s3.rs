@@ -171,6 +171,10 @@ impl Backend for S3Backend {
         }
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn open_home(&self, home: &str) -> VfsResult<Arc<dyn Storage>> {
         Ok(Arc::new(self.storage(home).await?))
     }
