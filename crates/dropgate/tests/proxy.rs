@@ -388,6 +388,8 @@ fn the_docker_compose_topology_files_are_valid() {
         "deploy/haproxy.cfg",
         "172.28.0.10",
         "50050-50099",
+        "minio/minio",
+        "mc mb --ignore-existing local/dropgate",
     ] {
         assert!(compose.contains(needle), "docker-compose.yml lost {needle}");
     }
@@ -406,6 +408,13 @@ fn the_docker_compose_topology_files_are_valid() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("proxy_protocol = true") && text.contains("172.28.0.10/32"),
+        "{text}"
+    );
+    // Files in the shared bucket; its secret never printed.
+    assert!(
+        text.contains("backend = \"s3\"")
+            && text.contains("http://minio:9000")
+            && !text.contains("dropgate-secret"),
         "{text}"
     );
 

@@ -447,6 +447,9 @@ impl Storage for S3Storage {
             Err(e) => return Err(e),
         };
         if let Some(target) = &target {
+            // Checked, not conditional: a name that appears between this
+            // look and the copy is replaced (S3's CopyObject has no
+            // If-None-Match that every implementation honours).
             if !overwrite {
                 return Err(VfsError::AlreadyExists);
             }
