@@ -789,7 +789,30 @@ impl Session {
     /// Filesystem capacity (for SFTP statvfs). Needs `list`.
     pub async fn fs_stats(&self, path: &VirtualPath) -> FsResult<FsStats> {
         self.check_real(path, Permission::List, true).await?;
-        Ok(self.inner.fs.fs_stats(path).await?)
+        let mut stats = self.inner.fs.fs_stats(path).await?;
+        if !self.capabilities().device_stats {
+            self.quota_as_stats(&mut stats);
+        }
+        Ok(stats)
+    }
+
+    /// Storage without a device (S3): what `df` shows is the account's
+    /// quota, the one limit an upload can meet.
+    fn quota_as_stats(&self, stats: &mut FsStats) {
+        let limit = self.inner.user.quota;
+        let usage = self.inner.quota.usage();
+        let block = stats.fragment_size.max(1);
+        if limit.max_bytes > 0 {
+            let used = usage.map_or(0, |u| u.bytes());
+            stats.blocks = limit.max_bytes / block;
+            stats.blocks_free = limit.max_bytes.saturating_sub(used) / block;
+            stats.blocks_available = stats.blocks_free;
+        }
+        if limit.max_files > 0 {
+            let used = usage.map_or(0, |u| u.files());
+            stats.files = limit.max_files;
+            stats.files_free = limit.max_files.saturating_sub(used);
+        }
     }
 
     fn start_transfer(&self, path: &VirtualPath, direction: Direction) -> Arc<TransferState> {

@@ -192,6 +192,29 @@ fn ftp_and_sftp_clients_store_fetch_and_manage_files_in_the_bucket() {
     );
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&half).unwrap());
 
+    // `df` on S3 shows the account's quota: 100 MiB, 20 MiB of it used.
+    gw.create_user(
+        &token,
+        &json!({"username": "limited", "password": PASSWORD, "public_keys": [public],
+                "quota": {"max_bytes": 100 << 20}}),
+    );
+    let out = sftp_batch(
+        gw.addr("sftp"),
+        "limited",
+        &key,
+        &format!("put {} /big\ndf\n", big.display()),
+    );
+    let df = run_ok(&out, "sftp df");
+    let sizes = df
+        .lines()
+        .skip_while(|l| !l.starts_with("sftp> df"))
+        .nth(2)
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>();
+    assert_eq!(sizes, ["102400", "20480", "81920"], "{df}");
+
     // rclone's SFTP backend: a tree up (parallel transfers, writes in
     // flight out of order) and down again. S3 keeps no times it is given,
     // so rclone is told not to set them (README, "Storage on S3").

@@ -36,6 +36,9 @@ pub struct Capabilities {
     /// A file opened for reading keeps its content when its name is
     /// replaced meanwhile; without it such a read fails ("file changed").
     pub stable_reads: bool,
+    /// `fs_stats` describes a real device; without it the session reports
+    /// the account's quota instead (SFTP `statvfs`, `df`).
+    pub device_stats: bool,
 }
 
 impl Capabilities {
@@ -49,6 +52,7 @@ impl Capabilities {
         set_times: true,
         resize: true,
         stable_reads: true,
+        device_stats: true,
     };
 }
 

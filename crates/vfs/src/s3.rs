@@ -36,6 +36,14 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// Out-of-order writes (SFTP sends many at once) parked per upload until
 /// the gap before them fills: the SFTP dispatcher's window, 64 × 255 KiB.
 const PARK_LIMIT: usize = 16 << 20;
+/// Bytes all uploads together may hold in memory (parked writes and parts
+/// not yet sent): past it a write is refused rather than the process
+/// growing without bound (256 handles of one SFTP session could otherwise
+/// hold 6 GiB).
+const BUFFER_BUDGET: u64 = 1 << 30;
+/// What the uploads hold now, against [`BUFFER_BUDGET`].
+static BUFFERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const BUFFERS_FULL: &str = "the gateway's upload buffers for S3 are full; try again shortly";
 /// One server-side copy call moves at most this much (S3's limit).
 const COPY_LIMIT: u64 = 5 << 30;
 /// Keys listed per ListObjectsV2 page.
@@ -168,6 +176,7 @@ impl Backend for S3Backend {
             set_times: false,
             resize: false,
             stable_reads: false,
+            device_stats: false,
         }
     }
 
@@ -425,6 +434,8 @@ impl Storage for S3Storage {
                 parked_bytes: 0,
                 failed: false,
                 end_at: None,
+                run_start: next,
+                held: 0,
             }),
         }))
     }
@@ -662,13 +673,14 @@ impl DirSource for S3DirSource {
                 None => (rest, false),
             };
             // The folder's own marker, upload temporaries, and keys other
-            // tools wrote that cannot be a name here (`a//b`, control
-            // characters, too long) are left out, not a failed listing.
+            // tools wrote that cannot be a name here (`a//b`, line breaks,
+            // too long: what the canonicalizer refuses) are left out, not a
+            // failed listing.
             if name.is_empty()
                 || name.contains('/')
                 || name.starts_with(TEMP_PREFIX)
                 || name.len() > MAX_NAME_LEN
-                || name.chars().any(char::is_control)
+                || name.contains(['\n', '\r', '\0'])
             {
                 continue;
             }
@@ -946,6 +958,42 @@ struct WriteState {
     failed: bool,
     /// Where the content ends (SFTP size set at `next`): no kept tail.
     end_at: Option<u64>,
+    /// Where the bytes sent through the writer began (parts fill from here).
+    run_start: u64,
+    /// What this upload counts in [`BUFFERED`].
+    held: u64,
+}
+
+impl WriteState {
+    /// Counts what this upload would hold with `parked` bytes parked and
+    /// its run ending at `next`; refused past the budget.
+    fn hold(&mut self, parked: usize, next: u64) -> VfsResult<()> {
+        use std::sync::atomic::Ordering;
+        let want = parked as u64 + (next - self.run_start) % PART_SIZE as u64;
+        if want > self.held {
+            let add = want - self.held;
+            let before = BUFFERED.fetch_add(add, Ordering::AcqRel);
+            if before + add > BUFFER_BUDGET {
+                BUFFERED.fetch_sub(add, Ordering::AcqRel);
+                return Err(VfsError::Io(std::io::Error::other(BUFFERS_FULL)));
+            }
+        } else {
+            BUFFERED.fetch_sub(self.held - want, Ordering::AcqRel);
+        }
+        self.held = want;
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        BUFFERED.fetch_sub(self.held, std::sync::atomic::Ordering::AcqRel);
+        self.held = 0;
+    }
+}
+
+impl Drop for WriteState {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl S3Writer {
@@ -967,6 +1015,7 @@ impl S3Writer {
             copy_range(writer, &self.key, 0..offset).await?;
             st.started = true;
             st.next = offset;
+            st.run_start = offset;
         }
         if data.is_empty() {
             return Ok(());
@@ -979,13 +1028,20 @@ impl S3Writer {
             if st.parked_bytes + data.len() > PARK_LIMIT {
                 return Err(VfsError::Unsupported(NO_REWRITE));
             }
+            let next = st.next;
+            st.hold(st.parked_bytes + data.len(), next)?;
             st.parked_bytes += data.len();
             if let Some(old) = st.parked.insert(offset, data) {
                 st.parked_bytes -= old.len();
             }
             return Ok(());
         }
-        st.next += data.len() as u64;
+        let (parked, next) = (st.parked_bytes, st.next + data.len() as u64);
+        st.hold(parked, next)?;
+        st.next = next;
+        let Some(writer) = st.writer.as_mut() else {
+            return Err(VfsError::Io(std::io::Error::other("the upload has ended")));
+        };
         writer.write(data).await.map_err(map_err)?;
         while let Some(entry) = st.parked.first_entry() {
             if *entry.key() > st.next {
@@ -1001,11 +1057,15 @@ impl S3Writer {
             st.next = end;
             writer.write(chunk).await.map_err(map_err)?;
         }
+        let (parked, next) = (st.parked_bytes, st.next);
+        // Less than before (parked bytes moved into parts): never refused.
+        let _ = st.hold(parked, next);
         Ok(())
     }
 
     /// Publishes what was written: the object appears now.
     async fn close(&self, st: &mut WriteState) -> VfsResult<Placed> {
+        st.release();
         let Some(mut writer) = st.writer.take() else {
             return Err(VfsError::Io(std::io::Error::other("the upload has ended")));
         };
@@ -1146,5 +1206,44 @@ impl FileWriter for S3Writer {
             let _ = writer.abort().await;
         }
         None
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn state() -> WriteState {
+        WriteState {
+            writer: None,
+            started: true,
+            next: 0,
+            parked: BTreeMap::new(),
+            parked_bytes: 0,
+            failed: false,
+            end_at: None,
+            run_start: 0,
+            held: 0,
+        }
+    }
+
+    #[test]
+    fn uploads_together_hold_no_more_than_the_budget() {
+        use std::sync::atomic::Ordering;
+        let base = BUFFERED.load(Ordering::Acquire);
+        let mut a = state();
+        let mut b = state();
+        // Parts count what is not sent yet: a run's bytes modulo the part.
+        a.hold(0, PART_SIZE as u64 + 5).unwrap();
+        assert_eq!(a.held, 5);
+        a.hold((BUFFER_BUDGET / 2) as usize, 0).unwrap();
+        assert!(b.hold((BUFFER_BUDGET / 2) as usize + 1, 0).is_err());
+        assert_eq!(b.held, 0, "a refused hold takes nothing");
+        b.hold(1 << 20, 0).unwrap();
+        drop(a);
+        b.hold((BUFFER_BUDGET / 2) as usize, 0).unwrap();
+        b.release();
+        assert_eq!(BUFFERED.load(Ordering::Acquire), base);
     }
 }
