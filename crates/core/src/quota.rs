@@ -54,8 +54,9 @@ impl Counts {
         self.unsynced_bytes = self.unsynced_bytes.saturating_add(signed(n));
     }
     fn sub_bytes(&mut self, n: u64) {
-        let n = n.min(self.bytes);
-        self.bytes -= n;
+        // The whole change goes to the store even when this node's view is
+        // lower (another node's upload it has not heard of yet).
+        self.bytes = self.bytes.saturating_sub(n);
         self.unsynced_bytes = self.unsynced_bytes.saturating_sub(signed(n));
     }
     fn add_file(&mut self) {
@@ -63,10 +64,8 @@ impl Counts {
         self.unsynced_files += 1;
     }
     fn sub_file(&mut self) {
-        if self.files > 0 {
-            self.files -= 1;
-            self.unsynced_files -= 1;
-        }
+        self.files = self.files.saturating_sub(1);
+        self.unsynced_files -= 1;
     }
 }
 
@@ -309,6 +308,11 @@ impl QuotaTracker {
             limit,
             usage: Some(usage),
         }
+    }
+
+    /// Whether the counts are shared through the store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// An account's count when this process starts counting it.

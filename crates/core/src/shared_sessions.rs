@@ -62,6 +62,36 @@ impl Gateway {
             tokio::time::timeout(Duration::from_secs(2), self.store.drop_node_sessions(node)).await;
     }
 
+    /// Keeps the quota counts of shared homes (S3) in the store every
+    /// [`SESSION_SYNC`] until `shutdown` (on SQLite too, where the store is
+    /// what a restart counts from; the last round runs once the sessions
+    /// have ended: `serve` calls [`crate::QuotaTracker::sync`]). Nothing to
+    /// do (it returns at once) when this node counts alone.
+    pub async fn share_quota_counts(self: Arc<Self>, shutdown: CancellationToken) {
+        if !self.quotas.is_shared() {
+            return;
+        }
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(SESSION_SYNC) => {}
+            };
+            match self.quotas.sync().await {
+                Ok(()) if failing => {
+                    tracing::info!("quota counts shared with the store again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot share quota counts with the store");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// One round: publish, end what was asked, read the others' counts.
     pub async fn exchange_sessions(&self) -> Result<(), StoreError> {
         let node = &self.config.node_name;
@@ -81,8 +111,7 @@ impl Gateway {
             .remote_sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = counts;
-        // Quota counts of homes other nodes share (S3), in the same round.
-        self.quotas.sync().await
+        Ok(())
     }
 
     /// Live sessions of `username` on the other nodes, as last read.

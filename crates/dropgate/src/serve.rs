@@ -148,6 +148,8 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
         listeners.spawn(gateway.clone().share_bans(shutdown.clone()));
         listeners.spawn(gateway.clone().share_sessions(shutdown.clone()));
     }
+    // Quota counts of homes several nodes share (S3) live in the store.
+    listeners.spawn(gateway.clone().share_quota_counts(shutdown.clone()));
     listeners.spawn(return_memory_after_load(
         gateway.admission().clone(),
         shutdown.clone(),
@@ -165,6 +167,11 @@ pub(crate) async fn serve(cfg: Effective) -> Result<(), CliError> {
     if drained.is_err() {
         tracing::warn!("some listeners did not stop in time");
         listeners.abort_all();
+    }
+    // What the ended sessions gave back reaches the shared quota counts.
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), gateway.quotas().sync()).await
+    {
+        tracing::warn!(error = %e, "cannot share the last quota counts with the store");
     }
     // Leave the node list at once rather than after the heartbeat ages out.
     let _ = heartbeat.await;

@@ -40,7 +40,7 @@ const PARK_LIMIT: usize = 16 << 20;
 /// not yet sent): past it a write is refused rather than the process
 /// growing without bound (256 handles of one SFTP session could otherwise
 /// hold 6 GiB).
-const BUFFER_BUDGET: u64 = 1 << 30;
+const BUFFER_BUDGET: u64 = 2 << 30;
 /// What the uploads hold now, against [`BUFFER_BUDGET`].
 static BUFFERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const BUFFERS_FULL: &str = "the gateway's upload buffers for S3 are full; try again shortly";
@@ -139,7 +139,7 @@ impl S3Backend {
 
     /// A home's storage (what [`Backend::open_home`] returns, typed).
     pub async fn storage(&self, home: &str) -> VfsResult<S3Storage> {
-        let parts = home_components(home)?;
+        let parts = s3_home_components(home)?;
         let home = if parts.is_empty() {
             String::new()
         } else {
@@ -189,7 +189,7 @@ impl Backend for S3Backend {
     }
 
     async fn remove_home(&self, home: &str) -> VfsResult<bool> {
-        let parts = home_components(home)?;
+        let parts = s3_home_components(home)?;
         if parts.is_empty() {
             return Err(VfsError::PermissionDenied);
         }
@@ -229,17 +229,25 @@ pub struct S3Storage {
 }
 
 impl S3Storage {
-    /// The object key of `path`.
-    fn key(&self, path: &VirtualPath) -> String {
-        format!("{}{}", self.home, path.as_str().trim_start_matches('/'))
+    /// The object key of `path`. opendal trims white space at both ends of
+    /// every path it is given, so a key that starts or ends with some would
+    /// reach another object (`/a ` would be `/a`): such names are refused.
+    fn key(&self, path: &VirtualPath) -> VfsResult<String> {
+        let key = format!("{}{}", self.home, path.as_str().trim_start_matches('/'));
+        if key.starts_with(char::is_whitespace) || key.ends_with(char::is_whitespace) {
+            return Err(VfsError::InvalidName(
+                "names ending in white space are not supported by this storage (S3)",
+            ));
+        }
+        Ok(key)
     }
 
     /// The prefix of the folder `path` (ends with `/`, or is empty).
-    fn dir_prefix(&self, path: &VirtualPath) -> String {
+    fn dir_prefix(&self, path: &VirtualPath) -> VfsResult<String> {
         if path.is_root() {
-            self.home.clone()
+            Ok(self.home.clone())
         } else {
-            format!("{}/", self.key(path))
+            Ok(format!("{}/", self.key(path)?))
         }
     }
 
@@ -327,7 +335,7 @@ impl Storage for S3Storage {
         if path.is_root() {
             return Ok(dir_meta(&self.home, None));
         }
-        let key = self.key(path);
+        let key = self.key(path)?;
         if let Some(m) = self.head(&key).await? {
             return Ok(file_meta(&key, &m));
         }
@@ -345,7 +353,7 @@ impl Storage for S3Storage {
         if !self.metadata(path).await?.is_dir() {
             return Err(VfsError::NotADirectory);
         }
-        let prefix = self.dir_prefix(path);
+        let prefix = self.dir_prefix(path)?;
         let lister = self
             .op
             .lister_with(&prefix)
@@ -359,7 +367,7 @@ impl Storage for S3Storage {
     }
 
     async fn open_read(&self, path: &VirtualPath) -> VfsResult<Arc<dyn FileReader>> {
-        let key = self.key(path);
+        let key = self.key(path)?;
         match self.head(&key).await? {
             Some(m) => Ok(Arc::new(S3Reader::new(self.op.clone(), key, &m))),
             None if path.is_root() || self.prefix_exists(&format!("{key}/")).await? => {
@@ -377,7 +385,7 @@ impl Storage for S3Storage {
         if path.is_root() {
             return Err(VfsError::IsADirectory);
         }
-        let key = self.key(path);
+        let key = self.key(path)?;
         let existing = self.head(&key).await?;
         if existing.is_none() {
             if self.prefix_exists(&format!("{key}/")).await? {
@@ -413,7 +421,8 @@ impl Storage for S3Storage {
             .map_err(map_err)?;
         let mut next = 0;
         if !deferred && keep > 0 {
-            if let Err(e) = copy_range(&mut writer, &key, 0..keep).await {
+            let etag = existing.as_ref().and_then(|m| m.etag());
+            if let Err(e) = copy_range(&mut writer, &key, 0..keep, etag).await {
                 let _ = writer.abort().await;
                 return Err(e);
             }
@@ -425,7 +434,9 @@ impl Storage for S3Storage {
             mode: opts.mode,
             initial_len: keep,
             found,
-            old_len: existing.map(|m| m.content_length()),
+            old_len: existing.as_ref().map(|m| m.content_length()),
+            old_etag: existing.as_ref().and_then(|m| m.etag().map(str::to_owned)),
+            exclusive: opts.exclusive,
             state: tokio::sync::Mutex::new(WriteState {
                 writer: Some(writer),
                 started: !deferred,
@@ -436,6 +447,8 @@ impl Storage for S3Storage {
                 end_at: None,
                 run_start: next,
                 held: 0,
+                wrote: false,
+                etag: None,
             }),
         }))
     }
@@ -469,7 +482,7 @@ impl Storage for S3Storage {
                 (false, true) => return Err(VfsError::NotADirectory),
                 (true, true) => {
                     // Only an empty folder may be replaced: its marker goes.
-                    let prefix = self.dir_prefix(to);
+                    let prefix = self.dir_prefix(to)?;
                     let mut keys = self.keys_below(&prefix).await?;
                     while let Some(entry) = keys.next().await {
                         let entry = entry.map_err(map_err)?;
@@ -482,7 +495,7 @@ impl Storage for S3Storage {
                 (false, false) => {}
             }
         }
-        let (from_key, to_key) = (self.key(from), self.key(to));
+        let (from_key, to_key) = (self.key(from)?, self.key(to)?);
         if !source.is_dir() {
             // Copy, then delete: never a moment without the file.
             self.copy_object(&from_key, &to_key, source.size).await?;
@@ -514,7 +527,7 @@ impl Storage for S3Storage {
     }
 
     async fn remove_file(&self, path: &VirtualPath) -> VfsResult<()> {
-        let key = self.key(path);
+        let key = self.key(path)?;
         if path.is_root() {
             return Err(VfsError::IsADirectory);
         }
@@ -542,7 +555,7 @@ impl Storage for S3Storage {
             e => e,
         })?;
         self.op
-            .create_dir(&self.dir_prefix(path))
+            .create_dir(&self.dir_prefix(path)?)
             .await
             .map_err(map_err)
     }
@@ -554,7 +567,7 @@ impl Storage for S3Storage {
         if !self.metadata(path).await?.is_dir() {
             return Err(VfsError::NotADirectory);
         }
-        let prefix = self.dir_prefix(path);
+        let prefix = self.dir_prefix(path)?;
         let mut keys = self
             .op
             .lister_with(&prefix)
@@ -591,7 +604,7 @@ impl Storage for S3Storage {
         }
         if size == 0 {
             self.op
-                .write(&self.key(path), Bytes::new())
+                .write(&self.key(path)?, Bytes::new())
                 .await
                 .map_err(map_err)?;
             return Ok(());
@@ -626,12 +639,40 @@ impl Storage for S3Storage {
     }
 }
 
+/// A home's parts, refusing what opendal would trim (white space at the
+/// ends of a key): `" alice"` must not open `alice`.
+fn s3_home_components(home: &str) -> VfsResult<Vec<&str>> {
+    let parts = home_components(home)?;
+    if parts
+        .iter()
+        .any(|p| p.starts_with(char::is_whitespace) || p.ends_with(char::is_whitespace))
+    {
+        return Err(VfsError::PermissionDenied);
+    }
+    Ok(parts)
+}
+
 /// Copies `range` of the object `key` into `writer`, in calls S3 accepts.
-async fn copy_range(writer: &mut opendal::Writer, key: &str, range: Range<u64>) -> VfsResult<()> {
+/// With `etag`, only from that version of the object: one replaced
+/// meanwhile fails the copy instead of mixing two versions.
+async fn copy_range(
+    writer: &mut opendal::Writer,
+    key: &str,
+    range: Range<u64>,
+    etag: Option<&str>,
+) -> VfsResult<()> {
     let mut at = range.start;
     while at < range.end {
         let end = (at + COPY_LIMIT).min(range.end);
-        writer.copy_from(key, at..end).await.map_err(map_err)?;
+        let options = opendal::options::ReadOptions {
+            range: (at..end).into(),
+            if_match: etag.map(str::to_owned),
+            ..Default::default()
+        };
+        writer
+            .copy_from_options(key, options)
+            .await
+            .map_err(map_read_err)?;
         at = end;
     }
     Ok(())
@@ -793,7 +834,7 @@ struct S3Reader {
 /// How far a read may land behind or ahead of the stream and still be
 /// served from it: SFTP clients keep many reads in flight, and they reach
 /// the reader slightly out of order.
-const READ_WINDOW: u64 = 8 << 20;
+const READ_WINDOW: u64 = 4 << 20;
 
 struct OpenStream {
     /// Where `pending` starts in the object.
@@ -941,6 +982,10 @@ struct S3Writer {
     found: Found,
     /// The object's size when the upload began (`None`: there was none).
     old_len: Option<u64>,
+    /// Its ETag then: what the kept bytes are copied from.
+    old_etag: Option<String>,
+    /// SFTP `EXCL`/FTP `STOU`: the name must still be free at the end.
+    exclusive: bool,
     state: tokio::sync::Mutex<WriteState>,
 }
 
@@ -962,6 +1007,10 @@ struct WriteState {
     run_start: u64,
     /// What this upload counts in [`BUFFERED`].
     held: u64,
+    /// The client wrote something (what `atomic_resume` keeps on abort).
+    wrote: bool,
+    /// The committed object's ETag, from the complete.
+    etag: Option<String>,
 }
 
 impl WriteState {
@@ -969,7 +1018,10 @@ impl WriteState {
     /// its run ending at `next`; refused past the budget.
     fn hold(&mut self, parked: usize, next: u64) -> VfsResult<()> {
         use std::sync::atomic::Ordering;
-        let want = parked as u64 + (next - self.run_start) % PART_SIZE as u64;
+        // opendal holds the part being filled and up to PARTS_IN_FLIGHT
+        // being sent: counted in full once the upload is that large.
+        let pipeline = ((1 + PARTS_IN_FLIGHT) * PART_SIZE) as u64;
+        let want = parked as u64 + (next - self.run_start).min(pipeline);
         if want > self.held {
             let add = want - self.held;
             let before = BUFFERED.fetch_add(add, Ordering::AcqRel);
@@ -1007,19 +1059,19 @@ impl S3Writer {
             return Err(VfsError::Io(std::io::Error::other("the upload has ended")));
         };
         if !st.started {
-            // `Keep`: the old content before the first write stays.
-            let old = self.old_len.unwrap_or(0);
-            if offset > old {
-                return Err(VfsError::Unsupported(NO_REWRITE));
-            }
-            copy_range(writer, &self.key, 0..offset).await?;
+            // `Keep`: the old content before the first write stays (all of
+            // it when the first write to arrive lies beyond it: the writes
+            // before it are on their way, and park until then).
+            let start = offset.min(self.old_len.unwrap_or(0));
+            copy_range(writer, &self.key, 0..start, self.old_etag.as_deref()).await?;
             st.started = true;
-            st.next = offset;
-            st.run_start = offset;
+            st.next = start;
+            st.run_start = start;
         }
         if data.is_empty() {
             return Ok(());
         }
+        st.wrote = true;
         if offset < st.next {
             // A rewrite of what was sent: S3 cannot change written parts.
             return Err(VfsError::Unsupported(NO_REWRITE));
@@ -1085,7 +1137,7 @@ impl S3Writer {
         if !st.started {
             // `Keep` without a write: the old content stays as it was.
             if let Some(old) = self.old_len {
-                copy_range(writer, &self.key, 0..old).await?;
+                copy_range(writer, &self.key, 0..old, self.old_etag.as_deref()).await?;
                 st.next = old;
             }
             st.started = true;
@@ -1095,7 +1147,7 @@ impl S3Writer {
             && st.next < old
             && self.initial_len == old
         {
-            copy_range(writer, &self.key, st.next..old).await?;
+            copy_range(writer, &self.key, st.next..old, self.old_etag.as_deref()).await?;
             st.next = old;
         }
         let replaced = match self.op.stat(&self.key).await {
@@ -1107,11 +1159,14 @@ impl S3Writer {
             Err(e) if e.kind() == ErrorKind::NotFound => Replaced::Nothing,
             Err(e) => return Err(map_err(e)),
         };
-        writer.close().await.map_err(|e| match e.kind() {
+        let meta = writer.close().await.map_err(|e| match e.kind() {
             // If-None-Match: * lost: 412, or 409 while another completes.
-            ErrorKind::ConditionNotMatch | ErrorKind::Conflict => VfsError::AlreadyExists,
+            ErrorKind::ConditionNotMatch | ErrorKind::Conflict if self.exclusive => {
+                VfsError::AlreadyExists
+            }
             _ => map_err(e),
         })?;
+        st.etag = meta.etag().map(str::to_owned);
         Ok(Placed {
             size: st.next,
             replaced,
@@ -1185,21 +1240,40 @@ impl FileWriter for S3Writer {
             )));
         }
         let placed = self.close(&mut st).await?;
+        // The content as committed, for hashing when it was not streamed
+        // (no further request: a failure now would report a stored upload
+        // as failed).
+        let now = SystemTime::now();
+        let content = S3Reader {
+            meta: Metadata {
+                kind: FileKind::File,
+                size: placed.size,
+                modified: now,
+                accessed: now,
+                mode: 0o100_644,
+                nlink: 1,
+                unique: key_identity(&self.key),
+            },
+            etag: st.etag.take(),
+            op: self.op.clone(),
+            key: self.key.clone(),
+            stream: tokio::sync::Mutex::new(None),
+        };
         drop(st);
-        // The content as committed, for hashing when it was not streamed.
-        let meta = self.op.stat(&self.key).await.map_err(map_err)?;
         Ok(Committed {
             size: placed.size,
             replaced: placed.replaced,
-            content: Arc::new(S3Reader::new(self.op.clone(), self.key.clone(), &meta)),
+            content: Arc::new(content),
         })
     }
 
     async fn abort(self: Box<Self>) -> Option<Placed> {
         let mut st = self.state.lock().await;
-        let keep_partial = self.mode != UploadMode::Atomic && !st.failed && st.next > 0;
-        if keep_partial {
-            // `atomic_resume`/`direct`: what arrived stays under the name.
+        if self.mode != UploadMode::Atomic && st.wrote {
+            // `atomic_resume`/`direct`: what arrived in order stays under
+            // the name (writes parked beyond a gap cannot).
+            st.parked.clear();
+            st.parked_bytes = 0;
             return self.close(&mut st).await.ok();
         }
         if let Some(mut writer) = st.writer.take() {
@@ -1225,6 +1299,8 @@ mod tests {
             end_at: None,
             run_start: 0,
             held: 0,
+            wrote: false,
+            etag: None,
         }
     }
 
@@ -1236,7 +1312,10 @@ mod tests {
         let mut b = state();
         // Parts count what is not sent yet: a run's bytes modulo the part.
         a.hold(0, PART_SIZE as u64 + 5).unwrap();
-        assert_eq!(a.held, 5);
+        assert_eq!(a.held, PART_SIZE as u64 + 5);
+        // A large upload counts its whole part pipeline, no more.
+        a.hold(0, 100 * PART_SIZE as u64).unwrap();
+        assert_eq!(a.held, ((1 + PARTS_IN_FLIGHT) * PART_SIZE) as u64);
         a.hold((BUFFER_BUDGET / 2) as usize, 0).unwrap();
         assert!(b.hold((BUFFER_BUDGET / 2) as usize + 1, 0).is_err());
         assert_eq!(b.held, 0, "a refused hold takes nothing");

@@ -532,3 +532,70 @@ async fn reads_land_at_any_offset_in_any_order() {
         assert!(reader.read_at(99 << 20, 10).await.unwrap().is_empty());
     }
 }
+
+#[tokio::test]
+async fn keep_parks_writes_beyond_the_old_end_and_abort_keeps_only_what_was_written() {
+    for (backend, _guard) in backends() {
+        let kind = backend.kind();
+        let fs = backend.open_home("alice").await.unwrap();
+        put(fs.as_ref(), "/k", b"0123456789").await;
+        // An SFTP reput's writes may arrive later ones first.
+        let w = fs
+            .create(&p("/k"), opts(UploadMode::Atomic, WriteStart::Keep))
+            .await
+            .unwrap();
+        w.write_at(12, Bytes::from_static(b"cd")).await.unwrap();
+        w.write_at(10, Bytes::from_static(b"ab")).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(
+            read(fs.as_ref(), "/k").await.unwrap(),
+            b"0123456789abcd",
+            "{kind}"
+        );
+        // A resume that is abandoned before any byte arrives leaves the
+        // file as it was (`direct` on a disk cuts it in place at once).
+        for mode in [UploadMode::AtomicResume] {
+            let w = fs
+                .create(&p("/k"), opts(mode, WriteStart::ResumeAt(3)))
+                .await
+                .unwrap();
+            let placed = w.abort().await;
+            assert!(
+                placed.is_none() || placed.is_some_and(|p| p.size == 14),
+                "{kind}: {mode:?}"
+            );
+            assert_eq!(
+                read(fs.as_ref(), "/k").await.unwrap(),
+                b"0123456789abcd",
+                "{kind}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn s3_refuses_names_it_would_change() {
+    let backend = s3_backend();
+    // opendal trims white space at both ends of a key: " alice" would be
+    // "alice", "/a " would be "/a".
+    assert!(backend.open_home(" alice").await.is_err());
+    assert!(backend.remove_home("alice ").await.is_err());
+    let fs = backend.open_home("alice").await.unwrap();
+    put(fs.as_ref(), "/a", b"keep me").await;
+    assert!(matches!(
+        fs.create(&p("/a "), opts(UploadMode::Atomic, WriteStart::Truncate))
+            .await
+            .err(),
+        Some(VfsError::InvalidName(_))
+    ));
+    assert!(matches!(
+        fs.rename(&p("/a"), &p("/a "), true).await,
+        Err(VfsError::InvalidName(_))
+    ));
+    assert!(fs.create_dir(&p("/d ")).await.is_err());
+    assert_eq!(read(fs.as_ref(), "/a").await.unwrap(), b"keep me");
+    // Names inside a path keep their spaces.
+    fs.create_dir(&p("/ in")).await.unwrap();
+    put(fs.as_ref(), "/ in/ x y", b"ok").await;
+    assert_eq!(names(fs.as_ref(), "/ in").await, [" x y"]);
+}
