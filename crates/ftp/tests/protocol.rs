@@ -547,9 +547,11 @@ async fn one_source_or_account_cannot_hoard_the_passive_ports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_ports_are_not_leaked() {
-    // Two ports for everything: any leak shows up as a 425.
+    // Two ports for everything: any leak shows up as a 425. Above the
+    // kernel's ephemeral range (32768-60999), so no client socket of a
+    // test running alongside can be sitting on one of them.
     let server = common::start_with(Options {
-        passive_ports: Some(47990..=47991),
+        passive_ports: Some(61990..=61991),
         ..Options::default()
     })
     .await;

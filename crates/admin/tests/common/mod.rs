@@ -162,9 +162,20 @@ impl Api {
         body: Bytes,
         auth: Auth<'_>,
     ) -> Reply {
-        self.try_send_raw(method, path, content_type, body, auth)
+        match self
+            .try_send_raw(method.clone(), path, content_type, body.clone(), auth)
             .await
-            .unwrap()
+        {
+            Ok(r) => r,
+            // A pooled keep-alive connection the server had just closed
+            // (after a 413, say) fails the request that reused it; a real
+            // client sends it again on a new connection.
+            Err(e) if format!("{e:?}").contains("IncompleteMessage") => self
+                .try_send_raw(method, path, content_type, body, auth)
+                .await
+                .unwrap(),
+            Err(e) => panic!("{method} {path}: {e:?}"),
+        }
     }
 
     /// [`Api::send_raw`], with transport errors returned.
