@@ -42,6 +42,16 @@ impl Drop for Haproxy {
     }
 }
 
+/// The balancer tests run one after the other, each with passive ports of
+/// its own above the kernel's ephemeral range (32768-60999): a balancer
+/// forwards every port of a range to whatever listens there on 127.0.0.1,
+/// so another test's gateway or a client socket on one of them would take
+/// its data connections.
+fn one_balancer_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn free_port(ip: &str) -> u16 {
     TcpListener::bind((ip, 0))
         .unwrap()
@@ -138,9 +148,12 @@ fn read_until_closed(stream: &mut TcpStream) -> (String, bool) {
 #[test]
 fn behind_haproxy_the_client_address_is_seen_and_headers_are_only_believed_from_the_proxy() {
     require_tool("curl", "curl");
-    let gw = Gateway::start(
+    let _alone = one_balancer_at_a_time();
+    let gw = Gateway::start_env(
+        tempfile::tempdir().unwrap(),
         "[cluster]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
          [limits]\nlogin_failures_before_ban = 3\n",
+        &[("DROPGATE_FTP__PASSIVE_PORTS", "61000-61499")],
     );
     let token = gw.token();
     gw.create_user(
@@ -151,7 +164,7 @@ fn behind_haproxy_the_client_address_is_seen_and_headers_are_only_believed_from_
         FRONT,
         &[Backend {
             gw: &gw,
-            passive: (46000, 46999),
+            passive: (61000, 61499),
         }],
         "send-proxy",
     );
@@ -263,6 +276,7 @@ fn behind_haproxy_the_client_address_is_seen_and_headers_are_only_believed_from_
 #[test]
 fn two_nodes_behind_haproxy_serve_one_service_with_one_host_key() {
     require_tool("curl", "curl");
+    let _alone = one_balancer_at_a_time();
     require_tool("sshpass", "sshpass");
     require_tool("ssh-keyscan", "openssh-client");
     let pg = PrivatePostgres::start();
@@ -277,23 +291,23 @@ fn two_nodes_behind_haproxy_serve_one_service_with_one_host_key() {
     let n1 = Gateway::start_env(
         tempfile::tempdir().unwrap(),
         &config("n1"),
-        &[("DROPGATE_FTP__PASSIVE_PORTS", "46000-46499")],
+        &[("DROPGATE_FTP__PASSIVE_PORTS", "61500-61749")],
     );
     let n2 = Gateway::start_next_node(
         &n1,
         &config("n2"),
-        &[("DROPGATE_FTP__PASSIVE_PORTS", "46500-46999")],
+        &[("DROPGATE_FTP__PASSIVE_PORTS", "61750-61989")],
     );
     let proxy = Haproxy::start(
         FRONT2,
         &[
             Backend {
                 gw: &n1,
-                passive: (46000, 46499),
+                passive: (61500, 61749),
             },
             Backend {
                 gw: &n2,
-                passive: (46500, 46999),
+                passive: (61750, 61989),
             },
         ],
         "send-proxy-v2",
