@@ -168,6 +168,19 @@ fn bad_config_exits_2_naming_the_key() {
             "[cluster]\ntrusted_proxies = [\"10.0.0.1\", \"::/0\"]\n",
             "cluster.trusted_proxies[1]",
         ),
+        ("[storage]\nbackend = \"s3\"\n", "storage.s3.bucket"),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\nendpoint = \"minio:9000\"\n",
+            "storage.s3.endpoint",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\naccess_key_id = \"k\"\n",
+            "storage.s3.access_key_id",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\nprefix = \"a/../b\"\n",
+            "storage.s3.prefix",
+        ),
         ("not toml at all [[[", "TOML"),
     ];
     for (body, key) in cases {
