@@ -1,5 +1,6 @@
 //! Real clients beyond curl: Python's ftplib (passive and active) and lftp
-//! (mirror up and down of a tree, four connections in parallel).
+//! (mirror up and down of a tree, four connections in parallel), on the
+//! storage under test (`DROPGATE_TEST_STORAGE`: local disk or S3).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,8 +11,8 @@ use common::{run_tool, sha256_hex, tree};
 use dropgate_testkit::{require_tool, write_random_file};
 
 async fn ftplib(active: bool) {
-    let server = common::start().await;
-    let home = server.user("py", "py-secret").await;
+    let server = common::start_on_storage_under_test().await;
+    let home = server.account("py", "py-secret").await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ftplib_client.py");
     let args = vec![
         script.display().to_string(),
@@ -20,34 +21,39 @@ async fn ftplib(active: bool) {
         "py".to_owned(),
         "py-secret".to_owned(),
         if active { "active" } else { "passive" }.to_owned(),
+        if server.tg.capabilities().set_times {
+            "set_times"
+        } else {
+            "none"
+        }
+        .to_owned(),
     ];
     let out = run_tool("python3", &args, None).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
 
-    // What the script left, as seen on disk.
+    // What the script left, as seen in the storage.
     assert_eq!(
-        std::fs::read(home.join("text.txt")).unwrap(),
+        home.read("text.txt").await,
         b"line1\nline2\n",
         "TYPE A stores LF line ends"
     );
-    let unicode = home.join("répertoire").join("données-日本.txt");
-    assert!(unicode.is_file(), "non-ASCII name stored as UTF-8");
-    assert_eq!(
-        std::fs::read(home.join("new-by-appe.txt")).unwrap(),
-        b"fresh"
+    assert!(
+        home.is_file("répertoire/données-日本.txt").await,
+        "non-ASCII name stored as UTF-8"
     );
-    assert!(!home.join("app.txt").exists() && !home.join("app2.txt").exists());
-    let part = std::fs::read(home.join("part.bin")).unwrap();
+    assert_eq!(home.read("new-by-appe.txt").await, b"fresh");
+    assert!(!home.exists("app.txt").await && !home.exists("app2.txt").await);
+    let part = home.read("part.bin").await;
     assert_eq!(
         part,
-        std::fs::read(home.join("big.bin")).unwrap(),
+        home.read("big.bin").await,
         "REST+STOR rebuilt the file"
     );
     assert_eq!(
         server.upload_event_sha256("py", "/part.bin").await,
         sha256_hex(&part)
     );
-    assert!(common::temporaries(&home).is_empty());
+    assert!(home.temporaries().is_empty());
     server.stop().await;
 }
 
@@ -87,8 +93,8 @@ fn make_tree(root: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lftp_mirror_up_and_down() {
     require_tool("lftp", "lftp");
-    let server = common::start().await;
-    let home = server.user("mirror", "mirror-pw").await;
+    let server = common::start_on_storage_under_test().await;
+    let home = server.account("mirror", "mirror-pw").await;
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     let back = work.path().join("back");
@@ -109,12 +115,12 @@ async fn lftp_mirror_up_and_down() {
     run_tool("lftp", &["-c".to_owned(), script], None).await;
 
     assert_eq!(
-        tree(&home.join("up")),
+        home.tree("up").await,
         files,
         "mirror up: server tree differs"
     );
     assert_eq!(tree(&back), files, "mirror down: local tree differs");
-    assert!(common::temporaries(&home).is_empty());
+    assert!(home.temporaries().is_empty());
     server.stop().await;
 }
 

@@ -1,6 +1,8 @@
 //! curl against the real listener: passive (EPSV and PASV) and active
 //! (EPRT and PORT) uploads and downloads, `--ftp-create-dirs`, and resumed
-//! uploads and downloads (`-C -`).
+//! uploads and downloads (`-C -`). Runs on the storage under test
+//! (`DROPGATE_TEST_STORAGE`: local disk or S3), except the case about
+//! links and special files on the disk.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -19,8 +21,8 @@ fn args(list: &[&str]) -> Vec<String> {
 /// check the bytes on disk, the bytes downloaded, and the audit trail.
 async fn round_trip(mode: &[&str], seed: u64) {
     require_tool("curl", "curl");
-    let server = common::start().await;
-    let home = server.user("alice", "secret-pw").await;
+    let server = common::start_on_storage_under_test().await;
+    let home = server.account("alice", "secret-pw").await;
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src.bin");
     let data = write_random_file(&src, SIX_MIB, seed);
@@ -30,11 +32,7 @@ async fn round_trip(mode: &[&str], seed: u64) {
     up.extend(args(mode));
     up.push(server.url("alice", "secret-pw", "/big.bin"));
     run_tool("curl", &up, None).await;
-    assert_eq!(
-        std::fs::read(home.join("big.bin")).unwrap(),
-        data,
-        "uploaded bytes"
-    );
+    assert_eq!(home.read("big.bin").await, data, "uploaded bytes");
 
     let dst = work.path().join("dst.bin");
     let mut down = args(&["-sS", "--fail", "--max-time", "60", "-o"]);
@@ -79,8 +77,8 @@ async fn active_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_dirs() {
     require_tool("curl", "curl");
-    let server = common::start().await;
-    let home = server.user("bob", "pw-bob-1").await;
+    let server = common::start_on_storage_under_test().await;
+    let home = server.account("bob", "pw-bob-1").await;
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("f.txt");
     let data = write_random_file(&src, 1000, 5);
@@ -95,7 +93,7 @@ async fn create_dirs() {
     up.push(src.display().to_string());
     up.push(server.url("bob", "pw-bob-1", "/a/b/c/f.txt"));
     run_tool("curl", &up, None).await;
-    assert_eq!(std::fs::read(home.join("a/b/c/f.txt")).unwrap(), data);
+    assert_eq!(home.read("a/b/c/f.txt").await, data);
 
     // Without the option a missing folder is an error.
     let mut up = args(&["-sS", "--max-time", "60", "-T"]);
@@ -108,7 +106,7 @@ async fn create_dirs() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(!home.join("x").exists());
+    assert!(!home.exists("x").await);
     server.stop().await;
 }
 
@@ -116,8 +114,8 @@ async fn create_dirs() {
 async fn resume_upload_and_download() {
     require_tool("curl", "curl");
     for active in [false, true] {
-        let server = common::start().await;
-        let home = server.user("carol", "pw-carol-1").await;
+        let server = common::start_on_storage_under_test().await;
+        let home = server.account("carol", "pw-carol-1").await;
         let work = tempfile::tempdir().unwrap();
         let src = work.path().join("src.bin");
         let data = write_random_file(&src, SIX_MIB, 6);
@@ -129,14 +127,14 @@ async fn resume_upload_and_download() {
 
         // A partial upload is on the server; `-C -` sends the rest.
         let cut = 2_500_000;
-        std::fs::write(home.join("up.bin"), &data[..cut]).unwrap();
+        home.write("up.bin", &data[..cut]).await;
         let mut up = args(&["-sS", "--fail", "--max-time", "60", "-C", "-", "-T"]);
         up.push(src.display().to_string());
         up.extend(mode.clone());
         up.push(server.url("carol", "pw-carol-1", "/up.bin"));
         run_tool("curl", &up, None).await;
         assert_eq!(
-            std::fs::read(home.join("up.bin")).unwrap(),
+            home.read("up.bin").await,
             data,
             "resumed upload (active: {active})"
         );
@@ -166,11 +164,10 @@ async fn resume_upload_and_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_and_quote_commands() {
     require_tool("curl", "curl");
-    let server = common::start().await;
-    let home = server.user("dave", "pw-dave-1").await;
-    std::fs::create_dir(home.join("sub")).unwrap();
-    std::fs::write(home.join("sub/one.txt"), b"1").unwrap();
-    std::fs::write(home.join("two.txt"), b"22").unwrap();
+    let server = common::start_on_storage_under_test().await;
+    let home = server.account("dave", "pw-dave-1").await;
+    home.write("sub/one.txt", b"1").await;
+    home.write("two.txt", b"22").await;
 
     let out = run_tool(
         "curl",
@@ -230,8 +227,8 @@ async fn listing_and_quote_commands() {
         None,
     )
     .await;
-    assert!(home.join("three.txt").exists() && !home.join("two.txt").exists());
-    assert!(!home.join("sub/one.txt").exists());
+    assert!(home.exists("three.txt").await && !home.exists("two.txt").await);
+    assert!(!home.exists("sub/one.txt").await);
     server.stop().await;
 }
 

@@ -1,6 +1,10 @@
 """Drives dropgate's FTP listener with Python's stdlib ftplib.
 
-Usage: ftplib_client.py HOST PORT USER PASSWORD passive|active
+Usage: ftplib_client.py HOST PORT USER PASSWORD passive|active [CAPABILITIES]
+
+CAPABILITIES lists what the server's storage can do, comma-separated
+(default: everything); without `set_times`, MFMT must be left out of FEAT and
+refused with the README's words.
 
 Exits non-zero (with a traceback) on the first failed check; prints OK at the end.
 The Rust test then checks what landed on disk.
@@ -20,6 +24,7 @@ def fetch(ftp, cmd, rest=None):
 
 def main():
     host, port, user, password, mode = sys.argv[1:6]
+    caps = set(sys.argv[6].split(",")) if len(sys.argv) > 6 else {"set_times"}
     ftp = ftplib.FTP()
     ftp.encoding = "utf-8"
     ftp.connect(host, int(port), timeout=30)
@@ -108,8 +113,17 @@ def main():
     ftp.rmd("empty")
 
     # MFMT, MDTM, HASH.
-    assert ftp.sendcmd("MFMT 20200102030405 big.bin") == "213 Modify=20200102030405; big.bin"
-    assert ftp.sendcmd("MDTM big.bin") == "213 20200102030405"
+    if "set_times" in caps:
+        assert ftp.sendcmd("MFMT 20200102030405 big.bin") == "213 Modify=20200102030405; big.bin"
+        assert ftp.sendcmd("MDTM big.bin") == "213 20200102030405"
+    else:
+        assert " MFMT" not in feat, feat
+        try:
+            ftp.sendcmd("MFMT 20200102030405 big.bin")
+            raise AssertionError("MFMT worked on storage that keeps no times")
+        except ftplib.error_perm as e:
+            assert str(e) == "550 Setting file times is not supported by this storage (S3).", e
+        assert ftp.sendcmd("MDTM big.bin").startswith("213 20"), "MDTM still answers"
     resp = ftp.sendcmd("HASH big.bin")
     assert resp == "213 SHA-256 0-%d %s big.bin" % (len(data), hashlib.sha256(data).hexdigest()), resp
 

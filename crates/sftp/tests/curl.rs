@@ -1,4 +1,5 @@
-//! curl's SFTP support (libssh2) with password logins.
+//! curl's SFTP support (libssh2) with password logins, on the storage under
+//! test (`DROPGATE_TEST_STORAGE`: local disk or S3).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -15,10 +16,11 @@ async fn curl_downloads_and_uploads_with_a_password() {
         "this curl has no SFTP support: {}",
         text(&version)
     );
-    let mut h = Harness::start().await;
+    let mut h = Harness::start_on_storage_under_test().await;
     h.tg.add_user("carl", "curl-pw").await;
-    let home = h.home("carl");
-    let data = write_random_file(&home.join("down.bin"), 2 * 1024 * 1024 + 3, 11);
+    let home = h.files("carl").await;
+    let data = write_random_file(&h.work("down.bin"), 2 * 1024 * 1024 + 3, 11);
+    home.write("down.bin", data.clone()).await;
     let url = |p: &str| format!("sftp://127.0.0.1:{}/{p}", h.port);
     let curl = || {
         let mut c = Command::new("curl");
@@ -34,7 +36,7 @@ async fn curl_downloads_and_uploads_with_a_password() {
     let up = write_random_file(&h.work("up.bin"), 1024 * 1024 + 5, 12);
     let out = run(curl().arg("-T").arg(h.work("up.bin")).arg(url("up.bin"))).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(std::fs::read(home.join("up.bin")).unwrap(), up);
+    assert_eq!(home.read("up.bin").await, up);
 
     // A directory listing (READDIR) and a missing file.
     let out = run(curl().arg(url(""))).await;

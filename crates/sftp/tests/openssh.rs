@@ -1,4 +1,6 @@
-//! OpenSSH clients (`sftp`, `scp`, `ssh`, `ssh-keyscan`, `sshpass`) against the real listener.
+//! OpenSSH clients (`sftp`, `scp`, `ssh`, `ssh-keyscan`, `sshpass`) against
+//! the real listener. The file-moving cases run on the storage under test
+//! (`DROPGATE_TEST_STORAGE`: local disk or S3).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -40,7 +42,7 @@ fn rand_suffix() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sftp_batch_put_get_resume_rename_remove() {
-    let mut h = Harness::start().await;
+    let mut h = Harness::start_on_storage_under_test().await;
     let key = h.user_with_key("alice", "pw-alice").await;
     let big = write_random_file(&h.work("big.bin"), 5 * 1024 * 1024 + 123, 1);
     std::fs::write(h.work("half.bin"), &big[..2 * 1024 * 1024]).unwrap();
@@ -73,34 +75,26 @@ async fn sftp_batch_put_get_resume_rename_remove() {
     );
     assert!(stdout.contains(&format!("{}", big.len())), "{stdout}");
 
-    let home = h.home("alice");
+    let home = h.files("alice").await;
     assert_eq!(
         std::fs::read(h.work("got.bin")).unwrap(),
         big,
         "get is byte-identical"
     );
     assert_eq!(
-        std::fs::read(home.join("dir/synced.bin")).unwrap(),
+        home.read("dir/synced.bin").await,
         big,
         "put -f (fsync@openssh.com before CLOSE)"
     );
-    assert_eq!(
-        std::fs::read(home.join("dir/moved.bin")).unwrap(),
-        big,
-        "put + rename"
-    );
-    assert!(!home.join("dir/big.bin").exists());
-    assert_eq!(
-        std::fs::read(home.join("dir/resume.bin")).unwrap(),
-        big,
-        "reput resumed"
-    );
+    assert_eq!(home.read("dir/moved.bin").await, big, "put + rename");
+    assert!(!home.exists("dir/big.bin").await);
+    assert_eq!(home.read("dir/resume.bin").await, big, "reput resumed");
     assert_eq!(
         std::fs::read(h.work("regot.bin")).unwrap(),
         big,
         "reget resumed"
     );
-    assert!(temporaries(&home.join("dir")).is_empty());
+    assert!(home.temporaries().is_empty());
 
     // Audit: the upload event carries the content's SHA-256.
     assert_eq!(
@@ -111,7 +105,7 @@ async fn sftp_batch_put_get_resume_rename_remove() {
     // Rename refuses to replace (SFTP v3 semantics), remove and rmdir work.
     // `rename -l` is the plain v3 RENAME (refuses to replace); the default
     // uses posix-rename@openssh.com (replaces).
-    std::fs::write(home.join("dir/other.bin"), b"other").unwrap();
+    home.write("dir/other.bin", b"other").await;
     let out = batch(
         &h,
         &key,
@@ -132,7 +126,7 @@ async fn sftp_batch_put_get_resume_rename_remove() {
         text(&out)
     );
     assert_eq!(std::fs::read(h.work("other-back.bin")).unwrap(), b"other");
-    assert!(!home.join("dir").exists());
+    assert!(!home.exists("dir").await);
 
     // Errors map to the right statuses.
     let out = batch(&h, &key, "alice", "get nothing-here x\n").await;
@@ -147,9 +141,9 @@ async fn sftp_batch_put_get_resume_rename_remove() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realpath_stays_in_the_jail() {
-    let mut h = Harness::start().await;
+    let mut h = Harness::start_on_storage_under_test().await;
     let key = h.user_with_key("bob", "pw").await;
-    std::fs::create_dir_all(h.home("bob").join("sub")).unwrap();
+    h.files("bob").await.mkdir_all("sub").await;
     let out = batch(
         &h,
         &key,
@@ -169,8 +163,9 @@ async fn realpath_stays_in_the_jail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scp_both_ways_and_recursive() {
-    let mut h = Harness::start().await;
+    let mut h = Harness::start_on_storage_under_test().await;
     let key = h.user_with_key("carol", "pw").await;
+    let home = h.files("carol").await;
     let version = run(Command::new("ssh").arg("-V")).await;
     let version = String::from_utf8_lossy(&version.stderr).to_string();
     // OpenSSH >= 9.0 speaks SFTP under scp by default; older ones need -s.
@@ -189,15 +184,12 @@ async fn scp_both_ways_and_recursive() {
     c.arg(h.work("up.bin")).arg("carol@127.0.0.1:up.bin");
     let out = run(&mut c).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(std::fs::read(h.home("carol").join("up.bin")).unwrap(), data);
+    assert_eq!(home.read("up.bin").await, data);
 
     // Overwriting a larger file: OpenSSH 9.x scp writes in place (no TRUNC)
     // and truncates with FSETSTAT at the end; no stale tail may survive.
-    std::fs::write(
-        h.home("carol").join("shrink.bin"),
-        vec![0xAAu8; 5 * 1024 * 1024],
-    )
-    .unwrap();
+    home.write("shrink.bin", vec![0xAAu8; 5 * 1024 * 1024])
+        .await;
     let mut c = Command::new("scp");
     c.args(h.ssh_opts(&key))
         .args(sftp_flag)
@@ -205,10 +197,7 @@ async fn scp_both_ways_and_recursive() {
     c.arg(h.work("up.bin")).arg("carol@127.0.0.1:shrink.bin");
     let out = run(&mut c).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        std::fs::read(h.home("carol").join("shrink.bin")).unwrap(),
-        data
-    );
+    assert_eq!(home.read("shrink.bin").await, data);
 
     let mut c = Command::new("scp");
     c.args(h.ssh_opts(&key))
@@ -231,16 +220,15 @@ async fn scp_both_ways_and_recursive() {
     c.arg(&tree).arg("carol@127.0.0.1:~/copied");
     let out = run(&mut c).await;
     assert!(out.status.success(), "{}", text(&out));
-    let home = h.home("carol");
-    assert_eq!(std::fs::read(home.join("copied/a/one.bin")).unwrap(), f1);
-    assert_eq!(std::fs::read(home.join("copied/a/b/two.bin")).unwrap(), f2);
+    assert_eq!(home.read("copied/a/one.bin").await, f1);
+    assert_eq!(home.read("copied/a/b/two.bin").await, f2);
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_login_with_sshpass() {
     require_tool("sshpass", "sshpass");
-    let mut h = Harness::start().await;
+    let mut h = Harness::start_on_storage_under_test().await;
     h.tg.add_user("dave", "s3cret-pw").await;
     let data = write_random_file(&h.work("p.bin"), 200_000, 5);
     let sftp = |pw: &str| {
@@ -260,7 +248,7 @@ async fn password_login_with_sshpass() {
     // sftp -b forces BatchMode (no password prompts): commands go on stdin.
     let out = run_with_input(&mut sftp("s3cret-pw"), b"put p.bin\nbye\n").await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(std::fs::read(h.home("dave").join("p.bin")).unwrap(), data);
+    assert_eq!(h.files("dave").await.read("p.bin").await, data);
 
     let out = run_with_input(&mut sftp("wrong"), b"bye\n").await;
     assert!(!out.status.success(), "{}", text(&out));
@@ -482,24 +470,23 @@ async fn keyscan(server: dropgate_sftp::SftpServer) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_client_mid_upload_leaves_nothing() {
-    let mut h = Harness::start().await;
+    let mut h = Harness::start_on_storage_under_test().await;
     let key = h.user_with_key("gina", "pw").await;
-    write_random_file(&h.work("slow.bin"), 8 * 1024 * 1024, 6);
+    write_random_file(&h.work("slow.bin"), 24 * 1024 * 1024, 6);
     std::fs::write(h.work("slow-batch"), "put slow.bin slow.bin\n").unwrap();
-    // 8000 Kbit/s: the 8 MiB upload takes about 8 s, long enough to interrupt.
+    // 32000 Kbit/s: the 24 MiB upload takes about 6 s, long enough to interrupt.
     let batch_file = h.work("slow-batch").display().to_string();
-    let mut c = sftp_cmd(&h, &key, "gina", &["-l", "8000", "-b", &batch_file]);
+    let mut c = sftp_cmd(&h, &key, "gina", &["-l", "32000", "-b", &batch_file]);
     c.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);
     let mut child = c.spawn().unwrap();
-    let home = h.home("gina");
-    let started = wait_for(30, || {
-        temporaries(&home).iter().any(|t| {
-            std::fs::metadata(home.join(t))
-                .map(|m| m.len() > 256 * 1024)
-                .unwrap_or(false)
-        })
+    let home = h.files("gina").await;
+    // Interrupted once the upload is visible where it is kept: a temporary
+    // on disk, an unfinished multipart upload in a bucket (begun once a
+    // second 8 MiB part follows the first).
+    let started = wait_for(40, || {
+        h.uploading("/slow.bin").is_some_and(|b| b > 256 * 1024) && !home.temporaries().is_empty()
     })
     .await;
     assert!(started, "upload never started");
@@ -507,11 +494,13 @@ async fn killed_client_mid_upload_leaves_nothing() {
     let _ = child.wait().await;
     // The server notices the vanished client and aborts: no final file, no debris.
     assert!(
-        wait_for(20, || temporaries(&home).is_empty()).await,
-        "temporary left behind"
+        wait_for(20, || h.uploading("/slow.bin").is_none()
+            && home.temporaries().is_empty())
+        .await,
+        "upload still running or temporary left behind"
     );
     assert!(
-        !home.join("slow.bin").exists(),
+        !home.exists("slow.bin").await,
         "partial upload visible under its final name"
     );
     h.stop().await;

@@ -3,7 +3,9 @@
 //! integration tests of every protocol crate so none of them copies set-up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod files;
 mod moto;
+pub use files::HomeFiles;
 pub use moto::Moto;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +14,47 @@ use std::sync::Arc;
 
 use dropgate_core::store::{Store, User};
 use dropgate_core::{Gateway, GatewayConfig};
-use dropgate_vfs::UploadMode;
+use dropgate_vfs::{Backend, Capabilities, S3Backend, S3Settings, UploadMode};
+
+/// The storage the gateways of a test run keep homes in, from
+/// `DROPGATE_TEST_STORAGE`: `local` (the default) or `s3`, a fresh bucket
+/// of moto's S3 server on loopback for each gateway. `scripts/test` runs the
+/// real-client suites once with each; anything else is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageUnderTest {
+    /// Homes are folders on local disk.
+    Local,
+    /// Homes are prefixes of a bucket.
+    S3,
+}
+
+impl StorageUnderTest {
+    /// What `DROPGATE_TEST_STORAGE` asks for.
+    pub fn from_env() -> StorageUnderTest {
+        match std::env::var("DROPGATE_TEST_STORAGE").as_deref() {
+            Err(_) | Ok("") | Ok("local") => StorageUnderTest::Local,
+            Ok("s3") => StorageUnderTest::S3,
+            Ok(other) => panic!("DROPGATE_TEST_STORAGE={other:?}: expected `local` or `s3`"),
+        }
+    }
+}
+
+/// Homes in a new bucket of the shared moto server; the bucket's name.
+pub fn s3_backend() -> (Arc<dyn Backend>, String) {
+    let moto = Moto::shared();
+    let bucket = moto.bucket();
+    let backend = S3Backend::new(&S3Settings {
+        bucket: bucket.clone(),
+        prefix: "homes".into(),
+        region: "us-east-1".into(),
+        endpoint: moto.endpoint(),
+        path_style: true,
+        access_key_id: "testing".into(),
+        secret_access_key: "testing".into(),
+    })
+    .expect("S3 backend on moto");
+    (Arc::new(backend), bucket)
+}
 
 /// A gateway on a temporary directory; everything is deleted on drop.
 pub struct TestGateway {
@@ -22,6 +64,8 @@ pub struct TestGateway {
     pub store: Store,
     /// Temporary directory holding the database and the storage root.
     pub dir: tempfile::TempDir,
+    /// The moto bucket the homes are in (S3 only).
+    pub bucket: Option<String>,
 }
 
 impl TestGateway {
@@ -36,20 +80,41 @@ impl TestGateway {
     }
 
     /// A gateway whose configuration `adjust` changes from the defaults
-    /// (atomic uploads, SPEC 3's limits).
+    /// (atomic uploads, SPEC 3's limits), with homes on local disk.
     pub async fn with_config(adjust: impl FnOnce(&mut GatewayConfig)) -> TestGateway {
+        Self::build(StorageUnderTest::Local, adjust).await
+    }
+
+    /// Like [`TestGateway::with_config`], on the storage
+    /// `DROPGATE_TEST_STORAGE` names: for the suites that run once per
+    /// backend (they reach homes through [`TestGateway::files`]).
+    pub async fn on_storage_under_test(adjust: impl FnOnce(&mut GatewayConfig)) -> TestGateway {
+        Self::build(StorageUnderTest::from_env(), adjust).await
+    }
+
+    async fn build(
+        storage: StorageUnderTest,
+        adjust: impl FnOnce(&mut GatewayConfig),
+    ) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}/dropgate.db", dir.path().display());
         let store = Store::connect(&url, 4).await.expect("connect sqlite");
         store.migrate().await.expect("migrate");
         let mut config = GatewayConfig::new(dir.path().join("files"));
         config.node_name = "test".into();
+        let mut bucket = None;
+        if storage == StorageUnderTest::S3 {
+            let (backend, name) = s3_backend();
+            config.storage = backend;
+            bucket = Some(name);
+        }
         adjust(&mut config);
         let gateway = Gateway::new(store.clone(), config);
         TestGateway {
             gateway,
             store,
             dir,
+            bucket,
         }
     }
 
@@ -58,11 +123,38 @@ impl TestGateway {
         self.dir.path().join("files")
     }
 
-    /// The on-disk home of `username` (created if missing).
+    /// The on-disk home of `username` (created if missing). Only for a
+    /// gateway on local disk: other tests go through [`TestGateway::files`].
     pub fn home(&self, username: &str) -> PathBuf {
+        assert!(
+            self.is_local(),
+            "this test reads the home on local disk; the gateway keeps homes in {}",
+            self.gateway.storage().kind()
+        );
         let p = self.storage_root().join(username);
         std::fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    /// Whether homes are folders on local disk.
+    pub fn is_local(&self) -> bool {
+        self.gateway.storage().kind() == "local"
+    }
+
+    /// What the gateway's storage can do.
+    pub fn capabilities(&self) -> Capabilities {
+        self.gateway.storage().capabilities()
+    }
+
+    /// The home of `username` (default home: the user name), through the
+    /// gateway's storage.
+    pub async fn files(&self, username: &str) -> HomeFiles {
+        let unfinished = match &self.bucket {
+            Some(bucket) => files::Unfinished::Bucket(bucket.clone()),
+            None if self.is_local() => files::Unfinished::Disk(self.storage_root().join(username)),
+            None => files::Unfinished::Nothing,
+        };
+        HomeFiles::open(self.gateway.storage(), username, unfinished).await
     }
 
     /// Creates an account with a password and default permissions.

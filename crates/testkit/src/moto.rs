@@ -106,8 +106,29 @@ impl Moto {
         name
     }
 
+    /// The keys of the multipart uploads begun in `bucket` and neither
+    /// completed nor aborted (ListMultipartUploads).
+    pub fn unfinished_uploads(&self, bucket: &str) -> Vec<String> {
+        let (status, body) = self.request_body("GET", &format!("/{bucket}?uploads"));
+        assert!(
+            status == 200,
+            "listing uploads of {bucket}: HTTP {status}: {body}"
+        );
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// One plain HTTP/1.1 request without a body; the response's status.
     fn request(&self, method: &str, path: &str) -> u16 {
+        self.request_body(method, path).0
+    }
+
+    /// One plain HTTP/1.1 request without a body; the response's status
+    /// and body.
+    fn request_body(&self, method: &str, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
         write!(
@@ -118,11 +139,16 @@ impl Moto {
         .expect("write to moto");
         let mut response = String::new();
         let _ = s.read_to_string(&mut response);
-        response
+        let status = response
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 }
 

@@ -1018,9 +1018,11 @@ impl WriteState {
     /// its run ending at `next`; refused past the budget.
     fn hold(&mut self, parked: usize, next: u64) -> VfsResult<()> {
         use std::sync::atomic::Ordering;
-        // opendal holds the part being filled and up to PARTS_IN_FLIGHT
+        // opendal holds the part being filled, the last full part (it
+        // begins the multipart upload only once a second part follows, so
+        // that a small file is one PUT) and up to PARTS_IN_FLIGHT
         // being sent: counted in full once the upload is that large.
-        let pipeline = ((1 + PARTS_IN_FLIGHT) * PART_SIZE) as u64;
+        let pipeline = ((2 + PARTS_IN_FLIGHT) * PART_SIZE) as u64;
         let want = parked as u64 + (next - self.run_start).min(pipeline);
         if want > self.held {
             let add = want - self.held;
@@ -1315,7 +1317,7 @@ mod tests {
         assert_eq!(a.held, PART_SIZE as u64 + 5);
         // A large upload counts its whole part pipeline, no more.
         a.hold(0, 100 * PART_SIZE as u64).unwrap();
-        assert_eq!(a.held, ((1 + PARTS_IN_FLIGHT) * PART_SIZE) as u64);
+        assert_eq!(a.held, ((2 + PARTS_IN_FLIGHT) * PART_SIZE) as u64);
         a.hold((BUFFER_BUDGET / 2) as usize, 0).unwrap();
         assert!(b.hold((BUFFER_BUDGET / 2) as usize + 1, 0).is_err());
         assert_eq!(b.held, 0, "a refused hold takes nothing");

@@ -13,7 +13,7 @@ use dropgate_core::store::{EventKind, EventQuery};
 use dropgate_core::vfs::UploadMode;
 use dropgate_ftp::{FtpConfig, FtpServer, FtpsTls, TlsMode};
 use dropgate_ftps::TlsSettings;
-use dropgate_testkit::TestGateway;
+use dropgate_testkit::{HomeFiles, TestGateway};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -45,6 +45,9 @@ pub struct Options {
     /// FTPS: a certificate generated in the gateway's temporary folder, and
     /// an implicit-FTPS listener next to the explicit one.
     pub ftps: Option<FtpsOptions>,
+    /// Homes on the storage `DROPGATE_TEST_STORAGE` names (reach them
+    /// through `Server::files`) instead of local disk.
+    pub storage_under_test: bool,
 }
 
 /// FTPS settings of a test server.
@@ -77,6 +80,7 @@ impl Default for Options {
             upload_mode: UploadMode::Atomic,
             listen: "127.0.0.1:0".parse().unwrap(),
             ftps: None,
+            storage_under_test: false,
         }
     }
 }
@@ -97,13 +101,26 @@ pub async fn start() -> Server {
     start_with(Options::default()).await
 }
 
+/// A server whose homes are on the storage under test (local disk or S3).
+pub async fn start_on_storage_under_test() -> Server {
+    start_with(Options {
+        storage_under_test: true,
+        ..Options::default()
+    })
+    .await
+}
+
 pub async fn start_with(opts: Options) -> Server {
-    let tg = TestGateway::with_config(|c| {
+    let adjust = |c: &mut dropgate_core::GatewayConfig| {
         c.upload_mode = opts.upload_mode;
         c.admission.max_connections = opts.max_connections;
         c.admission.max_connections_per_source = opts.max_connections_per_ip;
-    })
-    .await;
+    };
+    let tg = if opts.storage_under_test {
+        TestGateway::on_storage_under_test(adjust).await
+    } else {
+        TestGateway::with_config(adjust).await
+    };
     let tls = opts.ftps.map(|f| {
         FtpsTls::load(TlsSettings {
             cert: None,
@@ -164,6 +181,13 @@ impl Server {
     pub async fn user(&self, name: &str, password: &str) -> PathBuf {
         self.tg.add_user(name, password).await;
         self.tg.home(name)
+    }
+
+    /// Creates an account with default permissions; its home, on whatever
+    /// storage the server uses.
+    pub async fn account(&self, name: &str, password: &str) -> HomeFiles {
+        self.tg.add_user(name, password).await;
+        self.tg.files(name).await
     }
 
     /// The on-disk home of `name`.

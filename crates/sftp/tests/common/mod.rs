@@ -9,9 +9,10 @@ use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use dropgate_core::Direction;
 use dropgate_core::store::{EventKind, EventQuery, Outcome, User};
 use dropgate_sftp::{SftpConfig, SftpServer};
-use dropgate_testkit::TestGateway;
+use dropgate_testkit::{HomeFiles, TestGateway};
 use sha2::Digest;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,13 @@ pub fn config(data_dir: &Path) -> SftpConfig {
 impl Harness {
     pub async fn start() -> Harness {
         Self::start_with(TestGateway::new().await).await
+    }
+
+    /// A listener over a gateway whose homes are on the storage under test
+    /// (`DROPGATE_TEST_STORAGE`: local disk or S3); reach them through
+    /// [`Harness::files`].
+    pub async fn start_on_storage_under_test() -> Harness {
+        Self::start_with(TestGateway::on_storage_under_test(|_| {}).await).await
     }
 
     pub async fn start_with(tg: TestGateway) -> Harness {
@@ -99,6 +107,42 @@ impl Harness {
     /// The on-disk home of an account.
     pub fn home(&self, user: &str) -> PathBuf {
         self.tg.home(user)
+    }
+
+    /// An account's home on whatever storage the gateway uses.
+    pub async fn files(&self, user: &str) -> HomeFiles {
+        self.tg.files(user).await
+    }
+
+    /// What the gateway's storage can do, as a comma-separated list of
+    /// capability names (for client scripts that expect the documented
+    /// refusals where a capability is missing).
+    pub fn capability_list(&self) -> String {
+        let c = self.tg.capabilities();
+        [
+            ("random_writes", c.random_writes),
+            ("links", c.links),
+            ("set_times", c.set_times),
+            ("resize", c.resize),
+            ("stable_reads", c.stable_reads),
+        ]
+        .iter()
+        .filter(|(_, has)| *has)
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+
+    /// Bytes of the upload of `path` in progress, if any.
+    pub fn uploading(&self, path: &str) -> Option<u64> {
+        self.tg
+            .gateway
+            .sessions()
+            .list()
+            .into_iter()
+            .filter_map(|s| s.transfer)
+            .find(|t| t.path == path && t.direction == Direction::Upload)
+            .map(|t| t.bytes)
     }
 
     /// Creates an account with a password and a fresh ed25519 key; returns the key file.
