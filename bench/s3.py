@@ -3,12 +3,17 @@
 S3 backend (FTP with curl, SFTP with OpenSSH), against moto's S3 server on
 loopback, next to the limit the same moto gives a direct S3 client in the
 same run (uploads: boto3 with dropgate's part size and concurrency;
-downloads: one GET signed by curl).
+downloads: one GET signed by curl), and next to the FTP peer: libunftp with
+unftp-sbe-opendal, the OpenDAL back end of unFTP (bench/unftp-s3; the unFTP
+binary offers OpenDAL only for Azure Blob), on the same moto.
 
     python3 bench/s3.py [--mb 1024] [--rounds 3] [--bin target/release/dropgate]
+                        [--unftp-bin PATH | --no-unftp]
 
-Needs moto[server] and boto3 (scripts/test installs moto), curl and
-OpenSSH. Everything binds to 127.0.0.1 and stops when the script ends.
+The peer is built once with `cargo install --path bench/unftp-s3 --locked`
+into /var/tmp/dropgate-bench-tools (a few minutes on first use). Needs
+moto[server] and boto3 (scripts/test installs moto), curl and OpenSSH.
+Everything binds to 127.0.0.1 and stops when the script ends.
 """
 
 import argparse
@@ -16,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +33,43 @@ from boto3.s3.transfer import TransferConfig
 
 PART = 8 << 20  # dropgate's part size (crates/vfs/src/s3.rs)
 PASSWORD = "Bench-pass-1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOOLS = "/var/tmp/dropgate-bench-tools"
+
+
+def unftp_peer(path):
+    """The peer binary, built from bench/unftp-s3 when missing."""
+    if path:
+        return path
+    binary = os.path.join(TOOLS, "bin", "unftp-s3-peer")
+    if not os.path.exists(binary):
+        print("building the unFTP S3 peer (bench/unftp-s3, once)", file=sys.stderr)
+        subprocess.run(
+            ["cargo", "install", "--quiet", "--locked", "--path", os.path.join(HERE, "unftp-s3"),
+             "--root", TOOLS],
+            check=True,
+            env={**os.environ, "CARGO_TARGET_DIR": os.path.join(TOOLS, "unftp-s3-target")},
+        )
+    return binary
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"{what} did not listen on {port}")
 
 
 def start_moto():
@@ -60,6 +103,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--unftp-bin", default="", help="the unFTP S3 peer (default: built once)")
+    ap.add_argument("--no-unftp", action="store_true", help="leave the unFTP peer out")
     ap.add_argument(
         "--bin",
         default=os.path.join(
@@ -149,7 +194,22 @@ secret_access_key = "bench-secret"
             "-o", "UserKnownHostsFile=/dev/null", "-o", "Ciphers=aes128-gcm@openssh.com",
             "-b", "-", "bench@127.0.0.1",
         ]
-        rows = {k: [] for k in ("ftp_up", "ftp_down", "sftp_up", "sftp_down")}
+        unftp = None
+        if not args.no_unftp:
+            peer = unftp_peer(args.unftp_bin)
+            uport = free_port()
+            uproc = subprocess.Popen(
+                [peer, f"127.0.0.1:{uport}", endpoint, "bench", "unftp", "47100", "47199"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "AWS_ACCESS_KEY_ID": "bench",
+                     "AWS_SECRET_ACCESS_KEY": "bench-secret"},
+            )
+            procs.append(uproc)
+            wait_port(uport, uproc, "unftp-s3-peer")
+            unftp = f"ftp://bench:{PASSWORD}@127.0.0.1:{uport}"
+        rows = {k: [] for k in ("ftp_up", "ftp_down", "sftp_up", "sftp_down", "unftp_up", "unftp_down")}
+        failed = {}
         # Each round measures the limit and dropgate one after the other, so
         # both see moto in the same state (it keeps every object in memory).
         for _ in range(args.rounds):
@@ -170,6 +230,15 @@ secret_access_key = "bench-secret"
             rows["ftp_down"].append(timed(["curl", "-s", "-S", "-o", "/dev/null", f"{ftp}/f.bin"]))
             rows["sftp_up"].append(timed(ssh, input=f"put {data} /s.bin\n", text=True))
             rows["sftp_down"].append(timed(ssh, input="get /s.bin /dev/null\n", text=True))
+            if unftp:
+                # A failing peer is reported, not fatal: "where it runs".
+                try:
+                    rows["unftp_up"].append(timed(["curl", "-s", "-S", "-T", data, f"{unftp}/u.bin"]))
+                    rows["unftp_down"].append(
+                        timed(["curl", "-s", "-S", "-o", "/dev/null", f"{unftp}/u.bin"])
+                    )
+                except subprocess.CalledProcessError as e:
+                    failed["unftp"] = f"curl exit {e.returncode}"
 
         def mbs(times):
             return size / statistics.median(times) / 1e6
@@ -186,6 +255,16 @@ secret_access_key = "bench-secret"
             ("sftp_down", "dropgate SFTP download (OpenSSH, aes128-gcm)", down),
         ):
             print(f"| {label} | {mbs(rows[k]):.0f} | {mbs(rows[k]) / lim:.2f} |")
+        if unftp:
+            for k, mine, label, lim in (
+                ("unftp_up", "ftp_up", "unFTP (libunftp + unftp-sbe-opendal) FTP upload (curl)", up),
+                ("unftp_down", "ftp_down", "unFTP (libunftp + unftp-sbe-opendal) FTP download (curl)", down),
+            ):
+                if rows[k]:
+                    ratio = mbs(rows[mine]) / mbs(rows[k])
+                    print(f"| {label} | {mbs(rows[k]):.0f} | {mbs(rows[k]) / lim:.2f} (dropgate {ratio:.2f}x) |")
+            if "unftp" in failed:
+                print(f"| unFTP peer failed in a round: {failed['unftp']} | | |")
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)

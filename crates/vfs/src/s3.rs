@@ -847,14 +847,32 @@ struct OpenStream {
 }
 
 impl OpenStream {
-    /// Up to `len` bytes at `offset` from what the stream already yielded.
+    /// Up to `len` bytes at `offset` from what the stream already yielded,
+    /// across as many of its chunks as needed (a short answer would make an
+    /// SFTP client ask again for the rest); `None` if `offset` is not in the
+    /// window. The window ends at `pos`, so a short result continues there.
     fn recent_slice(&self, offset: u64, len: usize) -> Option<Bytes> {
-        let (at, chunk) = self
+        // From the back: reads land near the stream's position.
+        let index = self
             .recent
             .iter()
-            .find(|(at, c)| *at <= offset && offset < at + c.len() as u64)?;
+            .rposition(|(at, c)| *at <= offset && offset < at + c.len() as u64)?;
+        let (at, chunk) = &self.recent[index];
         let start = (offset - at) as usize;
-        Some(chunk.slice(start..chunk.len().min(start + len)))
+        let first = chunk.slice(start..chunk.len().min(start + len));
+        if first.len() == len || index + 1 == self.recent.len() {
+            return Some(first);
+        }
+        let mut out = BytesMut::with_capacity(len);
+        out.extend_from_slice(&first);
+        for (_, c) in self.recent.iter().skip(index + 1) {
+            let take = (len - out.len()).min(c.len());
+            out.extend_from_slice(&c[..take]);
+            if out.len() == len {
+                break;
+            }
+        }
+        Some(out.freeze())
     }
 
     fn remember(&mut self, at: u64, chunk: Bytes) {
@@ -923,9 +941,16 @@ impl FileReader for S3Reader {
             return Ok(Bytes::new());
         }
         let mut guard = self.stream.lock().await;
-        if let Some(b) = guard.as_ref().and_then(|s| s.recent_slice(offset, len)) {
-            return Ok(b);
+        // What the stream already yielded: a read that arrived after one
+        // further along, or the start of one that continues past it.
+        let head = guard
+            .as_ref()
+            .and_then(|s| s.recent_slice(offset, len))
+            .unwrap_or_default();
+        if head.len() == len {
+            return Ok(head);
         }
+        let offset = offset + head.len() as u64;
         let open = match guard.take() {
             Some(s) if offset >= s.pos && offset - s.pos <= READ_WINDOW => s,
             _ => self.open(offset).await?,
@@ -937,10 +962,11 @@ impl FileReader for S3Reader {
             while open.pos < offset {
                 let gap = (offset - open.pos).min(usize::MAX as u64) as usize;
                 if open.next_part(gap).await?.is_empty() {
-                    return Ok(Bytes::new());
+                    return Ok(head.clone());
                 }
             }
             let mut out = BytesMut::new();
+            out.extend_from_slice(&head);
             while out.len() < len {
                 let part = open.next_part(len - out.len()).await?;
                 if part.is_empty() {
