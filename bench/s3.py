@@ -38,18 +38,25 @@ TOOLS = "/var/tmp/dropgate-bench-tools"
 
 
 def unftp_peer(path):
-    """The peer binary, built from bench/unftp-s3 when missing."""
+    """The peer binary, built from bench/unftp-s3 when missing or older than
+    its sources; None (the peer is left out, said in the table) when the
+    build fails."""
     if path:
         return path
     binary = os.path.join(TOOLS, "bin", "unftp-s3-peer")
-    if not os.path.exists(binary):
+    src = os.path.join(HERE, "unftp-s3")
+    newest = max(
+        os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs
+        if "target" not in d
+    )
+    if not os.path.exists(binary) or os.path.getmtime(binary) < newest:
         print("building the unFTP S3 peer (bench/unftp-s3, once)", file=sys.stderr)
-        subprocess.run(
-            ["cargo", "install", "--quiet", "--locked", "--path", os.path.join(HERE, "unftp-s3"),
-             "--root", TOOLS],
-            check=True,
+        built = subprocess.run(
+            ["cargo", "install", "--quiet", "--locked", "--force", "--path", src, "--root", TOOLS],
             env={**os.environ, "CARGO_TARGET_DIR": os.path.join(TOOLS, "unftp-s3-target")},
         )
+        if built.returncode != 0:
+            return None
     return binary
 
 
@@ -113,6 +120,8 @@ def main():
     )
     args = ap.parse_args()
     size = args.mb << 20
+    # Built before anything runs, so that a build does not compete.
+    peer = None if args.no_unftp else unftp_peer(args.unftp_bin)
     work = tempfile.mkdtemp(prefix="dropgate-s3bench-")
     procs = []
     try:
@@ -195,8 +204,7 @@ secret_access_key = "bench-secret"
             "-b", "-", "bench@127.0.0.1",
         ]
         unftp = None
-        if not args.no_unftp:
-            peer = unftp_peer(args.unftp_bin)
+        if peer:
             uport = free_port()
             uproc = subprocess.Popen(
                 [peer, f"127.0.0.1:{uport}", endpoint, "bench", "unftp", "47100", "47199"],
@@ -209,7 +217,7 @@ secret_access_key = "bench-secret"
             wait_port(uport, uproc, "unftp-s3-peer")
             unftp = f"ftp://bench:{PASSWORD}@127.0.0.1:{uport}"
         rows = {k: [] for k in ("ftp_up", "ftp_down", "sftp_up", "sftp_down", "unftp_up", "unftp_down")}
-        failed = {}
+        failed = []
         # Each round measures the limit and dropgate one after the other, so
         # both see moto in the same state (it keeps every object in memory).
         for _ in range(args.rounds):
@@ -232,39 +240,44 @@ secret_access_key = "bench-secret"
             rows["sftp_down"].append(timed(ssh, input="get /s.bin /dev/null\n", text=True))
             if unftp:
                 # A failing peer is reported, not fatal: "where it runs".
+                limit = ["--max-time", "600"]
                 try:
-                    rows["unftp_up"].append(timed(["curl", "-s", "-S", "-T", data, f"{unftp}/u.bin"]))
+                    rows["unftp_up"].append(timed(["curl", "-s", "-S", *limit, "-T", data, f"{unftp}/u.bin"]))
                     rows["unftp_down"].append(
-                        timed(["curl", "-s", "-S", "-o", "/dev/null", f"{unftp}/u.bin"])
+                        timed(["curl", "-s", "-S", *limit, "-o", "/dev/null", f"{unftp}/u.bin"])
                     )
                 except subprocess.CalledProcessError as e:
-                    failed["unftp"] = f"curl exit {e.returncode}"
+                    failed.append(f"curl exit {e.returncode}")
 
         def mbs(times):
             return size / statistics.median(times) / 1e6
 
-        print(f"| row ({args.mb} MiB, median of {args.rounds}) | MB/s | share of the limit |")
-        print("|---|---|---|")
+        print(f"| row ({args.mb} MiB, median of {args.rounds}) | MB/s | share of the limit | dropgate ÷ unFTP |")
+        print("|---|---|---|---|")
         up, down = mbs(limit_up), mbs(limit_down)
-        print(f"| limit: boto3 straight to moto, upload (8 MiB parts, 2 in flight) | {up:.0f} | 1.00 |")
-        print(f"| limit: curl straight to moto, download (one GET) | {down:.0f} | 1.00 |")
+        print(f"| limit: boto3 straight to moto, upload (8 MiB parts, 2 in flight) | {up:.0f} | 1.00 | |")
+        print(f"| limit: curl straight to moto, download (one GET) | {down:.0f} | 1.00 | |")
+        peer_of = {"ftp_up": "unftp_up", "ftp_down": "unftp_down"}
         for k, label, lim in (
             ("ftp_up", "dropgate FTP upload (curl)", up),
             ("sftp_up", "dropgate SFTP upload (OpenSSH, aes128-gcm)", up),
             ("ftp_down", "dropgate FTP download (curl)", down),
             ("sftp_down", "dropgate SFTP download (OpenSSH, aes128-gcm)", down),
         ):
-            print(f"| {label} | {mbs(rows[k]):.0f} | {mbs(rows[k]) / lim:.2f} |")
-        if unftp:
-            for k, mine, label, lim in (
-                ("unftp_up", "ftp_up", "unFTP (libunftp + unftp-sbe-opendal) FTP upload (curl)", up),
-                ("unftp_down", "ftp_down", "unFTP (libunftp + unftp-sbe-opendal) FTP download (curl)", down),
-            ):
-                if rows[k]:
-                    ratio = mbs(rows[mine]) / mbs(rows[k])
-                    print(f"| {label} | {mbs(rows[k]):.0f} | {mbs(rows[k]) / lim:.2f} (dropgate {ratio:.2f}x) |")
-            if "unftp" in failed:
-                print(f"| unFTP peer failed in a round: {failed['unftp']} | | |")
+            peer_rows = rows.get(peer_of.get(k, ""), [])
+            ratio = f"{mbs(rows[k]) / mbs(peer_rows):.2f}" if peer_rows else ""
+            print(f"| {label} | {mbs(rows[k]):.0f} | {mbs(rows[k]) / lim:.2f} | {ratio} |")
+        for k, label, lim in (
+            ("unftp_up", "unFTP (libunftp + unftp-sbe-opendal) FTP upload (curl)", up),
+            ("unftp_down", "unFTP (libunftp + unftp-sbe-opendal) FTP download (curl)", down),
+        ):
+            if rows[k]:
+                n = f" (median of {len(rows[k])})" if len(rows[k]) != args.rounds else ""
+                print(f"| {label}{n} | {mbs(rows[k]):.0f} | {mbs(rows[k]) / lim:.2f} | |")
+        if not args.no_unftp and not peer:
+            print("| unFTP peer: bench/unftp-s3 did not build | | | |")
+        for f in failed:
+            print(f"| unFTP peer failed in a round: {f} | | | |")
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)

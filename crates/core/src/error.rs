@@ -69,7 +69,7 @@ impl FsError {
                 VfsError::NotADirectory | VfsError::IsADirectory => ErrorClass::WrongKind,
                 VfsError::DirectoryNotEmpty => ErrorClass::NotEmpty,
                 VfsError::InvalidName(_) => ErrorClass::BadName,
-                VfsError::NoSpace => ErrorClass::NoSpace,
+                VfsError::NoSpace | VfsError::Busy(_) => ErrorClass::NoSpace,
                 VfsError::InvalidOffset => ErrorClass::BadArgument,
                 VfsError::Unsupported(_) => ErrorClass::Unsupported,
                 VfsError::Io(_) => ErrorClass::Internal,
@@ -90,7 +90,10 @@ impl FsError {
             },
             ErrorClass::NotEmpty => "Directory not empty",
             ErrorClass::QuotaExceeded => "Quota exceeded",
-            ErrorClass::NoSpace => "No space left on device",
+            ErrorClass::NoSpace => match self {
+                FsError::Vfs(VfsError::Busy(why)) => why,
+                _ => "No space left on device",
+            },
             ErrorClass::BadArgument => "Invalid argument",
             ErrorClass::Unsupported => match self {
                 FsError::Vfs(VfsError::Unsupported(why)) => why,

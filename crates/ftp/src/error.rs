@@ -127,6 +127,10 @@ mod tests {
         assert_eq!(fs_reply(&FsError::Vfs(VfsError::NotFound)).code(), 550);
         assert_eq!(fs_reply(&FsError::QuotaExceeded).code(), 552);
         assert_eq!(fs_reply(&FsError::Vfs(VfsError::NoSpace)).code(), 452);
+        // A storage out of upload buffers for now: 452 with its reason.
+        let busy = fs_reply(&FsError::Vfs(VfsError::Busy("buffers are full; try again")));
+        assert_eq!(busy.code(), 452);
+        assert!(busy.to_wire().contains("buffers are full; try again"));
         assert_eq!(
             fs_reply(&FsError::Vfs(VfsError::InvalidName("x"))).code(),
             553

@@ -41,6 +41,14 @@ async fn ftplib(active: bool) {
         home.is_file("répertoire/données-日本.txt").await,
         "non-ASCII name stored as UTF-8"
     );
+    if server.tg.is_local() {
+        // The name on disk itself, not only through the storage layer.
+        let on_disk = server
+            .home("py")
+            .join("répertoire")
+            .join("données-日本.txt");
+        assert!(on_disk.is_file(), "{}", on_disk.display());
+    }
     assert_eq!(home.read("new-by-appe.txt").await, b"fresh");
     assert!(!home.exists("app.txt").await && !home.exists("app2.txt").await);
     let part = home.read("part.bin").await;

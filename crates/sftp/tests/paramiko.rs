@@ -365,6 +365,12 @@ os._exit(0)
         "{}",
         text(&out)
     );
+    // The gateway has noticed the cut once the session is gone; only then
+    // is what it left final (on S3 nothing was visible even before).
+    assert!(
+        wait_for(20, || h.tg.gateway.sessions().list().is_empty()).await,
+        "the session outlived its connection"
+    );
     assert!(
         wait_for(20, || home.temporaries().is_empty()).await,
         "temporaries left: {:?}",

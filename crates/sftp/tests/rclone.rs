@@ -80,11 +80,9 @@ async fn rclone_copies_a_tree_up_and_down() {
     ]))
     .await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        h.files("rick").await.tree("up").await,
-        tree(&src),
-        "uploaded tree"
-    );
+    let home = h.files("rick").await;
+    assert_eq!(home.tree("up").await, tree(&src), "uploaded tree");
+    assert!(home.temporaries().is_empty(), "{:?}", home.temporaries());
 
     let out = run(&mut rclone(&[
         "lsf".into(),

@@ -185,14 +185,28 @@ impl HomeFiles {
     pub fn temporaries(&self) -> Vec<String> {
         let root = match &self.unfinished {
             Unfinished::Disk(root) => root,
-            Unfinished::Bucket(bucket) => return crate::Moto::shared().unfinished_uploads(bucket),
+            Unfinished::Bucket(bucket) => {
+                // A blocking request: off the runtime's worker where there
+                // is one to spare (the gateway under test runs on it too).
+                let ask = || crate::Moto::shared().unfinished_uploads(bucket);
+                return match tokio::runtime::Handle::try_current() {
+                    Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(ask)
+                    }
+                    _ => ask(),
+                };
+            }
             Unfinished::Nothing => return Vec::new(),
         };
+        assert!(root.is_dir(), "no home at {}", root.display());
         let mut found = Vec::new();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                // Removed while we looked (a folder the test deletes).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("reading {}: {e}", dir.display()),
             };
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {

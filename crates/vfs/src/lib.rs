@@ -60,6 +60,11 @@ pub enum VfsError {
     /// The disk (or the filesystem's own quota) is full.
     #[error("no space left on device")]
     NoSpace,
+    /// A resource the storage keeps for uploads is used up for now (the
+    /// S3 buffer budget); the reason is shown to the client, who may try
+    /// again once uploads finish.
+    #[error("{0}")]
+    Busy(&'static str),
     /// A resume offset past the end of the existing file.
     #[error("invalid offset")]
     InvalidOffset,

@@ -10,10 +10,11 @@
 //! do (writes in the middle of a file, links, times, resizing) is refused
 //! with `Unsupported`, and [`Capabilities`] says so up front.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -44,6 +45,11 @@ const BUFFER_BUDGET: u64 = 2 << 30;
 /// What the uploads hold now, against [`BUFFER_BUDGET`].
 static BUFFERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const BUFFERS_FULL: &str = "the gateway's upload buffers for S3 are full; try again shortly";
+/// What the uploads into one home may hold of [`BUFFER_BUDGET`], so that one
+/// account with many uploads at once cannot take every other account's.
+const HOME_BUFFER_BUDGET: u64 = BUFFER_BUDGET / 4;
+const HOME_BUFFERS_FULL: &str =
+    "this account's upload buffers for S3 are full; let an upload finish first";
 /// One server-side copy call moves at most this much (S3's limit).
 const COPY_LIMIT: u64 = 5 << 30;
 /// Keys listed per ListObjectsV2 page.
@@ -84,6 +90,9 @@ pub struct S3Settings {
 pub struct S3Backend {
     op: Operator,
     bucket: String,
+    /// What each open home's uploads hold (against [`HOME_BUFFER_BUDGET`]),
+    /// shared by every session of the home while one is open.
+    held_by_home: Arc<std::sync::Mutex<HashMap<String, Weak<AtomicU64>>>>,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -134,7 +143,24 @@ impl S3Backend {
         Ok(S3Backend {
             op,
             bucket: settings.bucket.clone(),
+            held_by_home: Arc::default(),
         })
+    }
+
+    /// The buffer count of `home`, shared with its other open sessions.
+    fn home_counter(&self, home: &str) -> Arc<AtomicU64> {
+        let mut homes = self
+            .held_by_home
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(counter) = homes.get(home).and_then(Weak::upgrade) {
+            return counter;
+        }
+        // Homes nobody has open any more go now (rarely many).
+        homes.retain(|_, c| c.strong_count() > 0);
+        let counter = Arc::new(AtomicU64::new(0));
+        homes.insert(home.to_owned(), Arc::downgrade(&counter));
+        counter
     }
 
     /// A home's storage (what [`Backend::open_home`] returns, typed).
@@ -147,6 +173,7 @@ impl S3Backend {
         };
         let storage = S3Storage {
             op: self.op.clone(),
+            held: self.home_counter(&home),
             home,
         };
         if !storage.home.is_empty() && !storage.prefix_exists(&storage.home).await? {
@@ -197,6 +224,7 @@ impl Backend for S3Backend {
         let probe = S3Storage {
             op: self.op.clone(),
             home: prefix.clone(),
+            held: Arc::default(),
         };
         if !probe.prefix_exists(&prefix).await? {
             return Ok(false);
@@ -226,6 +254,8 @@ pub struct S3Storage {
     op: Operator,
     /// `home/` (with the slash), or empty for the bucket prefix itself.
     home: String,
+    /// What this home's uploads hold in memory (all its sessions).
+    held: Arc<AtomicU64>,
 }
 
 impl S3Storage {
@@ -447,6 +477,7 @@ impl Storage for S3Storage {
                 end_at: None,
                 run_start: next,
                 held: 0,
+                home_held: self.held.clone(),
                 wrote: false,
                 etag: None,
             }),
@@ -1031,8 +1062,10 @@ struct WriteState {
     end_at: Option<u64>,
     /// Where the bytes sent through the writer began (parts fill from here).
     run_start: u64,
-    /// What this upload counts in [`BUFFERED`].
+    /// What this upload counts in [`BUFFERED`] and in its home's count.
     held: u64,
+    /// Its home's count (against [`HOME_BUFFER_BUDGET`]).
+    home_held: Arc<AtomicU64>,
     /// The client wrote something (what `atomic_resume` keeps on abort).
     wrote: bool,
     /// The committed object's ETag, from the complete.
@@ -1053,12 +1086,20 @@ impl WriteState {
         if want > self.held {
             let add = want - self.held;
             let before = BUFFERED.fetch_add(add, Ordering::AcqRel);
-            if before + add > BUFFER_BUDGET {
+            let home_before = self.home_held.fetch_add(add, Ordering::AcqRel);
+            if before + add > BUFFER_BUDGET || home_before + add > HOME_BUFFER_BUDGET {
                 BUFFERED.fetch_sub(add, Ordering::AcqRel);
-                return Err(VfsError::Io(std::io::Error::other(BUFFERS_FULL)));
+                self.home_held.fetch_sub(add, Ordering::AcqRel);
+                let why = if before + add > BUFFER_BUDGET {
+                    BUFFERS_FULL
+                } else {
+                    HOME_BUFFERS_FULL
+                };
+                return Err(VfsError::Busy(why));
             }
         } else {
             BUFFERED.fetch_sub(self.held - want, Ordering::AcqRel);
+            self.home_held.fetch_sub(self.held - want, Ordering::AcqRel);
         }
         self.held = want;
         Ok(())
@@ -1066,6 +1107,8 @@ impl WriteState {
 
     fn release(&mut self) {
         BUFFERED.fetch_sub(self.held, std::sync::atomic::Ordering::AcqRel);
+        self.home_held
+            .fetch_sub(self.held, std::sync::atomic::Ordering::AcqRel);
         self.held = 0;
     }
 }
@@ -1316,7 +1359,7 @@ impl FileWriter for S3Writer {
 mod tests {
     use super::*;
 
-    fn state() -> WriteState {
+    fn state(home: &Arc<AtomicU64>) -> WriteState {
         WriteState {
             writer: None,
             started: true,
@@ -1327,30 +1370,61 @@ mod tests {
             end_at: None,
             run_start: 0,
             held: 0,
+            home_held: home.clone(),
             wrote: false,
             etag: None,
         }
     }
 
+    // One test: the counts are process-wide.
     #[test]
-    fn uploads_together_hold_no_more_than_the_budget() {
+    fn uploads_hold_no_more_than_their_home_and_the_node_budget() {
         use std::sync::atomic::Ordering;
         let base = BUFFERED.load(Ordering::Acquire);
-        let mut a = state();
-        let mut b = state();
+        let homes: Vec<Arc<AtomicU64>> = (0..5).map(|_| Arc::default()).collect();
+        let mut a = state(&homes[0]);
         // Parts count what is not sent yet: a run's bytes modulo the part.
         a.hold(0, PART_SIZE as u64 + 5).unwrap();
         assert_eq!(a.held, PART_SIZE as u64 + 5);
         // A large upload counts its whole part pipeline, no more.
         a.hold(0, 100 * PART_SIZE as u64).unwrap();
         assert_eq!(a.held, ((2 + PARTS_IN_FLIGHT) * PART_SIZE) as u64);
-        a.hold((BUFFER_BUDGET / 2) as usize, 0).unwrap();
-        assert!(b.hold((BUFFER_BUDGET / 2) as usize + 1, 0).is_err());
+        assert_eq!(homes[0].load(Ordering::Acquire), a.held);
+
+        // One home: at most its share, whatever the number of uploads.
+        a.hold(HOME_BUFFER_BUDGET as usize, 0).unwrap();
+        let mut b = state(&homes[0]);
+        let refused = b.hold(1, 0).unwrap_err().to_string();
+        assert!(
+            refused.contains("this account's upload buffers"),
+            "{refused}"
+        );
         assert_eq!(b.held, 0, "a refused hold takes nothing");
-        b.hold(1 << 20, 0).unwrap();
+        // ...while another home still gets buffers.
+        let mut c = state(&homes[1]);
+        c.hold(1 << 20, 0).unwrap();
         drop(a);
-        b.hold((BUFFER_BUDGET / 2) as usize, 0).unwrap();
-        b.release();
+        assert_eq!(homes[0].load(Ordering::Acquire), 0);
+        b.hold(1 << 20, 0).unwrap();
+        drop(b);
+        drop(c);
+
+        // The node: all homes together at most the whole budget.
+        let mut full: Vec<WriteState> = homes[..4].iter().map(state).collect();
+        for s in &mut full {
+            s.hold(HOME_BUFFER_BUDGET as usize, 0).unwrap();
+        }
+        let mut e = state(&homes[4]);
+        let refused = e.hold(1, 0).unwrap_err().to_string();
+        assert!(
+            refused.contains("the gateway's upload buffers"),
+            "{refused}"
+        );
+        assert_eq!(homes[4].load(Ordering::Acquire), 0);
+        drop(full);
+        e.hold(1 << 20, 0).unwrap();
+        e.release();
+        assert!(homes.iter().all(|h| h.load(Ordering::Acquire) == 0));
         assert_eq!(BUFFERED.load(Ordering::Acquire), base);
     }
 }

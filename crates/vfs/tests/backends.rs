@@ -523,6 +523,21 @@ async fn reads_land_at_any_offset_in_any_order() {
             assert_eq!(got.len(), want.len(), "{kind}: short read at {at}");
             assert!(got == want, "{kind}: bytes at {at}");
         }
+        // A read that starts in what was already streamed and runs past
+        // it, in the middle and at the end of the file.
+        let size = data.len() as u64;
+        for (first, second, len) in [(0, K / 2, K), (size - 2 * K, size - K - 100, 2 * K)] {
+            let reader = fs.open_read(&p("/big")).await.unwrap();
+            let got = reader.read_at(first, K as usize).await.unwrap();
+            assert!(got == data[first as usize..(first + K) as usize], "{kind}");
+            let got = reader.read_at(second, len as usize).await.unwrap();
+            let end = (second + len).min(size) as usize;
+            assert_eq!(got.len(), end - second as usize, "{kind}: read at {second}");
+            assert!(
+                got == data[second as usize..end],
+                "{kind}: bytes at {second}"
+            );
+        }
         assert!(reader.read_at(3 << 20, 10).await.unwrap().is_empty());
         assert!(reader.read_at(99 << 20, 10).await.unwrap().is_empty());
     }
