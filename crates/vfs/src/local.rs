@@ -358,8 +358,10 @@ impl Storage for LocalStorage {
             let existing = match parent.metadata(&name) {
                 Ok(m) => Some(m),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    // A dangling or escaping symlink must not be written through.
-                    if parent.symlink_metadata(&name).is_ok() && opts.mode == UploadMode::Direct {
+                    // A dangling or escaping symlink must not be written
+                    // through (only `direct` writes through the name; the
+                    // atomic modes rename over it, so they need no lstat).
+                    if opts.mode == UploadMode::Direct && parent.symlink_metadata(&name).is_ok() {
                         return Err(VfsError::PermissionDenied);
                     }
                     None
