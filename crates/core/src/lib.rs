@@ -21,6 +21,7 @@ mod quota;
 mod registry;
 pub mod rules;
 mod session;
+mod share_health;
 mod shared_bans;
 mod shared_sessions;
 mod stream_hash;

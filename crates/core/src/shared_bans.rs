@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Gateway;
 use crate::admission::{SharedBan, Source};
+use crate::share_health::ShareHealth;
 
 /// How often bans are exchanged with the store.
 pub const BAN_SYNC: Duration = Duration::from_secs(2);
@@ -23,21 +24,10 @@ impl Gateway {
     /// Exchanges bans with the store every [`BAN_SYNC`] until `shutdown`.
     /// While the store is unreachable each node goes on with its own list.
     pub async fn share_bans(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut failing = false;
+        let mut health = ShareHealth::new("the ban list", "; this node keeps its own until it can");
         let mut round: u32 = 0;
         loop {
-            match self.exchange_bans(round.is_multiple_of(SWEEP_EVERY)).await {
-                Ok(()) if failing => {
-                    tracing::info!("ban list shared with the store again");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(e) if !failing => {
-                    tracing::warn!(error = %e, "cannot share the ban list with the store; this node keeps its own until it can");
-                    failing = true;
-                }
-                Err(_) => {}
-            }
+            health.record(self.exchange_bans(round.is_multiple_of(SWEEP_EVERY)).await);
             round = round.wrapping_add(1);
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -16,6 +16,7 @@ use chrono::Utc;
 use dropgate_store::{NODE_GONE_AFTER, StoreError};
 use tokio_util::sync::CancellationToken;
 
+use crate::share_health::ShareHealth;
 use crate::{Gateway, SessionSnapshot};
 
 /// How often sessions are published and kick requests taken.
@@ -38,20 +39,9 @@ impl Gateway {
     /// Publishes this node's sessions and takes kick requests every
     /// [`SESSION_SYNC`] until `shutdown`; then removes this node's row.
     pub async fn share_sessions(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut failing = false;
+        let mut health = ShareHealth::new("live sessions", "");
         loop {
-            match self.exchange_sessions().await {
-                Ok(()) if failing => {
-                    tracing::info!("sessions shared with the store again");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(e) if !failing => {
-                    tracing::warn!(error = %e, "cannot share live sessions with the store");
-                    failing = true;
-                }
-                Err(_) => {}
-            }
+            health.record(self.exchange_sessions().await);
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(SESSION_SYNC) => {}
@@ -71,24 +61,13 @@ impl Gateway {
         if !self.quotas.is_shared() {
             return;
         }
-        let mut failing = false;
+        let mut health = ShareHealth::new("quota counts", "");
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(SESSION_SYNC) => {}
             };
-            match self.quotas.sync().await {
-                Ok(()) if failing => {
-                    tracing::info!("quota counts shared with the store again");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(e) if !failing => {
-                    tracing::warn!(error = %e, "cannot share quota counts with the store");
-                    failing = true;
-                }
-                Err(_) => {}
-            }
+            health.record(self.quotas.sync().await);
         }
     }
 
