@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dropgate_store::{Delivery, Event, KeyedEvent, Store};
+use dropgate_store::{Delivery, Event, EventConnection, KeyedEvent, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -67,6 +67,10 @@ pub struct AuditLog {
     shared: Arc<Shared>,
     /// For waiting tasks that store their own event while the writer idles.
     store: Store,
+    /// The connections those tasks use, one at a time (`Shared::inline`):
+    /// [synced, not synced] (see [`synced`]); `None` until first needed and
+    /// after a failed or abandoned write.
+    inline_conns: Arc<[std::sync::Mutex<Option<EventConnection>>; 2]>,
 }
 
 /// What senders, the writer and the replay task share.
@@ -127,7 +131,12 @@ impl AuditLog {
             tokio::spawn(replay_spool(store.clone(), shared.clone()));
         }
         tokio::spawn(write_events(store.clone(), rx, shared.clone()));
-        AuditLog { tx, shared, store }
+        AuditLog {
+            tx,
+            shared,
+            store,
+            inline_conns: Arc::new([std::sync::Mutex::new(None), std::sync::Mutex::new(None)]),
+        }
     }
 
     /// Queues one event nobody waits for (a logout, a failed operation).
@@ -175,14 +184,26 @@ impl AuditLog {
         {
             return false;
         }
-        let attempt = tokio::time::timeout(
-            INLINE_TIMEOUT,
-            self.store
-                .insert_events_with_deliveries(std::slice::from_ref(event), &[]),
-        )
+        // Taken out while in use: if this task is dropped mid-statement (its
+        // client gone), the connection goes with it rather than back in a
+        // state nobody knows.
+        let synced = synced(&event.event);
+        let slot = &self.inline_conns[usize::from(!synced)];
+        let kept = lock_conn(slot).take();
+        let attempt = tokio::time::timeout(INLINE_TIMEOUT, async {
+            let mut conn = match kept {
+                Some(c) => c,
+                None => self.store.event_connection(synced).await?,
+            };
+            conn.insert_event(event).await?;
+            Ok::<_, dropgate_store::StoreError>(conn)
+        })
         .await;
         match attempt {
-            Ok(Ok(())) => true,
+            Ok(Ok(conn)) => {
+                *lock_conn(slot) = Some(conn);
+                true
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "storing an audit event failed; handed to the writer");
                 false
@@ -229,6 +250,24 @@ impl AuditLog {
     pub fn degraded(&self) -> bool {
         self.shared.degraded.load(Ordering::Relaxed)
     }
+}
+
+/// Whether `event`'s commit must reach the disk before it is acknowledged
+/// (when the store syncs commits: `durable_uploads`): a completed upload,
+/// which is itself on disk by then. Renames, deletes, folders and times are
+/// not flushed by the file system either, so their events may share their
+/// fate in a power cut (never in a crash of the process); storing them
+/// without a sync spares a flush per operation (lftp's `MFMT` after each
+/// file, say).
+fn synced(event: &Event) -> bool {
+    event.kind == dropgate_store::EventKind::Upload && event.outcome == dropgate_store::Outcome::Ok
+}
+
+/// An inline connection's slot (a poisoned lock only ever held a move).
+fn lock_conn(
+    m: &std::sync::Mutex<Option<EventConnection>>,
+) -> std::sync::MutexGuard<'_, Option<EventConnection>> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The one turn to store an event from a waiting task; given back on drop

@@ -67,12 +67,17 @@ pub(crate) enum AdminCommand {
 
 /// Connects and migrates (every command that touches the store does both).
 pub(crate) async fn open_store(cfg: &Effective) -> Result<Store, CliError> {
-    let store = Store::connect(&cfg.database_url, cfg.raw.database.max_connections)
-        .await
-        .map_err(|e| match e {
-            StoreError::Url(m) => CliError::Usage(format!("config key `database.url`: {m}")),
-            other => CliError::Runtime(anyhow::anyhow!("cannot open the database: {other}")),
-        })?;
+    // The audit log is as durable as the uploads it records.
+    let store = Store::connect_synced(
+        &cfg.database_url,
+        cfg.raw.database.max_connections,
+        cfg.raw.storage.durable_uploads,
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::Url(m) => CliError::Usage(format!("config key `database.url`: {m}")),
+        other => CliError::Runtime(anyhow::anyhow!("cannot open the database: {other}")),
+    })?;
     store
         .migrate()
         .await

@@ -155,15 +155,35 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://…`). SQLite files
-    /// and their folder are created if missing, in WAL mode with a busy timeout.
+    /// and their folder are created if missing, in WAL mode with a busy
+    /// timeout; a commit is on disk at the next checkpoint (see
+    /// [`Store::connect_synced`]).
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Store> {
+        Store::connect_synced(url, max_connections, false).await
+    }
+
+    /// [`Store::connect`]; with `synced`, every SQLite commit is on disk
+    /// before it returns (`synchronous = FULL`: the WAL is flushed at each
+    /// commit), so that an audit event outlives a power cut as the upload it
+    /// records does (`durable_uploads`). Without it a power cut can roll back
+    /// the last commits (never corrupt the file). PostgreSQL's commits follow
+    /// the server's `synchronous_commit` (on by default).
+    pub async fn connect_synced(
+        url: &str,
+        max_connections: u32,
+        synced: bool,
+    ) -> StoreResult<Store> {
         let max_connections = max_connections.max(1);
         let db = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|e| StoreError::Url(e.to_string()))?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                .synchronous(if synced {
+                    SqliteSynchronous::Full
+                } else {
+                    SqliteSynchronous::Normal
+                })
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
             if let Some(parent) = opts.get_filename().parent()
@@ -260,6 +280,38 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use sqlx::Connection;
+
+    /// What `PRAGMA synchronous` says on each of the pool's connections
+    /// (the setting is per connection): 2 = FULL, 1 = NORMAL.
+    async fn synchronous_levels(store: &Store) -> Vec<i64> {
+        let Db::Sqlite(pool) = &store.db else {
+            panic!("not SQLite")
+        };
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            conns.push(pool.acquire().await.unwrap());
+        }
+        let mut levels = Vec::new();
+        for c in &mut conns {
+            let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(&mut **c)
+                .await
+                .unwrap();
+            levels.push(level);
+        }
+        levels
+    }
+
+    #[tokio::test]
+    async fn a_synced_sqlite_store_flushes_every_commit_the_default_at_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let synced = Store::connect_synced(&url, 2, true).await.unwrap();
+        assert_eq!(synchronous_levels(&synced).await, [2, 2]);
+        synced.close().await;
+        let default = Store::connect(&url, 2).await.unwrap();
+        assert_eq!(synchronous_levels(&default).await, [1, 1]);
+    }
 
     #[tokio::test]
     async fn busy_and_unreachable_databases_are_transient_bad_statements_are_not() {

@@ -528,6 +528,11 @@ impl Storage for LocalStorage {
         accessed: Option<SystemTime>,
         modified: Option<SystemTime>,
     ) -> VfsResult<()> {
+        // Clients set times right after an upload (lftp's MFMT after every
+        // file), when the name is in the cache: no blocking-pool hop then.
+        if cached::set_times(&self.home, path.relative(), accessed, modified) {
+            return Ok(());
+        }
         let (home, rel) = (self.home.clone(), path.relative().to_owned());
         let spec = |t: SystemTime| SystemTimeSpec::Absolute(cap_std::time::SystemTime::from_std(t));
         blocking(move || Ok(home.set_times(rel, accessed.map(spec), modified.map(spec))?)).await
@@ -656,6 +661,58 @@ mod cached {
     #[cfg(not(target_os = "linux"))]
     pub(super) fn open(_home: &Dir, _rel: &str, _how: Open) -> Option<std::fs::File> {
         None
+    }
+
+    /// Sets the times of `rel` (following a final symlink, as the blocking
+    /// path does, inside the jail) through an `O_PATH` descriptor, which
+    /// opens nothing: `utimensat(fd, "", AT_EMPTY_PATH)`. `false`: not done
+    /// (not cached, any error, an older kernel); the caller takes the
+    /// blocking path, which gives the canonical answer.
+    #[cfg(target_os = "linux")]
+    pub(super) fn set_times(
+        home: &Dir,
+        rel: &str,
+        accessed: Option<std::time::SystemTime>,
+        modified: Option<std::time::SystemTime>,
+    ) -> bool {
+        use rustix::fs::{AtFlags, Timespec, Timestamps, UTIME_OMIT, utimensat};
+        fn spec(t: Option<std::time::SystemTime>) -> Option<Timespec> {
+            match t {
+                None => Some(Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_OMIT,
+                }),
+                // Before 1970 (rare): left to the blocking path.
+                Some(t) => {
+                    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+                    Some(Timespec {
+                        tv_sec: i64::try_from(d.as_secs()).ok()?,
+                        tv_nsec: i64::from(d.subsec_nanos()),
+                    })
+                }
+            }
+        }
+        let (Some(last_access), Some(last_modification)) = (spec(accessed), spec(modified)) else {
+            return false;
+        };
+        let Some(file) = open(home, rel, Open::Path) else {
+            return false;
+        };
+        let times = Timestamps {
+            last_access,
+            last_modification,
+        };
+        utimensat(&file, "", &times, AtFlags::EMPTY_PATH).is_ok()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn set_times(
+        _home: &Dir,
+        _rel: &str,
+        _accessed: Option<std::time::SystemTime>,
+        _modified: Option<std::time::SystemTime>,
+    ) -> bool {
+        false
     }
 }
 
@@ -1094,6 +1151,40 @@ mod tests {
             "through a symlink"
         );
         assert!(dir.path().join("outside/x").exists());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cached_set_times_changes_files_in_the_jail_and_declines_escapes() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let home = Dir::open_ambient_dir(dir.path(), ambient_authority()).unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        std::fs::write(dir.path().join("in/f"), b"x").unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("in/link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("in/out"))
+            .unwrap();
+        std::os::unix::fs::symlink("../../escape", dir.path().join("in/up")).unwrap();
+        let mtime = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        let when = UNIX_EPOCH + Duration::new(1_000_000_000, 500);
+        // The file was just written: its name is cached.
+        assert!(cached::set_times(&home, "in/f", None, Some(when)));
+        assert_eq!(mtime(&dir.path().join("in/f")), when);
+        // Through a link inside the home, as the blocking path follows it.
+        let later = when + Duration::from_secs(60);
+        assert!(cached::set_times(&home, "in/link", None, Some(later)));
+        assert_eq!(mtime(&dir.path().join("in/f")), later);
+        // Out of the jail: declined (the blocking path then refuses it).
+        let before = mtime(&outside.path().join("secret"));
+        assert!(!cached::set_times(&home, "in/out", None, Some(when)));
+        assert!(!cached::set_times(&home, "in/up", None, Some(when)));
+        assert!(!cached::set_times(&home, "in/missing", None, Some(when)));
+        assert_eq!(mtime(&outside.path().join("secret")), before);
+        // Before 1970: left to the blocking path.
+        let early = UNIX_EPOCH - Duration::from_secs(1);
+        assert!(!cached::set_times(&home, "in/f", None, Some(early)));
     }
 
     #[test]
