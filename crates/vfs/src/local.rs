@@ -1172,10 +1172,17 @@ mod tests {
         // The file was just written: its name is cached.
         assert!(cached::set_times(&home, "in/f", None, Some(when)));
         assert_eq!(mtime(&dir.path().join("in/f")), when);
-        // Through a link inside the home, as the blocking path follows it.
+        // Through a link inside the home, as the blocking path follows it:
+        // whether a lookup through a link counts as cached is the kernel's
+        // call (a first follow may want to update the link's atime), so
+        // only what it does when it answers is checked.
         let later = when + Duration::from_secs(60);
-        assert!(cached::set_times(&home, "in/link", None, Some(later)));
-        assert_eq!(mtime(&dir.path().join("in/f")), later);
+        let expected = if cached::set_times(&home, "in/link", None, Some(later)) {
+            later
+        } else {
+            when
+        };
+        assert_eq!(mtime(&dir.path().join("in/f")), expected);
         // Out of the jail: declined (the blocking path then refuses it).
         let before = mtime(&outside.path().join("secret"));
         assert!(!cached::set_times(&home, "in/out", None, Some(when)));
