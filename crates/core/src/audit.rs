@@ -67,10 +67,18 @@ pub struct AuditLog {
     shared: Arc<Shared>,
     /// For waiting tasks that store their own event while the writer idles.
     store: Store,
-    /// The connections those tasks use, one at a time (`Shared::inline`):
-    /// [synced, not synced] (see [`synced`]); `None` until first needed and
-    /// after a failed or abandoned write.
-    inline_conns: Arc<[std::sync::Mutex<Option<EventConnection>>; 2]>,
+    /// The connections those tasks use, one at a time (`Shared::inline`).
+    inline_conns: Arc<InlineConnections>,
+}
+
+/// The kept connections for events stored by their waiting task: one whose
+/// commits are flushed as the store's are, one whose commits are not (see
+/// [`synced`]). `None` until first needed and after a failed or abandoned
+/// write.
+#[derive(Default)]
+struct InlineConnections {
+    synced: std::sync::Mutex<Option<EventConnection>>,
+    unsynced: std::sync::Mutex<Option<EventConnection>>,
 }
 
 /// What senders, the writer and the replay task share.
@@ -135,7 +143,7 @@ impl AuditLog {
             tx,
             shared,
             store,
-            inline_conns: Arc::new([std::sync::Mutex::new(None), std::sync::Mutex::new(None)]),
+            inline_conns: Arc::default(),
         }
     }
 
@@ -188,8 +196,12 @@ impl AuditLog {
         // client gone), the connection goes with it rather than back in a
         // state nobody knows.
         let synced = synced(&event.event);
-        let slot = &self.inline_conns[usize::from(!synced)];
-        let kept = lock_conn(slot).take();
+        let slot = if synced {
+            &self.inline_conns.synced
+        } else {
+            &self.inline_conns.unsynced
+        };
+        let kept = lock(slot).take();
         let attempt = tokio::time::timeout(INLINE_TIMEOUT, async {
             let mut conn = match kept {
                 Some(c) => c,
@@ -201,7 +213,7 @@ impl AuditLog {
         .await;
         match attempt {
             Ok(Ok(conn)) => {
-                *lock_conn(slot) = Some(conn);
+                *lock(slot) = Some(conn);
                 true
             }
             Ok(Err(e)) => {
@@ -263,10 +275,9 @@ fn synced(event: &Event) -> bool {
     event.kind == dropgate_store::EventKind::Upload && event.outcome == dropgate_store::Outcome::Ok
 }
 
-/// An inline connection's slot (a poisoned lock only ever held a move).
-fn lock_conn(
-    m: &std::sync::Mutex<Option<EventConnection>>,
-) -> std::sync::MutexGuard<'_, Option<EventConnection>> {
+/// Locks `m`, poisoned or not: what these locks guard (a connection slot,
+/// the spool gate) is never left half-changed by a panic.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -384,10 +395,7 @@ async fn write_batch(
     };
     let gated = shared.clone();
     let appended = tokio::task::spawn_blocking(move || {
-        let _gate = gated
-            .spool_gate
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _gate = lock(&gated.spool_gate);
         spool.append(&file)?;
         gated.degraded.store(true, Ordering::Release);
         Ok::<_, std::io::Error>(())
@@ -472,10 +480,7 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
             // only leave the degraded mode when the folder is really empty.
             let (s, gated) = (spool.clone(), shared.clone());
             let cleared = tokio::task::spawn_blocking(move || {
-                let _gate = gated
-                    .spool_gate
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _gate = lock(&gated.spool_gate);
                 let empty = s.pending().is_empty();
                 if empty {
                     gated.degraded.store(false, Ordering::Release);

@@ -804,3 +804,114 @@ impl std::fmt::Debug for EventConnection {
         f.debug_tuple("EventConnection").field(&dialect).finish()
     }
 }
+
+#[cfg(test)]
+mod event_connection_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{Event, EventKind, EventQuery, Outcome};
+
+    fn event(path: &str) -> KeyedEvent {
+        KeyedEvent::new(Event {
+            id: 0,
+            time: Utc::now(),
+            kind: EventKind::Setstat,
+            username: "acme".into(),
+            protocol: "ftp".into(),
+            remote_addr: "127.0.0.1:1".into(),
+            path: Some(path.into()),
+            target_path: None,
+            bytes: None,
+            duration_ms: None,
+            outcome: Outcome::Ok,
+            sha256: None,
+            message: None,
+            node: "n".into(),
+            session_id: None,
+        })
+    }
+
+    /// How the connection commits: SQLite's `synchronous` (2 FULL, 1
+    /// NORMAL) or PostgreSQL's `synchronous_commit`.
+    async fn commit_level(conn: &mut EventConnection) -> String {
+        match &mut conn.0 {
+            EventConn::Sqlite(c) => {
+                let (n,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                    .fetch_one(&mut *c)
+                    .await
+                    .unwrap();
+                n.to_string()
+            }
+            EventConn::Postgres(c) => {
+                let (s,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+                    .fetch_one(&mut *c)
+                    .await
+                    .unwrap();
+                s
+            }
+        }
+    }
+
+    /// A synced connection commits as the store does; an unsynced one does
+    /// not flush, and both store events once per key.
+    async fn check(store: &Store, synced_level: &str, unsynced_level: &str) {
+        let mut synced = store.event_connection(true).await.unwrap();
+        let mut unsynced = store.event_connection(false).await.unwrap();
+        assert_eq!(commit_level(&mut synced).await, synced_level);
+        assert_eq!(commit_level(&mut unsynced).await, unsynced_level);
+        let (a, b) = (event("/a"), event("/b"));
+        synced.insert_event(&a).await.unwrap();
+        unsynced.insert_event(&b).await.unwrap();
+        // A late second landing of the same event keeps one row.
+        unsynced.insert_event(&a).await.unwrap();
+        let stored = store
+            .query_events(&EventQuery {
+                limit: 10,
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        let mut paths: Vec<_> = stored.iter().filter_map(|e| e.path.clone()).collect();
+        paths.sort();
+        assert_eq!(paths, ["/a", "/b"]);
+    }
+
+    #[tokio::test]
+    async fn sqlite_event_connections_flush_only_when_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect_synced(&url, 2, true).await.unwrap();
+        store.migrate().await.unwrap();
+        check(&store, "2", "1").await;
+    }
+
+    #[tokio::test]
+    async fn postgres_event_connections_flush_only_when_synced() {
+        let Ok(base) = std::env::var("DROPGATE_TEST_POSTGRES_URL") else {
+            eprintln!("DROPGATE_TEST_POSTGRES_URL not set: not run against PostgreSQL");
+            return;
+        };
+        let db = format!("dg_evconn_{}", std::process::id());
+        let admin = sqlx::PgPool::connect(&base).await.unwrap();
+        let exec = |sql: String| {
+            let admin = admin.clone();
+            async move {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+            }
+        };
+        exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+        exec(format!("CREATE DATABASE {db}")).await;
+        let url = match base.rsplit_once('/') {
+            Some((head, _)) => format!("{head}/{db}"),
+            None => panic!("bad postgres url"),
+        };
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        check(&store, "on", "off").await;
+        store.close().await;
+        exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+    }
+}
