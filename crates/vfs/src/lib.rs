@@ -16,6 +16,7 @@ mod memory;
 mod path;
 #[cfg(feature = "s3")]
 mod s3;
+mod uncached;
 mod writeback;
 
 use std::io;

@@ -21,6 +21,7 @@ use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 
+use crate::uncached;
 use crate::writeback::WriteBack;
 use crate::{
     Committed, CreateOptions, DirEntry, DirSource, DirStream, FileKind, FileReader, FileWriter,
@@ -433,6 +434,7 @@ impl Storage for LocalStorage {
                 },
                 wrote: AtomicBool::new(false),
                 writeback: Arc::new(WriteBack::new(opts.durable)),
+                uncached: Arc::new(uncached::Lazy::new(opts.durable)),
                 finished: false,
             }) as Box<dyn FileWriter>)
         })
@@ -844,7 +846,32 @@ struct LocalWriter {
     /// Whether any byte was written (atomic_resume keeps only real partials).
     wrote: AtomicBool,
     writeback: Arc<WriteBack>,
+    /// Durable uploads' large writes go around the page cache.
+    uncached: Arc<uncached::Lazy>,
     finished: bool,
+}
+
+/// Writes `data` at `offset` of an upload's `file`: the aligned middle of a
+/// large write direct when `uncached` allows, the rest buffered, whose
+/// write-back is then started early.
+fn write_data(
+    file: &std::fs::File,
+    uncached: &uncached::Lazy,
+    writeback: &WriteBack,
+    data: &[u8],
+    offset: u64,
+) -> io::Result<()> {
+    let buffered = match uncached.for_write(file, offset, data.len()) {
+        Some(direct) => direct.write_all_at(file, data, offset)?,
+        None => {
+            file.write_all_at(data, offset)?;
+            data.len()
+        }
+    };
+    if buffered > 0 {
+        writeback.wrote(file, buffered as u64);
+    }
+    Ok(())
 }
 
 impl LocalWriter {
@@ -974,25 +1001,28 @@ impl Drop for LocalWriter {
 impl FileWriter for LocalWriter {
     async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()> {
         let file = self.file.clone();
-        let writeback = self.writeback.clone();
+        let (writeback, uncached) = (self.writeback.clone(), self.uncached.clone());
         self.wrote.store(true, Ordering::Relaxed);
-        blocking(move || {
-            file.write_all_at(&data, offset)?;
-            writeback.wrote(&file, data.len() as u64);
-            Ok(())
-        })
-        .await
+        blocking(move || Ok(write_data(&file, &uncached, &writeback, &data, offset)?)).await
     }
 
     async fn write_at_inspect(&self, offset: u64, data: Bytes, inspect: Inspect) -> VfsResult<()> {
         let file = self.file.clone();
-        let writeback = self.writeback.clone();
+        let (writeback, uncached) = (self.writeback.clone(), self.uncached.clone());
         self.wrote.store(true, Ordering::Relaxed);
+        if self.uncached.would_use(offset, data.len()) {
+            // A direct write waits for the device: hash meanwhile, on
+            // another thread, instead of after it.
+            let seen = data.clone();
+            let (written, hashed) = tokio::join!(
+                blocking(move || Ok(write_data(&file, &uncached, &writeback, &data, offset)?)),
+                tokio::task::spawn_blocking(move || inspect(&seen))
+            );
+            hashed.map_err(|e| VfsError::Io(io::Error::other(e)))?;
+            return written;
+        }
         blocking(move || {
-            let written = file.write_all_at(&data, offset);
-            if written.is_ok() {
-                writeback.wrote(&file, data.len() as u64);
-            }
+            let written = write_data(&file, &uncached, &writeback, &data, offset);
             inspect(&data);
             Ok(written?)
         })
@@ -1036,7 +1066,7 @@ impl FileWriter for LocalWriter {
     ) -> Result<Committed, LastWrite> {
         tokio::task::spawn_blocking(move || {
             self.wrote.store(true, Ordering::Relaxed);
-            let written = self.file.write_all_at(&data, offset);
+            let written = write_data(&self.file, &self.uncached, &self.writeback, &data, offset);
             if let Some(inspect) = inspect {
                 inspect(&data);
             }
