@@ -110,7 +110,7 @@ impl Uncached {
         use std::os::unix::fs::OpenOptionsExt;
         let reopened = std::fs::OpenOptions::new()
             .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .custom_flags(libc::O_DIRECT)
             .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
         match reopened {
             Ok(file) => Some(Uncached {
