@@ -1018,7 +1018,9 @@ impl Upload {
         let Some(writer) = &self.writer else {
             return Err(FsError::Closed);
         };
-        let lent = if in_order {
+        // A write that waits for the device is hashed beside it instead, and
+        // that hash runs on while the caller receives the next chunk.
+        let lent = if in_order && !writer.waits_for_device(offset, data.len()) {
             self.hash.lend(offset).await
         } else {
             None

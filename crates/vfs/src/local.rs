@@ -1010,23 +1010,16 @@ impl FileWriter for LocalWriter {
         let file = self.file.clone();
         let (writeback, uncached) = (self.writeback.clone(), self.uncached.clone());
         self.wrote.store(true, Ordering::Relaxed);
-        if self.uncached.would_use(offset, data.len()) {
-            // A direct write waits for the device: hash meanwhile, on
-            // another thread, instead of after it.
-            let seen = data.clone();
-            let (written, hashed) = tokio::join!(
-                blocking(move || Ok(write_data(&file, &uncached, &writeback, &data, offset)?)),
-                tokio::task::spawn_blocking(move || inspect(&seen))
-            );
-            hashed.map_err(|e| VfsError::Io(io::Error::other(e)))?;
-            return written;
-        }
         blocking(move || {
             let written = write_data(&file, &uncached, &writeback, &data, offset);
             inspect(&data);
             Ok(written?)
         })
         .await
+    }
+
+    fn waits_for_device(&self, offset: u64, len: usize) -> bool {
+        self.uncached.would_use(offset, len)
     }
 
     async fn set_len(&self, len: u64) -> VfsResult<()> {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use dropgate_vfs::{
-    LocalStorage, Storage, TEMP_PREFIX, UploadMode, VfsError, VirtualPath, WriteStart,
-    sweep_stale_temporaries,
+    CreateOptions, LocalStorage, Storage, TEMP_PREFIX, UploadMode, VfsError, VirtualPath,
+    WriteStart, sweep_stale_temporaries,
 };
 
 const OLD: &[u8] = b"old content, 0123456789";
@@ -833,6 +833,22 @@ async fn durable_large_uploads_land_whole_whatever_their_alignment() {
             .await
             .unwrap();
         let mut expect = old[..keep as usize].to_vec();
+        // The chunks FTP writes wait for the device (the caller hashes
+        // beside them); small ones do not, nor any of a page-cache upload.
+        assert!(w.waits_for_device(keep, 1 << 20), "{mode:?}");
+        assert!(!w.waits_for_device(keep, 4096), "{mode:?}");
+        let cached = s
+            .create(
+                &vp("/cached.bin"),
+                CreateOptions {
+                    durable: false,
+                    ..opts(mode, WriteStart::Truncate, false)
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!cached.waits_for_device(0, 1 << 20), "{mode:?}");
+        cached.abort().await;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sizes = [1 << 20, (1 << 20) + 5, 1 << 20, 300_000, 4096, 1 << 20];
         for (i, len) in sizes.iter().enumerate() {
