@@ -4,7 +4,9 @@
 //!
 //! Operations a client is told succeeded wait for their event
 //! ([`AuditLog::record_durable`]): the client hears "done" only once the
-//! event, and any action it triggers, is in the store. Waiting events are
+//! event, and any action it triggers, is in the store. (The one exception:
+//! a large upload answered from the page cache, whose hash and event follow
+//! its reply; see `Upload::commit`.) Waiting events are
 //! committed in groups: while one transaction runs, the next batch gathers,
 //! so hundreds of small uploads a second cost a few transactions a second.
 //! When the writer is idle, nothing is queued and the event triggers no

@@ -48,7 +48,7 @@ pub use proxy::ProxyPolicy;
 pub use quota::{QuotaGuard, QuotaTracker, Usage};
 pub use registry::{Direction, SessionRegistry, SessionSnapshot, TransferSnapshot};
 pub use rules::Rules;
-pub use session::{Download, Session, Upload};
+pub use session::{Download, HASH_AFTER_REPLY_FROM, Session, Upload};
 pub use shared_bans::BAN_SYNC;
 pub use shared_sessions::{EndSession, SESSION_SYNC};
 
@@ -160,6 +160,9 @@ pub struct Gateway {
     metrics: Metrics,
     /// Bounds background SHA-256 computations of committed uploads.
     hash_permits: tokio::sync::Semaphore,
+    /// Work an upload's reply no longer waits for (the hash and the event of
+    /// a large upload answered from the page cache); shutdown waits for it.
+    after_reply: tokio_util::task::TaskTracker,
     /// Usage measured for accounts this node does not count live.
     usage_cache: std::sync::Mutex<UsageCache>,
     /// Live sessions per account on the other nodes, as they last
@@ -169,6 +172,9 @@ pub struct Gateway {
 
 /// username -> (home, when measured, (bytes, files)).
 type UsageCache = std::collections::HashMap<String, (String, std::time::Instant, (u64, u64))>;
+
+/// Most uploads hashed after their reply at a time, waiting ones included.
+const AFTER_REPLY_MAX: usize = 64;
 
 /// How long a measured usage is reused (accounts counted live are exact).
 pub const USAGE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -206,6 +212,7 @@ impl Gateway {
             quota_events: std::sync::Mutex::default(),
             metrics: Metrics::default(),
             hash_permits: tokio::sync::Semaphore::new(2),
+            after_reply: tokio_util::task::TaskTracker::new(),
             usage_cache: std::sync::Mutex::default(),
         })
     }
@@ -306,6 +313,17 @@ impl Gateway {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Events of answered uploads still being hashed.
+        self.after_reply.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.after_reply.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.after_reply.len(),
+                "uploads still being hashed at shutdown: their events are lost"
+            );
         }
         self.audit.flush().await;
     }
@@ -667,6 +685,16 @@ impl Gateway {
 
     pub(crate) fn hash_permits(&self) -> &tokio::sync::Semaphore {
         &self.hash_permits
+    }
+
+    /// Where an answered upload's remaining hash and its event may run after
+    /// the reply; `None` (the reply waits, as in durable mode) when the
+    /// audit log is degraded (the event could be lost, so the client must
+    /// hear of it) or [`AFTER_REPLY_MAX`] uploads are pending already (the
+    /// hashes fall behind: waiting holds the next upload back).
+    pub(crate) fn after_reply(&self) -> Option<tokio_util::task::TaskTracker> {
+        (self.after_reply.len() < AFTER_REPLY_MAX && !self.audit.degraded())
+            .then(|| self.after_reply.clone())
     }
 }
 

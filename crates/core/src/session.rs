@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bandwidth::AccountThrottles;
 use crate::quota::BusyPath;
 use crate::registry::{Direction, SessionEntry, TransferState};
-use crate::stream_hash::{Lent, StreamHash};
+use crate::stream_hash::{Hashed, Lent, StreamHash};
 use crate::{FsError, FsResult, Gateway, PermissionSet, QuotaGuard};
 
 /// A logged-in session; cheap to clone (all clones are the same session).
@@ -505,6 +505,17 @@ impl Session {
             }
             return Err(e);
         }
+        // Answered from the page cache: a large upload is hashed after the
+        // reply, from the committed file, when that file cannot change
+        // meanwhile (the hash would otherwise be half the server's work
+        // while the client waits).
+        let hash_after_reply =
+            !self.inner.gateway.config.durable_uploads && writer.stable_content();
+        let hash_until = if hash_after_reply {
+            HASH_AFTER_REPLY_FROM
+        } else {
+            u64::MAX
+        };
         Ok(Upload {
             busy: Some(self.inner.quota.mark_busy(path, writer.in_place_identity())),
             transfer: self.start_transfer(path, Direction::Upload),
@@ -518,7 +529,8 @@ impl Session {
             end: AtomicU64::new(initial),
             reserved: AtomicU64::new(prefix_copy),
             failed: AtomicBool::new(false),
-            hash: StreamHash::new(initial == 0),
+            hash: StreamHash::until(initial == 0, hash_until),
+            hash_after_reply,
         })
     }
 
@@ -981,7 +993,16 @@ pub struct Upload {
     failed: AtomicBool,
     /// SHA-256 of the content, computed while it streams in.
     hash: StreamHash,
+    /// Hash what the stream did not cover after the reply (see
+    /// [`HASH_AFTER_REPLY_FROM`]).
+    hash_after_reply: bool,
 }
+
+/// With `durable_uploads = false`, uploads larger than this are hashed from
+/// this offset on after the client has its reply, from the committed file,
+/// and their event is stored then. Smaller ones are hashed as they stream
+/// in and their event is stored before the reply, as in durable mode.
+pub const HASH_AFTER_REPLY_FROM: u64 = 8 << 20;
 
 impl Upload {
     /// Bytes already in the file when the upload started (resume/append offset).
@@ -1125,7 +1146,10 @@ impl Upload {
     /// Makes the upload durable and visible under its final name, then
     /// records it with the content's SHA-256. Returns the final size once
     /// the event (and any delivery it causes) is stored: only then may the
-    /// client be told the upload succeeded.
+    /// client be told the upload succeeded. Except with `durable_uploads =
+    /// false`, for an upload beyond [`HASH_AFTER_REPLY_FROM`] whose committed
+    /// bytes cannot change (`FileWriter::stable_content`): it returns once
+    /// the file is in place, and the hash and the event follow.
     pub async fn commit(self) -> FsResult<u64> {
         self.finish(None).await
     }
@@ -1169,8 +1193,8 @@ impl Upload {
                 let len = data.len() as u64;
                 let lent = self.hash.lend(offset).await;
                 if lent.is_none() {
-                    // Not where the hash stands: the commit reads back.
-                    self.hash.stop().await;
+                    // Not where the hash stands: read back from there.
+                    self.hash.skip(offset).await;
                 }
                 let inspect = lent.as_ref().map(Lent::digester);
                 let result = writer.write_and_commit(offset, data, inspect).await;
@@ -1221,14 +1245,31 @@ impl Upload {
                 let gateway = session.inner.gateway.clone();
                 self.reserved.store(0, Ordering::Relaxed);
                 self.new_file = false;
-                event.sha256 = match self.hash.finish(size).await {
-                    Some(digest) => Some(digest),
-                    None => {
-                        // Not streamed in order (resume, rewrite): read back.
-                        let _permit = gateway.hash_permits().acquire().await;
-                        sha256_of(committed.content).await
+                let from = match self.hash.finish(size).await {
+                    Hashed::Done(digest) => {
+                        event.sha256 = Some(digest);
+                        gateway.audit().record_durable(event).await?;
+                        return Ok(size);
                     }
+                    Hashed::Upto(hasher, at) => Some((hasher, at)),
+                    // Not streamed in order (resume, rewrite): read back.
+                    Hashed::Nothing => None,
                 };
+                if self.hash_after_reply
+                    && let Some(after) = gateway.after_reply()
+                {
+                    // The client is answered now; the rest of the hash and
+                    // the event follow (their share of the work is the
+                    // same, it just no longer delays the reply).
+                    after.spawn(async move {
+                        let _permit = gateway.hash_permits().acquire().await;
+                        event.sha256 = sha256_of(committed.content, from).await;
+                        gateway.audit().record(event);
+                    });
+                    return Ok(size);
+                }
+                let _permit = gateway.hash_permits().acquire().await;
+                event.sha256 = sha256_of(committed.content, from).await;
                 gateway.audit().record_durable(event).await?;
                 Ok(size)
             }
@@ -1385,22 +1426,27 @@ fn settle(quota: &QuotaGuard, r: Reservation, size: u64, replaced: Replaced) {
 /// serves them from cache); larger ones on the blocking pool.
 const INLINE_HASH_MAX: u64 = 64 * 1024;
 
-async fn sha256_of(content: Arc<dyn FileReader>) -> Option<String> {
+/// The hex SHA-256 of `content`, read back from offset 0, or continuing
+/// `from` a hash of its first bytes.
+async fn sha256_of(
+    content: Arc<dyn FileReader>,
+    from: Option<(Box<Sha256>, u64)>,
+) -> Option<String> {
     let len = content.len();
-    if content.local_file().is_some() && len > INLINE_HASH_MAX {
+    let (mut hasher, start) = from.unwrap_or_else(|| (Box::new(Sha256::new()), 0));
+    if content.local_file().is_some() && len - start.min(len) > INLINE_HASH_MAX {
         return tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             let file = content.local_file()?;
-            let mut hasher = Sha256::new();
             // Sized to the file: most uploads are small, and a zeroed 1 MiB
             // buffer per 4 KiB file showed up in profiles.
             let mut buf = vec![0u8; usize::try_from(len.clamp(1, 1 << 20)).ok()?];
-            let mut off = 0u64;
+            let mut off = start;
             while off < len {
                 let want = usize::try_from((len - off).min(buf.len() as u64)).ok()?;
                 let n = file.read_at(&mut buf[..want], off).ok()?;
                 if n == 0 {
-                    break;
+                    return None;
                 }
                 hasher.update(&buf[..n]);
                 off += n as u64;
@@ -1411,12 +1457,12 @@ async fn sha256_of(content: Arc<dyn FileReader>) -> Option<String> {
         .ok()
         .flatten();
     }
-    let mut hasher = Sha256::new();
-    let mut off = 0u64;
+    let mut off = start;
     while off < len {
         let chunk = content.read_at(off, 1 << 20).await.ok()?;
         if chunk.is_empty() {
-            break;
+            // Shorter than committed: no digest rather than a wrong one.
+            return None;
         }
         hasher.update(&chunk);
         off += chunk.len() as u64;

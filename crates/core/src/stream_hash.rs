@@ -7,6 +7,10 @@
 //! fills. Anything else (an overlapping rewrite, a truncation, a resume that
 //! keeps bytes this upload never saw) turns streaming off, and the commit
 //! reads the file back instead.
+//!
+//! A stream may also follow only the start of an upload (`until`): the
+//! rest is read back from where it stopped, after the client has its
+//! answer (`durable_uploads = false`), so the hash is off the reply's path.
 
 use std::collections::BTreeMap;
 
@@ -62,9 +66,21 @@ impl Lent {
     }
 }
 
+/// What [`StreamHash::finish`] has for the committed content.
+pub(crate) enum Hashed {
+    /// The hex digest of all of it.
+    Done(String),
+    /// The hash of its first `.1` bytes, to be continued from the file.
+    Upto(Box<Sha256>, u64),
+    /// Nothing usable: read all of it back.
+    Nothing,
+}
+
 struct State {
     /// The offset the hash has reached.
     next: u64,
+    /// Bytes from this offset on are not followed (left to a read-back).
+    until: u64,
     feed: Feed,
     parked: BTreeMap<u64, Bytes>,
     parked_bytes: usize,
@@ -79,10 +95,19 @@ pub(crate) struct StreamHash {
 impl StreamHash {
     /// Hashes from offset 0; `enabled: false` when the upload keeps bytes
     /// it does not write itself (resume, append).
+    #[cfg(test)]
     pub(crate) fn new(enabled: bool) -> StreamHash {
+        StreamHash::until(enabled, u64::MAX)
+    }
+
+    /// Hashes from offset 0 (`enabled: false` when the upload keeps bytes it
+    /// does not write itself: resume, append), and stops following the
+    /// upload once it has hashed `until` bytes or more.
+    pub(crate) fn until(enabled: bool, until: u64) -> StreamHash {
         StreamHash {
             state: Box::new(Mutex::new(State {
                 next: 0,
+                until,
                 feed: if enabled {
                     Feed::Idle(Box::new(Sha256::new()))
                 } else {
@@ -110,6 +135,10 @@ impl StreamHash {
         }
         if offset < st.next {
             st.stop();
+            return;
+        }
+        if offset >= st.until {
+            // Past what is followed: read back from `next` at the end.
             return;
         }
         if offset > st.next {
@@ -154,7 +183,7 @@ impl StreamHash {
     /// then reads the file back), so a misuse costs time, never a wrong hash.
     pub(crate) async fn lend(&self, offset: u64) -> Option<Lent> {
         let mut st = self.state.lock().await;
-        if offset != st.next || !st.parked.is_empty() {
+        if offset != st.next || !st.parked.is_empty() || offset >= st.until {
             return None;
         }
         let hasher = st.take().await?;
@@ -187,19 +216,39 @@ impl StreamHash {
         }
     }
 
+    /// Bytes at `offset` are written without the stream seeing them: what
+    /// it hashed stays valid unless they rewrite some of it, and the rest
+    /// is read back from where it stands.
+    pub(crate) async fn skip(&self, offset: u64) {
+        let mut st = self.state.lock().await;
+        if offset < st.next {
+            st.stop();
+        }
+    }
+
     /// The upload changed in a way the stream does not follow.
     pub(crate) async fn stop(&self) {
         self.state.lock().await.stop();
     }
 
-    /// The hex digest if the stream covered exactly `size` bytes.
-    pub(crate) async fn finish(&self, size: u64) -> Option<String> {
+    /// What the stream has for the committed content of `size` bytes: its
+    /// digest if it covered all of them, else the hash of the part it did
+    /// cover (every byte below `next` is as the stream saw it: a write or
+    /// truncation there turned it off).
+    pub(crate) async fn finish(&self, size: u64) -> Hashed {
         let mut st = self.state.lock().await;
-        if st.next != size || !st.parked.is_empty() {
-            return None;
+        if st.next > size {
+            return Hashed::Nothing;
         }
-        let hasher = st.take().await?;
-        Some(hex::encode(hasher.finalize()))
+        let complete = st.next == size && st.parked.is_empty();
+        let Some(hasher) = st.take().await else {
+            return Hashed::Nothing;
+        };
+        if complete {
+            Hashed::Done(hex::encode(hasher.finalize()))
+        } else {
+            Hashed::Upto(hasher, st.next)
+        }
     }
 }
 
@@ -254,6 +303,47 @@ mod tests {
         hex::encode(Sha256::digest(data))
     }
 
+    fn done(hashed: Hashed) -> Option<String> {
+        match hashed {
+            Hashed::Done(d) => Some(d),
+            Hashed::Upto(..) | Hashed::Nothing => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_until_a_limit_is_continued_from_where_it_stopped() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 11) as u8).collect();
+        let h = StreamHash::until(true, 1 << 20);
+        let mut off = 0usize;
+        for (i, chunk) in data.chunks(300_000).enumerate() {
+            if i % 2 == 0 {
+                // Past the limit nothing is lent.
+                let lent = write_lent(&h, off as u64, chunk).await;
+                assert_eq!(lent, off < 1 << 20, "at {off}");
+                if !lent {
+                    h.feed(off as u64, &Bytes::copy_from_slice(chunk)).await;
+                }
+            } else {
+                h.feed(off as u64, &Bytes::copy_from_slice(chunk)).await;
+            }
+            off += chunk.len();
+        }
+        // Four 300,000-byte chunks reach past 1 MiB; the rest was not followed.
+        let Hashed::Upto(mut hasher, at) = h.finish(data.len() as u64).await else {
+            panic!("expected a partial hash");
+        };
+        assert_eq!(at, 1_200_000);
+        hasher.update(&data[at as usize..]);
+        assert_eq!(hex::encode(hasher.finalize()), digest(&data));
+
+        // A rewrite below where the stream stopped still turns it off.
+        let h = StreamHash::until(true, 4);
+        h.feed(0, &Bytes::from_static(b"hello")).await;
+        h.feed(5, &Bytes::from_static(b" world")).await;
+        h.feed(1, &Bytes::from_static(b"E")).await;
+        assert!(matches!(h.finish(11).await, Hashed::Nothing));
+    }
+
     #[tokio::test]
     async fn in_order_and_pipelined_writes_hash_like_the_file() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7) as u8).collect();
@@ -280,7 +370,7 @@ mod tests {
         for (off, chunk, _) in &chunks {
             h.feed(*off, chunk).await;
         }
-        assert_eq!(h.finish(data.len() as u64).await, Some(digest(&data)));
+        assert_eq!(done(h.finish(data.len() as u64).await), Some(digest(&data)));
     }
 
     /// Simulates a writer that digests the bytes on its own thread.
@@ -311,7 +401,7 @@ mod tests {
             }
             off += chunk.len();
         }
-        assert_eq!(h.finish(data.len() as u64).await, Some(digest(&data)));
+        assert_eq!(done(h.finish(data.len() as u64).await), Some(digest(&data)));
     }
 
     #[tokio::test]
@@ -323,24 +413,24 @@ mod tests {
         let h = StreamHash::new(true);
         let lent = h.lend(0).await.unwrap();
         h.give_back(lent, None).await;
-        assert_eq!(h.finish(0).await, None);
+        assert_eq!(done(h.finish(0).await), None);
         // Bytes fed while the hash is out turn streaming off.
         let h = StreamHash::new(true);
         let lent = h.lend(0).await.unwrap();
         h.feed(0, &Bytes::from_static(b"abc")).await;
         (lent.digester())(b"abc");
         h.give_back(lent, Some(3)).await;
-        assert_eq!(h.finish(3).await, None);
+        assert_eq!(done(h.finish(3).await), None);
         // A writer that digested less than it wrote is not trusted.
         let h = StreamHash::new(true);
         let lent = h.lend(0).await.unwrap();
         (lent.digester())(b"ab");
         h.give_back(lent, Some(3)).await;
-        assert_eq!(h.finish(3).await, None);
+        assert_eq!(done(h.finish(3).await), None);
         // Finishing while the hash is out reads back instead.
         let h = StreamHash::new(true);
         let _lent = h.lend(0).await.unwrap();
-        assert_eq!(h.finish(0).await, None);
+        assert_eq!(done(h.finish(0).await), None);
         // Disabled from the start: never lent.
         assert!(StreamHash::new(false).lend(0).await.is_none());
     }
@@ -369,21 +459,26 @@ mod tests {
         let h = StreamHash::new(true);
         h.feed(0, &Bytes::from_static(b"hello")).await;
         h.feed(0, &Bytes::from_static(b"HELLO")).await;
-        assert_eq!(h.finish(5).await, None);
+        assert_eq!(done(h.finish(5).await), None);
 
         let h = StreamHash::new(true);
         h.feed(0, &Bytes::from_static(b"hello")).await;
-        assert_eq!(h.finish(4).await, None, "truncated: not what was streamed");
+        assert_eq!(
+            done(h.finish(4).await),
+            None,
+            "truncated: not what was streamed"
+        );
 
         let h = StreamHash::new(true);
         h.feed(10, &Bytes::from_static(b"gap")).await;
-        assert_eq!(h.finish(13).await, None, "a hole never filled");
+        // A hole never filled: nothing streamed, all of it read back.
+        assert!(matches!(h.finish(13).await, Hashed::Upto(_, 0)));
 
         let h = StreamHash::new(false);
         h.feed(0, &Bytes::from_static(b"x")).await;
-        assert_eq!(h.finish(1).await, None);
+        assert_eq!(done(h.finish(1).await), None);
 
         let h = StreamHash::new(true);
-        assert_eq!(h.finish(0).await, Some(digest(b"")));
+        assert_eq!(done(h.finish(0).await), Some(digest(b"")));
     }
 }

@@ -252,23 +252,48 @@ fn uploads_answered_from_the_page_cache_when_durability_is_off() {
     let token = gw.token();
     gw.create_user(&token, &json!({"username": "acme", "password": PASSWORD}));
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("f.bin");
-    let content = dropgate_testkit::write_random_file(&src, 3 << 20, 11);
-    for (proto, name) in [("ftp", "via-ftp.bin"), ("sftp", "via-sftp.bin")] {
-        let out = std::process::Command::new("curl")
-            .args(["-s", "-S", "-k", "-T"])
-            .arg(&src)
-            .arg(format!(
-                "{proto}://acme:{PASSWORD}@{}/{name}",
-                gw.addr(proto)
-            ))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(std::fs::read(gw.home("acme").join(name)).unwrap(), content);
+    // A small upload's event is stored before its reply; a large one's
+    // (beyond HASH_AFTER_REPLY_FROM, 8 MiB) once its hash is done after it.
+    let mut want = HashMap::new();
+    for (len, seed, tag) in [(3 << 20, 11, "small"), (20 << 20, 12, "large")] {
+        let src = work.path().join(format!("{tag}.bin"));
+        let content = dropgate_testkit::write_random_file(&src, len, seed);
+        let sha = hex::encode(Sha256::digest(&content));
+        for proto in ["ftp", "sftp"] {
+            let name = format!("{tag}-via-{proto}.bin");
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-S", "-k", "-T"])
+                .arg(&src)
+                .arg(format!(
+                    "{proto}://acme:{PASSWORD}@{}/{name}",
+                    gw.addr(proto)
+                ))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(std::fs::read(gw.home("acme").join(&name)).unwrap(), content);
+            want.insert(format!("/{name}"), sha.clone());
+            if tag == "small" {
+                assert_eq!(
+                    uploads_audited(&gw, &token).get(&format!("/{name}")),
+                    Some(&sha)
+                );
+            }
+        }
     }
-    let sha = hex::encode(Sha256::digest(&content));
-    let audited = uploads_audited(&gw, &token);
-    assert_eq!(audited.get("/via-ftp.bin"), Some(&sha));
-    assert_eq!(audited.get("/via-sftp.bin"), Some(&sha));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let audited = uploads_audited(&gw, &token);
+        if want
+            .iter()
+            .all(|(path, sha)| audited.get(path) == Some(sha))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audited {audited:?}, want {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

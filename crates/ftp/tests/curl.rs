@@ -8,7 +8,8 @@
 mod common;
 
 use common::{run_tool, sha256_hex};
-use dropgate_core::store::EventKind;
+use dropgate_core::HASH_AFTER_REPLY_FROM;
+use dropgate_core::store::{EventKind, EventQuery};
 use dropgate_testkit::{require_tool, write_random_file};
 
 const SIX_MIB: usize = 6 * 1024 * 1024 + 12345;
@@ -284,5 +285,86 @@ async fn downloads_follow_the_jail_and_refuse_special_files() {
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     // The server still serves a normal file afterwards.
     assert_eq!(get("real.txt").await, (Some(0), b"inside".to_vec()));
+    server.stop().await;
+}
+
+/// With `durable_uploads = false` uploads are answered from the page cache.
+/// One larger than `HASH_AFTER_REPLY_FROM` is hashed to the end, and its
+/// event stored, after the reply; a small one before it, as in durable
+/// mode. Either way the event carries the SHA-256 of what the client sent,
+/// even when the same name is replaced at once by another upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_cache_uploads_are_audited_with_their_sha256() {
+    require_tool("curl", "curl");
+    let server = common::start_with(common::Options {
+        durable_uploads: false,
+        ..Default::default()
+    })
+    .await;
+    let home = server.account("alice", "secret-pw").await;
+    let work = tempfile::tempdir().unwrap();
+    let big_len = usize::try_from(HASH_AFTER_REPLY_FROM).unwrap() * 2 + 4321;
+    let small = write_random_file(&work.path().join("small.bin"), 5000, 8);
+    let first = write_random_file(&work.path().join("first.bin"), big_len, 9);
+    let second = write_random_file(&work.path().join("second.bin"), big_len - 1, 10);
+    for (src, target) in [
+        ("small.bin", "/small.bin"),
+        ("first.bin", "/big.bin"),
+        ("second.bin", "/big.bin"),
+    ] {
+        let mut up = args(&["-sS", "--fail", "--max-time", "60", "-T"]);
+        up.push(work.path().join(src).display().to_string());
+        up.push(server.url("alice", "secret-pw", target));
+        run_tool("curl", &up, None).await;
+        if src == "small.bin" {
+            // Stored before the reply: no flush, no waiting.
+            let q = EventQuery {
+                username: Some("alice".into()),
+                kind: Some(EventKind::Upload),
+                limit: 100,
+                ..Default::default()
+            };
+            let events = server.tg.store.query_events(&q).await.unwrap();
+            let e = events
+                .iter()
+                .find(|e| e.path.as_deref() == Some("/small.bin"));
+            assert_eq!(
+                e.and_then(|e| e.sha256.clone()),
+                Some(sha256_hex(&small)),
+                "{events:?}"
+            );
+        }
+    }
+    assert_eq!(home.read("big.bin").await, second, "the last upload won");
+
+    // Both big uploads' events, each with its own content's hash.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        server.tg.flush_events().await;
+        let q = EventQuery {
+            username: Some("alice".into()),
+            kind: Some(EventKind::Upload),
+            limit: 100,
+            ..Default::default()
+        };
+        let events = server.tg.store.query_events(&q).await.unwrap();
+        let mut hashes: Vec<Option<String>> = events
+            .iter()
+            .filter(|e| e.path.as_deref() == Some("/big.bin"))
+            .map(|e| e.sha256.clone())
+            .collect();
+        if hashes.len() == 2 {
+            hashes.sort();
+            let mut want = vec![Some(sha256_hex(&first)), Some(sha256_hex(&second))];
+            want.sort();
+            assert_eq!(hashes, want);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "big uploads' events missing: {events:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     server.stop().await;
 }

@@ -16,6 +16,7 @@ mod memory;
 mod path;
 #[cfg(feature = "s3")]
 mod s3;
+mod seal;
 mod uncached;
 mod writeback;
 
@@ -389,6 +390,15 @@ pub trait FileWriter: Send + Sync {
     /// must leave alone until the upload ends; `None` for a hidden temporary.
     fn in_place_identity(&self) -> Option<u64> {
         None
+    }
+    /// Whether [`Committed::content`] reads the committed bytes from this
+    /// machine's storage, and they stay as committed while that reader
+    /// lives: no upload writes into a committed file in place and the
+    /// backend holds its own in-place writes back meanwhile. The caller may
+    /// then hash the upload after answering the client. `false` by default
+    /// (a read-back over the network, or content another upload may change).
+    fn stable_content(&self) -> bool {
+        false
     }
 }
 

@@ -21,6 +21,7 @@ use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 
+use crate::seal::{self, Seal};
 use crate::uncached;
 use crate::writeback::WriteBack;
 use crate::{
@@ -545,7 +546,9 @@ impl Storage for LocalStorage {
         blocking(move || {
             let mut o = OpenOptions::new();
             o.write(true);
-            Ok(home.open_with(rel, &o)?.set_len(size)?)
+            let file = home.open_with(rel, &o)?.into_std();
+            seal::wait_unsealed(&file)?;
+            Ok(file.set_len(size)?)
         })
         .await
     }
@@ -733,6 +736,7 @@ fn reader_for(file: std::fs::File) -> VfsResult<Arc<dyn FileReader>> {
     Ok(Arc::new(LocalReader {
         file: Arc::new(file),
         len: meta.len(),
+        _seal: None,
     }))
 }
 
@@ -740,6 +744,8 @@ fn reader_for(file: std::fs::File) -> VfsResult<Arc<dyn FileReader>> {
 struct LocalReader {
     file: Arc<std::fs::File>,
     len: u64,
+    /// A committed upload's content: held unchanged while this lives.
+    _seal: Option<Seal>,
 }
 
 #[async_trait]
@@ -930,6 +936,13 @@ impl LocalWriter {
             self.finished = true;
             Ok((self.file.metadata()?.len(), replaced))
         })();
+        // Sealed before the reader exists: a truncation by path that
+        // started before this point has already happened, and the read-back
+        // hashes what it left, which is then what the name holds.
+        let seal = match &result {
+            Ok(_) if self.temp.is_some() => Seal::new(&self.file).ok(),
+            _ => None,
+        };
         match result {
             Ok((size, replaced)) => Ok(Committed {
                 size,
@@ -937,6 +950,7 @@ impl LocalWriter {
                 content: Arc::new(LocalReader {
                     file: self.file.clone(),
                     len: size,
+                    _seal: seal,
                 }) as Arc<dyn FileReader>,
             }),
             Err(e) => {
@@ -1080,6 +1094,12 @@ impl FileWriter for LocalWriter {
             .await
             .ok()
             .flatten()
+    }
+
+    fn stable_content(&self) -> bool {
+        // A hidden temporary renamed into place: nothing writes into it
+        // again but a truncation by path, which waits for the seal.
+        self.temp.is_some()
     }
 
     fn in_place_identity(&self) -> Option<u64> {

@@ -880,3 +880,53 @@ async fn durable_large_uploads_land_whole_whatever_their_alignment() {
         );
     }
 }
+
+/// A committed upload's content reader holds dropgate's own truncation of
+/// that file by path back until it is dropped (the SHA-256 of an upload
+/// answered from the page cache is read from it after the reply), in the
+/// modes that write a temporary; `direct` mode offers no such reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_uploads_content_stays_as_committed_while_it_is_read_back() {
+    let data = vec![7u8; 300_000];
+    for mode in [
+        UploadMode::Atomic,
+        UploadMode::AtomicResume,
+        UploadMode::Direct,
+    ] {
+        let j = Jail::new();
+        let s = std::sync::Arc::new(j.storage.clone());
+        let f = vp("/up.bin");
+        let w = s
+            .create(
+                &f,
+                CreateOptions {
+                    durable: false,
+                    ..opts(mode, WriteStart::Truncate, false)
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(w.stable_content(), mode != UploadMode::Direct, "{mode:?}");
+        w.write_at(0, Bytes::from(data.clone())).await.unwrap();
+        let committed = w.commit().await.unwrap();
+
+        let truncate = {
+            let (s, f) = (s.clone(), f.clone());
+            tokio::spawn(async move { s.set_len(&f, 10).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if mode == UploadMode::Direct {
+            assert!(truncate.is_finished(), "nothing sealed in direct mode");
+        } else {
+            assert!(
+                !truncate.is_finished(),
+                "{mode:?}: truncated while read back"
+            );
+            let back = committed.content.read_at(0, data.len()).await.unwrap();
+            assert_eq!(back.len(), data.len(), "{mode:?}");
+        }
+        drop(committed);
+        truncate.await.unwrap().unwrap();
+        assert_eq!(std::fs::metadata(j.home.join("up.bin")).unwrap().len(), 10);
+    }
+}

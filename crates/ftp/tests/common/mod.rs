@@ -41,6 +41,8 @@ pub struct Options {
     pub passive_ports: Option<RangeInclusive<u16>>,
     pub passive_address: Option<String>,
     pub upload_mode: UploadMode,
+    /// `[storage] durable_uploads`.
+    pub durable_uploads: bool,
     pub listen: SocketAddr,
     /// FTPS: a certificate generated in the gateway's temporary folder, and
     /// an implicit-FTPS listener next to the explicit one.
@@ -78,6 +80,7 @@ impl Default for Options {
             passive_ports: None,
             passive_address: None,
             upload_mode: UploadMode::Atomic,
+            durable_uploads: true,
             listen: "127.0.0.1:0".parse().unwrap(),
             ftps: None,
             storage_under_test: false,
@@ -113,6 +116,7 @@ pub async fn start_on_storage_under_test() -> Server {
 pub async fn start_with(opts: Options) -> Server {
     let adjust = |c: &mut dropgate_core::GatewayConfig| {
         c.upload_mode = opts.upload_mode;
+        c.durable_uploads = opts.durable_uploads;
         c.admission.max_connections = opts.max_connections;
         c.admission.max_connections_per_source = opts.max_connections_per_ip;
     };
