@@ -1256,6 +1256,7 @@ impl Upload {
                     Hashed::Nothing => None,
                 };
                 if self.hash_after_reply
+                    && size > HASH_AFTER_REPLY_FROM
                     && let Some(after) = gateway.after_reply()
                 {
                     // The client is answered now; the rest of the hash and

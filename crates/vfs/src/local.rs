@@ -896,7 +896,7 @@ impl LocalWriter {
     /// Makes the upload durable (`durable`) and visible under its final
     /// name; on a blocking thread.
     fn commit_now(mut self) -> VfsResult<Committed> {
-        let result = (|| -> VfsResult<(u64, Replaced)> {
+        let result = (|| -> VfsResult<(std::fs::Metadata, Replaced)> {
             if self.durable {
                 self.file.sync_data()?;
             }
@@ -934,22 +934,22 @@ impl LocalWriter {
                 }
             }
             self.finished = true;
-            Ok((self.file.metadata()?.len(), replaced))
+            Ok((self.file.metadata()?, replaced))
         })();
         // Sealed before the reader exists: a truncation by path that
         // started before this point has already happened, and the read-back
         // hashes what it left, which is then what the name holds.
         let seal = match &result {
-            Ok(_) if self.temp.is_some() => Seal::new(&self.file).ok(),
+            Ok((meta, _)) if self.temp.is_some() => Some(Seal::new(meta)),
             _ => None,
         };
         match result {
-            Ok((size, replaced)) => Ok(Committed {
-                size,
+            Ok((meta, replaced)) => Ok(Committed {
+                size: meta.len(),
                 replaced,
                 content: Arc::new(LocalReader {
                     file: self.file.clone(),
-                    len: size,
+                    len: meta.len(),
                     _seal: seal,
                 }) as Arc<dyn FileReader>,
             }),

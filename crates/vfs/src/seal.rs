@@ -10,7 +10,7 @@
 //! on the file against other programs.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::sync::{Condvar, LazyLock, Mutex};
@@ -34,16 +34,15 @@ pub(crate) struct Seal {
 }
 
 impl Seal {
-    /// Seals the file `file` is open on.
-    pub(crate) fn new(file: &File) -> io::Result<Seal> {
-        let m = file.metadata()?;
-        let key = (m.dev(), m.ino());
+    /// Seals the file `meta` describes.
+    pub(crate) fn new(meta: &Metadata) -> Seal {
+        let key = (meta.dev(), meta.ino());
         let (set, _) = &*SEALED;
         *set.lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(key)
             .or_insert(0) += 1;
-        Ok(Seal { key })
+        Seal { key }
     }
 }
 
@@ -100,8 +99,8 @@ mod tests {
         let path = dir.path().join("f");
         let file = File::create(&path).unwrap();
         let other = File::create(dir.path().join("g")).unwrap();
-        let first = Seal::new(&file).unwrap();
-        let second = Seal::new(&file).unwrap();
+        let first = Seal::new(&file.metadata().unwrap());
+        let second = Seal::new(&file.metadata().unwrap());
         // Another file is not held back.
         wait_unsealed(&other).unwrap();
 
