@@ -496,12 +496,60 @@ pub struct KeyedEvent {
 }
 
 impl KeyedEvent {
-    /// `event` under a fresh random key (128 bits).
+    /// `event` under a fresh key: a UUIDv7 (48 bits of Unix milliseconds,
+    /// then a counter and random bits) as 32 hex digits. Time-ordered, so
+    /// that each insert lands at the right edge of the unique index, which
+    /// stays in cache; random keys land anywhere in it. Measured on a
+    /// SQLite log of a million events: 55-62 µs per lone insert with these
+    /// keys, 93-102 µs with random ones (docs/benchmarks.md, session 17).
     pub fn new(event: Event) -> KeyedEvent {
         KeyedEvent {
-            key: Some(format!("{:032x}", rand::random::<u128>())),
+            key: Some(uuid::Uuid::now_v7().simple().to_string()),
             event,
         }
+    }
+}
+
+#[cfg(test)]
+mod keyed_event_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn event() -> Event {
+        Event {
+            id: 0,
+            time: Utc::now(),
+            kind: EventKind::Upload,
+            username: "alice".into(),
+            protocol: "ftp".into(),
+            remote_addr: "127.0.0.1:2121".into(),
+            path: Some("/a".into()),
+            target_path: None,
+            bytes: Some(1),
+            duration_ms: Some(1),
+            outcome: Outcome::Ok,
+            sha256: None,
+            message: None,
+            node: String::new(),
+            session_id: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_unique_and_sort_in_the_order_they_were_made() {
+        let keys: Vec<String> = (0..10_000)
+            .map(|_| KeyedEvent::new(event()).key.unwrap())
+            .collect();
+        for k in &keys {
+            assert_eq!(k.len(), 32, "{k}");
+            assert!(
+                k.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
+        // Made within the same milliseconds, still strictly increasing:
+        // the right edge of the index, and no two alike.
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
     }
 }
 
