@@ -832,45 +832,49 @@ def bench_small(b):
         if got != n:
             raise StepError(f"{got} files downloaded, expected {n}")
 
+    # Every step writes into a folder of its own (named for the server: the peers share one
+    # home) and nothing is deleted until the whole group has run. ext4 skips every inode freed
+    # in the last minute when it allocates one, a buffer-cache lookup each: deleting a step's
+    # 2,000 files right after it made the next step's creates pay for them (up to half of a
+    # server's CPU per file, measured; docs/benchmarks.md, session 17), and how much depended
+    # on which folders shared a block group.
     def ftp_up(server, par, r):
-        sub = f"ftp-p{par}-{r}"
-        try:
-            dt, _ = lftp(SERVER_INFO[server]["ftp"], f"mirror -R --no-perms --parallel={par} {client_small} up/{sub}")
-            check_upload(server, sub)
-            return n / dt
-        finally:
-            clear_dir(os.path.join(SERVER_INFO[server]["home"], "up"))
+        sub = f"{server}-ftp-p{par}-{r}"
+        dt, _ = lftp(SERVER_INFO[server]["ftp"], f"mirror -R --no-perms --parallel={par} {client_small} up/{sub}")
+        check_upload(server, sub)
+        return n / dt
 
     def ftp_down(server, par, r):
-        sub = f"ftp-p{par}-{r}"
-        try:
-            dt, _ = lftp(SERVER_INFO[server]["ftp"], f"mirror --no-perms --parallel={par} small {os.path.join(dl_dir, sub)}")
-            check_download(sub)
-            return n / dt
-        finally:
-            clear_dir(dl_dir)
+        sub = f"{server}-ftp-p{par}-{r}"
+        dt, _ = lftp(SERVER_INFO[server]["ftp"], f"mirror --no-perms --parallel={par} small {os.path.join(dl_dir, sub)}")
+        check_download(sub)
+        return n / dt
 
     def sftp_up(server, r):
         # `put -r` asks for the REALPATH of its target before it creates it, and ProFTPD's
-        # mod_sftp answers that only for a path that exists: every server gets the folder made
-        # first (one mkdir in the same session) and `put -r small up` then fills up/small
-        sub = "small"
-        try:
-            dt, _ = sftp_batch(SERVER_INFO[server]["sftp"], [f"mkdir up/{sub}", f"put -r {client_small} up"])
-            check_upload(server, sub)
-            return n / dt
-        finally:
-            clear_dir(os.path.join(SERVER_INFO[server]["home"], "up"))
+        # mod_sftp answers that only for a path that exists: every server gets the folders made
+        # first (in the same session) and `put -r small up/SUB` then fills up/SUB/small
+        sub = f"{server}-sftp-{r}"
+        dt, _ = sftp_batch(SERVER_INFO[server]["sftp"],
+                           [f"mkdir up/{sub}", f"mkdir up/{sub}/small", f"put -r {client_small} up/{sub}"])
+        check_upload(server, f"{sub}/small")
+        return n / dt
 
     def sftp_down(server, r):
-        sub = f"sftp-{r}"
-        try:
-            dt, _ = sftp_batch(SERVER_INFO[server]["sftp"], [f"get -r small {os.path.join(dl_dir, sub)}"])
-            check_download(sub)
-            return n / dt
-        finally:
-            clear_dir(dl_dir)
+        sub = f"{server}-sftp-{r}"
+        dt, _ = sftp_batch(SERVER_INFO[server]["sftp"], [f"get -r small {os.path.join(dl_dir, sub)}"])
+        check_download(sub)
+        return n / dt
 
+    try:
+        measure_small(b, what, ftp_up, ftp_down, sftp_up, sftp_down)
+    finally:
+        clear_dir(dl_dir)
+        for home in {SERVER_INFO[s]["home"] for s in b.servers("ftp", uploads=True) + b.servers("sftp", uploads=True)}:
+            clear_dir(os.path.join(home, "up"))
+
+
+def measure_small(b, what, ftp_up, ftp_down, sftp_up, sftp_down):
     for par in (1, 8):
         up = b.metric(f"small_ftp_up_p{par}", f"{what} upload, FTP, lftp mirror -R --parallel={par}", "files/s", "higher", "ftp")
         down = b.metric(f"small_ftp_down_p{par}", f"{what} download, FTP, lftp mirror --parallel={par}", "files/s", "higher", "ftp")
