@@ -9,7 +9,7 @@ mod common;
 
 use common::{run_tool, sha256_hex};
 use dropgate_core::HASH_AFTER_REPLY_FROM;
-use dropgate_core::store::{EventKind, EventQuery};
+use dropgate_core::store::{Event, EventKind, EventQuery};
 use dropgate_testkit::{require_tool, write_random_file};
 
 const SIX_MIB: usize = 6 * 1024 * 1024 + 12345;
@@ -288,6 +288,17 @@ async fn downloads_follow_the_jail_and_refuse_special_files() {
     server.stop().await;
 }
 
+/// Alice's upload events, newest first.
+async fn alices_uploads(server: &common::Server) -> Vec<Event> {
+    let q = EventQuery {
+        username: Some("alice".into()),
+        kind: Some(EventKind::Upload),
+        limit: 100,
+        ..Default::default()
+    };
+    server.tg.store.query_events(&q).await.unwrap()
+}
+
 /// With `durable_uploads = false` uploads are answered from the page cache.
 /// One larger than `HASH_AFTER_REPLY_FROM` is hashed to the end, and its
 /// event stored, after the reply; a small one before it, as in durable
@@ -318,13 +329,7 @@ async fn page_cache_uploads_are_audited_with_their_sha256() {
         run_tool("curl", &up, None).await;
         if src == "small.bin" {
             // Stored before the reply: no flush, no waiting.
-            let q = EventQuery {
-                username: Some("alice".into()),
-                kind: Some(EventKind::Upload),
-                limit: 100,
-                ..Default::default()
-            };
-            let events = server.tg.store.query_events(&q).await.unwrap();
+            let events = alices_uploads(&server).await;
             let e = events
                 .iter()
                 .find(|e| e.path.as_deref() == Some("/small.bin"));
@@ -341,13 +346,7 @@ async fn page_cache_uploads_are_audited_with_their_sha256() {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         server.tg.flush_events().await;
-        let q = EventQuery {
-            username: Some("alice".into()),
-            kind: Some(EventKind::Upload),
-            limit: 100,
-            ..Default::default()
-        };
-        let events = server.tg.store.query_events(&q).await.unwrap();
+        let events = alices_uploads(&server).await;
         let mut hashes: Vec<Option<String>> = events
             .iter()
             .filter(|e| e.path.as_deref() == Some("/big.bin"))
