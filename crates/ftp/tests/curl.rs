@@ -302,7 +302,7 @@ async fn alices_uploads(server: &common::Server) -> Vec<Event> {
 /// With `durable_uploads = false` uploads are answered from the page cache.
 /// One larger than `HASH_AFTER_REPLY_FROM` is hashed to the end, and its
 /// event stored, after the reply; a small one before it, as in durable
-/// mode. Either way the event carries the SHA-256 of what the client sent,
+/// mode, resumed or not. Either way the event carries the SHA-256 of what the client sent,
 /// even when the same name is replaced at once by another upload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_cache_uploads_are_audited_with_their_sha256() {
@@ -341,6 +341,25 @@ async fn page_cache_uploads_are_audited_with_their_sha256() {
         }
     }
     assert_eq!(home.read("big.bin").await, second, "the last upload won");
+
+    // A small resumed upload is hashed by reading the file back (its stream
+    // did not start at 0); that too happens before the reply.
+    let whole = write_random_file(&work.path().join("resumed.bin"), 7000, 11);
+    home.write("resumed.bin", &whole[..3000]).await;
+    let mut up = args(&["-sS", "--fail", "--max-time", "60", "-C", "-", "-T"]);
+    up.push(work.path().join("resumed.bin").display().to_string());
+    up.push(server.url("alice", "secret-pw", "/resumed.bin"));
+    run_tool("curl", &up, None).await;
+    assert_eq!(home.read("resumed.bin").await, whole);
+    let events = alices_uploads(&server).await;
+    let e = events
+        .iter()
+        .find(|e| e.path.as_deref() == Some("/resumed.bin"));
+    assert_eq!(
+        e.and_then(|e| e.sha256.clone()),
+        Some(sha256_hex(&whole)),
+        "{events:?}"
+    );
 
     // Both big uploads' events, each with its own content's hash.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -510,49 +510,6 @@ impl KeyedEvent {
     }
 }
 
-#[cfg(test)]
-mod keyed_event_tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn event() -> Event {
-        Event {
-            id: 0,
-            time: Utc::now(),
-            kind: EventKind::Upload,
-            username: "alice".into(),
-            protocol: "ftp".into(),
-            remote_addr: "127.0.0.1:2121".into(),
-            path: Some("/a".into()),
-            target_path: None,
-            bytes: Some(1),
-            duration_ms: Some(1),
-            outcome: Outcome::Ok,
-            sha256: None,
-            message: None,
-            node: String::new(),
-            session_id: None,
-        }
-    }
-
-    #[test]
-    fn keys_are_unique_and_sort_in_the_order_they_were_made() {
-        let keys: Vec<String> = (0..10_000)
-            .map(|_| KeyedEvent::new(event()).key.unwrap())
-            .collect();
-        for k in &keys {
-            assert_eq!(k.len(), 32, "{k}");
-            assert!(
-                k.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            );
-        }
-        // Made within the same milliseconds, still strictly increasing:
-        // the right edge of the index, and no two alike.
-        assert!(keys.windows(2).all(|w| w[0] < w[1]));
-    }
-}
-
 /// Filters for reading the audit log, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {

@@ -831,6 +831,21 @@ mod event_connection_tests {
         })
     }
 
+    #[test]
+    fn keys_are_unique_and_sort_in_the_order_they_were_made() {
+        let keys: Vec<String> = (0..10_000).map(|_| event("/a").key.unwrap()).collect();
+        for k in &keys {
+            assert_eq!(k.len(), 32, "{k}");
+            assert!(
+                k.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
+        // Made within the same milliseconds, still strictly increasing:
+        // the right edge of the unique index, and no two alike.
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    }
+
     /// How the connection commits: SQLite's `synchronous` (2 FULL, 1
     /// NORMAL) or PostgreSQL's `synchronous_commit`.
     async fn commit_level(conn: &mut EventConnection) -> String {
