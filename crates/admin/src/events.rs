@@ -17,6 +17,8 @@ use crate::schema::{EventKindDoc, EventListDoc};
 const DEFAULT_PAGE: u32 = 100;
 /// Largest page size (one more row is read to know whether a next page exists).
 const MAX_PAGE: u32 = 500;
+/// How long a listing waits for this node's queued events to be stored.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Filters and paging of `GET /api/v1/events`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -79,6 +81,10 @@ pub(crate) async fn list_events(
         before_id,
         limit: limit + 1,
     };
+    // Read-your-writes on this node: events queued or journaled here
+    // (answered operations whose batch is still gathering) are stored
+    // first. Bounded: with the store hanging, the query says so anyway.
+    let _ = tokio::time::timeout(FLUSH_WAIT, state.gateway.audit().flush()).await;
     let mut items = state.gateway.store().query_events(&query).await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);

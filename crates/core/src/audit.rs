@@ -19,6 +19,11 @@
 //! per batch) and are acknowledged from there; a replay task moves them
 //! into the store once it answers again. Only when the spool is full or
 //! unwritable are waiting operations answered with a failure.
+//!
+//! A gateway that answers uploads from the page cache journals instead:
+//! the waiting task appends its event to a local file and is answered at
+//! once, and the writer stores it with the next batch (see
+//! [`crate::audit_journal`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::audit_journal::{self, Journal};
 use crate::rules::Rules;
 
 /// Most events written in one transaction.
@@ -58,6 +64,8 @@ type Waiter = oneshot::Sender<Result<(), Unrecorded>>;
 
 enum Msg {
     Event(Box<KeyedEvent>, Option<Waiter>),
+    /// An event already in the journal, in the file of this generation.
+    Journaled(Box<KeyedEvent>, u64),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -107,23 +115,32 @@ struct Shared {
     /// writer (a batch spooled, later ones bypassing it out of order).
     spool_gate: std::sync::Mutex<()>,
     spool: Option<Spool>,
+    /// Where waiting events go before their reply (page-cache mode).
+    journal: Option<Journal>,
     /// Events that could be neither stored nor spooled.
     lost: AtomicU64,
 }
 
 impl AuditLog {
     /// Starts the writer task on `store` (and, with a spool folder, the
-    /// replay task). Needs a tokio runtime.
+    /// replay task). With `journal` (and a spool folder), waiting events are
+    /// journaled in `<spool>/journal` instead of stored before their reply.
+    /// Needs a tokio runtime.
     pub fn start(
         store: Store,
         rules: Arc<Rules>,
         deliveries: Arc<Notify>,
         spool_dir: Option<PathBuf>,
+        journal: bool,
     ) -> AuditLog {
         // Unbounded on purpose: recording must work from `Drop` (an aborted
         // transfer) and never block a transfer; the writer drains it into
         // the store or the spool continuously, so it holds one batch or two.
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        let journal = spool_dir
+            .as_ref()
+            .filter(|_| journal)
+            .map(|d| Journal::new(d.join("journal")));
         let spool = spool_dir.map(Spool::new);
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
@@ -135,6 +152,7 @@ impl AuditLog {
             degraded: AtomicBool::new(false),
             spool_gate: std::sync::Mutex::new(()),
             spool,
+            journal,
             lost: AtomicU64::new(0),
         });
         if shared.spool.is_some() {
@@ -158,6 +176,24 @@ impl AuditLog {
     /// is in the store or the spool: what a client is told succeeded.
     pub async fn record_durable(&self, event: Event) -> Result<(), Unrecorded> {
         let mut event = KeyedEvent::new(event);
+        if let Some(journal) = &self.shared.journal
+            && let Some(generation) = self.journal(journal, &mut event)
+        {
+            // In the journal: the writer stores it with its next batch.
+            let queued = self.shared.queued.fetch_add(1, Ordering::AcqRel);
+            if self
+                .tx
+                .send(Msg::Journaled(Box::new(event), generation))
+                .is_err()
+            {
+                // The writer has stopped (shutdown): the journal keeps it
+                // for the next start.
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            } else if queued.wrapping_add(1) == BATCH {
+                self.shared.hurry.notify_one();
+            }
+            return Ok(());
+        }
         if self.writer_idle()
             && let Some(_turn) = InlineTurn::take(&self.shared.inline)
             && self.store_now(&mut event).await
@@ -170,6 +206,28 @@ impl AuditLog {
         }
         self.shared.hurry.notify_one();
         wait.await.unwrap_or(Err(Unrecorded))
+    }
+
+    /// Appends `event` to the journal if it can stand for the stored event:
+    /// the store takes writes (while the spool holds batches, operations
+    /// wait for it, and fail when it is full) and the event triggers no
+    /// action (a delivery is stored with its event before the reply).
+    fn journal(&self, journal: &Journal, event: &mut KeyedEvent) -> Option<u64> {
+        if self.shared.degraded.load(Ordering::Acquire) {
+            return None;
+        }
+        sanitize(&mut event.event);
+        if !self
+            .shared
+            .rules
+            .deliveries_for(std::iter::once(&event.event))
+            .is_empty()
+        {
+            return None;
+        }
+        // On the calling thread: a small write into the page cache, cheaper
+        // than the hop to the blocking pool.
+        journal.append(event).ok()
     }
 
     /// Nothing queued, nothing being written, the store taking writes: an
@@ -255,6 +313,15 @@ impl AuditLog {
         }
     }
 
+    /// At a graceful stop: stores what is queued and removes the journal's
+    /// files whose events are all stored.
+    pub async fn close(&self) {
+        self.flush().await;
+        if let Some(journal) = &self.shared.journal {
+            journal.finish();
+        }
+    }
+
     /// Events that could be neither stored nor spooled since start.
     pub fn lost(&self) -> u64 {
         self.shared.lost.load(Ordering::Relaxed)
@@ -278,8 +345,9 @@ fn synced(event: &Event) -> bool {
 }
 
 /// Locks `m`, poisoned or not: what these locks guard (a connection slot,
-/// the spool gate) is never left half-changed by a panic.
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// the spool gate, the journal's counters) is never left half-changed by a
+/// panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -309,6 +377,7 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
     let mut msgs = Vec::with_capacity(BATCH);
     let mut batch = Vec::with_capacity(BATCH);
     let mut waiters = Vec::new();
+    let mut journaled = Vec::new();
     while rx.recv_many(&mut msgs, BATCH).await > 0 {
         shared.writing.store(true, Ordering::Release);
         let deadline = Instant::now() + LINGER;
@@ -336,6 +405,11 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
                     batch.push(*e);
                     waiters.extend(waiter);
                 }
+                Msg::Journaled(e, generation) => {
+                    shared.queued.fetch_sub(1, Ordering::AcqRel);
+                    batch.push(*e);
+                    journaled.push(generation);
+                }
                 Msg::Flush(done) => flushes.push(done),
             }
         }
@@ -345,10 +419,17 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
         let deliveries = shared.rules.deliveries_for(batch.iter().map(|k| &k.event));
         let result = write_batch(&store, &shared, &batch, &deliveries).await;
         if result.is_err() {
+            // Journaled events stay in their file, stored at the next start.
             shared.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        } else if !deliveries.is_empty() {
-            shared.deliveries.notify_one();
+        } else {
+            if let Some(journal) = &shared.journal {
+                journal.stored(&journaled);
+            }
+            if !deliveries.is_empty() {
+                shared.deliveries.notify_one();
+            }
         }
+        journaled.clear();
         batch.clear();
         for w in waiters.drain(..) {
             let _ = w.send(result);
@@ -424,6 +505,7 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
         let _ = tokio::task::spawn_blocking(move || s.sweep_temporaries()).await;
     }
     loop {
+        adopt_journals(&shared).await;
         let files = {
             let s = spool.clone();
             tokio::task::spawn_blocking(move || s.pending())
@@ -497,6 +579,50 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
         }
         tokio::time::sleep(REPLAY_EVERY).await;
     }
+}
+
+/// Moves the journal files an earlier run left (a crash, or events neither
+/// stored nor spooled) into the spool, whose replay stores them: the store
+/// may not take writes yet. A file that cannot be moved now is tried again
+/// next pass.
+async fn adopt_journals(shared: &Arc<Shared>) {
+    if shared.journal.is_none() {
+        return;
+    }
+    let shared = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let (Some(journal), Some(spool)) = (&shared.journal, &shared.spool) else {
+            return;
+        };
+        for path in journal.earlier() {
+            let _gate = lock(&shared.spool_gate);
+            let moved = audit_journal::read_batches(&path, BATCH, |events| {
+                spool.append(&SpoolFile {
+                    events,
+                    deliveries: Vec::new(),
+                })?;
+                shared.degraded.store(true, Ordering::Release);
+                Ok(())
+            });
+            match moved {
+                Ok((events, skipped)) => {
+                    if skipped > 0 {
+                        tracing::warn!(file = %path.display(), skipped,
+                            "unreadable lines of an audit journal skipped (the end of a file cut short by a power cut)");
+                    }
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot remove a moved audit journal");
+                    }
+                    tracing::info!(events, "audit journal of an earlier run moved to the spool");
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e,
+                        "cannot move an audit journal into the spool; tried again later");
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// Text no SQL database refuses: NUL (PostgreSQL rejects it in `TEXT`)

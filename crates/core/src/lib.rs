@@ -11,6 +11,7 @@
 mod accounts;
 mod admission;
 mod audit;
+mod audit_journal;
 mod bandwidth;
 mod error;
 mod listener;
@@ -191,6 +192,9 @@ impl Gateway {
             rules.clone(),
             deliveries.clone(),
             config.spool_dir.clone(),
+            // Events as durable as the uploads: with page-cache uploads a
+            // journal line stands for the unflushed commit.
+            !config.durable_uploads,
         );
         let admission = Admission::new(config.admission.clone());
         let quotas = if config.storage.shared() {
@@ -325,7 +329,7 @@ impl Gateway {
                 "uploads still being hashed at shutdown: their events are lost"
             );
         }
-        self.audit.flush().await;
+        self.audit.close().await;
     }
 
     /// Checks a login and opens a session jailed to the account's home.

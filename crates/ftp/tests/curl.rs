@@ -288,6 +288,16 @@ async fn downloads_follow_the_jail_and_refuse_special_files() {
     server.stop().await;
 }
 
+/// The SHA-256 of the upload event of `path` in the audit journal, if it
+/// is there.
+fn journaled_sha256(server: &common::Server, path: &str) -> Option<String> {
+    let journaled = server.tg.journaled_events();
+    let e = journaled
+        .iter()
+        .find(|e| e.event.kind == EventKind::Upload && e.event.path.as_deref() == Some(path));
+    e.and_then(|e| e.event.sha256.clone())
+}
+
 /// Alice's upload events, newest first.
 async fn alices_uploads(server: &common::Server) -> Vec<Event> {
     let q = EventQuery {
@@ -301,9 +311,11 @@ async fn alices_uploads(server: &common::Server) -> Vec<Event> {
 
 /// With `durable_uploads = false` uploads are answered from the page cache.
 /// One larger than `HASH_AFTER_REPLY_FROM` is hashed to the end, and its
-/// event stored, after the reply; a small one before it, as in durable
-/// mode, resumed or not. Either way the event carries the SHA-256 of what the client sent,
-/// even when the same name is replaced at once by another upload.
+/// event journaled and stored, after the reply; a small one is hashed and
+/// its event in the audit journal before it, resumed or not (stored in the
+/// database a moment later). Either way the event carries the SHA-256 of
+/// what the client sent, even when the same name is replaced at once by
+/// another upload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_cache_uploads_are_audited_with_their_sha256() {
     require_tool("curl", "curl");
@@ -328,22 +340,18 @@ async fn page_cache_uploads_are_audited_with_their_sha256() {
         up.push(server.url("alice", "secret-pw", target));
         run_tool("curl", &up, None).await;
         if src == "small.bin" {
-            // Stored before the reply: no flush, no waiting.
-            let events = alices_uploads(&server).await;
-            let e = events
-                .iter()
-                .find(|e| e.path.as_deref() == Some("/small.bin"));
+            // Journaled before the reply: no flush, no waiting.
             assert_eq!(
-                e.and_then(|e| e.sha256.clone()),
-                Some(sha256_hex(&small)),
-                "{events:?}"
+                journaled_sha256(&server, "/small.bin"),
+                Some(sha256_hex(&small))
             );
         }
     }
     assert_eq!(home.read("big.bin").await, second, "the last upload won");
 
     // A small resumed upload is hashed by reading the file back (its stream
-    // did not start at 0); that too happens before the reply.
+    // did not start at 0); that too happens before the reply, and its event
+    // is in the journal when curl ends.
     let whole = write_random_file(&work.path().join("resumed.bin"), 7000, 11);
     home.write("resumed.bin", &whole[..3000]).await;
     let mut up = args(&["-sS", "--fail", "--max-time", "60", "-C", "-", "-T"]);
@@ -351,15 +359,21 @@ async fn page_cache_uploads_are_audited_with_their_sha256() {
     up.push(server.url("alice", "secret-pw", "/resumed.bin"));
     run_tool("curl", &up, None).await;
     assert_eq!(home.read("resumed.bin").await, whole);
-    let events = alices_uploads(&server).await;
-    let e = events
-        .iter()
-        .find(|e| e.path.as_deref() == Some("/resumed.bin"));
     assert_eq!(
-        e.and_then(|e| e.sha256.clone()),
-        Some(sha256_hex(&whole)),
-        "{events:?}"
+        journaled_sha256(&server, "/resumed.bin"),
+        Some(sha256_hex(&whole))
     );
+    // And both are stored in the database.
+    server.tg.flush_events().await;
+    let events = alices_uploads(&server).await;
+    for (path, content) in [("/small.bin", &small), ("/resumed.bin", &whole)] {
+        let e = events.iter().find(|e| e.path.as_deref() == Some(path));
+        assert_eq!(
+            e.and_then(|e| e.sha256.clone()),
+            Some(sha256_hex(content)),
+            "{events:?}"
+        );
+    }
 
     // Both big uploads' events, each with its own content's hash.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);

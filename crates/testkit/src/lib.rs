@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use dropgate_core::store::{Store, User};
+use dropgate_core::store::{KeyedEvent, Store, User};
 use dropgate_core::{Gateway, GatewayConfig};
 use dropgate_vfs::{Backend, Capabilities, S3Backend, S3Settings, UploadMode};
 
@@ -102,6 +102,9 @@ impl TestGateway {
         store.migrate().await.expect("migrate");
         let mut config = GatewayConfig::new(dir.path().join("files"));
         config.node_name = "test".into();
+        // As `dropgate serve` has it (`<data_dir>/spool`, and the audit
+        // journal below it in page-cache mode).
+        config.spool_dir = Some(dir.path().join("spool"));
         let mut bucket = None;
         if storage == StorageUnderTest::S3 {
             let (backend, name) = s3_backend();
@@ -179,6 +182,25 @@ impl TestGateway {
     /// Waits until queued audit events are in the store.
     pub async fn flush_events(&self) {
         self.gateway.audit().flush().await;
+    }
+
+    /// The events in the audit journal's files right now (page-cache mode:
+    /// what waiting operations appended before their reply), oldest first.
+    pub fn journaled_events(&self) -> Vec<KeyedEvent> {
+        let Ok(rd) = std::fs::read_dir(self.dir.path().join("spool").join("journal")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = rd.map(|e| e.expect("journal entry").path()).collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| {
+                let body = std::fs::read_to_string(f).expect("read journal");
+                body.lines()
+                    .map(|l| serde_json::from_str::<KeyedEvent>(l).expect("journal line"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 

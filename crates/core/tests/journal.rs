@@ -1,0 +1,184 @@
+//! The audit journal of a gateway that answers uploads from the page cache
+//! (`durable_uploads = false`): a waiting operation's event is appended to
+//! `<spool>/journal` and answered without waiting for the store; the
+//! writer stores it after; a graceful stop leaves no file; files an earlier
+//! run left are stored at start, each event once. A real SQLite file,
+//! locked by a second connection where the store must not answer.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use dropgate_core::store::{Event, EventKind, EventQuery, KeyedEvent, Outcome, Store};
+use dropgate_core::{Gateway, GatewayConfig};
+use sqlx::Connection;
+
+fn event(path: &str) -> Event {
+    Event {
+        id: 0,
+        time: Utc::now(),
+        kind: EventKind::Upload,
+        username: "alice".into(),
+        protocol: "ftp".into(),
+        remote_addr: "127.0.0.1:1".into(),
+        path: Some(path.into()),
+        target_path: None,
+        bytes: Some(1),
+        duration_ms: None,
+        outcome: Outcome::Ok,
+        sha256: Some("ab".repeat(32)),
+        message: None,
+        node: "n".into(),
+        session_id: None,
+    }
+}
+
+async fn open(dir: &Path) -> (Store, String) {
+    let url = format!("sqlite://{}/dropgate.db", dir.display());
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, url)
+}
+
+fn page_cache_gateway(store: &Store, dir: &Path) -> std::sync::Arc<Gateway> {
+    let mut config = GatewayConfig::new(dir.join("files"));
+    config.durable_uploads = false;
+    config.spool_dir = Some(dir.join("spool"));
+    Gateway::new(store.clone(), config)
+}
+
+fn journal_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("spool/journal"))
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn journaled_paths(dir: &Path) -> Vec<String> {
+    journal_files(dir)
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<KeyedEvent>(l).unwrap())
+                .filter_map(|e| e.event.path)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn stored_paths(store: &Store) -> Vec<String> {
+    let q = EventQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    let mut v: Vec<String> = store
+        .query_events(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.path)
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_is_answered_once_its_event_is_journaled_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = open(dir.path()).await;
+    let gateway = page_cache_gateway(&store, dir.path());
+
+    // Another process holds the write lock: storing would wait (seconds,
+    // then the spool); journaling does not.
+    let mut locker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    for p in ["/a", "/b"] {
+        gateway.audit().record_durable(event(p)).await.unwrap();
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "answered after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(journaled_paths(dir.path()), ["/a", "/b"]);
+    assert!(stored_paths(&store).await.is_empty());
+
+    // Once the lock is gone the writer stores them; a graceful stop
+    // removes the journal's file, every event in it being stored.
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    gateway.audit().flush().await;
+    assert_eq!(stored_paths(&store).await, ["/a", "/b"]);
+    assert_eq!(journal_files(dir.path()).len(), 1, "kept while appended to");
+    gateway.shutdown().await;
+    assert!(journal_files(dir.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_left_by_an_earlier_run_is_stored_at_start_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path()).await;
+    // What a run killed with SIGKILL leaves: three journaled events, the
+    // first already stored by its writer, the file cut in the middle of a
+    // fourth line (a power cut).
+    let events: Vec<KeyedEvent> = ["/x", "/y", "/z"]
+        .iter()
+        .map(|p| KeyedEvent::new(event(p)))
+        .collect();
+    store
+        .insert_events_with_deliveries(&events[..1], &[])
+        .await
+        .unwrap();
+    let journal = dir.path().join("spool/journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let mut body = Vec::new();
+    for e in &events {
+        body.extend(serde_json::to_vec(e).unwrap());
+        body.push(b'\n');
+    }
+    body.extend(br#"{"key":"01939","time":"2026-"#);
+    std::fs::write(journal.join("00000000000000000001-000000.jsonl"), body).unwrap();
+
+    let gateway = page_cache_gateway(&store, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stored_paths(&store).await != ["/x", "/y", "/z"] {
+        assert!(
+            Instant::now() < deadline,
+            "stored: {:?}",
+            stored_paths(&store).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(journal_files(dir.path()).is_empty());
+    // And this run's events journal as usual once the spool is empty.
+    while gateway.audit().degraded() {
+        assert!(Instant::now() < deadline, "the spool was never emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.audit().record_durable(event("/now")).await.unwrap();
+    assert_eq!(journaled_paths(dir.path()), ["/now"]);
+    gateway.audit().flush().await;
+    assert_eq!(stored_paths(&store).await, ["/now", "/x", "/y", "/z"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_writable_journal_the_event_is_stored_before_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path()).await;
+    // A file where the journal's folder should be: every append fails.
+    std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+    std::fs::write(dir.path().join("spool/journal"), b"not a folder").unwrap();
+    let gateway = page_cache_gateway(&store, dir.path());
+    for p in ["/a", "/b"] {
+        gateway.audit().record_durable(event(p)).await.unwrap();
+        // No flush: stored before the answer, as in durable mode.
+        assert!(stored_paths(&store).await.contains(&p.to_owned()), "{p}");
+    }
+}
