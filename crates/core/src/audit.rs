@@ -49,6 +49,10 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a waiting task's own store write may take before its event is
 /// handed to the writer (which retries, then spools).
 const INLINE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most journaled events waiting for the writer; beyond it events are
+/// stored before their reply again, so a store slower than the clients
+/// slows them down instead of the queue growing in memory.
+const JOURNAL_BACKLOG: usize = 4 * BATCH;
 /// How often the spool is offered to the store.
 const REPLAY_EVERY: Duration = Duration::from_secs(2);
 /// Most bytes the spool holds; beyond it, waiting operations fail.
@@ -210,10 +214,13 @@ impl AuditLog {
 
     /// Appends `event` to the journal if it can stand for the stored event:
     /// the store takes writes (while the spool holds batches, operations
-    /// wait for it, and fail when it is full) and the event triggers no
-    /// action (a delivery is stored with its event before the reply).
+    /// wait for it, and fail when it is full), the writer keeps up
+    /// ([`JOURNAL_BACKLOG`]) and the event triggers no action (a delivery
+    /// is stored with its event before the reply).
     fn journal(&self, journal: &Journal, event: &mut KeyedEvent) -> Option<u64> {
-        if self.shared.degraded.load(Ordering::Acquire) {
+        if self.shared.degraded.load(Ordering::Acquire)
+            || self.shared.queued.load(Ordering::Acquire) >= JOURNAL_BACKLOG
+        {
             return None;
         }
         sanitize(&mut event.event);

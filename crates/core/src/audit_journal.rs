@@ -51,6 +51,10 @@ struct State {
     /// The file appended to; `None` before the first event and after a
     /// failed append.
     current: Option<Current>,
+    /// `<run>.lock`, locked (`flock`) from the first file on: while this
+    /// process lives, no other (a restart overlapping a draining stop)
+    /// takes its files as an earlier run's.
+    alive: Option<File>,
     next_generation: u64,
     /// Per file of this run (by generation): events appended and not yet
     /// stored. A file leaves the map (and the disk) when it is closed and
@@ -130,6 +134,16 @@ impl Journal {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
+        if st.alive.is_none() {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(self.dir.join(format!("{}.lock", self.run)))?;
+            f.lock()?;
+            st.alive = Some(f);
+        }
         let generation = st.next_generation;
         st.next_generation += 1;
         let file = OpenOptions::new()
@@ -200,23 +214,52 @@ impl Journal {
             st.unstored.remove(&g);
             self.remove(g);
         }
+        if st.unstored.is_empty()
+            && let Some(alive) = st.alive.take()
+        {
+            drop(alive);
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.lock", self.run)));
+        }
     }
 
-    /// Files an earlier run left, oldest first.
+    /// Files an earlier run left, oldest first: of runs other than this
+    /// one whose process is gone (its `<run>.lock` can be locked, or there
+    /// is none). The lock files of such runs are removed once they have no
+    /// file left.
     pub(crate) fn earlier(&self) -> Vec<PathBuf> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
-        let mut files: Vec<PathBuf> = rd
+        let names: Vec<String> = rd
             .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| !n.starts_with(&self.run))
-            })
+            .filter_map(|e| e.file_name().into_string().ok())
             .collect();
+        let run_of = |name: &str| name.split(['-', '.']).next().unwrap_or_default().to_owned();
+        let mut gone = std::collections::HashMap::new();
+        let mut is_gone = |run: &str| {
+            *gone.entry(run.to_owned()).or_insert_with(|| {
+                match File::open(self.dir.join(format!("{run}.lock"))) {
+                    Ok(f) => f.try_lock().is_ok(),
+                    Err(e) => e.kind() == io::ErrorKind::NotFound,
+                }
+            })
+        };
+        let mut files = Vec::new();
+        for name in &names {
+            let run = run_of(name);
+            if run == self.run || !is_gone(&run) {
+                continue;
+            }
+            if name.ends_with(".jsonl") {
+                files.push(self.dir.join(name));
+            } else if name.ends_with(".lock")
+                && !names
+                    .iter()
+                    .any(|n| n.ends_with(".jsonl") && run_of(n) == run)
+            {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
+        }
         files.sort();
         files
     }
@@ -287,6 +330,7 @@ mod tests {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .map(|rd| rd.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|x| x == "jsonl"));
         v.sort();
         v
     }
@@ -325,6 +369,10 @@ mod tests {
         j.stored(&[g1]);
         j.finish();
         assert!(files(&j.dir).is_empty());
+        assert!(
+            std::fs::read_dir(&j.dir).unwrap().next().is_none(),
+            "the lock file goes with the last file"
+        );
     }
 
     #[test]
@@ -340,11 +388,14 @@ mod tests {
         let path = before.path(0);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(br#"{"key":"0192","time":"20"#).unwrap();
-        drop(before);
 
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let now = Journal::new(dir);
+        let now = Journal::new(dir.clone());
         now.append(&event("/this-run")).unwrap();
+        // While the earlier run's process holds its lock (a stop still
+        // draining), its files are not taken.
+        assert!(now.earlier().is_empty());
+        drop(before);
         assert_eq!(now.earlier(), vec![path.clone()]);
         let mut batches = Vec::new();
         let (read, skipped) = read_batches(&path, 2, |b| {

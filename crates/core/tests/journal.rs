@@ -52,6 +52,7 @@ fn journal_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("spool/journal"))
         .map(|rd| rd.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|x| x == "jsonl"));
     v.sort();
     v
 }
@@ -119,6 +120,13 @@ async fn an_operation_is_answered_once_its_event_is_journaled_not_stored() {
     assert_eq!(journal_files(dir.path()).len(), 1, "kept while appended to");
     gateway.shutdown().await;
     assert!(journal_files(dir.path()).is_empty());
+    assert!(
+        std::fs::read_dir(dir.path().join("spool/journal"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing left, the run's lock file included"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
