@@ -159,6 +159,18 @@ impl AuditLog {
             journal,
             lost: AtomicU64::new(0),
         });
+        // Before the writer starts: an earlier run's journal goes into the
+        // spool first (and the spool's replay before this run's events),
+        // so events keep their order. Blocking file work, once, at start.
+        if shared
+            .spool
+            .as_ref()
+            .is_some_and(|s| !s.pending().is_empty())
+        {
+            // Batches a stopped run spooled go in before anything newer.
+            shared.degraded.store(true, Ordering::Release);
+        }
+        adopt_journals_now(&shared);
         if shared.spool.is_some() {
             tokio::spawn(replay_spool(store.clone(), shared.clone()));
         }
@@ -384,7 +396,11 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
     let mut msgs = Vec::with_capacity(BATCH);
     let mut batch = Vec::with_capacity(BATCH);
     let mut waiters = Vec::new();
-    let mut journaled = Vec::new();
+    // Journaled events of this batch: (index in `batch`, generation).
+    let mut journaled: Vec<(usize, u64)> = Vec::new();
+    // Journaled events whose batch was neither stored nor spooled: their
+    // clients were answered, so they go again with the next batch.
+    let mut retry: Vec<(KeyedEvent, u64)> = Vec::new();
     while rx.recv_many(&mut msgs, BATCH).await > 0 {
         shared.writing.store(true, Ordering::Release);
         let deadline = Instant::now() + LINGER;
@@ -405,6 +421,10 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
             }
         }
         let mut flushes = Vec::new();
+        for (e, generation) in retry.drain(..) {
+            journaled.push((batch.len(), generation));
+            batch.push(e);
+        }
         for m in msgs.drain(..) {
             match m {
                 Msg::Event(e, waiter) => {
@@ -414,8 +434,8 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
                 }
                 Msg::Journaled(e, generation) => {
                     shared.queued.fetch_sub(1, Ordering::AcqRel);
+                    journaled.push((batch.len(), generation));
                     batch.push(*e);
-                    journaled.push(generation);
                 }
                 Msg::Flush(done) => flushes.push(done),
             }
@@ -426,11 +446,24 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
         let deliveries = shared.rules.deliveries_for(batch.iter().map(|k| &k.event));
         let result = write_batch(&store, &shared, &batch, &deliveries).await;
         if result.is_err() {
-            // Journaled events stay in their file, stored at the next start.
-            shared.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            shared
+                .lost
+                .fetch_add((batch.len() - journaled.len()) as u64, Ordering::Relaxed);
+            if !journaled.is_empty() {
+                // Answered from the journal, where they stay: retried with
+                // the next batch, and nothing more is journaled meanwhile
+                // (operations wait for the spool, and fail while it refuses).
+                shared.degraded.store(true, Ordering::Release);
+                tracing::error!(
+                    events = journaled.len(),
+                    "journaled audit events neither stored nor spooled; kept and retried"
+                );
+                retry.extend(journaled.iter().map(|(i, g)| (batch[*i].clone(), *g)));
+            }
         } else {
             if let Some(journal) = &shared.journal {
-                journal.stored(&journaled);
+                let generations: Vec<u64> = journaled.iter().map(|(_, g)| *g).collect();
+                journal.stored(&generations);
             }
             if !deliveries.is_empty() {
                 shared.deliveries.notify_one();
@@ -597,7 +630,12 @@ async fn adopt_journals(shared: &Arc<Shared>) {
         return;
     }
     let shared = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || {
+    let _ = tokio::task::spawn_blocking(move || adopt_journals_now(&shared)).await;
+}
+
+/// [`adopt_journals`] on the calling thread.
+fn adopt_journals_now(shared: &Shared) {
+    {
         let (Some(journal), Some(spool)) = (&shared.journal, &shared.spool) else {
             return;
         };
@@ -628,8 +666,7 @@ async fn adopt_journals(shared: &Arc<Shared>) {
                 }
             }
         }
-    })
-    .await;
+    }
 }
 
 /// Text no SQL database refuses: NUL (PostgreSQL rejects it in `TEXT`)

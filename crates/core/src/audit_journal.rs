@@ -135,13 +135,17 @@ impl Journal {
             .mode(0o700)
             .create(&self.dir)?;
         if st.alive.is_none() {
+            // Locked before it has its name: a `<run>.lock` another process
+            // finds unlocked is one whose process is gone.
+            let temp = self.dir.join(format!("{}.lock.tmp", self.run));
             let f = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
-                .open(self.dir.join(format!("{}.lock", self.run)))?;
-            f.lock()?;
+                .open(&temp)?;
+            f.try_lock().map_err(io::Error::other)?;
+            std::fs::rename(&temp, self.dir.join(format!("{}.lock", self.run)))?;
             st.alive = Some(f);
         }
         let generation = st.next_generation;
@@ -224,8 +228,8 @@ impl Journal {
 
     /// Files an earlier run left, oldest first: of runs other than this
     /// one whose process is gone (its `<run>.lock` can be locked, or there
-    /// is none). The lock files of such runs are removed once they have no
-    /// file left.
+    /// is none: a run names its lock file only once it holds the lock). The
+    /// lock files of such runs are removed once they have no file left.
     pub(crate) fn earlier(&self) -> Vec<PathBuf> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return Vec::new();

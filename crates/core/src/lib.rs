@@ -193,8 +193,9 @@ impl Gateway {
             deliveries.clone(),
             config.spool_dir.clone(),
             // Events as durable as the uploads: with page-cache uploads a
-            // journal line stands for the unflushed commit.
-            !config.durable_uploads,
+            // journal line stands for SQLite's unflushed commit. PostgreSQL
+            // commits are flushed (on another machine, often): kept so.
+            !config.durable_uploads && store.dialect() == "sqlite",
         );
         let admission = Admission::new(config.admission.clone());
         let quotas = if config.storage.shared() {

@@ -144,6 +144,9 @@ fn sigkill_during_concurrent_uploads(config: &str) {
     );
 
     let journaled = journal_lines(dir.path());
+    if !config.is_empty() {
+        assert!(journaled > 0, "page-cache mode journals its events");
+    }
     let gw = Gateway::start_in(dir, config);
     let token = gw.token();
     let home = gw.home("acme");

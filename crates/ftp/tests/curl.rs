@@ -311,7 +311,7 @@ async fn alices_uploads(server: &common::Server) -> Vec<Event> {
 
 /// With `durable_uploads = false` uploads are answered from the page cache.
 /// One larger than `HASH_AFTER_REPLY_FROM` is hashed to the end, and its
-/// event journaled and stored, after the reply; a small one is hashed and
+/// event stored, after the reply; a small one is hashed and
 /// its event in the audit journal before it, resumed or not (stored in the
 /// database a moment later). Either way the event carries the SHA-256 of
 /// what the client sent, even when the same name is replaced at once by
