@@ -235,18 +235,23 @@ impl AuditLog {
         {
             return None;
         }
-        sanitize(&mut event.event);
-        if !self
-            .shared
-            .rules
-            .deliveries_for(std::iter::once(&event.event))
-            .is_empty()
-        {
+        if self.triggers_action(event) {
             return None;
         }
         // On the calling thread: a small write into the page cache, cheaper
         // than the hop to the blocking pool.
         journal.append(event).ok()
+    }
+
+    /// Sanitizes `event` and says whether it matches a rule: its delivery
+    /// must then be stored with it, in the writer's transaction.
+    fn triggers_action(&self, event: &mut KeyedEvent) -> bool {
+        sanitize(&mut event.event);
+        !self
+            .shared
+            .rules
+            .deliveries_for(std::iter::once(&event.event))
+            .is_empty()
     }
 
     /// Nothing queued, nothing being written, the store taking writes: an
@@ -262,13 +267,7 @@ impl AuditLog {
     /// transaction) and the store answers in time; `false`: not stored,
     /// or not known to be.
     async fn store_now(&self, event: &mut KeyedEvent) -> bool {
-        sanitize(&mut event.event);
-        if !self
-            .shared
-            .rules
-            .deliveries_for(std::iter::once(&event.event))
-            .is_empty()
-        {
+        if self.triggers_action(event) {
             return false;
         }
         // Taken out while in use: if this task is dropped mid-statement (its

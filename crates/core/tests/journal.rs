@@ -6,33 +6,16 @@
 //! locked by a second connection where the store must not answer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::event;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use dropgate_core::store::{Event, EventKind, EventQuery, KeyedEvent, Outcome, Store};
+use dropgate_core::store::{EventQuery, KeyedEvent, Store};
 use dropgate_core::{Gateway, GatewayConfig};
 use sqlx::Connection;
-
-fn event(path: &str) -> Event {
-    Event {
-        id: 0,
-        time: Utc::now(),
-        kind: EventKind::Upload,
-        username: "alice".into(),
-        protocol: "ftp".into(),
-        remote_addr: "127.0.0.1:1".into(),
-        path: Some(path.into()),
-        target_path: None,
-        bytes: Some(1),
-        duration_ms: None,
-        outcome: Outcome::Ok,
-        sha256: Some("ab".repeat(32)),
-        message: None,
-        node: "n".into(),
-        session_id: None,
-    }
-}
 
 async fn open(dir: &Path) -> (Store, String) {
     let url = format!("sqlite://{}/dropgate.db", dir.display());

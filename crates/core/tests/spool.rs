@@ -3,32 +3,15 @@
 //! writes again. A real SQLite file, locked by a second connection.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::event;
+
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use dropgate_core::store::{Event, EventKind, EventQuery, KeyedEvent, Outcome, Store};
+use dropgate_core::store::{Event, EventQuery, KeyedEvent, Store};
 use dropgate_core::{Gateway, GatewayConfig};
 use sqlx::Connection;
-
-fn event(path: &str) -> Event {
-    Event {
-        id: 0,
-        time: Utc::now(),
-        kind: EventKind::Upload,
-        username: "alice".into(),
-        protocol: "sftp".into(),
-        remote_addr: "127.0.0.1:1".into(),
-        path: Some(path.into()),
-        target_path: None,
-        bytes: Some(1),
-        duration_ms: None,
-        outcome: Outcome::Ok,
-        sha256: Some("00".into()),
-        message: None,
-        node: "n".into(),
-        session_id: None,
-    }
-}
 
 fn spooled(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
