@@ -307,27 +307,9 @@ pub(crate) fn read_batches(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use chrono::Utc;
-    use dropgate_store::{Event, EventKind, Outcome};
 
     fn event(path: &str) -> KeyedEvent {
-        KeyedEvent::new(Event {
-            id: 0,
-            time: Utc::now(),
-            kind: EventKind::Setstat,
-            username: "acme".into(),
-            protocol: "ftp".into(),
-            remote_addr: "127.0.0.1:1".into(),
-            path: Some(path.into()),
-            target_path: None,
-            bytes: None,
-            duration_ms: None,
-            outcome: Outcome::Ok,
-            sha256: None,
-            message: None,
-            node: "n".into(),
-            session_id: None,
-        })
+        KeyedEvent::new(crate::rules::tests::upload(path))
     }
 
     fn files(dir: &Path) -> Vec<PathBuf> {

@@ -243,7 +243,7 @@ impl Rules {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use dropgate_store::RuleFilter;
 
@@ -265,7 +265,8 @@ mod tests {
         .expect("valid rule")
     }
 
-    fn upload(path: &str) -> Event {
+    /// A completed upload of `path` by alice (also for other modules' tests).
+    pub(crate) fn upload(path: &str) -> Event {
         Event {
             id: 0,
             time: Utc::now(),
