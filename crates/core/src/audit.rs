@@ -162,6 +162,12 @@ impl AuditLog {
         // Before the writer starts: an earlier run's journal goes into the
         // spool first (and the spool's replay before this run's events),
         // so events keep their order. Blocking file work, once, at start.
+        if let Some(spool) = &shared.spool {
+            // A batch half-written when a process died was never
+            // acknowledged. Swept here, not in the replay task: there it
+            // raced the writer's first append (and removed its temporary).
+            spool.sweep_temporaries();
+        }
         if shared
             .spool
             .as_ref()
@@ -538,11 +544,6 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
     let Some(spool) = shared.spool.clone() else {
         return;
     };
-    // A batch half-written when the process died was never acknowledged.
-    {
-        let s = spool.clone();
-        let _ = tokio::task::spawn_blocking(move || s.sweep_temporaries()).await;
-    }
     loop {
         adopt_journals(&shared).await;
         let files = {
