@@ -121,6 +121,13 @@ struct Shared {
     spool: Option<Spool>,
     /// Where waiting events go before their reply (page-cache mode).
     journal: Option<Journal>,
+    /// Per earlier run's journal file being moved into the spool: its
+    /// lines already there (the spool filled up midway), so that the next
+    /// pass goes on from there.
+    adopting: std::sync::Mutex<std::collections::HashMap<PathBuf, usize>>,
+    /// Journaled events the writer holds because their batch was neither
+    /// stored nor spooled: the degraded mode lasts while there are any.
+    retrying: AtomicUsize,
     /// Events that could be neither stored nor spooled.
     lost: AtomicU64,
 }
@@ -157,6 +164,8 @@ impl AuditLog {
             spool_gate: std::sync::Mutex::new(()),
             spool,
             journal,
+            adopting: std::sync::Mutex::default(),
+            retrying: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
         });
         // Before the writer starts: an earlier run's journal goes into the
@@ -406,7 +415,19 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
     // Journaled events whose batch was neither stored nor spooled: their
     // clients were answered, so they go again with the next batch.
     let mut retry: Vec<(KeyedEvent, u64)> = Vec::new();
-    while rx.recv_many(&mut msgs, BATCH).await > 0 {
+    loop {
+        let received = if retry.is_empty() {
+            rx.recv_many(&mut msgs, BATCH).await
+        } else {
+            // Held events go again without waiting for a new one.
+            tokio::time::timeout(REPLAY_EVERY, rx.recv_many(&mut msgs, BATCH))
+                .await
+                .unwrap_or(usize::MAX)
+        };
+        if received == 0 {
+            // Stopped. Held events stay in the journal for the next start.
+            break;
+        }
         shared.writing.store(true, Ordering::Release);
         let deadline = Instant::now() + LINGER;
         let urgent = |m: &Msg| matches!(m, Msg::Flush(_)) || matches!(m, Msg::Event(_, Some(_)));
@@ -456,16 +477,21 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
                 .fetch_add((batch.len() - journaled.len()) as u64, Ordering::Relaxed);
             if !journaled.is_empty() {
                 // Answered from the journal, where they stay: retried with
-                // the next batch, and nothing more is journaled meanwhile
-                // (operations wait for the spool, and fail while it refuses).
+                // the next batch (or after a while), and nothing more is
+                // journaled meanwhile (operations wait for the spool, and
+                // fail while it refuses). Under the gate: the replay must
+                // not end the degraded mode between these two stores.
+                retry.extend(journaled.iter().map(|(i, g)| (batch[*i].clone(), *g)));
+                let _gate = lock(&shared.spool_gate);
+                shared.retrying.store(retry.len(), Ordering::Release);
                 shared.degraded.store(true, Ordering::Release);
                 tracing::error!(
                     events = journaled.len(),
                     "journaled audit events neither stored nor spooled; kept and retried"
                 );
-                retry.extend(journaled.iter().map(|(i, g)| (batch[*i].clone(), *g)));
             }
         } else {
+            shared.retrying.store(0, Ordering::Release);
             if let Some(journal) = &shared.journal {
                 let generations: Vec<u64> = journaled.iter().map(|(_, g)| *g).collect();
                 journal.stored(&generations);
@@ -605,11 +631,11 @@ async fn replay_spool(store: Store, shared: Arc<Shared>) {
             let (s, gated) = (spool.clone(), shared.clone());
             let cleared = tokio::task::spawn_blocking(move || {
                 let _gate = lock(&gated.spool_gate);
-                let empty = s.pending().is_empty();
-                if empty {
+                let clear = s.pending().is_empty() && gated.retrying.load(Ordering::Acquire) == 0;
+                if clear {
                     gated.degraded.store(false, Ordering::Release);
                 }
-                empty
+                clear
             })
             .await
             .unwrap_or(false);
@@ -641,7 +667,9 @@ fn adopt_journals_now(shared: &Shared) {
         };
         for path in journal.earlier() {
             let _gate = lock(&shared.spool_gate);
-            let moved = audit_journal::read_batches(&path, BATCH, |events| {
+            let mut adopting = lock(&shared.adopting);
+            let done = adopting.entry(path.clone()).or_default();
+            let moved = audit_journal::read_batches(&path, BATCH, done, |events| {
                 spool.append(&SpoolFile {
                     events,
                     deliveries: Vec::new(),
@@ -649,21 +677,43 @@ fn adopt_journals_now(shared: &Shared) {
                 shared.degraded.store(true, Ordering::Release);
                 Ok(())
             });
-            match moved {
-                Ok((events, skipped)) => {
-                    if skipped > 0 {
-                        tracing::warn!(file = %path.display(), skipped,
-                            "unreadable lines of an audit journal skipped (the end of a file cut short by a power cut)");
-                    }
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot remove a moved audit journal");
-                    }
-                    tracing::info!(events, "audit journal of an earlier run moved to the spool");
-                }
+            let found = match moved {
+                Ok(found) => found,
                 Err(e) => {
                     tracing::error!(file = %path.display(), error = %e,
                         "cannot move an audit journal into the spool; tried again later");
+                    continue;
                 }
+            };
+            if found.events > 0 {
+                tracing::info!(
+                    events = found.events,
+                    "audit journal of an earlier run moved to the spool"
+                );
+            }
+            // Until the file has left the journal, `done` (now all its
+            // lines) keeps the next pass from spooling it again.
+            let gone = if found.unreadable > 0 {
+                // Its readable events are in the spool; what could not be
+                // read stays for a person (spool/rejected), never deleted.
+                tracing::error!(file = %path.display(), lines = found.unreadable,
+                    "unreadable lines in an audit journal; the file is moved to spool/rejected");
+                spool.reject(&path)
+            } else {
+                if found.torn_end {
+                    tracing::warn!(file = %path.display(),
+                        "the last line of an audit journal was cut short (a power cut) and is skipped");
+                }
+                match std::fs::remove_file(&path) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot remove a moved audit journal");
+                        false
+                    }
+                }
+            };
+            if gone {
+                adopting.remove(&path);
             }
         }
     }
@@ -759,17 +809,16 @@ impl Spool {
         serde_json::from_slice(&body).map_err(std::io::Error::other)
     }
 
-    /// Sets a file the store will not take aside, out of the replay.
-    fn reject(&self, path: &std::path::Path) {
+    /// Sets a file the store will not take aside, out of the replay (and
+    /// out of the journal); `false`: it could not be moved at all.
+    fn reject(&self, path: &std::path::Path) -> bool {
         let dir = self.dir.join("rejected");
         let moved = std::fs::create_dir_all(&dir).and_then(|()| {
             let name = path.file_name().unwrap_or_default();
             std::fs::rename(path, dir.join(name))
         });
-        if moved.is_err() {
-            // Never retried for ever: without the move, drop it from the replay.
-            let _ = std::fs::rename(path, path.with_extension("rejected"));
-        }
+        // Never retried for ever: without the move, drop it from the replay.
+        moved.is_ok() || std::fs::rename(path, path.with_extension("rejected")).is_ok()
     }
 
     fn sweep_temporaries(&self) {

@@ -269,38 +269,68 @@ impl Journal {
     }
 }
 
+/// What [`read_batches`] found in a journal file.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ReadBack {
+    /// Events handed over by this call.
+    pub(crate) events: usize,
+    /// Complete lines (newline included) that did not parse: not what a
+    /// power cut leaves (another version's format, a damaged disk), so the
+    /// file is kept for a person to look at.
+    pub(crate) unreadable: usize,
+    /// The last line lacks its newline and did not parse: the end of a
+    /// file cut by a power cut (or zeros where its last blocks were).
+    pub(crate) torn_end: bool,
+}
+
 /// Reads a journal file in batches of at most `max` events, handing each to
-/// `each`; returns (events read, lines skipped). A line that does not parse
-/// (the torn end of a file cut by a power cut) is skipped.
+/// `each`. `done` counts the file's lines already handed over: a call that
+/// failed midway (the spool full) goes on from there the next time instead
+/// of handing the first batches over twice.
 pub(crate) fn read_batches(
     path: &Path,
     max: usize,
+    done: &mut usize,
     mut each: impl FnMut(Vec<KeyedEvent>) -> io::Result<()>,
-) -> io::Result<(usize, usize)> {
+) -> io::Result<ReadBack> {
     let mut reader = BufReader::new(File::open(path)?);
-    let (mut read, mut skipped) = (0, 0);
+    let mut found = ReadBack {
+        events: 0,
+        unreadable: 0,
+        torn_end: false,
+    };
     let mut batch = Vec::with_capacity(max.min(256));
     let mut line = Vec::new();
+    let mut index = 0;
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
             break;
         }
         match serde_json::from_slice::<KeyedEvent>(&line) {
-            Ok(e) => {
-                batch.push(e);
-                read += 1;
-            }
-            Err(_) => skipped += 1,
+            // Lines handed over before are still read, to count bad ones.
+            Ok(e) if index >= *done => batch.push(e),
+            Ok(_) => {}
+            // Each line was written whole, newline included, in one
+            // write: a complete line that does not parse is not a power
+            // cut's work.
+            Err(_) if line.ends_with(b"\n") => found.unreadable += 1,
+            // Only the last line can lack its newline.
+            Err(_) => found.torn_end = true,
         }
+        index += 1;
         if batch.len() >= max {
+            found.events += batch.len();
             each(std::mem::take(&mut batch))?;
+            *done = index;
         }
     }
     if !batch.is_empty() {
+        found.events += batch.len();
         each(batch)?;
     }
-    Ok((read, skipped))
+    *done = index;
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -383,16 +413,63 @@ mod tests {
         assert!(now.earlier().is_empty());
         drop(before);
         assert_eq!(now.earlier(), vec![path.clone()]);
+        // The spool refuses the second batch: the first is not handed over
+        // again by the next call.
         let mut batches = Vec::new();
-        let (read, skipped) = read_batches(&path, 2, |b| {
+        let mut done = 0;
+        let full = read_batches(&path, 2, &mut done, |b| {
+            if !batches.is_empty() {
+                return Err(io::Error::other("audit spool full"));
+            }
+            batches.push(b);
+            Ok(())
+        });
+        assert!(full.is_err());
+        assert_eq!(done, 2);
+        let found = read_batches(&path, 2, &mut done, |b| {
             batches.push(b);
             Ok(())
         })
         .unwrap();
-        assert_eq!((read, skipped), (5, 1));
+        assert_eq!(
+            found,
+            ReadBack {
+                events: 3,
+                unreadable: 0,
+                torn_end: true
+            }
+        );
+        assert_eq!(done, 6);
         assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
         let keys: Vec<_> = batches.concat().into_iter().map(|e| e.key).collect();
         let want: Vec<_> = written.into_iter().map(|e| e.key).collect();
         assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn a_bad_line_before_the_end_is_not_taken_for_a_torn_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("1-000000.jsonl");
+        let mut body = serde_json::to_vec(&event("/a")).unwrap();
+        body.extend(b"\n{\"from\":\"another version\"}\n");
+        body.extend(serde_json::to_vec(&event("/b")).unwrap());
+        // A complete last line that does not parse is no torn end either.
+        body.extend(b"\n{\"from\":\"another version\"}\n");
+        std::fs::write(&path, body).unwrap();
+        let mut paths = Vec::new();
+        let found = read_batches(&path, 256, &mut 0, |b| {
+            paths.extend(b.into_iter().map(|e| e.event.path));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            found,
+            ReadBack {
+                events: 2,
+                unreadable: 2,
+                torn_end: false
+            }
+        );
+        assert_eq!(paths, [Some("/a".to_owned()), Some("/b".to_owned())]);
     }
 }

@@ -160,6 +160,89 @@ async fn a_journal_left_by_an_earlier_run_is_stored_at_start_each_event_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_with_an_unreadable_line_before_its_end_is_kept_aside_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path()).await;
+    let journal = dir.path().join("spool/journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    // Not what a power cut leaves: a line another version wrote, between
+    // two good ones.
+    let mut body = serde_json::to_vec(&KeyedEvent::new(event("/before"))).unwrap();
+    body.extend(b"\n{\"format\":2,\"event\":\"unknown\"}\n");
+    body.extend(serde_json::to_vec(&KeyedEvent::new(event("/after"))).unwrap());
+    body.push(b'\n');
+    let name = "00000000000000000001-000000.jsonl";
+    std::fs::write(journal.join(name), &body).unwrap();
+
+    let gateway = page_cache_gateway(&store, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stored_paths(&store).await != ["/after", "/before"] {
+        assert!(
+            Instant::now() < deadline,
+            "stored: {:?}",
+            stored_paths(&store).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(journal_files(dir.path()).is_empty());
+    let kept = std::fs::read(dir.path().join("spool/rejected").join(name)).unwrap();
+    assert_eq!(kept, body, "the whole file, for a person to look at");
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_event_neither_stored_nor_spooled_is_kept_and_later_operations_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = open(dir.path()).await;
+    let mut locker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    // A full spool (a sparse file the replay does not read).
+    std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+    let filler = dir.path().join("spool/filler");
+    std::fs::File::create(&filler)
+        .unwrap()
+        .set_len(dropgate_core::SPOOL_MAX_BYTES)
+        .unwrap();
+    let gateway = page_cache_gateway(&store, dir.path());
+
+    // Answered from the journal; its batch then finds neither the store
+    // nor the spool.
+    gateway.audit().record_durable(event("/a")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gateway.audit().degraded() {
+        assert!(
+            Instant::now() < deadline,
+            "the failed batch set no degraded mode"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing more is journaled: the next operation waits for the spool,
+    // which refuses, so it is refused too.
+    assert!(gateway.audit().record_durable(event("/b")).await.is_err());
+    assert_eq!(journaled_paths(dir.path()), ["/a"]);
+    assert_eq!(gateway.audit().lost(), 1, "only /b, whose client was told");
+
+    // Room again, the store back: the kept event goes in with the next.
+    std::fs::remove_file(&filler).unwrap();
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    gateway.audit().record_durable(event("/c")).await.unwrap();
+    while stored_paths(&store).await != ["/a", "/c"] {
+        assert!(
+            Instant::now() < deadline,
+            "stored: {:?}",
+            stored_paths(&store).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.shutdown().await;
+    assert!(journal_files(dir.path()).is_empty());
+    assert_eq!(gateway.audit().lost(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_writable_journal_the_event_is_stored_before_the_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path()).await;
