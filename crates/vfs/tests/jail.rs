@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::Bytes;
 use common::*;
 use dropgate_vfs::{
-    FileKind, LocalStorage, MAX_NAME_LEN, MAX_PATH_LEN, Storage, UploadMode, VfsError, VirtualPath,
-    WriteStart,
+    CreateOptions, FileKind, LocalStorage, MAX_NAME_LEN, MAX_PATH_LEN, Storage, UploadMode,
+    VfsError, VirtualPath, WriteStart,
 };
 
 // ---------------------------------------------------------------------------
@@ -536,11 +536,19 @@ async fn symlinks_leading_outside_are_refused() {
         for mode in ALL_MODES {
             for start in ALL_STARTS {
                 for exclusive in [false, true] {
-                    let r = s.create(&p, opts(mode, start, exclusive)).await;
-                    assert!(
-                        r.is_err(),
-                        "create {link} {mode:?} {start:?} excl={exclusive} succeeded"
-                    );
+                    // Durable, and answered from the page cache (no sync,
+                    // the commit's other path).
+                    for durable in [true, false] {
+                        let o = CreateOptions {
+                            durable,
+                            ..opts(mode, start, exclusive)
+                        };
+                        let r = s.create(&p, o).await;
+                        assert!(
+                            r.is_err(),
+                            "create {link} {mode:?} {start:?} excl={exclusive} durable={durable} succeeded"
+                        );
+                    }
                 }
             }
         }
@@ -560,14 +568,20 @@ async fn symlinks_leading_outside_are_refused() {
         }
         for mode in ALL_MODES {
             for start in ALL_STARTS {
-                assert_refused(
-                    &format!("create {new}"),
-                    s.create(&new, opts(mode, start, false)).await.map(|_| ()),
-                );
-                assert_refused(
-                    &format!("create {file}"),
-                    s.create(&file, opts(mode, start, false)).await.map(|_| ()),
-                );
+                for durable in [true, false] {
+                    let o = CreateOptions {
+                        durable,
+                        ..opts(mode, start, false)
+                    };
+                    assert_refused(
+                        &format!("create {new} durable={durable}"),
+                        s.create(&new, o).await.map(|_| ()),
+                    );
+                    assert_refused(
+                        &format!("create {file} durable={durable}"),
+                        s.create(&file, o).await.map(|_| ()),
+                    );
+                }
             }
         }
         assert_refused(&format!("create_dir {new}"), s.create_dir(&new).await);
@@ -768,6 +782,19 @@ async fn swapping_a_folder_for_an_escaping_symlink_never_leaks() {
                     Err(VfsError::PermissionDenied | VfsError::NotFound) => refused += 1,
                     Err(e) => panic!("open_read: unexpected error {e:?}"),
                 }
+                if i % 4 == 1 {
+                    // A page-cache upload into the swapped folder: it lands
+                    // inside or is refused (checked at the end).
+                    let o = CreateOptions {
+                        durable: false,
+                        ..opts(UploadMode::Atomic, WriteStart::Truncate, false)
+                    };
+                    if let Ok(w) = storage.create(&d.join("new").unwrap(), o).await {
+                        let _ = w
+                            .write_and_commit(0, Bytes::from_static(b"new"), None)
+                            .await;
+                    }
+                }
                 if i % 4 == 0 {
                     if let Ok(m) = storage.metadata(&f).await {
                         assert_eq!(
@@ -776,7 +803,8 @@ async fn swapping_a_folder_for_an_escaping_symlink_never_leaks() {
                             "metadata of the outside file leaked"
                         );
                     }
-                    if let Ok(names) = list_names(&storage, &d).await {
+                    if let Ok(mut names) = list_names(&storage, &d).await {
+                        names.retain(|n| n != "new");
                         assert_eq!(
                             names,
                             vec!["f".to_owned()],
