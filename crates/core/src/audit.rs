@@ -661,60 +661,58 @@ async fn adopt_journals(shared: &Arc<Shared>) {
 
 /// [`adopt_journals`] on the calling thread.
 fn adopt_journals_now(shared: &Shared) {
-    {
-        let (Some(journal), Some(spool)) = (&shared.journal, &shared.spool) else {
-            return;
+    let (Some(journal), Some(spool)) = (&shared.journal, &shared.spool) else {
+        return;
+    };
+    for path in journal.earlier() {
+        let _gate = lock(&shared.spool_gate);
+        let mut adopting = lock(&shared.adopting);
+        let done = adopting.entry(path.clone()).or_default();
+        let moved = audit_journal::read_batches(&path, BATCH, done, |events| {
+            spool.append(&SpoolFile {
+                events,
+                deliveries: Vec::new(),
+            })?;
+            shared.degraded.store(true, Ordering::Release);
+            Ok(())
+        });
+        let found = match moved {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e,
+                    "cannot move an audit journal into the spool; tried again later");
+                continue;
+            }
         };
-        for path in journal.earlier() {
-            let _gate = lock(&shared.spool_gate);
-            let mut adopting = lock(&shared.adopting);
-            let done = adopting.entry(path.clone()).or_default();
-            let moved = audit_journal::read_batches(&path, BATCH, done, |events| {
-                spool.append(&SpoolFile {
-                    events,
-                    deliveries: Vec::new(),
-                })?;
-                shared.degraded.store(true, Ordering::Release);
-                Ok(())
-            });
-            let found = match moved {
-                Ok(found) => found,
+        if found.events > 0 {
+            tracing::info!(
+                events = found.events,
+                "audit journal of an earlier run moved to the spool"
+            );
+        }
+        // Until the file has left the journal, `done` (now all its
+        // lines) keeps the next pass from spooling it again.
+        let gone = if found.unreadable > 0 {
+            // Its readable events are in the spool; what could not be
+            // read stays for a person (spool/rejected), never deleted.
+            tracing::error!(file = %path.display(), lines = found.unreadable,
+                "unreadable lines in an audit journal; the file is moved to spool/rejected");
+            spool.reject(&path)
+        } else {
+            if found.torn_end {
+                tracing::warn!(file = %path.display(),
+                    "the last line of an audit journal was cut short (a power cut) and is skipped");
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => true,
                 Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e,
-                        "cannot move an audit journal into the spool; tried again later");
-                    continue;
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove a moved audit journal");
+                    false
                 }
-            };
-            if found.events > 0 {
-                tracing::info!(
-                    events = found.events,
-                    "audit journal of an earlier run moved to the spool"
-                );
             }
-            // Until the file has left the journal, `done` (now all its
-            // lines) keeps the next pass from spooling it again.
-            let gone = if found.unreadable > 0 {
-                // Its readable events are in the spool; what could not be
-                // read stays for a person (spool/rejected), never deleted.
-                tracing::error!(file = %path.display(), lines = found.unreadable,
-                    "unreadable lines in an audit journal; the file is moved to spool/rejected");
-                spool.reject(&path)
-            } else {
-                if found.torn_end {
-                    tracing::warn!(file = %path.display(),
-                        "the last line of an audit journal was cut short (a power cut) and is skipped");
-                }
-                match std::fs::remove_file(&path) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot remove a moved audit journal");
-                        false
-                    }
-                }
-            };
-            if gone {
-                adopting.remove(&path);
-            }
+        };
+        if gone {
+            adopting.remove(&path);
         }
     }
 }

@@ -70,6 +70,21 @@ async fn stored_paths(store: &Store) -> Vec<String> {
     v
 }
 
+/// Waits until the store holds exactly the events of `want` (sorted paths).
+async fn wait_stored(store: &Store, want: &[&str], deadline: Instant) {
+    loop {
+        let stored = stored_paths(store).await;
+        if stored == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored: {stored:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_is_answered_once_its_event_is_journaled_not_stored() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,14 +154,7 @@ async fn a_journal_left_by_an_earlier_run_is_stored_at_start_each_event_once() {
 
     let gateway = page_cache_gateway(&store, dir.path());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stored_paths(&store).await != ["/x", "/y", "/z"] {
-        assert!(
-            Instant::now() < deadline,
-            "stored: {:?}",
-            stored_paths(&store).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stored(&store, &["/x", "/y", "/z"], deadline).await;
     assert!(journal_files(dir.path()).is_empty());
     // And this run's events journal as usual once the spool is empty.
     while gateway.audit().degraded() {
@@ -176,14 +184,7 @@ async fn a_journal_with_an_unreadable_line_before_its_end_is_kept_aside_not_dele
 
     let gateway = page_cache_gateway(&store, dir.path());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stored_paths(&store).await != ["/after", "/before"] {
-        assert!(
-            Instant::now() < deadline,
-            "stored: {:?}",
-            stored_paths(&store).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stored(&store, &["/after", "/before"], deadline).await;
     assert!(journal_files(dir.path()).is_empty());
     let kept = std::fs::read(dir.path().join("spool/rejected").join(name)).unwrap();
     assert_eq!(kept, body, "the whole file, for a person to look at");
@@ -229,14 +230,7 @@ async fn a_journaled_event_neither_stored_nor_spooled_is_kept_and_later_operatio
     std::fs::remove_file(&filler).unwrap();
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     gateway.audit().record_durable(event("/c")).await.unwrap();
-    while stored_paths(&store).await != ["/a", "/c"] {
-        assert!(
-            Instant::now() < deadline,
-            "stored: {:?}",
-            stored_paths(&store).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stored(&store, &["/a", "/c"], deadline).await;
     gateway.shutdown().await;
     assert!(journal_files(dir.path()).is_empty());
     assert_eq!(gateway.audit().lost(), 1);
