@@ -32,6 +32,7 @@ mod passive;
 mod reply;
 mod security;
 mod server;
+mod splice;
 mod transfer;
 
 use std::net::SocketAddr;
