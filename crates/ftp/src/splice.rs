@@ -28,8 +28,10 @@ use crate::error::TransferError;
 use crate::transfer::{TransferControl, disk, net};
 
 /// Bytes one pipe holds (and one disk write moves): as the copying path's
-/// buffers. Where the system refuses a pipe this large
-/// (`/proc/sys/fs/pipe-max-size`), the pipe keeps what it got.
+/// buffers. Where the system refuses pipes this large
+/// (`/proc/sys/fs/pipe-max-size`, or a user past `pipe-user-pages-soft`,
+/// whose new pipes get two pages), the upload takes the copying path:
+/// a blocking hand-off per few KiB would cost more than the copy saves.
 const PIPE_BYTES: usize = 1 << 20;
 
 /// A pipe: the socket splices into `write`, the disk write drains `read`.
@@ -43,10 +45,7 @@ struct Pipe {
 impl Pipe {
     fn new() -> io::Result<Pipe> {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        // Smaller pipe, smaller chunks: still correct.
-        let capacity = rustix::pipe::fcntl_setpipe_size(&write, PIPE_BYTES)
-            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))?
-            .min(PIPE_BYTES);
+        let capacity = rustix::pipe::fcntl_setpipe_size(&write, PIPE_BYTES)?.min(PIPE_BYTES);
         Ok(Pipe {
             read: Arc::new(read),
             write,
@@ -59,8 +58,8 @@ impl Pipe {
 pub(crate) struct Pipes([Pipe; 2]);
 
 impl Pipes {
-    /// `None` when the process is out of descriptors: the upload then
-    /// goes on through the copying path.
+    /// `None` when the process is out of descriptors or may not have pipes
+    /// of [`PIPE_BYTES`]: the upload then goes on through the copying path.
     pub(crate) fn new() -> Option<Pipes> {
         match (Pipe::new(), Pipe::new()) {
             (Ok(a), Ok(b)) => Some(Pipes([a, b])),

@@ -249,3 +249,48 @@ async fn a_zero_copy_upload_cut_midway_leaves_the_old_file() {
     );
     server.stop().await;
 }
+
+/// curl, eight uploads at once into one folder: each pair of pipes stays
+/// with its upload, every file and every event is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_parallel_curl_uploads_through_zero_copy() {
+    dropgate_testkit::require_tool("curl", "curl");
+    let server = common::start_with(page_cache()).await;
+    let home = server.user("u", "pw-u-1").await;
+    let work = tempfile::tempdir().unwrap();
+    let threshold = usize::try_from(HASH_AFTER_REPLY_FROM).unwrap();
+    let mut sent = Vec::new();
+    let mut runs = Vec::new();
+    for i in 0..8 {
+        let src = work.path().join(format!("p{i}.bin"));
+        let data =
+            dropgate_testkit::write_random_file(&src, threshold + (i + 1) * 700_001, 40 + i as u64);
+        let args: Vec<String> = vec![
+            "-sS".into(),
+            "--fail".into(),
+            "--max-time".into(),
+            "120".into(),
+            "-T".into(),
+            src.display().to_string(),
+            server.url("u", "pw-u-1", &format!("/p{i}.bin")),
+        ];
+        runs.push(tokio::spawn(async move {
+            common::run_tool("curl", &args, None).await
+        }));
+        sent.push(data);
+    }
+    for run in runs {
+        run.await.unwrap();
+    }
+    for (i, data) in sent.iter().enumerate() {
+        let name = format!("p{i}.bin");
+        assert!(std::fs::read(home.join(&name)).unwrap() == *data, "{name}");
+        assert_eq!(
+            server.upload_event_sha256("u", &format!("/{name}")).await,
+            common::sha256_hex(data),
+            "{name}"
+        );
+    }
+    assert!(temporaries(&home).is_empty());
+    server.stop().await;
+}
