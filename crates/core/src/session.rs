@@ -1076,64 +1076,6 @@ impl Upload {
         }
     }
 
-    /// Whether the bytes from `offset` on may go through
-    /// [`Upload::write_direct`]: a local file answered from the page cache
-    /// (`durable_uploads = false`) whose hash is read from the committed file
-    /// after the reply, past the part the stream hash follows. Nothing in
-    /// this process needs to see those bytes, so they need not pass through
-    /// it (FTP moves them from the socket with `splice(2)`).
-    pub fn writes_direct(&self, offset: u64) -> bool {
-        self.hash_after_reply
-            && offset >= HASH_AFTER_REPLY_FROM
-            && self
-                .writer
-                .as_ref()
-                .is_some_and(|w| w.local_file().is_some())
-    }
-
-    /// Writes `len` bytes at `offset` that `write` moves into the local file
-    /// itself, on the thread where the storage's writes run, for a caller
-    /// that writes front to back where [`Upload::writes_direct`] allows.
-    /// Quota and rate limit apply as to any write; `write` must move exactly
-    /// `len` bytes.
-    pub async fn write_direct(
-        &self,
-        offset: u64,
-        len: u64,
-        write: dropgate_vfs::DirectWrite,
-    ) -> FsResult<()> {
-        if !self.writes_direct(offset) {
-            return Err(FsError::Vfs(VfsError::Unsupported(
-                "zero-copy writes need a local upload answered from the page cache",
-            )));
-        }
-        self.prepare_write(offset, len).await?;
-        let Some(writer) = &self.writer else {
-            return Err(FsError::Closed);
-        };
-        // Past what the stream follows: it keeps what it hashed so far.
-        self.hash.skip(offset).await;
-        let written = match writer.write_direct(offset, write).await {
-            Ok(n) if n == len => Ok(()),
-            Ok(n) => Err(VfsError::Io(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("zero-copy write moved {n} of {len} bytes"),
-            ))),
-            Err(e) => Err(e),
-        };
-        match written {
-            Ok(()) => {
-                self.transfer.bytes.fetch_add(len, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                self.failed.store(true, Ordering::Relaxed);
-                self.hash.stop().await;
-                Err(e.into())
-            }
-        }
-    }
-
     /// What every write does first: refuses one on an ended session, reserves
     /// what it adds beyond the furthest byte so far against the quota, and
     /// waits for the account's upload rate limit.

@@ -32,7 +32,6 @@ mod passive;
 mod reply;
 mod security;
 mod server;
-mod splice;
 mod transfer;
 
 use std::net::SocketAddr;

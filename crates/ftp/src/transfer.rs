@@ -2,8 +2,7 @@
 //! local files in binary mode over clear-text connections; TLS ones copy
 //! through rustls and end with `close_notify`), uploads (large reused
 //! buffers, one disk write in flight while the next buffer fills; over TLS
-//! an end without `close_notify` is a truncation and fails with 426; past
-//! what a page-cache upload needs to see, zero-copy `splice`), and
+//! an end without `close_notify` is a truncation and fails with 426), and
 //! listings streamed straight from the directory reader.
 //!
 //! A transfer is a [`TransferTask`] the connection polls beside its control
@@ -269,7 +268,7 @@ async fn client_still_there(ctl: &TransferControl) -> bool {
 }
 
 /// Awaits data-socket I/O, giving up on abort or when the socket stays idle.
-pub(crate) async fn net<T>(
+async fn net<T>(
     ctl: &TransferControl,
     io: impl Future<Output = io::Result<T>>,
 ) -> Result<T, TransferError> {
@@ -285,7 +284,7 @@ pub(crate) async fn net<T>(
 }
 
 /// Awaits storage I/O, giving up on abort.
-pub(crate) async fn disk<T>(
+async fn disk<T>(
     ctl: &TransferControl,
     io: impl Future<Output = Result<T, FsError>>,
 ) -> Result<T, TransferError> {
@@ -481,18 +480,6 @@ async fn receive_into(
                 let _ = tokio::time::timeout(TLS_CLOSE_WAIT, stream.shutdown()).await;
             }
             return Ok((n > 0).then_some((pos, data)));
-        }
-        // Past what the upload needs to see (page-cache mode, beyond the
-        // streamed hash): the rest goes from the socket to the file
-        // without passing through this process.
-        if let DataStream::Plain(tcp) = &*stream
-            && from_net.is_none()
-            && upload.writes_direct(pos + n)
-            && let Some(pipes) = crate::splice::Pipes::new()
-        {
-            disk(ctl, upload.write_next(pos, data)).await?;
-            crate::splice::receive(tcp, upload, pos + n, pipes, ctl).await?;
-            return Ok(None);
         }
         // One disk write in flight while the next buffer fills.
         let (_, at_end) = tokio::try_join!(

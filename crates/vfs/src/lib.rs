@@ -292,11 +292,6 @@ pub trait FileReader: Send + Sync {
 /// What [`FileWriter::write_at_inspect`] hands the written bytes to.
 pub type Inspect = Box<dyn FnOnce(&[u8]) + Send>;
 
-/// What [`FileWriter::write_direct`] runs on a blocking thread: moves the
-/// bytes it stands for into the local file at the offset it is given
-/// (`splice(2)` from a pipe the socket filled); returns how many it wrote.
-pub type DirectWrite = Box<dyn FnOnce(&std::fs::File, u64) -> io::Result<u64> + Send>;
-
 /// Why [`FileWriter::write_and_commit`] failed.
 #[derive(Debug)]
 pub enum LastWrite {
@@ -365,14 +360,6 @@ pub trait FileWriter: Send + Sync {
     fn found(&self) -> Found;
     /// The underlying local file, for zero-copy uploads (splice).
     fn local_file(&self) -> Option<&std::fs::File>;
-    /// Writes bytes at `offset` that never pass through this process:
-    /// `write` moves them into [`FileWriter::local_file`] itself, on the
-    /// thread where the backend's own writes run. For a caller that needs
-    /// nothing of them but their count (FTP's zero-copy receive in
-    /// page-cache mode). Refused by a backend without a local file.
-    async fn write_direct(&self, _offset: u64, _write: DirectWrite) -> VfsResult<u64> {
-        Err(VfsError::Unsupported("zero-copy writes need local storage"))
-    }
     /// Makes the upload durable and visible under its final name.
     /// Returns a reader over exactly the committed content (for hashing).
     async fn commit(self: Box<Self>) -> VfsResult<Committed>;

@@ -1036,20 +1036,6 @@ impl FileWriter for LocalWriter {
         self.uncached.would_use(offset, len)
     }
 
-    async fn write_direct(&self, offset: u64, write: crate::DirectWrite) -> VfsResult<u64> {
-        let file = self.file.clone();
-        let writeback = self.writeback.clone();
-        self.wrote.store(true, Ordering::Relaxed);
-        blocking(move || {
-            // Through the page cache whatever the mode: a durable commit
-            // still syncs it, and its write-back starts early as usual.
-            let written = write(&file, offset)?;
-            writeback.wrote(&file, written);
-            Ok(written)
-        })
-        .await
-    }
-
     async fn set_len(&self, len: u64) -> VfsResult<()> {
         let file = self.file.clone();
         self.wrote.store(true, Ordering::Relaxed);

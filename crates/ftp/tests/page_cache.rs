@@ -1,8 +1,9 @@
-//! Page-cache uploads (`durable_uploads = false`) past the part the stream
-//! hash follows go from the data socket to the file with `splice(2)`: what
-//! the client sent is what is stored and hashed, whatever its pace and
-//! wherever the end falls; quota, rate limit, ABOR, STAT, a resume and a
-//! cut connection behave as on the copying path.
+//! Large page-cache uploads (`durable_uploads = false`): past the part the
+//! stream hash follows (`HASH_AFTER_REPLY_FROM`) their hash is finished
+//! from the committed file after the reply. What the client sent is what
+//! is stored and hashed, whatever its pace and wherever the end falls;
+//! quota, rate limit, STAT, ABOR, a resume, a cut connection and parallel
+//! uploads behave as for any upload.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -38,7 +39,7 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Sends `data` in writes of uneven sizes, pausing now and then so that
-/// the server finds the socket empty with part of a pipe filled.
+/// the server finds the socket empty with part of a buffer filled.
 async fn send_unevenly(d: &mut TcpStream, data: &[u8]) {
     let mut at = 0;
     let mut step = 0u64;
@@ -60,8 +61,8 @@ async fn uneven_writes_arrive_whole_and_are_hashed() {
     let home = server.user("u", "pw-u-1").await;
     let mut c = server.login("u", "pw-u-1").await;
     let threshold = usize::try_from(HASH_AFTER_REPLY_FROM).unwrap();
-    // An end in the middle of a pipe, one on a pipe's boundary (the last
-    // fill finds only the end), and one right past the threshold.
+    // An end in the middle of a 1 MiB chunk, one on a chunk's boundary (the
+    // last read finds only the end), and one right past the threshold.
     for (name, len) in [
         ("odd.bin", threshold + 12 * MIB + 12_345),
         ("even.bin", threshold + 2 * MIB),
@@ -86,11 +87,10 @@ async fn uneven_writes_arrive_whole_and_are_hashed() {
     server.stop().await;
 }
 
-/// A client that trickles (a slow link: one small segment per wake-up)
-/// fills a pipe's slots long before its bytes: each splice takes a slot of
-/// its own. The pipe is then written out as it is, and nothing stalls.
+/// A client that trickles past the threshold (a slow link: one small
+/// segment per wake-up): every byte arrives, nothing stalls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickling_client_fills_the_pipes_slots_and_goes_on() {
+async fn a_trickling_client_past_the_threshold_goes_on() {
     let server = common::start_with(page_cache()).await;
     let home = server.user("u", "pw-u-1").await;
     let mut c = server.login("u", "pw-u-1").await;
@@ -141,7 +141,7 @@ async fn a_resumed_upload_past_the_threshold_is_whole_and_hashed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quota_stops_a_zero_copy_upload_with_552_and_leaves_nothing() {
+async fn quota_stops_a_large_upload_with_552_and_leaves_nothing() {
     let server = common::start_with(page_cache()).await;
     let mut user = User::new("q");
     user.quota.max_bytes = 12 * MIB as u64;
@@ -154,7 +154,7 @@ async fn quota_stops_a_zero_copy_upload_with_552_and_leaves_nothing() {
     assert!(temporaries(&home).is_empty());
     let user = server.tg.store.get_user("q").await.unwrap().unwrap().user;
     assert_eq!(server.tg.gateway.usage(&user).await.unwrap(), (0, 0));
-    // Nothing of it counts: 11 MiB still fit, through the same path.
+    // Nothing of it counts: 11 MiB still fit.
     let fits = bytes(11 * MIB, 2);
     assert_eq!(c.stor("fits.bin", &fits).await.code, 226);
     assert!(std::fs::read(home.join("fits.bin")).unwrap() == fits);
@@ -166,7 +166,7 @@ async fn quota_stops_a_zero_copy_upload_with_552_and_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limited_zero_copy_upload_keeps_to_its_rate() {
+async fn a_rate_limited_large_upload_keeps_to_its_rate() {
     let server = common::start_with(page_cache()).await;
     let mut user = User::new("slow");
     user.bandwidth.upload_kib_s = 4096;
@@ -177,15 +177,15 @@ async fn a_rate_limited_zero_copy_upload_keeps_to_its_rate() {
     let started = Instant::now();
     assert_eq!(c.stor("slow.bin", &data).await.code, 226);
     let took = started.elapsed();
-    // 16 MiB at 4 MiB/s: about 4 s. The half past the threshold spliced
-    // without the limit would end in about 2.
+    // 16 MiB at 4 MiB/s: about 4 s. The half past the threshold, if the
+    // limit let it go, would end in about 2.
     assert!(took >= Duration::from_millis(3500), "{took:?}");
     assert!(std::fs::read(home.join("slow.bin")).unwrap() == data);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stat_then_abor_during_a_zero_copy_upload() {
+async fn stat_then_abor_during_a_large_upload() {
     let server = common::start_with(page_cache()).await;
     let home = server.user("u", "pw-u-1").await;
     let mut c = server.login("u", "pw-u-1").await;
@@ -213,7 +213,7 @@ async fn stat_then_abor_during_a_zero_copy_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_zero_copy_upload_cut_midway_leaves_the_old_file() {
+async fn a_large_upload_cut_midway_leaves_the_old_file() {
     let server = common::start_with(page_cache()).await;
     let home = server.user("u", "pw-u-1").await;
     std::fs::write(home.join("keep.bin"), b"old content").unwrap();
@@ -250,10 +250,10 @@ async fn a_zero_copy_upload_cut_midway_leaves_the_old_file() {
     server.stop().await;
 }
 
-/// curl, eight uploads at once into one folder: each pair of pipes stays
-/// with its upload, every file and every event is its own.
+/// curl, eight uploads at once into one folder: every file and every
+/// event (each hashed after its reply) is its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_parallel_curl_uploads_through_zero_copy() {
+async fn eight_parallel_large_curl_uploads() {
     dropgate_testkit::require_tool("curl", "curl");
     let server = common::start_with(page_cache()).await;
     let home = server.user("u", "pw-u-1").await;
