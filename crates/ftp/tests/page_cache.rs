@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Options, WAIT, temporaries};
@@ -55,6 +56,28 @@ async fn send_unevenly(d: &mut TcpStream, data: &[u8]) {
     }
 }
 
+/// Ends an upload's data connection, then checks the `226`, the bytes
+/// stored under `name` in `home` and the SHA-256 in the upload's event.
+async fn finish_and_check(
+    server: &common::Server,
+    c: &mut common::Client,
+    mut d: TcpStream,
+    home: &Path,
+    name: &str,
+    data: &[u8],
+) {
+    d.shutdown().await.unwrap();
+    drop(d);
+    let r = c.reply().await;
+    assert_eq!(r.code, 226, "{name}: {r:?}");
+    assert!(std::fs::read(home.join(name)).unwrap() == data, "{name}");
+    assert_eq!(
+        server.upload_event_sha256("u", &format!("/{name}")).await,
+        common::sha256_hex(data),
+        "{name}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uneven_writes_arrive_whole_and_are_hashed() {
     let server = common::start_with(page_cache()).await;
@@ -72,16 +95,7 @@ async fn uneven_writes_arrive_whole_and_are_hashed() {
         let mut d = c.epsv_connect().await;
         c.expect(&format!("STOR {name}"), 150).await;
         send_unevenly(&mut d, &data).await;
-        d.shutdown().await.unwrap();
-        drop(d);
-        let r = c.reply().await;
-        assert_eq!(r.code, 226, "{name}: {r:?}");
-        assert!(std::fs::read(home.join(name)).unwrap() == data, "{name}");
-        assert_eq!(
-            server.upload_event_sha256("u", &format!("/{name}")).await,
-            common::sha256_hex(&data),
-            "{name}"
-        );
+        finish_and_check(&server, &mut c, d, &home, name, &data).await;
     }
     assert!(temporaries(&home).is_empty());
     server.stop().await;
@@ -106,14 +120,7 @@ async fn a_trickling_client_past_the_threshold_goes_on() {
         d.write_all(piece).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    d.shutdown().await.unwrap();
-    drop(d);
-    assert_eq!(c.reply().await.code, 226);
-    assert!(std::fs::read(home.join("slow.bin")).unwrap() == data);
-    assert_eq!(
-        server.upload_event_sha256("u", "/slow.bin").await,
-        common::sha256_hex(&data)
-    );
+    finish_and_check(&server, &mut c, d, &home, "slow.bin", &data).await;
     server.stop().await;
 }
 
@@ -129,14 +136,7 @@ async fn a_resumed_upload_past_the_threshold_is_whole_and_hashed() {
     c.expect(&format!("REST {kept}"), 350).await;
     c.expect("STOR r.bin", 150).await;
     send_unevenly(&mut d, &whole[kept..]).await;
-    d.shutdown().await.unwrap();
-    drop(d);
-    assert_eq!(c.reply().await.code, 226);
-    assert!(std::fs::read(home.join("r.bin")).unwrap() == whole);
-    assert_eq!(
-        server.upload_event_sha256("u", "/r.bin").await,
-        common::sha256_hex(&whole)
-    );
+    finish_and_check(&server, &mut c, d, &home, "r.bin", &whole).await;
     server.stop().await;
 }
 
