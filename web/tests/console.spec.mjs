@@ -527,7 +527,13 @@ async function main() {
     assert.equal(made.status, 0, 'ssh-keygen (openssh-client) makes a key');
     await app.getByLabel('Add keys from a file').setInputFiles(join(keyDir, 'id_ed25519.pub'));
     await page.waitForFunction(() => document.querySelector('textarea[name=public_keys]').value.startsWith('ssh-ed25519 '));
-    await app.getByRole('button', { name: 'Save changes' }).click();
+    // The toast of the save before is still up: wait for this save's own
+    // answer, not for the text (a fetch racing the PATCH read 0 keys).
+    const [patched] = await Promise.all([
+      page.waitForResponse((res) => res.request().method() === 'PATCH' && res.url().includes(`/api/v1/users/${PARTNER}`)),
+      app.getByRole('button', { name: 'Save changes' }).click(),
+    ]);
+    assert.equal(patched.status(), 200);
     await page.getByText(`Account ${PARTNER} saved.`).first().waitFor();
     const withKey = await (await fetch(`${URL_BASE}/api/v1/users/${PARTNER}`, { headers: auth })).json();
     assert.equal(withKey.public_keys.length, 1);
