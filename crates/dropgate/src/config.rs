@@ -14,10 +14,26 @@ use serde::{Deserialize, Serialize};
 /// A config problem: one line naming the key (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct ConfigError(pub String);
+pub(crate) struct ConfigError(pub(crate) String);
+
+impl ConfigError {
+    /// `msg` on one line: control characters a key, a value or a path
+    /// brought in (a TOML key may hold `\n`) are shown escaped.
+    fn new(msg: impl AsRef<str>) -> ConfigError {
+        let mut line = String::new();
+        for c in msg.as_ref().chars() {
+            if c.is_control() {
+                line.extend(c.escape_default());
+            } else {
+                line.push(c);
+            }
+        }
+        ConfigError(line)
+    }
+}
 
 fn bad(key: &str, msg: impl std::fmt::Display) -> ConfigError {
-    ConfigError(format!("config key `{key}`: {msg}"))
+    ConfigError::new(format!("config key `{key}`: {msg}"))
 }
 
 /// Top-level keys; environment variables outside these are not ours
@@ -325,7 +341,7 @@ pub(crate) struct Effective {
 pub(crate) fn locate(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     if let Some(p) = explicit {
         if !p.is_file() {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::new(format!(
                 "config file {} does not exist",
                 p.display()
             )));
@@ -335,7 +351,7 @@ pub(crate) fn locate(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigE
     if let Some(p) = std::env::var_os("DROPGATE_CONFIG").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::new(format!(
                 "DROPGATE_CONFIG: config file {} does not exist",
                 p.display()
             )));
@@ -374,7 +390,7 @@ pub(crate) fn load(file: Option<&Path>) -> Result<Effective, ConfigError> {
             .next()
             .map(describe_figment)
             .unwrap_or_else(|| "invalid configuration".into());
-        ConfigError(first)
+        ConfigError::new(first)
     })?;
     resolve(raw, file)
 }
@@ -388,7 +404,7 @@ pub(crate) fn from_toml_str(text: &str) -> Result<Effective, ConfigError> {
         .merge(Toml::string(text))
         .extract()
         .map_err(|e| {
-            ConfigError(
+            ConfigError::new(
                 e.into_iter()
                     .next()
                     .map(describe_figment)
@@ -427,7 +443,7 @@ fn resolve(raw: Config, file: Option<&Path>) -> Result<Effective, ConfigError> {
     let base = match file.and_then(|f| f.parent()) {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::env::current_dir()
-            .map_err(|e| ConfigError(format!("cannot read the working directory: {e}")))?,
+            .map_err(|e| ConfigError::new(format!("cannot read the working directory: {e}")))?,
     };
     let base = std::fs::canonicalize(&base).unwrap_or(base);
     let abs = |p: &Path| {
@@ -696,6 +712,21 @@ impl Effective {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Found by the config_toml fuzz target: a quoted table name with an
+    /// escaped newline made the refusal two lines.
+    #[test]
+    fn refusals_stay_on_one_line_whatever_the_key_holds() {
+        let e = from_toml_str("[\"ftp\\nx\\ty\"]\nlisten = 1\n").unwrap_err();
+        let line = e.to_string();
+        assert!(!line.contains('\n') && !line.contains('\t'), "{line:?}");
+        assert!(line.contains(r"ftp\nx\ty"), "{line:?}");
+        let e = locate(Some(Path::new("/no/such\ndir/dropgate.toml"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r"config file /no/such\ndir/dropgate.toml does not exist"
+        );
+    }
 
     #[test]
     fn port_ranges() {
