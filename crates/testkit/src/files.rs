@@ -179,9 +179,11 @@ impl HomeFiles {
     }
 
     /// Uploads begun and not ended, anywhere in the home: on local disk
-    /// the hidden `.dropgate-part-*` files, in a bucket its unfinished
-    /// multipart uploads (an aborted upload must be aborted on the server,
-    /// leaving no parts).
+    /// the hidden `.dropgate-part-*` files and the unnamed (`O_TMPFILE`)
+    /// ones this process holds open (a gateway under test in this process:
+    /// a descriptor left open would keep its blocks allocated), in a bucket
+    /// its unfinished multipart uploads (an aborted upload must be aborted
+    /// on the server, leaving no parts).
     pub fn temporaries(&self) -> Vec<String> {
         let root = match &self.unfinished {
             Unfinished::Disk(root) => root,
@@ -199,7 +201,7 @@ impl HomeFiles {
             Unfinished::Nothing => return Vec::new(),
         };
         assert!(root.is_dir(), "no home at {}", root.display());
-        let mut found = Vec::new();
+        let mut found = unnamed_files_open_below(root);
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             let entries = match std::fs::read_dir(&dir) {
@@ -222,4 +224,25 @@ impl HomeFiles {
         }
         found
     }
+}
+
+/// This process's open files below `root` that have no name: what
+/// `/proc/self/fd` shows for an `O_TMPFILE` inode, `<folder>/#<inode>
+/// (deleted)`.
+fn unnamed_files_open_below(root: &std::path::Path) -> Vec<String> {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.starts_with(&root))
+        .map(|target| target.display().to_string())
+        .filter(|t| {
+            t.ends_with(" (deleted)")
+                && t.rsplit('/')
+                    .next()
+                    .is_some_and(|name| name.starts_with('#'))
+        })
+        .collect()
 }

@@ -29,6 +29,13 @@ fn with_old_file() -> Jail {
     j
 }
 
+/// What an upload in progress shows in `dir` on a file system with
+/// `O_TMPFILE` (every one the tests run on): no name at all.
+fn assert_unnamed_temporary(dir: &Path) {
+    let temps = temporaries_in(dir);
+    assert!(temps.is_empty(), "named temporaries: {temps:?}");
+}
+
 fn temporaries_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -48,8 +55,8 @@ async fn atomic_abort_keeps_the_old_content() {
         .unwrap();
     assert_eq!(w.initial_len(), 0);
     w.write_at(0, b(b"new and different")).await.unwrap();
-    // In progress: the temporary exists on disk, but nobody sees it.
-    assert_eq!(temporaries_in(&j.home).len(), 1);
+    // In progress: the bytes sit in an unnamed file nobody can see.
+    assert_unnamed_temporary(&j.home);
     assert_eq!(
         list_names(s, &VirtualPath::root()).await.unwrap(),
         vec!["f.txt".to_owned()]
@@ -73,7 +80,7 @@ async fn atomic_drop_without_commit_keeps_the_old_content() {
         w.write_at(w.initial_len(), b(b"new and different"))
             .await
             .unwrap();
-        assert_eq!(temporaries_in(&j.home).len(), 1);
+        assert_unnamed_temporary(&j.home);
         drop(w);
         assert_eq!(
             std::fs::read(j.home.join("f.txt")).unwrap(),
@@ -218,7 +225,7 @@ async fn atomic_commit_replaces_in_one_step() {
         )
         .await
         .unwrap();
-    assert_eq!(temporaries_in(&j.home.join("sub")).len(), 1);
+    assert_unnamed_temporary(&j.home.join("sub"));
     assert!(list_names(s, &vp("/sub")).await.unwrap().is_empty());
     let data = vec![7u8; 200_000];
     w.write_at(0, Bytes::from(data.clone())).await.unwrap();
@@ -419,7 +426,7 @@ async fn atomic_resume_keeps_the_partial_on_abort() {
         )
         .await
         .unwrap();
-    assert_eq!(temporaries_in(&j.home).len(), 1);
+    assert_unnamed_temporary(&j.home);
     w.abort().await;
     assert_eq!(std::fs::read(&on_disk).unwrap(), OLD);
     j.assert_no_temporaries();
@@ -545,20 +552,11 @@ async fn upload_targets_must_be_valid() {
             .await;
         assert!(matches!(r, Err(VfsError::NotFound)), "{mode:?}");
     }
-    // Temporaries cannot be named by clients.
-    let w = s
-        .create(
-            &vp("/x"),
-            opts(UploadMode::Atomic, WriteStart::Truncate, false),
-        )
-        .await
-        .unwrap();
-    let temp = temporaries_in(&j.home).pop().unwrap();
+    // The hidden names a replacement passes through cannot be named by
+    // clients.
+    let temp = format!("{TEMP_PREFIX}0123456789abcdef");
     assert!(VirtualPath::parse(&temp).is_err());
     assert!(VirtualPath::parse(&format!("/sub/../{temp}")).is_err());
-    w.abort().await;
-    j.assert_no_temporaries();
-    assert!(!j.home.join("x").exists());
 }
 
 // ---------------------------------------------------------------------------
@@ -656,19 +654,21 @@ async fn crash_mid_upload(pre_existing: Option<&[u8]>) {
         Some(old) => assert_eq!(std::fs::read(&f).unwrap(), old),
         None => assert!(!f.exists()),
     }
-    // The partial is on disk, as a hidden temporary.
-    let temps = temporaries_in(&j.home);
-    assert_eq!(temps.len(), 1, "{temps:?}");
-    assert_eq!(
-        std::fs::metadata(j.home.join(&temps[0])).unwrap().len(),
-        64 * 1024
-    );
+    // The partial was an unnamed file: it went with the process.
+    j.assert_no_temporaries();
     let s: &dyn Storage = &j.storage;
     let names = list_names(s, &VirtualPath::root()).await.unwrap();
     let expected: Vec<String> = pre_existing.iter().map(|_| "f.txt".to_owned()).collect();
     assert_eq!(names, expected);
 
-    // The startup sweep removes it and nothing else.
+    // What a crash leaves where the upload had to take a named temporary
+    // (a file system without O_TMPFILE, a replacement between its link and
+    // its rename): the startup sweep removes it and nothing else.
+    std::fs::write(
+        j.home.join(format!("{TEMP_PREFIX}00ff00ff00ff00ff")),
+        [b'N'; 64],
+    )
+    .unwrap();
     std::fs::write(j.home.join("keep.txt"), b"keep").unwrap();
     let outside = j.snapshot_outside();
     assert_eq!(sweep_stale_temporaries(&j.root).unwrap(), 1);
@@ -928,5 +928,52 @@ async fn a_committed_uploads_content_stays_as_committed_while_it_is_read_back() 
         drop(committed);
         truncate.await.unwrap().unwrap();
         assert_eq!(std::fs::metadata(j.home.join("up.bin")).unwrap().len(), 10);
+    }
+}
+
+/// On the multi-thread runtime (the server's) creates and page-cache
+/// commits run in place (`block_in_place`): many uploads at once, new names
+/// and replacements, in both durability modes, each lands whole under its
+/// name and leaves no temporary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_on_the_server_runtime_commit_in_place() {
+    let j = Jail::new();
+    let s: std::sync::Arc<dyn Storage> = std::sync::Arc::new(j.storage.clone());
+    for round in 0..2 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64u32 {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let mut o = opts(UploadMode::Atomic, WriteStart::Truncate, false);
+                o.durable = i % 4 == 0;
+                let w = s.create(&vp(&format!("/f{i}")), o).await.unwrap();
+                let body = format!("round {round} file {i}").repeat(100 + i as usize);
+                let half = body.len() / 2;
+                w.write_at(0, Bytes::from(body.as_bytes()[..half].to_vec()))
+                    .await
+                    .unwrap();
+                let last = Bytes::from(body.as_bytes()[half..].to_vec());
+                let committed = if i % 2 == 0 {
+                    w.write_and_commit(half as u64, last, None)
+                        .await
+                        .ok()
+                        .unwrap()
+                } else {
+                    w.write_at(half as u64, last).await.unwrap();
+                    w.commit().await.unwrap()
+                };
+                assert_eq!(committed.size, body.len() as u64);
+                (i, body)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (i, body) = done.unwrap();
+            assert_eq!(
+                std::fs::read(j.home.join(format!("f{i}"))).unwrap(),
+                body.as_bytes(),
+                "round {round} file {i}"
+            );
+        }
+        j.assert_no_temporaries();
     }
 }
