@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// A config problem: one line naming the key (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct ConfigError(pub(crate) String);
+pub(crate) struct ConfigError(String);
 
 impl ConfigError {
     /// `msg` on one line: control characters a key, a value or a path

@@ -58,7 +58,7 @@ pub(crate) enum CliError {
 
 impl From<ConfigError> for CliError {
     fn from(e: ConfigError) -> Self {
-        CliError::Usage(e.0)
+        CliError::Usage(e.to_string())
     }
 }
 

@@ -1278,13 +1278,26 @@ mod tests {
             .collect()
     }
 
-    fn atomic(mode: UploadMode, exclusive: bool) -> CreateOptions {
-        CreateOptions {
+    /// An atomic upload of `name` begun with `body` written.
+    async fn begin(
+        s: &LocalStorage,
+        name: &str,
+        mode: UploadMode,
+        exclusive: bool,
+        body: &'static [u8],
+    ) -> Box<dyn FileWriter> {
+        let opts = CreateOptions {
             mode,
             start: WriteStart::Truncate,
             exclusive,
             durable: false,
-        }
+        };
+        let w = s
+            .create(&VirtualPath::parse(name).unwrap(), opts)
+            .await
+            .unwrap();
+        w.write_at(0, Bytes::from_static(body)).await.unwrap();
+        w
     }
 
     /// The named temporary that file systems without `O_TMPFILE` get: one
@@ -1298,14 +1311,9 @@ mod tests {
             .with_named_temporaries();
         let home = dir.path().join("alice");
         std::fs::write(home.join("old"), b"old").unwrap();
-        let p = |s: &str| VirtualPath::parse(s).unwrap();
 
         for (name, exclusive) in [("new", true), ("old", false)] {
-            let w = s
-                .create(&p(name), atomic(UploadMode::Atomic, exclusive))
-                .await
-                .unwrap();
-            w.write_at(0, Bytes::from_static(b"fresh")).await.unwrap();
+            let w = begin(&s, name, UploadMode::Atomic, exclusive, b"fresh").await;
             assert_eq!(temporaries(&home).len(), 1, "{name}");
             w.commit().await.unwrap();
             assert_eq!(std::fs::read(home.join(name)).unwrap(), b"fresh");
@@ -1313,33 +1321,20 @@ mod tests {
         }
 
         // Aborted: the old file stays, the temporary goes.
-        let w = s
-            .create(&p("old"), atomic(UploadMode::Atomic, false))
-            .await
-            .unwrap();
-        w.write_at(0, Bytes::from_static(b"abandoned"))
-            .await
-            .unwrap();
+        let w = begin(&s, "old", UploadMode::Atomic, false, b"abandoned").await;
         w.abort().await;
         assert_eq!(std::fs::read(home.join("old")).unwrap(), b"fresh");
         assert!(temporaries(&home).is_empty());
 
         // Exclusive loses to a name taken meanwhile.
-        let w = s
-            .create(&p("race"), atomic(UploadMode::Atomic, true))
-            .await
-            .unwrap();
+        let w = begin(&s, "race", UploadMode::Atomic, true, b"mine").await;
         std::fs::write(home.join("race"), b"theirs").unwrap();
         assert!(matches!(w.commit().await, Err(VfsError::AlreadyExists)));
         assert_eq!(std::fs::read(home.join("race")).unwrap(), b"theirs");
         assert!(temporaries(&home).is_empty());
 
         // atomic_resume keeps the partial under the final name.
-        let w = s
-            .create(&p("old"), atomic(UploadMode::AtomicResume, false))
-            .await
-            .unwrap();
-        w.write_at(0, Bytes::from_static(b"PART")).await.unwrap();
+        let w = begin(&s, "old", UploadMode::AtomicResume, false, b"PART").await;
         drop(w);
         assert_eq!(std::fs::read(home.join("old")).unwrap(), b"PART");
         assert!(temporaries(&home).is_empty());

@@ -384,6 +384,60 @@ async fn exclusive_refuses_an_existing_target() {
     }
 }
 
+/// A symlink put at the final name while the upload runs (pointing out of
+/// the jail, or dangling to a name outside) is replaced by the upload, never
+/// written through: `linkat` refuses a taken name, and the replacement goes
+/// through a hidden name renamed over the link. An exclusive upload loses
+/// to it and leaves it alone.
+#[tokio::test]
+async fn a_symlink_put_at_the_name_meanwhile_is_replaced_not_followed() {
+    for (exclusive, mode) in [
+        (false, UploadMode::Atomic),
+        (false, UploadMode::AtomicResume),
+        (true, UploadMode::Atomic),
+    ] {
+        let j = Jail::new();
+        std::fs::write(j.root.join("secret.txt"), b"secret").unwrap();
+        let s: &dyn Storage = &j.storage;
+        let mut uploads = Vec::new();
+        for name in ["to_secret", "dangling"] {
+            let w = s
+                .create(
+                    &vp(&format!("/{name}")),
+                    opts(mode, WriteStart::Truncate, exclusive),
+                )
+                .await
+                .unwrap();
+            w.write_at(0, b(b"uploaded")).await.unwrap();
+            uploads.push((name, w));
+        }
+        std::os::unix::fs::symlink(j.root.join("secret.txt"), j.home.join("to_secret")).unwrap();
+        std::os::unix::fs::symlink(j.root.join("made.txt"), j.home.join("dangling")).unwrap();
+        let outside = j.snapshot_outside();
+        for (name, w) in uploads {
+            let on_disk = j.home.join(name);
+            let r = w.commit().await;
+            if exclusive {
+                assert!(matches!(r, Err(VfsError::AlreadyExists)), "{name}");
+                assert!(on_disk.symlink_metadata().unwrap().is_symlink(), "{name}");
+            } else {
+                r.unwrap();
+                let meta = on_disk.symlink_metadata().unwrap();
+                assert!(meta.is_file(), "{name} {mode:?}: still a link");
+                assert_eq!(std::fs::read(&on_disk).unwrap(), b"uploaded");
+            }
+        }
+        assert_eq!(
+            j.snapshot_outside(),
+            outside,
+            "exclusive={exclusive} {mode:?}"
+        );
+        assert_eq!(std::fs::read(j.root.join("secret.txt")).unwrap(), b"secret");
+        assert!(!j.root.join("made.txt").exists());
+        j.assert_no_temporaries();
+    }
+}
+
 #[tokio::test]
 async fn exclusive_commit_loses_to_a_file_created_meanwhile() {
     for mode in [UploadMode::Atomic, UploadMode::AtomicResume] {
