@@ -11,12 +11,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dropgate_core::vfs::VirtualPath;
 use dropgate_core::{Gateway, Session};
-use tokio::sync::{mpsc, oneshot};
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +82,8 @@ pub(crate) struct Running {
     pub(crate) progress: Arc<AtomicU64>,
     /// The command that started it (for STAT).
     pub(crate) command: &'static str,
+    /// Where an upload asks whether the client is still there.
+    pub(crate) gate: Arc<crate::transfer::CommitGate>,
 }
 
 impl Drop for Running {
@@ -101,7 +104,7 @@ enum Event {
     Shutdown,
     Kicked,
     TransferDone(TransferOutcome),
-    CommitCheck(oneshot::Sender<bool>),
+    CommitCheck,
     PassiveExpired,
 }
 
@@ -140,9 +143,6 @@ pub(crate) struct Connection {
     pub(crate) deferred: VecDeque<Bytes>,
     /// QUIT arrived during a transfer: say goodbye after it.
     quit_after_transfer: bool,
-    /// Transfers ask here whether the client is still there before commit.
-    pub(crate) commit_tx: mpsc::Sender<oneshot::Sender<bool>>,
-    commit_rx: mpsc::Receiver<oneshot::Sender<bool>>,
     /// When the session counts as idle.
     idle_deadline: Instant,
     /// A client not logged in by then is disconnected, whatever it sends
@@ -164,7 +164,6 @@ impl Connection {
     ) -> Connection {
         let idle = ctx.idle_limit();
         let ctx_login_grace = ctx.gateway.login_grace();
-        let (commit_tx, commit_rx) = mpsc::channel(1);
         Connection {
             control: ControlChannel::new(
                 stream,
@@ -188,8 +187,6 @@ impl Connection {
             running: None,
             deferred: VecDeque::new(),
             quit_after_transfer: false,
-            commit_tx,
-            commit_rx,
             idle_deadline: Instant::now() + idle,
             login_deadline: Instant::now() + ctx_login_grace,
         }
@@ -206,10 +203,12 @@ impl Connection {
             let step = match event {
                 Event::Line(line) => self.on_line(line).await,
                 Event::TransferDone(outcome) => self.on_transfer_done(outcome).await,
-                Event::CommitCheck(answer) => {
+                Event::CommitCheck => {
                     // A client that said QUIT ended the file on purpose.
                     let alive = self.quit_after_transfer || !self.control.closed_now().await;
-                    let _ = answer.send(alive);
+                    if let Some(r) = &self.running {
+                        r.gate.answer(alive);
+                    }
                     Ok(Flow::Continue)
                 }
                 Event::PassiveExpired => {
@@ -262,7 +261,6 @@ impl Connection {
             shutdown,
             login,
             running,
-            commit_rx,
             control,
             idle_deadline,
             login_deadline,
@@ -280,17 +278,22 @@ impl Connection {
         };
         let logging_in = kicked.is_none();
         let transferring = running.is_some();
+        let (transfer, gate) = match running {
+            Some(Running { transfer, gate, .. }) => (Some(transfer), Some(&**gate)),
+            None => (None, None),
+        };
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => Event::Shutdown,
             _ = async { match &kicked { Some(t) => t.cancelled().await, None => std::future::pending().await } } => Event::Kicked,
-            Some(answer) = commit_rx.recv(), if transferring => Event::CommitCheck(answer),
             done = async {
-                match running.as_mut() {
-                    Some(r) => (&mut r.transfer).await,
+                match transfer {
+                    Some(t) => t.await,
                     None => std::future::pending().await,
                 }
             }, if transferring => Event::TransferDone(done),
+            // Right after the transfer, in the same pass: see CommitGate.
+            () = gate_asked(gate), if transferring => Event::CommitCheck,
             line = control.read_line() => match line {
                 Ok(Some(l)) => Event::Line(l),
                 Ok(None) => Event::Closed,
@@ -426,13 +429,14 @@ impl Connection {
         };
         let kicked = self.session().map(|s| s.cancelled());
         loop {
+            let Running { transfer, gate, .. } = &mut running;
+            // Biased: the gate right after the transfer (see CommitGate).
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => break,
                 _ = async { match &kicked { Some(t) => t.cancelled().await, None => std::future::pending().await } } => break,
-                Some(answer) = self.commit_rx.recv() => {
-                    let _ = answer.send(true);
-                }
-                _ = &mut running.transfer => return,
+                _ = transfer => return,
+                () = gate_asked(Some(&**gate)) => gate.answer(true),
             }
         }
         running.abort.cancel();
@@ -500,11 +504,12 @@ impl Connection {
     ) {
         let abort = CancellationToken::new();
         let progress = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(crate::transfer::CommitGate::default());
         let ctl = crate::transfer::TransferControl {
             abort: abort.clone(),
             progress: progress.clone(),
             idle: self.ctx.idle_limit(),
-            commit_gate: self.commit_tx.clone(),
+            commit_gate: gate.clone(),
         };
         let local_ip = self.local.ip();
         // Callers refused clear-text data under `tls = required` before 150.
@@ -515,8 +520,23 @@ impl Connection {
             abort,
             progress,
             command,
+            gate,
         });
     }
+}
+
+/// Ready when the running upload has asked its commit question. Polled
+/// right after the transfer in the same pass, so it needs no waker: only
+/// that poll of the transfer can ask.
+async fn gate_asked(gate: Option<&crate::transfer::CommitGate>) {
+    std::future::poll_fn(|_| {
+        if gate.is_some_and(|g| g.asked()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 async fn sleep_until_maybe(deadline: Option<std::time::Instant>) {

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -26,7 +26,6 @@ use dropgate_core::{Download, ErrorClass, FsError, Session, Upload};
 use dropgate_ftps::ControlTls;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, Interest};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ascii;
@@ -41,7 +40,7 @@ const SENDFILE_CHUNK: u64 = 4 << 20;
 const THROTTLED_CHUNK: u64 = 64 << 10;
 /// Read size of the download fallback (TLS, ASCII, non-local storage).
 const COPY_CHUNK: usize = 1 << 20;
-/// Upload buffer size (two of them per upload).
+/// Upload buffer size (two of them per upload larger than one).
 const UPLOAD_CHUNK: usize = 1 << 20;
 /// Listing output buffer.
 const LISTING_BUFFER: usize = 64 * 1024;
@@ -125,7 +124,53 @@ pub(crate) struct TransferControl {
     pub(crate) idle: Duration,
     /// Asks the connection whether the client is still there before an
     /// upload is committed (answer `false`: abort).
-    pub(crate) commit_gate: mpsc::Sender<oneshot::Sender<bool>>,
+    pub(crate) commit_gate: Arc<CommitGate>,
+}
+
+/// An upload's question to its connection before the commit: is the client
+/// still there? Asked and answered inside polls of the connection's own
+/// task, with no waker: the connection polls the transfer and then
+/// [`CommitGate::asked`] in the same pass, answers, and polls the transfer
+/// again at once. A channel would have the task wake itself, and tokio
+/// reschedules a self-woken task as a yield, which wakes an idle worker that
+/// may steal it: a thread hop before every upload's 226
+/// (docs/benchmarks.md, session 22).
+#[derive(Default)]
+pub(crate) struct CommitGate(AtomicU8);
+
+const GATE_IDLE: u8 = 0;
+const GATE_ASKED: u8 = 1;
+const GATE_ALIVE: u8 = 2;
+const GATE_GONE: u8 = 3;
+
+impl CommitGate {
+    /// Whether the transfer waits for an answer.
+    pub(crate) fn asked(&self) -> bool {
+        self.0.load(Ordering::Acquire) == GATE_ASKED
+    }
+
+    /// Answers the question asked, if any.
+    pub(crate) fn answer(&self, alive: bool) {
+        let to = if alive { GATE_ALIVE } else { GATE_GONE };
+        let _ = self
+            .0
+            .compare_exchange(GATE_ASKED, to, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn ask(&self) {
+        self.0.store(GATE_ASKED, Ordering::Release);
+    }
+
+    /// The answer, once given (the gate is then ready for another question).
+    fn answered(&self) -> Option<bool> {
+        match self.0.load(Ordering::Acquire) {
+            GATE_ALIVE | GATE_GONE => {
+                let alive = self.0.swap(GATE_IDLE, Ordering::AcqRel) == GATE_ALIVE;
+                Some(alive)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A listing's source.
@@ -255,15 +300,17 @@ fn failed(e: TransferError) -> TransferOutcome {
 }
 
 async fn client_still_there(ctl: &TransferControl) -> bool {
-    let (tx, rx) = oneshot::channel();
-    // The connection may be busy stopping this very transfer (ABOR): never
-    // wait for it without also watching the abort.
+    ctl.commit_gate.ask();
+    // The connection may be stopping this very transfer (ABOR, a disconnect:
+    // it then polls it on its own): never wait without watching the abort.
+    // No waker for the answer: see [`CommitGate`].
     tokio::select! {
         biased;
         _ = ctl.abort.cancelled() => false,
-        answer = async {
-            ctl.commit_gate.send(tx).await.is_ok() && rx.await.unwrap_or(false)
-        } => answer,
+        alive = std::future::poll_fn(|_| match ctl.commit_gate.answered() {
+            Some(alive) => Poll::Ready(alive),
+            None => Poll::Pending,
+        }) => alive,
     }
 }
 
@@ -455,8 +502,10 @@ async fn receive_into(
 ) -> Result<Option<(u64, Bytes)>, TransferError> {
     let mut from_net = ascii.then(ascii::FromNetwork::default);
     let mut pos = upload.initial_len();
-    let mut current = BytesMut::with_capacity(UPLOAD_CHUNK);
-    let mut next = BytesMut::with_capacity(UPLOAD_CHUNK);
+    // `fill` allocates each buffer on first use: a file that fits in one
+    // chunk (most small uploads) never needs the second.
+    let mut current = BytesMut::new();
+    let mut next = BytesMut::new();
     let mut eof = fill(stream, &mut current, ctl).await?;
     loop {
         let data = match from_net.as_mut() {
