@@ -77,6 +77,9 @@ pub(crate) enum Login {
 
 /// The transfer in progress.
 pub(crate) struct Running {
+    /// Poll it only beside [`gate_asked`] (right after it, in the same pass)
+    /// or once `abort` is cancelled: an upload's commit question has no
+    /// waker, so a poll that leaves it unanswered leaves it waiting.
     pub(crate) transfer: TransferTask,
     pub(crate) abort: CancellationToken,
     pub(crate) progress: Arc<AtomicU64>,
@@ -548,6 +551,8 @@ async fn sleep_until_maybe(deadline: Option<std::time::Instant>) {
 
 /// Waits for a cancelled transfer to wind down (bounded).
 async fn finish(mut running: Running) -> TransferOutcome {
+    // Polled without the commit gate: only a cancelled transfer may be.
+    debug_assert!(running.abort.is_cancelled());
     match tokio::time::timeout(STOP_TIMEOUT, &mut running.transfer).await {
         Ok(outcome) => outcome,
         Err(_) => {

@@ -46,6 +46,9 @@ const UPLOAD_CHUNK: usize = 1 << 20;
 const LISTING_BUFFER: usize = 64 * 1024;
 /// How long answering an upload's TLS `close_notify` may take.
 const TLS_CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long an upload waits for its commit question's answer before it
+/// wakes to make sure it was seen (see `client_still_there`).
+const GATE_GUARD: Duration = Duration::from_secs(1);
 
 /// How a transfer ended.
 #[derive(Debug)]
@@ -301,16 +304,24 @@ fn failed(e: TransferError) -> TransferOutcome {
 
 async fn client_still_there(ctl: &TransferControl) -> bool {
     ctl.commit_gate.ask();
-    // The connection may be stopping this very transfer (ABOR, a disconnect:
-    // it then polls it on its own): never wait without watching the abort.
-    // No waker for the answer: see [`CommitGate`].
-    tokio::select! {
-        biased;
-        _ = ctl.abort.cancelled() => false,
-        alive = std::future::poll_fn(|_| match ctl.commit_gate.answered() {
-            Some(alive) => Poll::Ready(alive),
-            None => Poll::Pending,
-        }) => alive,
+    loop {
+        // The connection may be stopping this very transfer (ABOR, a
+        // disconnect: it then polls it on its own): never wait without
+        // watching the abort. No waker for the answer (see [`CommitGate`]);
+        // the timer only guards against a poll that left the question
+        // unseen, which would otherwise hang the upload: it then costs a
+        // second, and says so.
+        tokio::select! {
+            biased;
+            _ = ctl.abort.cancelled() => return false,
+            alive = std::future::poll_fn(|_| match ctl.commit_gate.answered() {
+                Some(alive) => Poll::Ready(alive),
+                None => Poll::Pending,
+            }) => return alive,
+            () = tokio::time::sleep(GATE_GUARD) => {
+                tracing::warn!("an upload's commit question went unanswered for a second; asking again");
+            }
+        }
     }
 }
 
