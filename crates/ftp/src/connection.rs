@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use dropgate_core::vfs::VirtualPath;
 use dropgate_core::{Gateway, Session};
-
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
