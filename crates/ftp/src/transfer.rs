@@ -40,7 +40,7 @@ const SENDFILE_CHUNK: u64 = 4 << 20;
 const THROTTLED_CHUNK: u64 = 64 << 10;
 /// Read size of the download fallback (TLS, ASCII, non-local storage).
 const COPY_CHUNK: usize = 1 << 20;
-/// Upload buffer size (two of them per upload larger than one).
+/// Upload buffer size (a second buffer only for uploads larger than one).
 const UPLOAD_CHUNK: usize = 1 << 20;
 /// Listing output buffer.
 const LISTING_BUFFER: usize = 64 * 1024;
@@ -704,5 +704,74 @@ pub(crate) fn entry_rights(session: &Session, path: &VirtualPath) -> EntryRights
         rename: can(Permission::Rename),
         mkdir: can(Permission::Mkdir),
         rmdir: can(Permission::Rmdir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn control() -> TransferControl {
+        TransferControl {
+            abort: CancellationToken::new(),
+            progress: Arc::new(AtomicU64::new(0)),
+            idle: Duration::from_secs(30),
+            commit_gate: Arc::new(CommitGate::default()),
+        }
+    }
+
+    #[test]
+    fn the_gate_takes_one_answer_per_question() {
+        let gate = CommitGate::default();
+        gate.answer(true);
+        assert!(!gate.asked(), "an answer without a question is dropped");
+        assert_eq!(gate.answered(), None);
+        for alive in [true, false] {
+            gate.ask();
+            assert!(gate.asked());
+            assert_eq!(gate.answered(), None);
+            gate.answer(alive);
+            assert!(!gate.asked());
+            assert_eq!(gate.answered(), Some(alive));
+            assert_eq!(gate.answered(), None, "taken once");
+        }
+    }
+
+    /// Nobody polls the upload right after it asks (the connection's rule
+    /// broken): the guard wakes it, so the answer given later is seen
+    /// within a second instead of never.
+    #[tokio::test]
+    async fn an_unseen_question_costs_a_second_not_a_hang() {
+        let ctl = Arc::new(control());
+        let started = tokio::time::Instant::now();
+        let waiting = tokio::spawn({
+            let ctl = ctl.clone();
+            async move { client_still_there(&ctl).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(ctl.commit_gate.asked());
+        ctl.commit_gate.answer(false);
+        let alive = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the guard wakes the upload")
+            .unwrap();
+        assert!(!alive);
+        assert!(started.elapsed() >= GATE_GUARD - Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn an_abort_ends_the_wait_at_once() {
+        let ctl = Arc::new(control());
+        let waiting = tokio::spawn({
+            let ctl = ctl.clone();
+            async move { client_still_there(&ctl).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = tokio::time::Instant::now();
+        ctl.abort.cancel();
+        let alive = waiting.await.unwrap();
+        assert!(!alive, "an aborted upload is not committed");
+        assert!(started.elapsed() < GATE_GUARD / 2);
     }
 }
