@@ -463,6 +463,85 @@ async fn outbox(store: &Store) {
     );
     assert_eq!(count("carol").await, 3, "one keyed row and two unkeyed");
 
+    // Batches as the writer and the spool's replay send them: up to 256
+    // events in one statement, more in chunks of one transaction. Every
+    // field comes back, in the order sent, each key once (within one
+    // statement, across two, and when a batch is replayed).
+    let batch_event = |i: u64| {
+        KeyedEvent::new(Event {
+            kind: if i.is_multiple_of(2) {
+                EventKind::Upload
+            } else {
+                EventKind::Setstat
+            },
+            username: "batch".into(),
+            path: Some(format!("/b/{i}")),
+            target_path: i.is_multiple_of(3).then(|| format!("/t/{i}")),
+            bytes: (!i.is_multiple_of(5)).then_some(i),
+            duration_ms: Some(i * 7),
+            outcome: if i.is_multiple_of(4) {
+                Outcome::Failed
+            } else {
+                Outcome::Ok
+            },
+            sha256: i.is_multiple_of(2).then(|| format!("{i:064x}")),
+            message: i.is_multiple_of(4).then(|| format!("it's \"odd\" {i}")),
+            session_id: Some(format!("s{i}")),
+            ..event.clone()
+        })
+    };
+    let small: Vec<KeyedEvent> = (0..40).map(batch_event).collect();
+    let mut large: Vec<KeyedEvent> = (40..640).map(batch_event).collect();
+    // The same event twice in one statement and across two statements.
+    large.insert(10, large[3].clone());
+    large.insert(400, large[20].clone());
+    store
+        .insert_events_with_deliveries(&small, &[])
+        .await
+        .unwrap();
+    store
+        .insert_events_with_deliveries(&large, &[])
+        .await
+        .unwrap();
+    store
+        .insert_events_with_deliveries(&small[..17], &[])
+        .await
+        .unwrap();
+    let mut back = store
+        .query_events(&EventQuery {
+            username: Some("batch".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    back.reverse();
+    assert_eq!(back.len(), 640, "each key kept once");
+    for (i, got) in back.iter().enumerate() {
+        let want = batch_event(i as u64).event;
+        assert_eq!(
+            (&got.path, &got.target_path, got.bytes, got.duration_ms),
+            (&want.path, &want.target_path, want.bytes, want.duration_ms),
+            "row {i}"
+        );
+        assert_eq!(
+            (got.kind, got.outcome, &got.sha256, &got.message),
+            (want.kind, want.outcome, &want.sha256, &want.message),
+            "row {i}"
+        );
+        assert_eq!(
+            (&got.node, &got.session_id, &got.remote_addr, &got.protocol),
+            (
+                &want.node,
+                &want.session_id,
+                &want.remote_addr,
+                &want.protocol
+            ),
+            "row {i}"
+        );
+        assert_eq!(got.time.timestamp_millis(), now.timestamp_millis());
+    }
+
     // Two nodes claiming at once never get the same delivery.
     let lease = std::time::Duration::from_secs(60);
     let (a, b) = tokio::join!(
