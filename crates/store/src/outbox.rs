@@ -388,8 +388,9 @@ const INSERT_EVENT: &str = "INSERT INTO events (ts, kind, username, protocol, re
     duration_ms, outcome, sha256, message, node, session_id, event_key) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (event_key) DO NOTHING";
 /// Most events one statement inserts: 15 bindings a row stays well below
-/// SQLite's 32,766 and PostgreSQL's 65,535 parameters (and the writer's
-/// batches are no larger).
+/// SQLite's 32,766 (the bundled SQLite's; a system SQLite before 3.32 would
+/// allow 999, so the `sqlite` feature must stay bundled) and PostgreSQL's
+/// 65,535 parameters (and the writer's batches are no larger).
 const EVENTS_PER_STATEMENT: usize = 256;
 const INSERT_DELIVERY: &str = "INSERT INTO event_deliveries (id, rule_id, trigger_kind, body, status, attempts, \
     last_error, output, next_attempt_at, created_at, finished_at) \

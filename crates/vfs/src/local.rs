@@ -1016,8 +1016,9 @@ impl LocalWriter {
     }
 
     /// Puts the temporary under the final name, replacing what is there
-    /// unless `exclusive` (then taken names fail with `AlreadyExists`).
-    fn place(&self, temp: &Temp) -> io::Result<()> {
+    /// unless `exclusive` (then taken names fail with `AlreadyExists`), and
+    /// says what the name held.
+    fn place(&self, temp: &Temp) -> io::Result<Replaced> {
         let rename = |from: &str| {
             let flags = if self.exclusive {
                 rustix::fs::RenameFlags::NOREPLACE
@@ -1028,16 +1029,26 @@ impl LocalWriter {
                 .map_err(io::Error::from)
         };
         match temp {
-            Temp::Named(temp) => rename(temp),
+            Temp::Named(temp) => {
+                let replaced = self.current_target();
+                rename(temp).map(|()| replaced)
+            }
             Temp::Unnamed => match unnamed::link(&self.file, &self.parent, &self.name) {
+                // `linkat` never replaces: the name was free at that moment,
+                // which no look before it could tell as surely (and a new
+                // file costs no `statx` of its name).
+                Ok(()) => Ok(Replaced::Nothing),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !self.exclusive => {
+                    let replaced = self.current_target();
                     let hidden = format!("{TEMP_PREFIX}{}", random_suffix());
                     unnamed::link(&self.file, &self.parent, &hidden)?;
-                    rename(&hidden).inspect_err(|_| {
-                        let _ = self.parent.remove_file(&hidden);
-                    })
+                    rename(&hidden)
+                        .inspect_err(|_| {
+                            let _ = self.parent.remove_file(&hidden);
+                        })
+                        .map(|()| replaced)
                 }
-                r => r,
+                Err(e) => Err(e),
             },
         }
     }
@@ -1051,8 +1062,7 @@ impl LocalWriter {
             }
             let mut replaced = Replaced::InPlace;
             if let Some(temp) = &self.temp {
-                replaced = self.current_target();
-                self.place(temp)?;
+                replaced = self.place(temp)?;
                 self.finished = true;
                 // Make the rename itself durable.
                 // cap-std holds folders as O_PATH handles, which cannot be
@@ -1114,8 +1124,7 @@ impl LocalWriter {
         let keep = self.mode == UploadMode::AtomicResume && self.wrote.load(Ordering::Relaxed);
         if keep {
             // An exclusive upload never replaces a file that appeared meanwhile.
-            let replaced = self.current_target();
-            if self.place(temp).is_ok() {
+            if let Ok(replaced) = self.place(temp) {
                 let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
                 return Some(Placed { size, replaced });
             }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use dropgate_vfs::{
-    CreateOptions, LocalStorage, Storage, TEMP_PREFIX, UploadMode, VfsError, VirtualPath,
+    CreateOptions, LocalStorage, Replaced, Storage, TEMP_PREFIX, UploadMode, VfsError, VirtualPath,
     WriteStart, sweep_stale_temporaries,
 };
 
@@ -434,6 +434,68 @@ async fn a_symlink_put_at_the_name_meanwhile_is_replaced_not_followed() {
         );
         assert_eq!(std::fs::read(j.root.join("secret.txt")).unwrap(), b"secret");
         assert!(!j.root.join("made.txt").exists());
+        j.assert_no_temporaries();
+    }
+}
+
+/// The quota gives back what the final name held at the moment the upload
+/// took it over, so the commit (and an `atomic_resume` abort, which keeps
+/// the partial) must say what that was, including what appeared at the name
+/// while the upload ran.
+#[tokio::test]
+async fn the_commit_says_what_the_name_held_when_it_was_taken() {
+    for mode in [UploadMode::Atomic, UploadMode::AtomicResume] {
+        let j = Jail::new();
+        let s: &dyn Storage = &j.storage;
+        let start = |name: &'static str| async move {
+            let w = s
+                .create(&vp(name), opts(mode, WriteStart::Truncate, false))
+                .await
+                .unwrap();
+            w.write_at(0, b(b"uploaded")).await.unwrap();
+            w
+        };
+        // A new name, free to the end.
+        let w = start("/new").await;
+        assert_eq!(w.commit().await.unwrap().replaced, Replaced::Nothing);
+
+        // A file that was there before the upload began, with a second link.
+        std::fs::write(j.home.join("linked"), b"twelve bytes").unwrap();
+        std::fs::hard_link(j.home.join("linked"), j.home.join("other")).unwrap();
+        let w = start("/linked").await;
+        assert_eq!(
+            w.commit().await.unwrap().replaced,
+            Replaced::File { size: 12, nlink: 2 },
+            "{mode:?}"
+        );
+
+        // A file, and a symlink, that appeared while the upload ran.
+        let file = start("/appeared").await;
+        let link = start("/link").await;
+        std::fs::write(j.home.join("appeared"), b"theirs").unwrap();
+        std::os::unix::fs::symlink("new", j.home.join("link")).unwrap();
+        assert_eq!(
+            file.commit().await.unwrap().replaced,
+            Replaced::File { size: 6, nlink: 1 },
+            "{mode:?}"
+        );
+        assert_eq!(link.commit().await.unwrap().replaced, Replaced::Other);
+        assert!(j.home.join("link").symlink_metadata().unwrap().is_file());
+
+        if mode == UploadMode::AtomicResume {
+            // An abort keeps the partial under the name, and says the same.
+            let free = start("/partial").await;
+            let taken = start("/taken").await;
+            std::fs::write(j.home.join("taken"), b"four").unwrap();
+            let placed = free.abort().await.unwrap();
+            assert_eq!((placed.size, placed.replaced), (8, Replaced::Nothing));
+            let placed = taken.abort().await.unwrap();
+            assert_eq!(
+                (placed.size, placed.replaced),
+                (8, Replaced::File { size: 4, nlink: 1 })
+            );
+            assert_eq!(std::fs::read(j.home.join("taken")).unwrap(), b"uploaded");
+        }
         j.assert_no_temporaries();
     }
 }
