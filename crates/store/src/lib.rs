@@ -135,6 +135,20 @@ macro_rules! on_pool {
             crate::Db::Postgres($pool) => $body,
         }
     };
+    // With `$db` naming the database type, for code that builds its query
+    // (`sqlx::QueryBuilder<$db>`).
+    ($store:expr, $pool:ident, $db:ident => $body:expr) => {
+        match &$store.db {
+            crate::Db::Sqlite($pool) => {
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            crate::Db::Postgres($pool) => {
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
 }
 pub(crate) use on_pool;
 

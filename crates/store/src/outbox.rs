@@ -384,9 +384,6 @@ fn to_json<T: Serialize>(v: &T, what: &'static str) -> StoreResult<String> {
 
 const EVENT_COLUMNS: &str = "INSERT INTO events (ts, kind, username, protocol, remote_addr, path, target_path, bytes, \
     duration_ms, outcome, sha256, message, node, session_id, event_key) ";
-const INSERT_EVENT: &str = "INSERT INTO events (ts, kind, username, protocol, remote_addr, path, target_path, bytes, \
-    duration_ms, outcome, sha256, message, node, session_id, event_key) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (event_key) DO NOTHING";
 /// Most events one statement inserts: 15 bindings a row stays well below
 /// SQLite's 32,766 (the bundled SQLite's; a system SQLite before 3.32 would
 /// allow 999, so the `sqlite` feature must stay bundled) and PostgreSQL's
@@ -395,32 +392,6 @@ const EVENTS_PER_STATEMENT: usize = 256;
 const INSERT_DELIVERY: &str = "INSERT INTO event_deliveries (id, rule_id, trigger_kind, body, status, attempts, \
     last_error, output, next_attempt_at, created_at, finished_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING";
-
-/// Inserts one event on `$conn` (either dialect), kept once per key.
-macro_rules! insert_event {
-    ($conn:expr, $k:expr) => {{
-        let k: &KeyedEvent = $k;
-        let e = &k.event;
-        sqlx::query(INSERT_EVENT)
-            .bind(to_ms(e.time))
-            .bind(e.kind.as_str())
-            .bind(&e.username)
-            .bind(&e.protocol)
-            .bind(&e.remote_addr)
-            .bind(&e.path)
-            .bind(&e.target_path)
-            .bind(e.bytes.map(to_i64))
-            .bind(e.duration_ms.map(to_i64))
-            .bind(e.outcome.as_str())
-            .bind(&e.sha256)
-            .bind(&e.message)
-            .bind(&e.node)
-            .bind(&e.session_id)
-            .bind(&k.key)
-            .execute($conn)
-            .await?;
-    }};
-}
 
 /// Inserts `$events` (at most [`EVENTS_PER_STATEMENT`]) with one statement
 /// on `$conn`, of database `$db`, each kept once per key. One statement
@@ -451,8 +422,12 @@ macro_rules! insert_events {
                 .push_bind(&k.key);
         });
         q.push(" ON CONFLICT (event_key) DO NOTHING");
-        // Not kept prepared: the text differs with the number of rows.
-        q.build().persistent(false).execute($conn).await?;
+        // Only the one-row text (a lone upload's event, the common case)
+        // is kept prepared: the others differ with the number of rows.
+        q.build()
+            .persistent(events.len() == 1)
+            .execute($conn)
+            .await?;
     }};
 }
 
@@ -584,38 +559,23 @@ impl Store {
     ) -> StoreResult<()> {
         match (events, deliveries) {
             ([], []) => {}
-            // One upload's event that matched no rule: the prepared
-            // statement, with no transaction around it (two more round trips
-            // to SQLite's connection thread, about 0.1 ms of every small
-            // upload's reply).
-            ([one], []) => on_pool!(self, p => insert_event!(p, one)),
-            // The writer's usual batch: one statement is atomic by itself.
-            (_, []) if events.len() <= EVENTS_PER_STATEMENT => match &self.db {
-                Db::Sqlite(p) => insert_events!(sqlx::Sqlite, p, events),
-                Db::Postgres(p) => insert_events!(sqlx::Postgres, p, events),
-            },
-            _ => match &self.db {
-                Db::Sqlite(p) => {
-                    let mut tx = p.begin().await?;
-                    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-                        insert_events!(sqlx::Sqlite, &mut *tx, chunk);
-                    }
-                    for d in deliveries {
-                        insert_delivery!(&mut *tx, d);
-                    }
-                    tx.commit().await?;
+            // The writer's usual batch, or one upload's event that matched
+            // no rule: one statement is atomic by itself, where a transaction
+            // costs two more round trips to SQLite's connection thread (about
+            // 0.1 ms of every small upload's reply).
+            (_, []) if events.len() <= EVENTS_PER_STATEMENT => {
+                on_pool!(self, p, D => insert_events!(D, p, events))
+            }
+            _ => on_pool!(self, p, D => {
+                let mut tx = p.begin().await?;
+                for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+                    insert_events!(D, &mut *tx, chunk);
                 }
-                Db::Postgres(p) => {
-                    let mut tx = p.begin().await?;
-                    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-                        insert_events!(sqlx::Postgres, &mut *tx, chunk);
-                    }
-                    for d in deliveries {
-                        insert_delivery!(&mut *tx, d);
-                    }
-                    tx.commit().await?;
+                for d in deliveries {
+                    insert_delivery!(&mut *tx, d);
                 }
-            },
+                tx.commit().await?;
+            }),
         }
         Ok(())
     }
@@ -846,8 +806,12 @@ impl EventConnection {
     /// [`Store::insert_events_with_deliveries`] does for a lone event).
     pub async fn insert_event(&mut self, event: &KeyedEvent) -> StoreResult<()> {
         match &mut self.0 {
-            EventConn::Sqlite(c) => insert_event!(&mut *c, event),
-            EventConn::Postgres(c) => insert_event!(&mut *c, event),
+            EventConn::Sqlite(c) => {
+                insert_events!(sqlx::Sqlite, &mut *c, std::slice::from_ref(event))
+            }
+            EventConn::Postgres(c) => {
+                insert_events!(sqlx::Postgres, &mut *c, std::slice::from_ref(event))
+            }
         }
         Ok(())
     }

@@ -499,8 +499,10 @@ async fn outbox(store: &Store) {
         .insert_events_with_deliveries(&small, &[])
         .await
         .unwrap();
+    // With deliveries (already stored above, so still 40 of them): the
+    // chunks and the deliveries in one transaction.
     store
-        .insert_events_with_deliveries(&large, &[])
+        .insert_events_with_deliveries(&large, &ds)
         .await
         .unwrap();
     store
