@@ -11,6 +11,7 @@
 //! `dropgate-core`), or speak any wire protocol.
 
 mod backend;
+mod brief;
 mod local;
 mod memory;
 mod path;

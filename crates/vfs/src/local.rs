@@ -21,6 +21,7 @@ use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 
+use crate::brief::{self, Blocking};
 use crate::seal::{self, Seal};
 use crate::uncached;
 use crate::writeback::WriteBack;
@@ -182,31 +183,6 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| VfsError::Io(io::Error::other(e)))?
-}
-
-/// Runs `f`, one short blocking call an upload waits for, on this thread
-/// when `here` and the runtime allows it, else on the blocking pool.
-///
-/// tokio's `block_in_place` hands this worker's other tasks to another
-/// thread while `f` runs, so no other session waits behind it (a create can
-/// still read the disk: see docs/benchmarks.md, session 19), and the caller
-/// skips the round trip to the blocking pool and back, two thread
-/// wake-ups: a 4 KiB FTP upload's last byte to its `226` went from 128 to
-/// 86 us with it, STOR to `150` from 78 to 60 (docs/benchmarks.md, session
-/// 21). Needs the multi-thread runtime (`block_in_place` panics on a
-/// current-thread one, which tests use): elsewhere the blocking pool.
-async fn short_blocking<T, F>(here: bool, f: F) -> Result<T, tokio::task::JoinError>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if here && multi_thread {
-        Ok(tokio::task::block_in_place(f))
-    } else {
-        tokio::task::spawn_blocking(f).await
-    }
 }
 
 fn to_meta(m: &cap_std::fs::Metadata) -> Metadata {
@@ -463,10 +439,14 @@ impl Storage for LocalStorage {
         } else {
             None
         };
-        // In place: a create is a few metadata calls the upload waits for.
-        // Not an atomic resume's prefix copy, which can take a while.
-        let here = opts.start == WriteStart::Truncate || opts.mode == UploadMode::Direct;
-        short_blocking(here, move || {
+        // A create is a few metadata calls the upload waits for; an atomic
+        // resume's prefix copy can take a while.
+        let how = if opts.start == WriteStart::Truncate || opts.mode == UploadMode::Direct {
+            Blocking::Brief
+        } else {
+            Blocking::Long
+        };
+        brief::run(how, move || {
             let parent = home.open_dir(parent_rel)?;
             let existing = match parent.metadata(&name) {
                 Ok(m) => Some(m),
@@ -1194,8 +1174,13 @@ impl FileWriter for LocalWriter {
     }
 
     async fn commit(self: Box<Self>) -> VfsResult<Committed> {
-        // In place unless it syncs (a durable commit can take a while).
-        short_blocking(!self.durable, move || (*self).commit_now())
+        // Brief unless it syncs (a durable commit can take a while).
+        let how = if self.durable {
+            Blocking::Long
+        } else {
+            Blocking::Brief
+        };
+        brief::run(how, move || (*self).commit_now())
             .await
             .map_err(|e| VfsError::Io(io::Error::other(e)))?
     }
@@ -1206,10 +1191,18 @@ impl FileWriter for LocalWriter {
         data: Bytes,
         inspect: Option<Inspect>,
     ) -> Result<Committed, LastWrite> {
-        // In place for a page-cache upload's last write of at most a chunk
-        // (1 MiB from FTP, a packet from SFTP): a copy into memory.
-        let here = !self.durable && data.len() <= 1 << 20;
-        short_blocking(here, move || {
+        // A page-cache upload's last write of at most a chunk (1 MiB from
+        // FTP, a packet from SFTP) is a copy into memory; a small one is
+        // brief (below the pages a task dirties between checks of the
+        // kernel's dirty-page throttling, 32 or more).
+        let how = if self.durable || data.len() > MAX_SHORT_WRITE {
+            Blocking::Long
+        } else if data.len() > BRIEF_WRITE {
+            Blocking::Short
+        } else {
+            Blocking::Brief
+        };
+        brief::run(how, move || {
             self.wrote.store(true, Ordering::Relaxed);
             let written = write_data(&self.file, &self.uncached, &self.writeback, &data, offset);
             if let Some(inspect) = inspect {
@@ -1248,6 +1241,12 @@ impl FileWriter for LocalWriter {
         self.file.metadata().ok().map(|m| m.ino())
     }
 }
+
+/// The largest last write of an upload that runs on the worker itself
+/// (see [`brief`]).
+const BRIEF_WRITE: usize = 64 << 10;
+/// The largest that runs in place at all.
+const MAX_SHORT_WRITE: usize = 1 << 20;
 
 /// Removes upload temporaries left by a crash anywhere below `root`.
 /// Symlinks are never followed. Returns how many were removed.
