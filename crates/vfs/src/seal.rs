@@ -20,12 +20,18 @@ use std::time::{Duration, Instant};
 /// so in the log: a stuck reader must not stall a session for ever.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// (device, inode) -> how many readers hold a seal on it.
-type Sealed = Mutex<HashMap<(u64, u64), usize>>;
+/// The sealed files and who waits for one.
+#[derive(Default)]
+struct Sealed {
+    /// (device, inode) -> how many readers hold a seal on it.
+    held: HashMap<(u64, u64), usize>,
+    /// Writers waiting for a file to leave `held`.
+    waiting: usize,
+}
 
 /// The sealed files, and the signal that one was released.
-static SEALED: LazyLock<(Sealed, Condvar)> =
-    LazyLock::new(|| (Mutex::new(HashMap::new()), Condvar::new()));
+static SEALED: LazyLock<(Mutex<Sealed>, Condvar)> =
+    LazyLock::new(|| (Mutex::new(Sealed::default()), Condvar::new()));
 
 /// Keeps dropgate's own in-place writes away from a file while it lives.
 #[derive(Debug)]
@@ -40,6 +46,7 @@ impl Seal {
         let (set, _) = &*SEALED;
         *set.lock()
             .unwrap_or_else(|p| p.into_inner())
+            .held
             .entry(key)
             .or_insert(0) += 1;
         Seal { key }
@@ -51,17 +58,19 @@ impl Drop for Seal {
         let (set, released) = &*SEALED;
         let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
         let mut unsealed = false;
-        if let Some(n) = set.get_mut(&self.key) {
+        if let Some(n) = set.held.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                set.remove(&self.key);
+                set.held.remove(&self.key);
                 unsealed = true;
             }
         }
+        // Writers wait only for their file to leave the set, and count
+        // themselves under the lock before they wait: `notify_all` is a
+        // system call every time, once per upload otherwise.
+        let wake = unsealed && set.waiting > 0;
         drop(set);
-        // Writers wait only for their file to leave the set; `notify_all`
-        // is a system call every time, once per upload otherwise.
-        if unsealed {
+        if wake {
             released.notify_all();
         }
     }
@@ -75,7 +84,7 @@ pub(crate) fn wait_unsealed(file: &File) -> io::Result<()> {
     let (set, released) = &*SEALED;
     let mut guard = set.lock().unwrap_or_else(|p| p.into_inner());
     let deadline = Instant::now() + MAX_WAIT;
-    while guard.contains_key(&key) {
+    while guard.held.contains_key(&key) {
         let now = Instant::now();
         if now >= deadline {
             tracing::warn!(
@@ -84,10 +93,12 @@ pub(crate) fn wait_unsealed(file: &File) -> io::Result<()> {
             );
             break;
         }
+        guard.waiting += 1;
         guard = released
             .wait_timeout(guard, deadline - now)
             .unwrap_or_else(|p| p.into_inner())
             .0;
+        guard.waiting -= 1;
     }
     Ok(())
 }
