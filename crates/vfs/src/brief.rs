@@ -14,13 +14,18 @@
 //!
 //! [`OnWorker`] runs such a call on the worker only while that cannot hurt
 //! much: the runtime has at least two workers, and fewer such calls are in
-//! progress than it has workers, so one worker is always free to run the
-//! tasks a blocked one holds (tokio's idle workers steal them) and to poll
-//! the sockets; and no such call was slow lately. A call that took over
-//! [`SLOW`] sends every later one through `block_in_place` for [`BACK_OFF`]:
-//! a disk that stalls costs at most one stalled worker per back-off.
+//! progress than it has workers, so one worker is always free to poll the
+//! sockets (tokio's I/O driver belongs to whichever worker parks) and to
+//! steal the blocked one's run queue; and no such call was slow lately.
+//! What cannot be stolen waits for the call: the task in the blocked
+//! worker's LIFO slot (the last one the upload's task woke) and tasks that
+//! yielded (`block_in_place` hands those on first). A call that took over
+//! [`SLOW`], or one still running after it, sends every later one through
+//! `block_in_place` for [`BACK_OFF`]: a disk that stalls costs one stall of
+//! the calls then in progress (at most one worker less than the runtime
+//! has, one on two cores) per back-off.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -66,17 +71,23 @@ where
 /// Brief calls on the workers themselves: how many are in progress, and
 /// until when they are off because one was slow.
 pub(crate) struct OnWorker {
-    running: AtomicUsize,
-    /// Milliseconds since `epoch` until which brief calls hand off.
-    off_until_ms: AtomicU64,
+    /// Turns in progress (the top 16 bits) and when the latest of them
+    /// began (the low 48, microseconds since `epoch`: 8.9 years), in one
+    /// word so that a turn is counted and dated at once.
+    turns: AtomicU64,
+    /// Microseconds since `epoch` until which brief calls hand off.
+    off_until_us: AtomicU64,
     epoch: Instant,
 }
+
+const COUNT_SHIFT: u32 = 48;
+const START_MASK: u64 = (1 << COUNT_SHIFT) - 1;
 
 impl OnWorker {
     pub(crate) fn new() -> OnWorker {
         OnWorker {
-            running: AtomicUsize::new(0),
-            off_until_ms: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
+            off_until_us: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -87,23 +98,55 @@ impl OnWorker {
         ON_WORKER.get_or_init(OnWorker::new)
     }
 
-    fn millis(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Turns in progress.
+    #[cfg(test)]
+    fn running(&self) -> u64 {
+        self.turns.load(Ordering::Acquire) >> COUNT_SHIFT
+    }
+
+    /// Brief calls hand off until `BACK_OFF` after `now`.
+    fn back_off(&self, now: Instant) {
+        self.off_until_us
+            .fetch_max(self.micros(now + BACK_OFF), Ordering::Relaxed);
     }
 
     /// A turn to run one brief call on a worker of a runtime with `workers`
     /// workers; `None`: hand the worker off instead.
     pub(crate) fn take(&self, workers: usize) -> Option<Turn<'_>> {
         let now = Instant::now();
-        if self.millis(now) < self.off_until_ms.load(Ordering::Relaxed) {
+        let now_us = self.micros(now);
+        if now_us < self.off_until_us.load(Ordering::Relaxed) {
             return None;
         }
-        // Never every worker at once: one stays free for the others' tasks.
-        self.running
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n + 1 < workers).then_some(n + 1)
+        let start = now_us.min(START_MASK);
+        let mut slow = false;
+        self.turns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let (n, latest) = (v >> COUNT_SHIFT, v & START_MASK);
+                // Never every worker at once: one stays free for the
+                // others' tasks.
+                if n + 1 >= workers as u64 {
+                    return None;
+                }
+                // Turns in progress, the latest begun over `SLOW` ago: all
+                // of them are slow, and the disk with them.
+                slow = n > 0 && start.saturating_sub(latest) > SLOW.as_micros() as u64;
+                if slow {
+                    return None;
+                }
+                Some(((n + 1) << COUNT_SHIFT) | latest.max(start))
             })
-            .ok()?;
+            .ok()
+            .or_else(|| {
+                if slow {
+                    self.back_off(now);
+                }
+                None
+            })?;
         Some(Turn {
             on: self,
             started: now,
@@ -126,12 +169,15 @@ impl Turn<'_> {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self.on.running.fetch_sub(1, Ordering::AcqRel);
         let ended = Instant::now();
         let took = ended.saturating_duration_since(self.started);
+        // The back-off before the turn is given back: no call may start on
+        // a worker in between.
         if took > SLOW {
-            let until = self.on.millis(ended + BACK_OFF);
-            self.on.off_until_ms.fetch_max(until, Ordering::Relaxed);
+            self.on.back_off(ended);
+        }
+        self.on.turns.fetch_sub(1 << COUNT_SHIFT, Ordering::AcqRel);
+        if took > SLOW {
             tracing::debug!(
                 took_us = took.as_micros() as u64,
                 "a create or commit on a worker was slow: hand-offs for the next {} s",
@@ -146,33 +192,60 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// `on` as if no call had been slow (a loaded machine can make any
+    /// turn in these tests take over `SLOW`).
+    fn fresh(on: &OnWorker) -> &OnWorker {
+        on.off_until_us.store(0, Ordering::Relaxed);
+        let now = on.micros(Instant::now());
+        on.turns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some((v & !START_MASK) | now)
+            })
+            .unwrap();
+        on
+    }
+
     #[test]
     fn one_worker_always_stays_free() {
         let on = OnWorker::new();
         assert!(on.take(1).is_none(), "a lone worker never blocks");
-        let first = on.take(3).unwrap();
-        let second = on.take(3).unwrap();
-        assert!(on.take(3).is_none(), "two of three workers are busy");
+        let first = fresh(&on).take(3).unwrap();
+        let second = fresh(&on).take(3).unwrap();
+        assert!(
+            fresh(&on).take(3).is_none(),
+            "two of three workers are busy"
+        );
         drop(first);
-        let third = on.take(3).unwrap();
-        assert!(on.take(3).is_none());
+        let third = fresh(&on).take(3).unwrap();
+        assert!(fresh(&on).take(3).is_none());
         drop((second, third));
-        assert_eq!(on.running.load(Ordering::Relaxed), 0);
+        assert_eq!(on.running(), 0);
     }
 
     #[test]
     fn a_slow_call_sends_the_next_ones_to_other_threads() {
         let on = OnWorker::new();
         assert_eq!(on.take(2).unwrap().run(|| 7), 7);
-        assert!(on.take(2).is_some(), "a fast call changes nothing");
-        on.take(2)
+        fresh(&on)
+            .take(2)
             .unwrap()
             .run(|| std::thread::sleep(SLOW + Duration::from_millis(2)));
         assert!(on.take(2).is_none(), "backing off after a slow call");
-        assert_eq!(on.running.load(Ordering::Relaxed), 0);
-        // The back-off ends: pretend it was set long ago.
-        on.off_until_ms.store(0, Ordering::Relaxed);
-        assert!(on.take(2).is_some());
+        assert!(on.take(8).is_none(), "whatever the workers");
+        assert_eq!(on.running(), 0);
+        assert!(fresh(&on).take(2).is_some(), "the back-off ends");
+    }
+
+    #[test]
+    fn a_call_still_running_past_the_limit_stops_new_ones() {
+        let on = OnWorker::new();
+        let stuck = fresh(&on).take(4).unwrap();
+        std::thread::sleep(SLOW + Duration::from_millis(2));
+        assert!(on.take(4).is_none(), "the running turn is slow already");
+        assert_eq!(on.running(), 1, "the refused turn is not counted");
+        drop(stuck);
+        assert!(on.take(4).is_none(), "and the refusal started a back-off");
+        assert_eq!(on.running(), 0);
     }
 
     #[test]
@@ -183,15 +256,15 @@ mod tests {
         }));
         assert!(r.is_err());
         // (Unwinding may have taken long enough to count as slow.)
-        assert_eq!(on.running.load(Ordering::Relaxed), 0);
+        assert_eq!(on.running(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn brief_calls_take_a_turn_on_the_worker_and_long_ones_go_to_the_pool() {
         let on = OnWorker::process();
         let (on_worker, backing_off) = run(Blocking::Brief, move || {
-            let off = on.millis(Instant::now()) < on.off_until_ms.load(Ordering::Relaxed);
-            (on.running.load(Ordering::Relaxed) > 0, off)
+            let off = on.micros(Instant::now()) < on.off_until_us.load(Ordering::Relaxed);
+            (on.running() > 0, off)
         })
         .await
         .unwrap();

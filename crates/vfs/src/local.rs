@@ -441,10 +441,13 @@ impl Storage for LocalStorage {
         };
         // A create is a few metadata calls the upload waits for; an atomic
         // resume's prefix copy can take a while.
-        let how = if opts.start == WriteStart::Truncate || opts.mode == UploadMode::Direct {
-            Blocking::Brief
-        } else {
-            Blocking::Long
+        // `direct` truncates an existing file in place, which frees its
+        // blocks there and then: not brief.
+        let how = match (opts.start, opts.mode) {
+            (WriteStart::Truncate, UploadMode::Direct) => Blocking::Short,
+            (WriteStart::Truncate, _) => Blocking::Brief,
+            (_, UploadMode::Direct) => Blocking::Short,
+            _ => Blocking::Long,
         };
         brief::run(how, move || {
             let parent = home.open_dir(parent_rel)?;
@@ -1178,7 +1181,7 @@ impl FileWriter for LocalWriter {
         let how = if self.durable {
             Blocking::Long
         } else {
-            Blocking::Brief
+            self.commit_blocking()
         };
         brief::run(how, move || (*self).commit_now())
             .await
@@ -1200,7 +1203,7 @@ impl FileWriter for LocalWriter {
         } else if data.len() > BRIEF_WRITE {
             Blocking::Short
         } else {
-            Blocking::Brief
+            self.commit_blocking()
         };
         brief::run(how, move || {
             self.wrote.store(true, Ordering::Relaxed);
@@ -1241,6 +1244,22 @@ impl FileWriter for LocalWriter {
         self.file.metadata().ok().map(|m| m.ino())
     }
 }
+
+impl LocalWriter {
+    /// A page-cache commit is brief unless it replaces the last name of a
+    /// large file: the filesystem then frees that file's blocks within the
+    /// rename (as the create saw it; one that grew since is caught by
+    /// [`brief`]'s back-off).
+    fn commit_blocking(&self) -> Blocking {
+        match self.found {
+            Found::File { size, nlink: 1 } if size > LARGE_REPLACED => Blocking::Short,
+            _ => Blocking::Brief,
+        }
+    }
+}
+
+/// A replaced file larger than this makes its upload's commit not brief.
+const LARGE_REPLACED: u64 = 16 << 20;
 
 /// The largest last write of an upload that runs on the worker itself
 /// (see [`brief`]).
