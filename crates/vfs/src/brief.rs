@@ -123,31 +123,27 @@ impl OnWorker {
             return None;
         }
         let start = now_us.min(START_MASK);
+        // Decided by the closure's last run (it runs again after a lost race).
         let mut slow = false;
-        self.turns
+        let taken = self
+            .turns
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 let (n, latest) = (v >> COUNT_SHIFT, v & START_MASK);
-                // Never every worker at once: one stays free for the
-                // others' tasks.
-                if n + 1 >= workers as u64 {
-                    return None;
-                }
                 // Turns in progress, the latest begun over `SLOW` ago: all
                 // of them are slow, and the disk with them.
                 slow = n > 0 && start.saturating_sub(latest) > SLOW.as_micros() as u64;
-                if slow {
-                    return None;
-                }
-                Some(((n + 1) << COUNT_SHIFT) | latest.max(start))
+                // Never every worker at once: one stays free for the
+                // others' tasks.
+                (!slow && n + 1 < workers as u64)
+                    .then(|| ((n + 1) << COUNT_SHIFT) | latest.max(start))
             })
-            .ok()
-            .or_else(|| {
-                if slow {
-                    self.back_off(now);
-                }
-                None
-            })?;
-        Some(Turn {
+            .is_ok();
+        if slow {
+            self.back_off(now);
+        }
+        // Not `then_some`: a turn made and dropped would give back a count
+        // it never took.
+        taken.then(|| Turn {
             on: self,
             started: now,
         })
@@ -243,8 +239,11 @@ mod tests {
         std::thread::sleep(SLOW + Duration::from_millis(2));
         assert!(on.take(4).is_none(), "the running turn is slow already");
         assert_eq!(on.running(), 1, "the refused turn is not counted");
+        assert!(
+            on.off_until_us.load(Ordering::Relaxed) > on.micros(Instant::now()),
+            "the refusal started a back-off before the slow turn ended"
+        );
         drop(stuck);
-        assert!(on.take(4).is_none(), "and the refusal started a back-off");
         assert_eq!(on.running(), 0);
     }
 
