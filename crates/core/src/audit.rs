@@ -20,10 +20,11 @@
 //! into the store once it answers again. Only when the spool is full or
 //! unwritable are waiting operations answered with a failure.
 //!
-//! A gateway that answers uploads from the page cache journals instead:
-//! the waiting task appends its event to a local file and is answered at
-//! once, and the writer stores it with the next batch (see
-//! [`crate::audit_journal`]).
+//! A gateway on SQLite journals instead: the waiting task appends its
+//! event to a local file and is answered at once, and the writer stores it
+//! with the next batch (see [`crate::audit_journal`]). With durable uploads
+//! a completed upload's event is journaled synced, its sync running beside
+//! the upload's own ([`AuditLog::begin_synced`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,6 +96,21 @@ struct InlineConnections {
     unsynced: std::sync::Mutex<Option<EventConnection>>,
 }
 
+/// Which events go through the journal (see [`crate::audit_journal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalMode {
+    /// None: every waiting event is stored (or spooled) before its reply.
+    Off,
+    /// Uploads are answered from the page cache: every waiting event is
+    /// journaled, none synced.
+    PageCache,
+    /// Uploads are durable: a completed upload's event is journaled synced
+    /// beside its commit ([`AuditLog::begin_synced`]) or stored before its
+    /// reply; the other waiting events (not flushed by the store either,
+    /// see [`synced`]) are journaled.
+    Durable,
+}
+
 /// What senders, the writer and the replay task share.
 struct Shared {
     /// Events queued and not yet taken by the writer.
@@ -119,8 +135,10 @@ struct Shared {
     /// writer (a batch spooled, later ones bypassing it out of order).
     spool_gate: std::sync::Mutex<()>,
     spool: Option<Spool>,
-    /// Where waiting events go before their reply (page-cache mode).
+    /// Where waiting events go before their reply.
     journal: Option<Journal>,
+    /// Whether completed uploads are durable ([`JournalMode::Durable`]).
+    durable: bool,
     /// Per earlier run's journal file being moved into the spool: its
     /// lines already there (the spool filled up midway), so that the next
     /// pass goes on from there.
@@ -134,23 +152,24 @@ struct Shared {
 
 impl AuditLog {
     /// Starts the writer task on `store` (and, with a spool folder, the
-    /// replay task). With `journal` (and a spool folder), waiting events are
-    /// journaled in `<spool>/journal` instead of stored before their reply.
-    /// Needs a tokio runtime.
+    /// replay task). With a `journal` mode other than `Off` (and a spool
+    /// folder), waiting events are journaled in `<spool>/journal` instead
+    /// of stored before their reply. Needs a tokio runtime.
     pub fn start(
         store: Store,
         rules: Arc<Rules>,
         deliveries: Arc<Notify>,
         spool_dir: Option<PathBuf>,
-        journal: bool,
+        journal: JournalMode,
     ) -> AuditLog {
         // Unbounded on purpose: recording must work from `Drop` (an aborted
         // transfer) and never block a transfer; the writer drains it into
         // the store or the spool continuously, so it holds one batch or two.
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        let mode = journal;
         let journal = spool_dir
             .as_ref()
-            .filter(|_| journal)
+            .filter(|_| mode != JournalMode::Off)
             .map(|d| Journal::new(d.join("journal")));
         let spool = spool_dir.map(Spool::new);
         let shared = Arc::new(Shared {
@@ -164,6 +183,7 @@ impl AuditLog {
             spool_gate: std::sync::Mutex::new(()),
             spool,
             journal,
+            durable: mode == JournalMode::Durable,
             adopting: std::sync::Mutex::default(),
             retrying: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
@@ -207,24 +227,64 @@ impl AuditLog {
     /// is in the store or the spool: what a client is told succeeded.
     pub async fn record_durable(&self, event: Event) -> Result<(), Unrecorded> {
         let mut event = KeyedEvent::new(event);
+        // With durable uploads, a completed upload's event is synced: not
+        // journaled here (see `begin_synced`).
         if let Some(journal) = &self.shared.journal
-            && let Some(generation) = self.journal(journal, &mut event)
+            && !(self.shared.durable && synced(&event.event))
+            && let Some(appended) = self.journal(journal, &mut event)
         {
-            // In the journal: the writer stores it with its next batch.
-            let queued = self.shared.queued.fetch_add(1, Ordering::AcqRel);
-            if self
-                .tx
-                .send(Msg::Journaled(Box::new(event), generation))
-                .is_err()
-            {
-                // The writer has stopped (shutdown): the journal keeps it
-                // for the next start.
-                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            } else if queued.wrapping_add(1) == BATCH {
-                self.shared.hurry.notify_one();
-            }
+            self.journaled(event, appended.generation);
             return Ok(());
         }
+        self.record_keyed(event).await
+    }
+
+    /// Hands a journaled event to the writer, which stores it with its next
+    /// batch.
+    fn journaled(&self, event: KeyedEvent, generation: u64) {
+        let queued = self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if self
+            .tx
+            .send(Msg::Journaled(Box::new(event), generation))
+            .is_err()
+        {
+            // The writer has stopped (shutdown): the journal keeps it
+            // for the next start.
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        } else if queued.wrapping_add(1) == BATCH {
+            self.shared.hurry.notify_one();
+        }
+    }
+
+    /// Appends a completed upload's event to the journal, to be synced
+    /// beside the upload's commit ([`SyncedEvent::sync`]) and then confirmed
+    /// or voided by its outcome; with durable uploads only. `None`: not
+    /// journaled (no journal, the conditions of [`AuditLog::journal`]), the
+    /// event is given back to be recorded with
+    /// [`AuditLog::record_durable`] after the commit.
+    pub fn begin_synced(&self, event: Event) -> Result<SyncedEvent, Box<Event>> {
+        let Some(journal) = self.shared.journal.as_ref().filter(|_| self.shared.durable) else {
+            return Err(Box::new(event));
+        };
+        let mut keyed = KeyedEvent::new(event);
+        match self.journal(journal, &mut keyed) {
+            Some(appended) => Ok(SyncedEvent {
+                log: self.clone(),
+                event: Some(keyed),
+                appended: Some(appended),
+            }),
+            None => Err(Box::new(keyed.event)),
+        }
+    }
+
+    /// Whether completed uploads' events are journaled synced
+    /// ([`AuditLog::begin_synced`]; [`JournalMode::Durable`] with a spool).
+    pub fn journals_synced(&self) -> bool {
+        self.shared.durable && self.shared.journal.is_some()
+    }
+
+    /// [`AuditLog::record_durable`] past the journal.
+    async fn record_keyed(&self, mut event: KeyedEvent) -> Result<(), Unrecorded> {
         if self.writer_idle()
             && let Some(_turn) = InlineTurn::take(&self.shared.inline)
             && self.store_now(&mut event).await
@@ -244,7 +304,11 @@ impl AuditLog {
     /// wait for it, and fail when it is full), the writer keeps up
     /// ([`JOURNAL_BACKLOG`]) and the event triggers no action (a delivery
     /// is stored with its event before the reply).
-    fn journal(&self, journal: &Journal, event: &mut KeyedEvent) -> Option<u64> {
+    fn journal(
+        &self,
+        journal: &Journal,
+        event: &mut KeyedEvent,
+    ) -> Option<audit_journal::Appended> {
         if self.shared.degraded.load(Ordering::Acquire)
             || self.shared.queued.load(Ordering::Acquire) >= JOURNAL_BACKLOG
         {
@@ -363,6 +427,83 @@ impl AuditLog {
     /// Whether batches currently go to the spool (the store refused).
     pub fn degraded(&self) -> bool {
         self.shared.degraded.load(Ordering::Relaxed)
+    }
+}
+
+/// A completed upload's event in the journal, not yet known to be on disk
+/// nor its upload committed ([`AuditLog::begin_synced`]). Dropped without
+/// [`SyncedEvent::void`] (its commit's outcome unknown: the task was
+/// cancelled), it is stored as journaled.
+pub struct SyncedEvent {
+    log: AuditLog,
+    /// Both `Some` until consumed.
+    event: Option<KeyedEvent>,
+    appended: Option<audit_journal::Appended>,
+}
+
+impl SyncedEvent {
+    /// Returns once the event is on disk (on the blocking pool, so that it
+    /// runs beside the upload's commit).
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let Some(appended) = &self.appended else {
+            return Ok(());
+        };
+        let (file, end) = (appended.file.clone(), appended.end);
+        tokio::task::spawn_blocking(move || file.sync_upto(end))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// The upload is committed and the event synced: the writer stores it.
+    pub fn confirm(mut self) {
+        self.hand_over();
+    }
+
+    /// The event's sync failed: it is recorded past the journal (stored
+    /// before the reply) under the same key, so that the journal's line,
+    /// should it be on disk after all, is not stored a second time.
+    pub async fn record_instead(mut self) -> Result<(), Unrecorded> {
+        let (Some(event), Some(appended)) = (self.event.take(), self.appended.take()) else {
+            return Err(Unrecorded);
+        };
+        if let Some(journal) = &self.log.shared.journal {
+            journal.stored(&[appended.generation]);
+        }
+        self.log.record_keyed(event).await
+    }
+
+    /// The upload failed after all: its event is taken back (a void line,
+    /// synced, in the same journal file) and never stored.
+    pub async fn void(mut self) {
+        let (Some(event), Some(appended)) = (self.event.take(), self.appended.take()) else {
+            return;
+        };
+        let log = self.log.clone();
+        let voided = tokio::task::spawn_blocking(move || {
+            let key = event.key.as_deref().unwrap_or_default();
+            match &log.shared.journal {
+                Some(journal) => journal.void(&appended, key),
+                None => Ok(()),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = voided {
+            tracing::error!(error = %e,
+                "cannot take back the audit event of an upload that failed; a restart after a crash would store it");
+        }
+    }
+
+    fn hand_over(&mut self) {
+        if let (Some(event), Some(appended)) = (self.event.take(), self.appended.take()) {
+            self.log.journaled(event, appended.generation);
+        }
+    }
+}
+
+impl Drop for SyncedEvent {
+    fn drop(&mut self) {
+        self.hand_over();
     }
 }
 

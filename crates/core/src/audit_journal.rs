@@ -14,6 +14,16 @@
 //! both refused) are moved into the spool at start and stored from there;
 //! every event keeps its key, so one stored twice is kept once.
 //!
+//! A gateway whose uploads are durable (`durable_uploads = true`) journals
+//! too: its other events as above, and a completed upload's event synced
+//! (`fdatasync`) *beside* the upload's own syncs, on another thread, instead
+//! of a fourth flush after them (SQLite's commit). The reply waits for both.
+//! Should the upload's commit then fail, a void line naming the event's key
+//! follows it in the same file (synced): an earlier run's file is read back
+//! without its voided events. A power cut during the commit can leave an
+//! upload's event whose client was never told "done" (as a cut connection
+//! after the commit can today); never a reported upload without its event.
+//!
 //! Hand-written because no crate does this small thing: an append-only
 //! file of JSON lines, rotated at [`ROTATE_AT`], each file removed once all
 //! its events are stored.
@@ -23,8 +33,8 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dropgate_store::KeyedEvent;
 
@@ -64,8 +74,53 @@ struct State {
 
 struct Current {
     generation: u64,
-    file: File,
+    file: Arc<JournalFile>,
     len: u64,
+}
+
+/// One file of the journal, shared with the events appended to it that
+/// still have to be synced or voided (after the file has rotated too).
+pub(crate) struct JournalFile {
+    file: File,
+    /// Bytes written by appends so far (all of them complete).
+    written: AtomicU64,
+    /// Bytes known to be on disk; held while a sync runs, so that callers
+    /// waiting behind it find their bytes synced by it (a group commit).
+    synced: Mutex<u64>,
+}
+
+impl JournalFile {
+    /// Returns once the file's first `end` bytes are on disk: at most one
+    /// `fdatasync` per call, none if another call's covered them. Blocking.
+    pub(crate) fn sync_upto(&self, end: u64) -> io::Result<()> {
+        let mut synced = lock(&self.synced);
+        if *synced >= end {
+            return Ok(());
+        }
+        // Every append up to here is complete: the sync covers them all.
+        let target = self.written.load(Ordering::Acquire);
+        self.file.sync_data()?;
+        *synced = target.max(end);
+        Ok(())
+    }
+}
+
+/// An event appended to the journal.
+pub(crate) struct Appended {
+    /// The file's generation, for [`Journal::stored`].
+    pub(crate) generation: u64,
+    /// The file, to sync it or void the event in it.
+    pub(crate) file: Arc<JournalFile>,
+    /// Where the event's line ends in it.
+    pub(crate) end: u64,
+}
+
+/// A line that takes back the event with this key, written after it in the
+/// same file (its upload failed after the event was synced).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Void {
+    void: String,
 }
 
 impl Journal {
@@ -84,10 +139,10 @@ impl Journal {
         self.dir.join(format!("{}-{generation:06}.jsonl", self.run))
     }
 
-    /// Appends `event` and returns the generation to hand to
-    /// [`Journal::stored`] once it is in the store. On an error nothing of
+    /// Appends `event` and returns where (the generation to hand to
+    /// [`Journal::stored`] once it is in the store). On an error nothing of
     /// it counts as journaled (the caller stores it before answering).
-    pub(crate) fn append(&self, event: &KeyedEvent) -> io::Result<u64> {
+    pub(crate) fn append(&self, event: &KeyedEvent) -> io::Result<Appended> {
         let r = self.try_append(event);
         match &r {
             Ok(_) => {
@@ -105,7 +160,7 @@ impl Journal {
         r
     }
 
-    fn try_append(&self, event: &KeyedEvent) -> io::Result<u64> {
+    fn try_append(&self, event: &KeyedEvent) -> io::Result<Appended> {
         let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut st = lock(&self.state);
@@ -115,16 +170,44 @@ impl Journal {
         let Some(cur) = st.current.as_mut() else {
             return Err(io::Error::other("no journal file"));
         };
-        if let Err(e) = cur.file.write_all(&line) {
+        // One write per line (O_APPEND): a void line written meanwhile
+        // from another thread lands before or after it, never inside.
+        if let Err(e) = (&cur.file.file).write_all(&line) {
             // The file may now end in a torn line: later events go to a
             // new file, so none of them is glued to it.
             self.close_current(&mut st);
             return Err(e);
         }
         cur.len += line.len() as u64;
-        let generation = cur.generation;
-        *st.unstored.entry(generation).or_default() += 1;
-        Ok(generation)
+        let end = cur
+            .file
+            .written
+            .fetch_add(line.len() as u64, Ordering::AcqRel)
+            + line.len() as u64;
+        let appended = Appended {
+            generation: cur.generation,
+            file: cur.file.clone(),
+            end,
+        };
+        *st.unstored.entry(appended.generation).or_default() += 1;
+        Ok(appended)
+    }
+
+    /// Takes back the event with `key` appended to `file` (its upload
+    /// failed): a void line after it, synced, so that no later start stores
+    /// it; and counts it as stored. Blocking.
+    pub(crate) fn void(&self, appended: &Appended, key: &str) -> io::Result<()> {
+        let result = (|| {
+            let mut line = serde_json::to_vec(&Void {
+                void: key.to_owned(),
+            })
+            .map_err(io::Error::other)?;
+            line.push(b'\n');
+            (&appended.file.file).write_all(&line)?;
+            appended.file.file.sync_data()
+        })();
+        self.stored(&[appended.generation]);
+        result
     }
 
     /// Starts a new file for appends.
@@ -157,7 +240,11 @@ impl Journal {
             .open(self.path(generation))?;
         st.current = Some(Current {
             generation,
-            file,
+            file: Arc::new(JournalFile {
+                file,
+                written: AtomicU64::new(0),
+                synced: Mutex::new(0),
+            }),
             len: 0,
         });
         Ok(())
@@ -293,6 +380,7 @@ pub(crate) fn read_batches(
     done: &mut usize,
     mut each: impl FnMut(Vec<KeyedEvent>) -> io::Result<()>,
 ) -> io::Result<ReadBack> {
+    let voided = voided_keys(path)?;
     let mut reader = BufReader::new(File::open(path)?);
     let mut found = ReadBack {
         events: 0,
@@ -307,9 +395,15 @@ pub(crate) fn read_batches(
         if reader.read_until(b'\n', &mut line)? == 0 {
             break;
         }
+        if serde_json::from_slice::<Void>(&line).is_ok() {
+            index += 1;
+            continue;
+        }
         match serde_json::from_slice::<KeyedEvent>(&line) {
             // Lines handed over before are still read, to count bad ones.
-            Ok(e) if index >= *done => batch.push(e),
+            Ok(e) if index >= *done && !e.key.as_ref().is_some_and(|k| voided.contains(k)) => {
+                batch.push(e)
+            }
             Ok(_) => {}
             // Each line was written whole, newline included, in one
             // write: a complete line that does not parse is not a power
@@ -331,6 +425,26 @@ pub(crate) fn read_batches(
     }
     *done = index;
     Ok(found)
+}
+
+/// The keys a journal file's void lines take back (few: one per upload
+/// whose commit failed after its event was synced).
+fn voided_keys(path: &Path) -> io::Result<std::collections::HashSet<String>> {
+    let mut voided = std::collections::HashSet::new();
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(voided);
+        }
+        // Cheap test first: most lines are events.
+        if line.starts_with(b"{\"void\"")
+            && let Ok(v) = serde_json::from_slice::<Void>(&line)
+        {
+            voided.insert(v.void);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -355,7 +469,7 @@ mod tests {
     fn a_file_goes_once_its_events_are_stored_and_appends_have_moved_on() {
         let tmp = tempfile::tempdir().unwrap();
         let j = Journal::new(tmp.path().join("journal"));
-        let g0 = j.append(&event("/a")).unwrap();
+        let g0 = j.append(&event("/a")).unwrap().generation;
         assert_eq!(files(&j.dir).len(), 1);
         // Stored, but still the file being appended to: kept.
         j.stored(&[g0]);
@@ -365,9 +479,9 @@ mod tests {
         let pad = "x".repeat(4096);
         let mut gens = Vec::new();
         while lock(&j.state).current.as_ref().unwrap().len < ROTATE_AT {
-            gens.push(j.append(&event(&pad)).unwrap());
+            gens.push(j.append(&event(&pad)).unwrap().generation);
         }
-        let g1 = j.append(&event("/b")).unwrap();
+        let g1 = j.append(&event("/b")).unwrap().generation;
         assert_ne!(g1, g0);
         assert_eq!(files(&j.dir).len(), 2);
         let (last, rest) = gens.split_last().unwrap();
@@ -444,6 +558,58 @@ mod tests {
         let keys: Vec<_> = batches.concat().into_iter().map(|e| e.key).collect();
         let want: Vec<_> = written.into_iter().map(|e| e.key).collect();
         assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn a_voided_event_is_not_read_back_and_its_file_goes_when_the_rest_is_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("journal");
+        let before = Journal::new(dir.clone());
+        let kept = event("/kept");
+        let failed = event("/failed");
+        let a = before.append(&kept).unwrap();
+        let b = before.append(&failed).unwrap();
+        assert_eq!(a.generation, b.generation);
+        assert!(b.end > a.end);
+        // Synced up to the second line: one call covers both.
+        b.file.sync_upto(b.end).unwrap();
+        a.file.sync_upto(a.end).unwrap();
+        assert_eq!(*lock(&a.file.synced), b.end);
+        before.void(&b, failed.key.as_deref().unwrap()).unwrap();
+        let last = before.append(&event("/after")).unwrap();
+        assert!(last.end > b.end, "the void line sits between");
+
+        // A crash now: the next start reads the file without /failed.
+        let path = before.path(a.generation);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let now = Journal::new(dir.clone());
+        drop(before);
+        assert_eq!(now.earlier(), vec![path.clone()]);
+        let mut read = Vec::new();
+        let found = read_batches(&path, 256, &mut 0, |batch| {
+            read.extend(batch.into_iter().filter_map(|e| e.event.path));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(read, ["/kept", "/after"]);
+        assert_eq!(
+            found,
+            ReadBack {
+                events: 2,
+                unreadable: 0,
+                torn_end: false
+            }
+        );
+
+        // Without a crash, the voided event counts as stored: the file goes
+        // once the others are stored and appends moved on.
+        let j = Journal::new(tmp.path().join("again"));
+        let x = j.append(&event("/x")).unwrap();
+        let y = j.append(&event("/y")).unwrap();
+        j.void(&y, "whatever").unwrap();
+        j.stored(&[x.generation]);
+        j.finish();
+        assert!(files(&j.dir).is_empty());
     }
 
     #[test]

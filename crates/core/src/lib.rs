@@ -40,7 +40,7 @@ pub use admission::{
     Admission, AdmissionConfig, AdmissionCounters, BanSnapshot, ConnectionPermit, LoginAttempt,
     Refusal, SharedBan, Source,
 };
-pub use audit::{AuditLog, SPOOL_MAX_BYTES, Unrecorded};
+pub use audit::{AuditLog, JournalMode, SPOOL_MAX_BYTES, SyncedEvent, Unrecorded};
 pub use error::{ErrorClass, FsError, FsResult};
 pub use listener::{Accepted, AdmittingListener, Incoming};
 pub use metrics::{Metrics, ProtocolCounters};
@@ -192,10 +192,15 @@ impl Gateway {
             rules.clone(),
             deliveries.clone(),
             config.spool_dir.clone(),
-            // Events as durable as the uploads: with page-cache uploads a
-            // journal line stands for SQLite's unflushed commit. PostgreSQL
-            // commits are flushed (on another machine, often): kept so.
-            !config.durable_uploads && store.dialect() == "sqlite",
+            // Events as durable as the uploads: a journal line stands for
+            // SQLite's unflushed commit, a synced one (durable uploads) for
+            // its flushed commit. PostgreSQL commits are flushed (on
+            // another machine, often): kept so.
+            match (store.dialect(), config.durable_uploads) {
+                ("sqlite", false) => audit::JournalMode::PageCache,
+                ("sqlite", true) => audit::JournalMode::Durable,
+                _ => audit::JournalMode::Off,
+            },
         );
         let admission = Admission::new(config.admission.clone());
         let quotas = if config.storage.shared() {

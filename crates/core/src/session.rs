@@ -19,6 +19,7 @@ use dropgate_vfs::{
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::SyncedEvent;
 use crate::bandwidth::AccountThrottles;
 use crate::quota::BusyPath;
 use crate::registry::{Direction, SessionEntry, TransferState};
@@ -1004,6 +1005,17 @@ pub struct Upload {
 /// in and their event is stored before the reply, as in durable mode.
 pub const HASH_AFTER_REPLY_FROM: u64 = 8 << 20;
 
+/// A completed upload's event prepared before its commit (durable uploads).
+struct Early {
+    /// The digest of the bytes written, and how many they are: the event
+    /// stands only if the commit has exactly that many.
+    sha256: String,
+    hashed: u64,
+    /// In the journal, to be synced beside the commit; or not journaled
+    /// (recorded after the commit).
+    event: Result<SyncedEvent, Box<Event>>,
+}
+
 impl Upload {
     /// Bytes already in the file when the upload started (resume/append offset).
     pub fn initial_len(&self) -> u64 {
@@ -1165,7 +1177,7 @@ impl Upload {
         self.finish(Some((offset, data))).await
     }
 
-    async fn finish(mut self, last: Option<(u64, Bytes)>) -> FsResult<u64> {
+    async fn finish(mut self, mut last: Option<(u64, Bytes)>) -> FsResult<u64> {
         // A session that has been ended (kicked, its account changed, the
         // server stopping) commits nothing more: an SFTP CLOSE arriving after
         // that is a client reacting to the disconnect, not one that finished
@@ -1173,6 +1185,17 @@ impl Upload {
         // Dropping the upload aborts it.
         if self.session.is_cancelled() {
             return Err(FsError::Closed);
+        }
+        // A durable upload's event is synced beside its commit, so its hash
+        // must be whole before the commit: the last bytes are written first
+        // (one hand-off more, against a flush less).
+        let beside = self.event_beside_commit();
+        if beside
+            && let Some((offset, data)) = last.take()
+            && let Err(e) = self.write_next(offset, data).await
+        {
+            self.abort(&e.to_string()).await;
+            return Err(e);
         }
         if let Some((offset, data)) = &last
             && let Err(e) = self.prepare_write(*offset, data.len() as u64).await
@@ -1187,8 +1210,20 @@ impl Upload {
         // What the final name held is looked at during the rename, and the
         // count changed, with no other counting step of the account between.
         let counting = session.inner.quota.serialize().await;
+        let early = match beside {
+            true => self.early_event().await,
+            false => None,
+        };
+        let mut early_synced = None;
         let result = match last {
-            None => writer.commit().await.map_err(LastWrite::Commit),
+            None => match early.as_ref().and_then(|e| e.event.as_ref().ok()) {
+                Some(synced) => {
+                    let (committed, sync) = tokio::join!(writer.commit(), synced.sync());
+                    early_synced = Some(sync);
+                    committed.map_err(LastWrite::Commit)
+                }
+                None => writer.commit().await.map_err(LastWrite::Commit),
+            },
             Some((offset, data)) => {
                 let len = data.len() as u64;
                 let lent = self.hash.lend(offset).await;
@@ -1207,6 +1242,16 @@ impl Upload {
                 }
                 result
             }
+        };
+        let early = match early {
+            Some(Early {
+                event: Ok(synced), ..
+            }) if result.is_err() => {
+                // Taken back before the failure is answered.
+                synced.void().await;
+                None
+            }
+            early => early,
         };
         let result = match result {
             Ok(committed) => Ok(committed),
@@ -1245,6 +1290,29 @@ impl Upload {
                 let gateway = session.inner.gateway.clone();
                 self.reserved.store(0, Ordering::Relaxed);
                 self.new_file = false;
+                if let Some(early) = early {
+                    if early.hashed == size {
+                        match (early.event, early_synced) {
+                            (Ok(synced), Some(Ok(()))) => synced.confirm(),
+                            (Ok(synced), _) => {
+                                tracing::warn!(
+                                    "syncing the audit journal failed; the upload's event is stored instead"
+                                );
+                                synced.record_instead().await?;
+                            }
+                            (Err(mut event), _) => {
+                                event.sha256 = Some(early.sha256);
+                                gateway.audit().record_durable(*event).await?;
+                            }
+                        }
+                        return Ok(size);
+                    }
+                    // Not the content that was hashed (cannot happen with
+                    // an atomic upload): taken back, and read back below.
+                    if let Ok(synced) = early.event {
+                        synced.void().await;
+                    }
+                }
                 let from = match self.hash.finish(size).await {
                     Hashed::Done(digest) => {
                         event.sha256 = Some(digest);
@@ -1280,6 +1348,32 @@ impl Upload {
                 Err(err)
             }
         }
+    }
+
+    /// Whether the upload's event is journaled and synced beside its commit
+    /// (durable uploads, a gateway on SQLite).
+    fn event_beside_commit(&self) -> bool {
+        let gateway = &self.session.inner.gateway;
+        gateway.config.durable_uploads && gateway.audit().journals_synced()
+    }
+
+    /// The completed upload's event, with the digest of everything written,
+    /// journaled (when it can be) to be synced beside the commit; `None`
+    /// when the stream did not follow all of the upload (read back after
+    /// the commit instead).
+    async fn early_event(&self) -> Option<Early> {
+        let (sha256, hashed) = self.hash.finish_whole().await?;
+        let session = &self.session;
+        let mut event = session.event(EventKind::Upload, Some(&self.path), Outcome::Ok);
+        event.bytes = Some(self.bytes());
+        event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        event.sha256 = Some(sha256.clone());
+        let event = session.inner.gateway.audit().begin_synced(event);
+        Some(Early {
+            sha256,
+            hashed,
+            event,
+        })
     }
 
     /// Abandons the upload (what stays on disk depends on the upload mode)

@@ -252,6 +252,21 @@ impl StreamHash {
     }
 }
 
+impl StreamHash {
+    /// The digest of everything written so far and how many bytes that is,
+    /// if the stream followed all of it (nothing parked, not turned off):
+    /// for an upload's event prepared before its commit. Takes the hash: a
+    /// later [`StreamHash::finish`] has `Nothing` (the file is read back).
+    pub(crate) async fn finish_whole(&self) -> Option<(String, u64)> {
+        let mut st = self.state.lock().await;
+        if !st.parked.is_empty() || st.next >= st.until {
+            return None;
+        }
+        let hasher = st.take().await?;
+        Some((hex::encode(hasher.finalize()), st.next))
+    }
+}
+
 impl Drop for State {
     fn drop(&mut self) {
         PARKED_TOTAL.fetch_sub(self.parked_bytes, Ordering::AcqRel);

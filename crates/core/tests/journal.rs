@@ -250,3 +250,185 @@ async fn without_a_writable_journal_the_event_is_stored_before_the_answer() {
         assert!(stored_paths(&store).await.contains(&p.to_owned()), "{p}");
     }
 }
+
+/// A durable gateway on local storage, its spool under `dir`, with alice
+/// logged in (home `/`, every permission).
+async fn durable_session(
+    store: &Store,
+    dir: &Path,
+) -> (std::sync::Arc<Gateway>, dropgate_core::Session) {
+    let mut config = GatewayConfig::new(dir.join("files"));
+    config.durable_uploads = true;
+    config.spool_dir = Some(dir.join("spool"));
+    let gateway = Gateway::new(store.clone(), config);
+    let user = dropgate_core::User::new("alice");
+    let hash = store.hasher().hash("pw-123456").await.unwrap();
+    store.create_user(&user, Some(&hash)).await.unwrap();
+    let session = gateway
+        .authenticate(
+            dropgate_core::store::Protocol::Ftp,
+            "alice",
+            dropgate_core::Credential::Password("pw-123456"),
+            "127.0.0.1:40000".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    (gateway, session)
+}
+
+fn vp(s: &str) -> dropgate_core::vfs::VirtualPath {
+    dropgate_core::vfs::VirtualPath::parse(s).unwrap()
+}
+
+/// The journal's lines: events as (path, sha256), void lines as their key.
+fn journal_lines(dir: &Path) -> Vec<serde_json::Value> {
+    journal_files(dir)
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_upload_is_answered_once_its_event_is_synced_in_the_journal() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = open(dir.path()).await;
+    let (gateway, session) = durable_session(&store, dir.path()).await;
+    assert!(gateway.audit().journals_synced());
+
+    // The store is locked: the upload's event cannot be stored before the
+    // reply, so the reply proves it was journaled.
+    let mut locker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let body = bytes::Bytes::from(vec![7u8; 100_000]);
+    let up = session
+        .open_upload(
+            &vp("/d.bin"),
+            dropgate_core::vfs::WriteStart::Truncate,
+            false,
+        )
+        .await
+        .unwrap();
+    up.write_next(0, body.slice(..60_000)).await.unwrap();
+    let t = Instant::now();
+    let size = up.commit_last(60_000, body.slice(60_000..)).await.unwrap();
+    assert_eq!(size, 100_000);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let lines = journal_lines(dir.path());
+    let want = hex::encode(sha2::Sha256::digest(&body));
+    assert!(
+        lines.iter().any(|l| l["path"] == "/d.bin"
+            && l["sha256"] == want.as_str()
+            && l["kind"] == "upload"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| l.get("void").is_none()));
+    assert_eq!(
+        std::fs::read(dir.path().join("files/alice/d.bin")).unwrap(),
+        body
+    );
+
+    // Stored once the lock is gone; a graceful stop leaves no journal.
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    gateway.audit().flush().await;
+    let stored = store
+        .query_events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let up = stored
+        .iter()
+        .find(|e| e.path.as_deref() == Some("/d.bin"))
+        .expect("the upload's event");
+    assert_eq!(up.sha256.as_deref(), Some(want.as_str()));
+    assert_eq!(up.bytes, Some(100_000));
+    gateway.shutdown().await;
+    assert!(journal_files(dir.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_upload_whose_commit_fails_takes_its_synced_event_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path()).await;
+    let (gateway, session) = durable_session(&store, dir.path()).await;
+    // An exclusive upload whose name is taken while it runs: the commit's
+    // link finds it, after the event was journaled.
+    let up = session
+        .open_upload(
+            &vp("/x.txt"),
+            dropgate_core::vfs::WriteStart::Truncate,
+            true,
+        )
+        .await
+        .unwrap();
+    up.write_next(0, bytes::Bytes::from_static(b"mine"))
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("files/alice/x.txt"), b"theirs").unwrap();
+    assert!(up.commit().await.is_err());
+    assert_eq!(
+        std::fs::read(dir.path().join("files/alice/x.txt")).unwrap(),
+        b"theirs"
+    );
+    let lines = journal_lines(dir.path());
+    let key = lines
+        .iter()
+        .find(|l| l["path"] == "/x.txt" && l["outcome"] == "ok")
+        .and_then(|l| l["key"].as_str())
+        .expect("the event journaled before the commit")
+        .to_owned();
+    assert!(
+        lines.iter().any(|l| l["void"] == key.as_str()),
+        "taken back in the journal: {lines:?}"
+    );
+    // Never stored as a success, by this run nor by the next one reading
+    // the journal after a crash (the file as a killed run leaves it).
+    gateway.audit().flush().await;
+    let ok_uploads = |events: &[dropgate_core::store::Event]| {
+        events
+            .iter()
+            .filter(|e| {
+                e.path.as_deref() == Some("/x.txt")
+                    && e.outcome == dropgate_core::store::Outcome::Ok
+            })
+            .count()
+    };
+    let q = EventQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(ok_uploads(&store.query_events(&q).await.unwrap()), 0);
+    let copy = tempfile::tempdir().unwrap();
+    let (store2, _) = open(copy.path()).await;
+    let journal = copy.path().join("spool/journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    for (i, f) in journal_files(dir.path()).iter().enumerate() {
+        std::fs::copy(
+            f,
+            journal.join(format!("00000000000000000001-{i:06}.jsonl")),
+        )
+        .unwrap();
+    }
+    let next = page_cache_gateway(&store2, copy.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !journal_files(copy.path()).is_empty() || next.audit().degraded() {
+        assert!(Instant::now() < deadline, "the journal was never adopted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    next.audit().flush().await;
+    let adopted = store2.query_events(&q).await.unwrap();
+    assert_eq!(ok_uploads(&adopted), 0, "{adopted:?}");
+    gateway.shutdown().await;
+    next.shutdown().await;
+}

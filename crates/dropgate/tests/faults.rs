@@ -148,12 +148,10 @@ fn sigkill_during_concurrent_uploads(page_cache: bool) {
         acked.len()
     );
 
+    // Both modes journal (durable uploads: the event synced beside the
+    // upload's own sync), so the restart must store the journal's events.
     let journaled = journal_lines(dir.path());
-    if page_cache {
-        assert!(journaled > 0, "page-cache mode journals its events");
-    } else {
-        assert_eq!(journaled, 0, "durable mode stores events before the reply");
-    }
+    assert!(journaled > 0, "the audit journal holds the last events");
     let gw = Gateway::start_in(dir, config);
     let token = gw.token();
     let home = gw.home("acme");
