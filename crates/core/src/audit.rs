@@ -280,7 +280,9 @@ impl AuditLog {
     /// Whether completed uploads' events are journaled synced
     /// ([`AuditLog::begin_synced`]; [`JournalMode::Durable`] with a spool).
     pub fn journals_synced(&self) -> bool {
-        self.shared.durable && self.shared.journal.is_some()
+        self.shared.durable
+            && self.shared.journal.is_some()
+            && !self.shared.degraded.load(Ordering::Acquire)
     }
 
     /// [`AuditLog::record_durable`] past the journal.
@@ -433,7 +435,9 @@ impl AuditLog {
 /// A completed upload's event in the journal, not yet known to be on disk
 /// nor its upload committed ([`AuditLog::begin_synced`]). Dropped without
 /// [`SyncedEvent::void`] (its commit's outcome unknown: the task was
-/// cancelled), it is stored as journaled.
+/// cancelled mid-commit, which FTP and SFTP do not do, or the server is
+/// forced down), it is stored as journaled: the commit runs on without its
+/// task and most likely lands.
 pub struct SyncedEvent {
     log: AuditLog,
     /// Both `Some` until consumed.
@@ -466,10 +470,13 @@ impl SyncedEvent {
         let (Some(event), Some(appended)) = (self.event.take(), self.appended.take()) else {
             return Err(Unrecorded);
         };
+        self.log.record_keyed(event).await?;
+        // Only now: until then the journal's line may be its only copy (a
+        // failed or cancelled store leaves it to the next start).
         if let Some(journal) = &self.log.shared.journal {
             journal.stored(&[appended.generation]);
         }
-        self.log.record_keyed(event).await
+        Ok(())
     }
 
     /// The upload failed after all: its event is taken back (a void line,
@@ -479,15 +486,20 @@ impl SyncedEvent {
             return;
         };
         let log = self.log.clone();
-        let voided = tokio::task::spawn_blocking(move || {
+        let void = move || {
             let key = event.key.as_deref().unwrap_or_default();
             match &log.shared.journal {
                 Some(journal) => journal.void(&appended, key),
                 None => Ok(()),
             }
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        };
+        // On this worker, not the blocking pool: a runtime shutting down
+        // refuses new blocking tasks, and this line must be written. A
+        // failed commit is rare; the write and sync are short.
+        let voided = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(void),
+            _ => void(),
+        };
         if let Err(e) = voided {
             tracing::error!(error = %e,
                 "cannot take back the audit event of an upload that failed; a restart after a crash would store it");

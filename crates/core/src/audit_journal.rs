@@ -1,5 +1,5 @@
-//! The audit journal, for a gateway that answers uploads from the page
-//! cache (`durable_uploads = false`): an operation's event is appended to a
+//! The audit journal of a gateway on SQLite. With uploads answered from
+//! the page cache (`durable_uploads = false`), an operation's event is appended to a
 //! local file (one `write(2)`, a few microseconds) before the client hears
 //! "done", and the audit writer stores it in the database a moment later,
 //! in batches. Measured on a small FTP upload, storing each event by
@@ -87,6 +87,20 @@ pub(crate) struct JournalFile {
     /// Bytes known to be on disk; held while a sync runs, so that callers
     /// waiting behind it find their bytes synced by it (a group commit).
     synced: Mutex<u64>,
+    /// Set once a sync failed: the kernel reports a write-back error once
+    /// per open file, so a later sync could succeed without the lost
+    /// bytes. No sync of this file succeeds again, and appends move on.
+    sync_failed: AtomicBool,
+    /// Set when an append wrote part of its line: the file may end in a
+    /// torn line, which a void line must not be glued to.
+    torn: AtomicBool,
+    /// Whether the folder holding this (new) file has been synced, so that
+    /// the file's name outlives a power cut; done with its first sync.
+    named: AtomicBool,
+    /// The journal's folder, synced with the first sync.
+    dir: PathBuf,
+    /// `fdatasync` calls made (tests: a group commit makes fewer).
+    syncs: AtomicU64,
 }
 
 impl JournalFile {
@@ -94,13 +108,39 @@ impl JournalFile {
     /// `fdatasync` per call, none if another call's covered them. Blocking.
     pub(crate) fn sync_upto(&self, end: u64) -> io::Result<()> {
         let mut synced = lock(&self.synced);
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier sync of this journal file failed",
+            ));
+        }
         if *synced >= end {
             return Ok(());
         }
         // Every append up to here is complete: the sync covers them all.
         let target = self.written.load(Ordering::Acquire);
-        self.file.sync_data()?;
+        self.sync_data()?;
         *synced = target.max(end);
+        Ok(())
+    }
+
+    /// `fdatasync`, and the first time, the folder (and its parent, which
+    /// may have been created with it): a new file's name is not made
+    /// durable by syncing the file.
+    fn sync_data(&self) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.file.sync_data() {
+            self.sync_failed.store(true, Ordering::Release);
+            return Err(e);
+        }
+        if !self.named.load(Ordering::Acquire) {
+            for dir in [Some(self.dir.as_path()), self.dir.parent()]
+                .into_iter()
+                .flatten()
+            {
+                File::open(dir)?.sync_all()?;
+            }
+            self.named.store(true, Ordering::Release);
+        }
         Ok(())
     }
 }
@@ -164,17 +204,23 @@ impl Journal {
         let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut st = lock(&self.state);
-        if st.current.as_ref().is_none_or(|c| c.len >= ROTATE_AT) {
+        if st
+            .current
+            .as_ref()
+            .is_none_or(|c| c.len >= ROTATE_AT || c.file.sync_failed.load(Ordering::Acquire))
+        {
             self.rotate(&mut st)?;
         }
         let Some(cur) = st.current.as_mut() else {
             return Err(io::Error::other("no journal file"));
         };
-        // One write per line (O_APPEND): a void line written meanwhile
-        // from another thread lands before or after it, never inside.
+        // One write per line (O_APPEND; a regular file takes it whole
+        // unless the disk is full): a void line written meanwhile from
+        // another thread lands before or after it.
         if let Err(e) = (&cur.file.file).write_all(&line) {
             // The file may now end in a torn line: later events go to a
             // new file, so none of them is glued to it.
+            cur.file.torn.store(true, Ordering::Release);
             self.close_current(&mut st);
             return Err(e);
         }
@@ -197,14 +243,25 @@ impl Journal {
     /// failed): a void line after it, synced, so that no later start stores
     /// it; and counts it as stored. Blocking.
     pub(crate) fn void(&self, appended: &Appended, key: &str) -> io::Result<()> {
+        let file = &appended.file;
         let result = (|| {
-            let mut line = serde_json::to_vec(&Void {
-                void: key.to_owned(),
-            })
+            // After a torn line, a newline first: the void line is then a
+            // line of its own (the torn one is read as unreadable).
+            let mut line = if file.torn.load(Ordering::Acquire) {
+                b"\n".to_vec()
+            } else {
+                Vec::new()
+            };
+            serde_json::to_writer(
+                &mut line,
+                &Void {
+                    void: key.to_owned(),
+                },
+            )
             .map_err(io::Error::other)?;
             line.push(b'\n');
-            (&appended.file.file).write_all(&line)?;
-            appended.file.file.sync_data()
+            (&file.file).write_all(&line)?;
+            file.sync_data()
         })();
         self.stored(&[appended.generation]);
         result
@@ -244,6 +301,11 @@ impl Journal {
                 file,
                 written: AtomicU64::new(0),
                 synced: Mutex::new(0),
+                sync_failed: AtomicBool::new(false),
+                torn: AtomicBool::new(false),
+                named: AtomicBool::new(false),
+                dir: self.dir.clone(),
+                syncs: AtomicU64::new(0),
             }),
             len: 0,
         });
@@ -395,7 +457,9 @@ pub(crate) fn read_batches(
         if reader.read_until(b'\n', &mut line)? == 0 {
             break;
         }
-        if serde_json::from_slice::<Void>(&line).is_ok() {
+        // A void line, or the empty line a void line after a torn one
+        // leaves: no event.
+        if line == b"\n" || serde_json::from_slice::<Void>(&line).is_ok() {
             index += 1;
             continue;
         }
@@ -571,16 +635,26 @@ mod tests {
         let b = before.append(&failed).unwrap();
         assert_eq!(a.generation, b.generation);
         assert!(b.end > a.end);
-        // Synced up to the second line: one call covers both.
+        // Synced up to the second line: one call covers both (the first
+        // sync also syncs the new file's folder).
         b.file.sync_upto(b.end).unwrap();
         a.file.sync_upto(a.end).unwrap();
         assert_eq!(*lock(&a.file.synced), b.end);
+        assert_eq!(a.file.syncs.load(Ordering::Relaxed), 1);
+        assert!(a.file.named.load(Ordering::Relaxed));
         before.void(&b, failed.key.as_deref().unwrap()).unwrap();
-        let last = before.append(&event("/after")).unwrap();
-        assert!(last.end > b.end, "the void line sits between");
+        before.append(&event("/after")).unwrap();
+        let path = before.path(a.generation);
+        let body = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = body.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(
+            lines[2],
+            format!(r#"{{"void":"{}"}}"#, failed.key.as_deref().unwrap()),
+            "the void line sits between"
+        );
 
         // A crash now: the next start reads the file without /failed.
-        let path = before.path(a.generation);
         std::thread::sleep(std::time::Duration::from_millis(2));
         let now = Journal::new(dir.clone());
         drop(before);
@@ -610,6 +684,26 @@ mod tests {
         j.stored(&[x.generation]);
         j.finish();
         assert!(files(&j.dir).is_empty());
+    }
+
+    #[test]
+    fn after_a_failed_sync_no_sync_of_that_file_succeeds_and_appends_move_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::new(tmp.path().join("journal"));
+        let a = j.append(&event("/a")).unwrap();
+        // What a failed fdatasync leaves (the kernel reports a write-back
+        // error once, so a second call could wrongly succeed).
+        a.file.sync_failed.store(true, Ordering::Release);
+        assert!(a.file.sync_upto(a.end).is_err());
+        let b = j.append(&event("/b")).unwrap();
+        assert_ne!(b.generation, a.generation, "a new file");
+        b.file.sync_upto(b.end).unwrap();
+        // A void line after a torn append is a line of its own.
+        b.file.torn.store(true, Ordering::Release);
+        j.void(&b, "k").unwrap();
+        let body = std::fs::read_to_string(j.path(b.generation)).unwrap();
+        assert!(body.ends_with("\n\n{\"void\":\"k\"}\n"), "{body:?}");
+        assert_eq!(voided_keys(&j.path(b.generation)).unwrap().len(), 1);
     }
 
     #[test]

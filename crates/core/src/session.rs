@@ -1168,7 +1168,8 @@ impl Upload {
 
     /// Writes the upload's last bytes at `offset` and commits it, in one
     /// blocking call on local storage (FTP: the last chunk, all of a small
-    /// file). For a caller that writes front to back, as with
+    /// file); with durable uploads whose event is synced beside the commit,
+    /// in two (the event needs the whole hash first). For a caller that writes front to back, as with
     /// [`Upload::write_next`]. A failed write aborts the upload.
     pub async fn commit_last(self, offset: u64, data: Bytes) -> FsResult<u64> {
         if data.is_empty() {
@@ -1243,15 +1244,13 @@ impl Upload {
                 result
             }
         };
-        let early = match early {
+        // A failed commit's event is taken back before the failure is
+        // answered (once the account's count is let go).
+        let (early, void) = match early {
             Some(Early {
                 event: Ok(synced), ..
-            }) if result.is_err() => {
-                // Taken back before the failure is answered.
-                synced.void().await;
-                None
-            }
-            early => early,
+            }) if result.is_err() => (None, Some(synced)),
+            early => (early, None),
         };
         let result = match result {
             Ok(committed) => Ok(committed),
@@ -1265,6 +1264,9 @@ impl Upload {
                     session.inner.gateway.usage_changed(session.username());
                 }
                 drop(counting);
+                if let Some(synced) = void {
+                    synced.void().await;
+                }
                 let err = FsError::from(e);
                 self.release_and_record(Some(&err.to_string()));
                 return Err(err);
@@ -1343,6 +1345,10 @@ impl Upload {
                 Ok(size)
             }
             Err(e) => {
+                drop(counting);
+                if let Some(synced) = void {
+                    synced.void().await;
+                }
                 let err = FsError::from(e);
                 self.release_and_record(Some(&err.to_string()));
                 Err(err)
@@ -1354,7 +1360,8 @@ impl Upload {
     /// (durable uploads, a gateway on SQLite).
     fn event_beside_commit(&self) -> bool {
         let gateway = &self.session.inner.gateway;
-        gateway.config.durable_uploads && gateway.audit().journals_synced()
+        // A resume or append keeps bytes the hash never saw: read back.
+        self.initial_len == 0 && gateway.config.durable_uploads && gateway.audit().journals_synced()
     }
 
     /// The completed upload's event, with the digest of everything written,

@@ -155,12 +155,10 @@ fn sigkill_during_concurrent_uploads(page_cache: bool) {
     let gw = Gateway::start_in(dir, config);
     let token = gw.token();
     let home = gw.home("acme");
-    if journaled > 0 {
-        // The restart moves the journal into the spool, then the store.
-        gw.wait_events(&token, "kind=upload&username=acme&limit=1", |_| {
-            journal_lines(gw.dir.path()) == 0 && spooled(gw.dir.path()) == 0
-        });
-    }
+    // The restart moves the journal into the spool, then the store.
+    gw.wait_events(&token, "kind=upload&username=acme&limit=1", |_| {
+        journal_lines(gw.dir.path()) == 0 && spooled(gw.dir.path()) == 0
+    });
     let audited = uploads_audited(&gw, &token);
     let mut missing_event = Vec::new();
     for (path, sha) in &acked {

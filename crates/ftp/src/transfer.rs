@@ -265,7 +265,9 @@ pub(crate) async fn run(
                 upload.abort("control connection closed").await;
                 return TransferOutcome::Aborted;
             }
-            // The last chunk is written by the commit's own blocking call.
+            // The last chunk is written by the commit's own blocking call
+            // (durable uploads whose event is synced beside the commit: just
+            // before it).
             let committed = match last {
                 Some((pos, data)) => upload.commit_last(pos, data).await,
                 None => upload.commit().await,
