@@ -1169,8 +1169,9 @@ impl Upload {
     /// Writes the upload's last bytes at `offset` and commits it, in one
     /// blocking call on local storage (FTP: the last chunk, all of a small
     /// file); with durable uploads whose event is synced beside the commit,
-    /// in two (the event needs the whole hash first). For a caller that writes front to back, as with
-    /// [`Upload::write_next`]. A failed write aborts the upload.
+    /// in two (the event needs the whole hash first). For a caller that
+    /// writes front to back, as with [`Upload::write_next`]. A failed write
+    /// aborts the upload.
     pub async fn commit_last(self, offset: u64, data: Bytes) -> FsResult<u64> {
         if data.is_empty() {
             return self.finish(None).await;
