@@ -152,7 +152,7 @@ struct Shared {
 
 impl AuditLog {
     /// Starts the writer task on `store` (and, with a spool folder, the
-    /// replay task). With a `journal` mode other than `Off` (and a spool
+    /// replay task). With a `journal_mode` other than `Off` (and a spool
     /// folder), waiting events are journaled in `<spool>/journal` instead
     /// of stored before their reply. Needs a tokio runtime.
     pub fn start(
@@ -160,16 +160,15 @@ impl AuditLog {
         rules: Arc<Rules>,
         deliveries: Arc<Notify>,
         spool_dir: Option<PathBuf>,
-        journal: JournalMode,
+        journal_mode: JournalMode,
     ) -> AuditLog {
         // Unbounded on purpose: recording must work from `Drop` (an aborted
         // transfer) and never block a transfer; the writer drains it into
         // the store or the spool continuously, so it holds one batch or two.
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
-        let mode = journal;
         let journal = spool_dir
             .as_ref()
-            .filter(|_| mode != JournalMode::Off)
+            .filter(|_| journal_mode != JournalMode::Off)
             .map(|d| Journal::new(d.join("journal")));
         let spool = spool_dir.map(Spool::new);
         let shared = Arc::new(Shared {
@@ -183,7 +182,7 @@ impl AuditLog {
             spool_gate: std::sync::Mutex::new(()),
             spool,
             journal,
-            durable: mode == JournalMode::Durable,
+            durable: journal_mode == JournalMode::Durable,
             adopting: std::sync::Mutex::default(),
             retrying: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
@@ -258,11 +257,11 @@ impl AuditLog {
 
     /// Appends a completed upload's event to the journal, to be synced
     /// beside the upload's commit ([`SyncedEvent::sync`]) and then confirmed
-    /// or voided by its outcome; with durable uploads only. `None`: not
+    /// or voided by its outcome; with durable uploads only. `Err`: not
     /// journaled (no journal, the conditions of [`AuditLog::journal`]), the
     /// event is given back to be recorded with
     /// [`AuditLog::record_durable`] after the commit.
-    pub fn begin_synced(&self, event: Event) -> Result<SyncedEvent, Box<Event>> {
+    pub(crate) fn begin_synced(&self, event: Event) -> Result<SyncedEvent, Box<Event>> {
         let Some(journal) = self.shared.journal.as_ref().filter(|_| self.shared.durable) else {
             return Err(Box::new(event));
         };
@@ -438,7 +437,7 @@ impl AuditLog {
 /// cancelled mid-commit, which FTP and SFTP do not do, or the server is
 /// forced down), it is stored as journaled: the commit runs on without its
 /// task and most likely lands.
-pub struct SyncedEvent {
+pub(crate) struct SyncedEvent {
     log: AuditLog,
     /// Both `Some` until consumed.
     event: Option<KeyedEvent>,
@@ -448,7 +447,7 @@ pub struct SyncedEvent {
 impl SyncedEvent {
     /// Returns once the event is on disk (on the blocking pool, so that it
     /// runs beside the upload's commit).
-    pub async fn sync(&self) -> std::io::Result<()> {
+    pub(crate) async fn sync(&self) -> std::io::Result<()> {
         let Some(appended) = &self.appended else {
             return Ok(());
         };
@@ -459,14 +458,14 @@ impl SyncedEvent {
     }
 
     /// The upload is committed and the event synced: the writer stores it.
-    pub fn confirm(mut self) {
+    pub(crate) fn confirm(mut self) {
         self.hand_over();
     }
 
     /// The event's sync failed: it is recorded past the journal (stored
     /// before the reply) under the same key, so that the journal's line,
     /// should it be on disk after all, is not stored a second time.
-    pub async fn record_instead(mut self) -> Result<(), Unrecorded> {
+    pub(crate) async fn record_instead(mut self) -> Result<(), Unrecorded> {
         let (Some(event), Some(appended)) = (self.event.take(), self.appended.take()) else {
             return Err(Unrecorded);
         };
@@ -481,7 +480,7 @@ impl SyncedEvent {
 
     /// The upload failed after all: its event is taken back (a void line,
     /// synced, in the same journal file) and never stored.
-    pub async fn void(mut self) {
+    pub(crate) async fn void(mut self) {
         let (Some(event), Some(appended)) = (self.event.take(), self.appended.take()) else {
             return;
         };

@@ -459,7 +459,7 @@ pub(crate) fn read_batches(
         }
         // A void line, or the empty line a void line after a torn one
         // leaves: no event.
-        if line == b"\n" || serde_json::from_slice::<Void>(&line).is_ok() {
+        if line == b"\n" || void_key(&line).is_some() {
             index += 1;
             continue;
         }
@@ -502,13 +502,17 @@ fn voided_keys(path: &Path) -> io::Result<std::collections::HashSet<String>> {
         if reader.read_until(b'\n', &mut line)? == 0 {
             return Ok(voided);
         }
-        // Cheap test first: most lines are events.
-        if line.starts_with(b"{\"void\"")
-            && let Ok(v) = serde_json::from_slice::<Void>(&line)
-        {
-            voided.insert(v.void);
-        }
+        voided.extend(void_key(&line));
     }
+}
+
+/// The key a void line takes back; `None` for any other line.
+fn void_key(line: &[u8]) -> Option<String> {
+    // Cheap test first: most lines are events.
+    if !line.starts_with(b"{\"void\"") {
+        return None;
+    }
+    serde_json::from_slice::<Void>(line).ok().map(|v| v.void)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub use admission::{
     Admission, AdmissionConfig, AdmissionCounters, BanSnapshot, ConnectionPermit, LoginAttempt,
     Refusal, SharedBan, Source,
 };
-pub use audit::{AuditLog, JournalMode, SPOOL_MAX_BYTES, SyncedEvent, Unrecorded};
+pub use audit::{AuditLog, JournalMode, SPOOL_MAX_BYTES, Unrecorded};
 pub use error::{ErrorClass, FsError, FsResult};
 pub use listener::{Accepted, AdmittingListener, Incoming};
 pub use metrics::{Metrics, ProtocolCounters};

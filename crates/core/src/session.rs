@@ -1286,9 +1286,6 @@ impl Upload {
                         .metrics()
                         .upload(p, self.bytes(), true);
                 }
-                let mut event = session.event(EventKind::Upload, Some(&self.path), Outcome::Ok);
-                event.bytes = Some(self.bytes());
-                event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
                 let size = committed.size;
                 let gateway = session.inner.gateway.clone();
                 self.reserved.store(0, Ordering::Relaxed);
@@ -1316,6 +1313,7 @@ impl Upload {
                         synced.void().await;
                     }
                 }
+                let mut event = self.completed_event();
                 let from = match self.hash.finish(size).await {
                     Hashed::Done(digest) => {
                         event.sha256 = Some(digest);
@@ -1371,17 +1369,24 @@ impl Upload {
     /// the commit instead).
     async fn early_event(&self) -> Option<Early> {
         let (sha256, hashed) = self.hash.finish_whole().await?;
-        let session = &self.session;
-        let mut event = session.event(EventKind::Upload, Some(&self.path), Outcome::Ok);
-        event.bytes = Some(self.bytes());
-        event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        let mut event = self.completed_event();
         event.sha256 = Some(sha256.clone());
-        let event = session.inner.gateway.audit().begin_synced(event);
+        let event = self.session.inner.gateway.audit().begin_synced(event);
         Some(Early {
             sha256,
             hashed,
             event,
         })
+    }
+
+    /// The event of this upload completed (without its SHA-256).
+    fn completed_event(&self) -> Event {
+        let mut event = self
+            .session
+            .event(EventKind::Upload, Some(&self.path), Outcome::Ok);
+        event.bytes = Some(self.bytes());
+        event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        event
     }
 
     /// Abandons the upload (what stays on disk depends on the upload mode)

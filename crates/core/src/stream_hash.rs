@@ -231,6 +231,19 @@ impl StreamHash {
         self.state.lock().await.stop();
     }
 
+    /// The digest of everything written so far and how many bytes that is,
+    /// if the stream followed all of it (nothing parked, not turned off):
+    /// for an upload's event prepared before its commit. Takes the hash: a
+    /// later [`StreamHash::finish`] has `Nothing` (the file is read back).
+    pub(crate) async fn finish_whole(&self) -> Option<(String, u64)> {
+        let mut st = self.state.lock().await;
+        if !st.parked.is_empty() || st.next >= st.until {
+            return None;
+        }
+        let hasher = st.take().await?;
+        Some((hex::encode(hasher.finalize()), st.next))
+    }
+
     /// What the stream has for the committed content of `size` bytes: its
     /// digest if it covered all of them, else the hash of the part it did
     /// cover (every byte below `next` is as the stream saw it: a write or
@@ -249,21 +262,6 @@ impl StreamHash {
         } else {
             Hashed::Upto(hasher, st.next)
         }
-    }
-}
-
-impl StreamHash {
-    /// The digest of everything written so far and how many bytes that is,
-    /// if the stream followed all of it (nothing parked, not turned off):
-    /// for an upload's event prepared before its commit. Takes the hash: a
-    /// later [`StreamHash::finish`] has `Nothing` (the file is read back).
-    pub(crate) async fn finish_whole(&self) -> Option<(String, u64)> {
-        let mut st = self.state.lock().await;
-        if !st.parked.is_empty() || st.next >= st.until {
-            return None;
-        }
-        let hasher = st.take().await?;
-        Some((hex::encode(hasher.finalize()), st.next))
     }
 }
 

@@ -13,7 +13,7 @@ use common::event;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dropgate_core::store::{EventQuery, KeyedEvent, Store};
+use dropgate_core::store::{Event, EventQuery, KeyedEvent, Outcome, Store};
 use dropgate_core::{Gateway, GatewayConfig};
 use sqlx::Connection;
 
@@ -40,29 +40,39 @@ fn journal_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn journaled_paths(dir: &Path) -> Vec<String> {
+/// The journal's lines as JSON: events, and void lines (`{"void": key}`).
+fn journal_lines(dir: &Path) -> Vec<serde_json::Value> {
     journal_files(dir)
         .iter()
         .flat_map(|f| {
             std::fs::read_to_string(f)
                 .unwrap()
                 .lines()
-                .map(|l| serde_json::from_str::<KeyedEvent>(l).unwrap())
-                .filter_map(|e| e.event.path)
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
                 .collect::<Vec<_>>()
         })
         .collect()
 }
 
-async fn stored_paths(store: &Store) -> Vec<String> {
+fn journaled_paths(dir: &Path) -> Vec<String> {
+    journal_lines(dir)
+        .into_iter()
+        .map(|l| serde_json::from_value::<KeyedEvent>(l).unwrap())
+        .filter_map(|e| e.event.path)
+        .collect()
+}
+
+async fn stored_events(store: &Store) -> Vec<Event> {
     let q = EventQuery {
         limit: 1000,
         ..Default::default()
     };
-    let mut v: Vec<String> = store
-        .query_events(&q)
+    store.query_events(&q).await.unwrap()
+}
+
+async fn stored_paths(store: &Store) -> Vec<String> {
+    let mut v: Vec<String> = stored_events(store)
         .await
-        .unwrap()
         .into_iter()
         .filter_map(|e| e.path)
         .collect();
@@ -276,26 +286,21 @@ async fn durable_session(
     (gateway, session)
 }
 
-fn vp(s: &str) -> dropgate_core::vfs::VirtualPath {
-    dropgate_core::vfs::VirtualPath::parse(s).unwrap()
-}
-
-/// The journal's lines: events as (path, sha256), void lines as their key.
-fn journal_lines(dir: &Path) -> Vec<serde_json::Value> {
-    journal_files(dir)
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+/// A new upload of `path` (replacing, or `exclusive`).
+async fn upload(
+    session: &dropgate_core::Session,
+    path: &str,
+    exclusive: bool,
+) -> dropgate_core::Upload {
+    let path = dropgate_core::vfs::VirtualPath::parse(path).unwrap();
+    session
+        .open_upload(&path, dropgate_core::vfs::WriteStart::Truncate, exclusive)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_durable_upload_is_answered_once_its_event_is_synced_in_the_journal() {
+async fn a_durable_upload_is_answered_once_its_event_is_in_the_journal() {
     use sha2::Digest as _;
     let dir = tempfile::tempdir().unwrap();
     let (store, url) = open(dir.path()).await;
@@ -310,14 +315,7 @@ async fn a_durable_upload_is_answered_once_its_event_is_synced_in_the_journal() 
         .await
         .unwrap();
     let body = bytes::Bytes::from(vec![7u8; 100_000]);
-    let up = session
-        .open_upload(
-            &vp("/d.bin"),
-            dropgate_core::vfs::WriteStart::Truncate,
-            false,
-        )
-        .await
-        .unwrap();
+    let up = upload(&session, "/d.bin", false).await;
     up.write_next(0, body.slice(..60_000)).await.unwrap();
     let t = Instant::now();
     let size = up.commit_last(60_000, body.slice(60_000..)).await.unwrap();
@@ -340,13 +338,7 @@ async fn a_durable_upload_is_answered_once_its_event_is_synced_in_the_journal() 
     // Stored once the lock is gone; a graceful stop leaves no journal.
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     gateway.audit().flush().await;
-    let stored = store
-        .query_events(&EventQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stored = stored_events(&store).await;
     let up = stored
         .iter()
         .find(|e| e.path.as_deref() == Some("/d.bin"))
@@ -364,14 +356,7 @@ async fn a_durable_upload_whose_commit_fails_takes_its_synced_event_back() {
     let (gateway, session) = durable_session(&store, dir.path()).await;
     // An exclusive upload whose name is taken while it runs: the commit's
     // link finds it, after the event was journaled.
-    let up = session
-        .open_upload(
-            &vp("/x.txt"),
-            dropgate_core::vfs::WriteStart::Truncate,
-            true,
-        )
-        .await
-        .unwrap();
+    let up = upload(&session, "/x.txt", true).await;
     up.write_next(0, bytes::Bytes::from_static(b"mine"))
         .await
         .unwrap();
@@ -395,20 +380,13 @@ async fn a_durable_upload_whose_commit_fails_takes_its_synced_event_back() {
     // Never stored as a success, by this run nor by the next one reading
     // the journal after a crash (the file as a killed run leaves it).
     gateway.audit().flush().await;
-    let ok_uploads = |events: &[dropgate_core::store::Event]| {
+    let ok_uploads = |events: &[Event]| {
         events
             .iter()
-            .filter(|e| {
-                e.path.as_deref() == Some("/x.txt")
-                    && e.outcome == dropgate_core::store::Outcome::Ok
-            })
+            .filter(|e| e.path.as_deref() == Some("/x.txt") && e.outcome == Outcome::Ok)
             .count()
     };
-    let q = EventQuery {
-        limit: 100,
-        ..Default::default()
-    };
-    assert_eq!(ok_uploads(&store.query_events(&q).await.unwrap()), 0);
+    assert_eq!(ok_uploads(&stored_events(&store).await), 0);
     let copy = tempfile::tempdir().unwrap();
     let (store2, _) = open(copy.path()).await;
     let journal = copy.path().join("spool/journal");
@@ -427,7 +405,7 @@ async fn a_durable_upload_whose_commit_fails_takes_its_synced_event_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     next.audit().flush().await;
-    let adopted = store2.query_events(&q).await.unwrap();
+    let adopted = stored_events(&store2).await;
     assert_eq!(ok_uploads(&adopted), 0, "{adopted:?}");
     gateway.shutdown().await;
     next.shutdown().await;
