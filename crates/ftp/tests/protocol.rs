@@ -320,6 +320,41 @@ async fn stor_reply_226_comes_after_the_file_is_in_place() {
     server.stop().await;
 }
 
+/// The server closes an upload's data connection just after its 226 (not
+/// before: see `transfer::Closing`), so a client that only half-closed its
+/// side and waits for the server's end gets it: the socket is not kept
+/// until the session ends. Downloads close theirs before 226.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_connection_is_closed_once_an_upload_is_answered() {
+    let server = common::start().await;
+    let home = server.user("u", "pw-u-1").await;
+    let mut c = server.login("u", "pw-u-1").await;
+    for i in 0..5u8 {
+        let data = vec![i; 4096 + usize::from(i)];
+        let mut d = c.epsv_connect().await;
+        c.expect(&format!("STOR half-{i}.bin"), 150).await;
+        d.write_all(&data).await.unwrap();
+        // Half-closed: the client still reads.
+        d.shutdown().await.unwrap();
+        let r = c.reply().await;
+        assert_eq!(r.code, 226, "{}", r.text);
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(WAIT, d.read_to_end(&mut rest))
+            .await
+            .expect("the server closed the data connection after its 226")
+            .unwrap();
+        assert_eq!(n, 0, "nothing is sent back on an upload's data connection");
+        assert_eq!(
+            std::fs::read(home.join(format!("half-{i}.bin"))).unwrap(),
+            data
+        );
+    }
+    // The session goes on as usual: a download after them.
+    let (got, r) = c.retr("half-4.bin").await;
+    assert_eq!(r.code, 226);
+    assert_eq!(got, vec![4u8; 4100]);
+    server.stop().await;
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissions_refuse_with_550_without_leaking_paths() {
     let server = common::start().await;
