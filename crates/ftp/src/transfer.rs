@@ -63,12 +63,13 @@ pub(crate) enum TransferOutcome {
 }
 
 /// An upload's data connection, already at its end (the client closed it),
-/// kept open until the 226 is sent (dropping it closes it). Closing a loopback TCP socket runs the
-/// peer's side of the FIN in the same call (about 10 us measured here, 5% of
-/// the server's CPU on 4 KiB uploads); after the reply, it overlaps the
-/// client's next command instead of delaying the answer. [`Closing::NONE`] for
-/// downloads and listings, whose close is the client's end-of-file signal
-/// and so precedes the 226 (RFC 959).
+/// kept open until the 226 is sent; dropping it closes it. Closing a TCP
+/// socket on loopback runs the peer's side of the FIN in the same call
+/// (about 10 us, 5% of the server's CPU on 4 KiB uploads; docs/benchmarks.md,
+/// session 27): after the reply, it overlaps the client's next command
+/// instead of delaying the answer. [`Closing::NONE`] for downloads and
+/// listings, whose close is the client's end of file and so precedes the
+/// 226 (RFC 959).
 pub(crate) struct Closing(Option<DataStream>);
 
 impl Closing {
@@ -503,9 +504,8 @@ const DRAIN_TIME: Duration = Duration::from_secs(15);
 const DRAIN_BYTES: u64 = 1 << 30;
 
 /// Receives an upload; returns its last chunk unwritten (with its offset),
-/// for the commit to write.
-/// Receives the whole upload; on success also gives back the data
-/// connection, at its end, to be closed after the reply ([`Closing`]).
+/// for the commit to write, and the data connection, at its end, to be
+/// closed after the reply ([`Closing`]).
 async fn receive_file(
     mut stream: DataStream,
     upload: &Upload,

@@ -398,37 +398,111 @@ const INSERT_DELIVERY: &str = "INSERT INTO event_deliveries (id, rule_id, trigge
 /// instead of one per event: every statement is a round trip to SQLite's
 /// connection thread (two thread wake-ups), which at a few hundred small
 /// uploads a second cost more CPU than the inserts themselves.
+///
+/// The rows are padded to a power of two with copies of a keyed event of
+/// the batch (`ON CONFLICT` drops them), so that at most nine texts exist and
+/// each stays prepared: preparing the text anew for every batch took a third
+/// of SQLite's work per event (docs/benchmarks.md, session 27). A batch
+/// without keys (spool files older than keys) is inserted as it is.
 macro_rules! insert_events {
     ($db:ty, $conn:expr, $events:expr) => {{
         let events: &[KeyedEvent] = $events;
         debug_assert!(!events.is_empty() && events.len() <= EVENTS_PER_STATEMENT);
-        let mut q = sqlx::QueryBuilder::<$db>::new(EVENT_COLUMNS);
-        q.push_values(events, |mut row, k| {
+        let filler = events.iter().rev().find(|k| k.key.is_some());
+        let rows = match filler {
+            Some(_) => events.len().next_power_of_two(),
+            None => events.len(),
+        };
+        let padding = filler.into_iter().cycle().take(rows - events.len());
+        let question_marks = <$db as Placeholders>::QUESTION_MARKS;
+        let kept = kept_events_sql(rows, question_marks);
+        let mut q = match kept {
+            Some(sql) => sqlx::query::<$db>(sql),
+            None => sqlx::query::<$db>(sqlx::AssertSqlSafe(events_text(rows, question_marks))),
+        };
+        for k in events.iter().chain(padding) {
             let e = &k.event;
-            row.push_bind(to_ms(e.time))
-                .push_bind(e.kind.as_str())
-                .push_bind(&e.username)
-                .push_bind(&e.protocol)
-                .push_bind(&e.remote_addr)
-                .push_bind(&e.path)
-                .push_bind(&e.target_path)
-                .push_bind(e.bytes.map(to_i64))
-                .push_bind(e.duration_ms.map(to_i64))
-                .push_bind(e.outcome.as_str())
-                .push_bind(&e.sha256)
-                .push_bind(&e.message)
-                .push_bind(&e.node)
-                .push_bind(&e.session_id)
-                .push_bind(&k.key);
-        });
-        q.push(" ON CONFLICT (event_key) DO NOTHING");
-        // Only the one-row text (a lone upload's event, the common case)
-        // is kept prepared: the others differ with the number of rows.
-        q.build()
-            .persistent(events.len() == 1)
-            .execute($conn)
-            .await?;
+            q = q
+                .bind(to_ms(e.time))
+                .bind(e.kind.as_str())
+                .bind(&e.username)
+                .bind(&e.protocol)
+                .bind(&e.remote_addr)
+                .bind(&e.path)
+                .bind(&e.target_path)
+                .bind(e.bytes.map(to_i64))
+                .bind(e.duration_ms.map(to_i64))
+                .bind(e.outcome.as_str())
+                .bind(&e.sha256)
+                .bind(&e.message)
+                .bind(&e.node)
+                .bind(&e.session_id)
+                .bind(&k.key);
+        }
+        q.persistent(kept.is_some()).execute($conn).await?;
     }};
+}
+
+/// How a dialect writes the parameters of the long `VALUES` list.
+trait Placeholders {
+    /// `?` (by position) rather than `$n`. SQLite takes both, but sqlx binds
+    /// a `$n` by looking its name up, and SQLite's lookup walks the whole
+    /// list: quadratic in a statement of 3,840 parameters (measured: more
+    /// work than preparing the text).
+    const QUESTION_MARKS: bool;
+}
+
+impl Placeholders for sqlx::Sqlite {
+    const QUESTION_MARKS: bool = true;
+}
+
+impl Placeholders for sqlx::Postgres {
+    const QUESTION_MARKS: bool = false;
+}
+
+/// The kept text that inserts `rows` events, for a power of two up to
+/// [`EVENTS_PER_STATEMENT`]; built once per dialect.
+fn kept_events_sql(rows: usize, question_marks: bool) -> Option<&'static str> {
+    static QUESTION: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    static NUMBERED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    if !rows.is_power_of_two() || rows > EVENTS_PER_STATEMENT {
+        return None;
+    }
+    let texts = if question_marks { &QUESTION } else { &NUMBERED };
+    let texts = texts.get_or_init(|| {
+        (0..=EVENTS_PER_STATEMENT.trailing_zeros())
+            .map(|p| events_text(1 << p, question_marks))
+            .collect()
+    });
+    texts
+        .get(rows.trailing_zeros() as usize)
+        .map(String::as_str)
+}
+
+fn events_text(rows: usize, question_marks: bool) -> String {
+    const COLUMNS: usize = 15;
+    let mut sql = String::from(EVENT_COLUMNS);
+    sql.push_str("VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..COLUMNS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if question_marks {
+                sql.push('?');
+            } else {
+                sql.push('$');
+                sql.push_str(&(r * COLUMNS + c + 1).to_string());
+            }
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (event_key) DO NOTHING");
+    sql
 }
 
 /// Inserts one delivery on `$conn` (either dialect: the query type differs,

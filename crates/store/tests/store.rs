@@ -462,6 +462,37 @@ async fn outbox(store: &Store) {
         "a replayed batch's event is kept once"
     );
     assert_eq!(count("carol").await, 3, "one keyed row and two unkeyed");
+    // A statement's rows are padded to a power of two with copies of a
+    // keyed event of the batch (dropped on conflict), never of an unkeyed
+    // one, which would be stored again; a batch without keys goes in as it is.
+    let named = |user: &str| Event {
+        username: user.into(),
+        ..event.clone()
+    };
+    let unkeyed = |user: &str| KeyedEvent {
+        key: None,
+        event: named(user),
+    };
+    let mixed = [
+        KeyedEvent::new(named("mixed")),
+        KeyedEvent::new(named("mixed")),
+        unkeyed("mixed"),
+    ];
+    store
+        .insert_events_with_deliveries(&mixed, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        count("mixed").await,
+        3,
+        "three rows sent in four, three kept"
+    );
+    let keyless = [unkeyed("keyless"), unkeyed("keyless"), unkeyed("keyless")];
+    store
+        .insert_events_with_deliveries(&keyless, &[])
+        .await
+        .unwrap();
+    assert_eq!(count("keyless").await, 3);
 
     // Batches as the writer and the spool's replay send them: up to 256
     // events in one statement, more in chunks of one transaction. Every
