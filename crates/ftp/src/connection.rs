@@ -419,7 +419,11 @@ impl Connection {
                     .await?
             }
             // It completed (or failed) before the abort took effect.
-            TransferOutcome::Done(r, _) | TransferOutcome::Failed(r) => self.send(r).await?,
+            TransferOutcome::Done(r, closing) => {
+                self.send(r).await?;
+                drop(closing);
+            }
+            TransferOutcome::Failed(r) => self.send(r).await?,
         }
         self.send(Reply::new(226, "Abort successful.")).await?;
         self.after_transfer().await

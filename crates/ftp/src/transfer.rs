@@ -63,13 +63,15 @@ pub(crate) enum TransferOutcome {
 }
 
 /// An upload's data connection, already at its end (the client closed it),
-/// kept open until the 226 is sent; dropping it closes it. Closing a TCP
-/// socket on loopback runs the peer's side of the FIN in the same call
-/// (about 10 us, 5% of the server's CPU on 4 KiB uploads; docs/benchmarks.md,
-/// session 27): after the reply, it overlaps the client's next command
-/// instead of delaying the answer. [`Closing::NONE`] for downloads and
-/// listings, whose close is the client's end of file and so precedes the
-/// 226 (RFC 959).
+/// kept through the commit and until the 226 is sent; dropping it closes it.
+/// Closing a clear-text TCP socket on loopback runs the peer's side of the
+/// FIN in the same call (about 10 us, 5% of the server's CPU on 4 KiB
+/// uploads; docs/benchmarks.md, session 27): after the reply, it overlaps
+/// the client's next command instead of delaying the answer. A TLS data
+/// connection has sent its `close_notify` and FIN already (`receive_into`),
+/// so only its descriptor is closed later. [`Closing::NONE`] for downloads
+/// and listings, whose close is the client's end of file and so precedes
+/// the 226 (RFC 959).
 pub(crate) struct Closing(Option<DataStream>);
 
 impl Closing {

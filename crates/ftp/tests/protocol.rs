@@ -321,9 +321,10 @@ async fn stor_reply_226_comes_after_the_file_is_in_place() {
 }
 
 /// The server closes an upload's data connection just after its 226 (not
-/// before: see `transfer::Closing`), so a client that only half-closed its
-/// side and waits for the server's end gets it: the socket is not kept
-/// until the session ends. Downloads close theirs before 226.
+/// before: see `transfer::Closing`): a client that only half-closed its side
+/// and waits for the server's end gets it. It guards the deferred close (an
+/// order that cannot be told apart from the client's side): the socket must
+/// not be kept until the session ends. Downloads close theirs before 226.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_connection_is_closed_once_an_upload_is_answered() {
     let server = common::start().await;
@@ -355,6 +356,7 @@ async fn the_data_connection_is_closed_once_an_upload_is_answered() {
     assert_eq!(got, vec![4u8; 4100]);
     server.stop().await;
 }
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissions_refuse_with_550_without_leaking_paths() {
     let server = common::start().await;

@@ -135,8 +135,8 @@ macro_rules! on_pool {
             crate::Db::Postgres($pool) => $body,
         }
     };
-    // With `$db` naming the database type, for code that builds its query
-    // (`sqlx::QueryBuilder<$db>`).
+    // With `$db` naming the database type, for code whose query type or
+    // text depends on it (the audit batch insert, `outbox.rs`).
     ($store:expr, $pool:ident, $db:ident => $body:expr) => {
         match &$store.db {
             crate::Db::Sqlite($pool) => {

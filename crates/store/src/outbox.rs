@@ -400,10 +400,13 @@ const INSERT_DELIVERY: &str = "INSERT INTO event_deliveries (id, rule_id, trigge
 /// uploads a second cost more CPU than the inserts themselves.
 ///
 /// The rows are padded to a power of two with copies of a keyed event of
-/// the batch (`ON CONFLICT` drops them), so that at most nine texts exist and
-/// each stays prepared: preparing the text anew for every batch took a third
-/// of SQLite's work per event (docs/benchmarks.md, session 27). A batch
-/// without keys (spool files older than keys) is inserted as it is.
+/// the batch (`ON CONFLICT` drops them), so that batches use at most nine
+/// texts and each stays prepared: preparing the text anew for every batch
+/// took a third of SQLite's work per event (docs/benchmarks.md, session 27).
+/// A batch without keys (spool files older than keys) is inserted as it is,
+/// its text prepared for that one statement. On PostgreSQL each dropped
+/// copy still takes a number from the id sequence; nothing needs ids to be
+/// contiguous (pages are `id < cursor`).
 macro_rules! insert_events {
     ($db:ty, $conn:expr, $events:expr) => {{
         let events: &[KeyedEvent] = $events;
