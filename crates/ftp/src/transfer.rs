@@ -51,7 +51,6 @@ const TLS_CLOSE_WAIT: Duration = Duration::from_secs(5);
 const GATE_GUARD: Duration = Duration::from_secs(1);
 
 /// How a transfer ended.
-#[derive(Debug)]
 pub(crate) enum TransferOutcome {
     /// Complete: the final reply (226), and an upload's data connection,
     /// closed only once that reply is sent ([`Closing`]).
@@ -69,25 +68,10 @@ pub(crate) enum TransferOutcome {
 /// uploads; docs/benchmarks.md, session 27): after the reply, it overlaps
 /// the client's next command instead of delaying the answer. A TLS data
 /// connection has sent its `close_notify` and FIN already (`receive_into`),
-/// so only its descriptor is closed later. [`Closing::NONE`] for downloads
+/// so only its descriptor is closed later. `None` for downloads
 /// and listings, whose close is the client's end of file and so precedes
 /// the 226 (RFC 959).
-pub(crate) struct Closing(Option<DataStream>);
-
-impl Closing {
-    /// Nothing to close after the reply.
-    pub(crate) const NONE: Closing = Closing(None);
-}
-
-impl std::fmt::Debug for Closing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Closing(data)"
-        } else {
-            "Closing(none)"
-        })
-    }
-}
+pub(crate) type Closing = Option<DataStream>;
 
 /// A transfer, polled by the connection's own task rather than spawned.
 ///
@@ -263,7 +247,7 @@ pub(crate) async fn run(
             match result {
                 Ok(()) => {
                     download.finish(None);
-                    TransferOutcome::Done(Reply::new(226, "Transfer complete."), Closing::NONE)
+                    TransferOutcome::Done(Reply::new(226, "Transfer complete."), None)
                 }
                 Err(e) => {
                     download.finish(Some(&e.to_string()));
@@ -301,7 +285,7 @@ pub(crate) async fn run(
                 None => upload.commit().await,
             };
             match committed {
-                Ok(_) => TransferOutcome::Done(Reply::new(226, done), Closing(Some(closing))),
+                Ok(_) => TransferOutcome::Done(Reply::new(226, done), Some(closing)),
                 Err(e) => failed(TransferError::Fs(e)),
             }
         }
@@ -315,9 +299,7 @@ pub(crate) async fn run(
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => {
-                    TransferOutcome::Done(Reply::new(226, "Directory send OK."), Closing::NONE)
-                }
+                Ok(()) => TransferOutcome::Done(Reply::new(226, "Directory send OK."), None),
                 Err(e) => failed(e),
             }
         }
