@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use dropgate_core::proxy::Proxied;
 use dropgate_core::{Admission, ProxyPolicy, Source};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use rustix::io::Errno;
+use rustix::net::{self, AddressFamily, SocketFlags, SocketType};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 /// How many ports one PASV tries before giving up (ports held by other
@@ -194,29 +196,44 @@ impl PassivePortPool {
         self.inner.lock().in_use.len()
     }
 
-    /// Binds a listener on `ip` at a port leased to `holder`.
+    /// Binds a listener on `ip` at a port leased to `holder`. The listener
+    /// is not registered with the reactor yet (see [`PendingPassive`]).
     pub(crate) fn bind(
         &self,
         ip: IpAddr,
         holder: &Holder,
-    ) -> Result<(TcpListener, PortLease), BindError> {
+    ) -> Result<(std::net::TcpListener, PortLease), BindError> {
+        let family = if ip.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        // One socket for every attempt: a failed bind leaves it unbound.
+        // Ports of the range that clients on this host use as their own
+        // (the ephemeral range often overlaps) fail often enough that a
+        // fresh socket each time was measurable.
+        let socket = net::socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        net::sockopt::set_socket_reuseaddr(&socket, true).map_err(io::Error::from)?;
         for _ in 0..self.capacity().min(MAX_BIND_ATTEMPTS) {
             let lease = match self.lease(holder) {
                 Ok(l) => l,
                 Err(NoPort::Exhausted) => break,
                 Err(NoPort::HolderFull) => return Err(BindError::HolderFull),
             };
-            let socket = if ip.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            socket.set_reuseaddr(true)?;
-            match socket.bind(SocketAddr::new(ip, lease.port())) {
-                Ok(()) => return Ok((socket.listen(8)?, lease)),
-                // Held by another process: try the next one.
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-                Err(e) => return Err(e.into()),
+            match net::bind(&socket, &SocketAddr::new(ip, lease.port())) {
+                Ok(()) => {
+                    net::listen(&socket, 8).map_err(io::Error::from)?;
+                    return Ok((std::net::TcpListener::from(socket), lease));
+                }
+                // Held by another socket: try the next one.
+                Err(Errno::ADDRINUSE) => continue,
+                Err(e) => return Err(io::Error::from(e).into()),
             }
         }
         Err(BindError::Exhausted)
@@ -241,7 +258,7 @@ pub(crate) enum BindError {
 /// once. Connections are accepted when the transfer starts; until then the
 /// kernel holds a client that connected early.
 pub(crate) struct PendingPassive {
-    listener: TcpListener,
+    listener: Incoming,
     lease: PortLease,
     /// Only this host may connect.
     client: IpAddr,
@@ -256,13 +273,16 @@ pub(crate) struct PendingPassive {
 impl PendingPassive {
     /// A listener for `client`, valid for `wait`.
     pub(crate) fn new(
-        listener: TcpListener,
+        listener: std::net::TcpListener,
         lease: PortLease,
         client: IpAddr,
         wait: Duration,
     ) -> PendingPassive {
         PendingPassive {
-            listener,
+            listener: Incoming {
+                waiting: Some(listener),
+                polled: None,
+            },
             lease,
             client,
             deadline: Instant::now() + wait,
@@ -295,7 +315,7 @@ impl PendingPassive {
     /// is freed when this returns.
     pub(crate) async fn accept(self) -> io::Result<TcpStream> {
         let PendingPassive {
-            listener,
+            mut listener,
             lease,
             client,
             deadline,
@@ -358,6 +378,50 @@ impl PendingPassive {
         drop(listener);
         drop(lease);
         result
+    }
+}
+
+/// A passive listener that joins the reactor only when it has to.
+///
+/// Clients connect right after the PASV reply, before the transfer command,
+/// so by the time the transfer accepts, the connection is usually waiting in
+/// the backlog: taking it straight away spares registering the listener
+/// (two `epoll_ctl` calls) and the wake-up its connection would cause while
+/// the session still waits for the command.
+struct Incoming {
+    /// Not registered yet (non-blocking).
+    waiting: Option<std::net::TcpListener>,
+    /// Registered once a connection had to be waited for.
+    polled: Option<TcpListener>,
+}
+
+impl Incoming {
+    async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        if let Some(waiting) = &self.waiting {
+            match net::acceptfrom_with(waiting, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+                Ok((fd, Some(from))) => {
+                    let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+                    let from = SocketAddr::try_from(from).map_err(|_| {
+                        io::Error::new(io::ErrorKind::InvalidData, "not an IP peer")
+                    })?;
+                    return Ok((stream, from));
+                }
+                Ok((fd, None)) => {
+                    let stream = std::net::TcpStream::from(fd);
+                    let from = stream.peer_addr()?;
+                    return Ok((TcpStream::from_std(stream)?, from));
+                }
+                Err(Errno::AGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(waiting) = self.waiting.take() {
+            self.polled = Some(TcpListener::from_std(waiting)?);
+        }
+        match &self.polled {
+            Some(listener) => listener.accept().await,
+            None => Err(io::Error::other("passive listener gone")),
+        }
     }
 }
 
@@ -466,6 +530,7 @@ pub(crate) fn same_host(a: IpAddr, b: IpAddr) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use tokio::net::TcpSocket;
 
     /// A holder no other call returns (its own address and account).
     fn anyone() -> Holder {
@@ -602,6 +667,37 @@ mod tests {
         real.write_all(b"hi").await.unwrap();
         accepted.read_exact(&mut buf[..2]).await.unwrap();
         assert_eq!(&buf[..2], b"hi");
+    }
+
+    #[tokio::test]
+    async fn a_connection_made_early_or_late_is_accepted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pool = PassivePortPool::new(46000..=46999);
+        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        for early in [true, false] {
+            let (listener, lease) = pool.bind(client, &anyone()).unwrap();
+            let addr = SocketAddr::new(client, lease.port());
+            let pending = PendingPassive::new(listener, lease, client, Duration::from_secs(10));
+            // Early: waiting in the backlog before the accept (taken without
+            // the reactor). Late: it arrives while the accept waits.
+            let (mut accepted, mut real) = if early {
+                let real = TcpStream::connect(addr).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                (pending.accept().await.unwrap(), real)
+            } else {
+                let late = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    TcpStream::connect(addr).await.unwrap()
+                });
+                let accepted = pending.accept().await.unwrap();
+                (accepted, late.await.unwrap())
+            };
+            real.write_all(b"hi").await.unwrap();
+            let mut buf = [0u8; 2];
+            accepted.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"hi", "early: {early}");
+            assert_eq!(pool.leased(), 0, "released on use");
+        }
     }
 
     #[tokio::test]
