@@ -567,6 +567,9 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
     // Journaled events whose batch was neither stored nor spooled: their
     // clients were answered, so they go again with the next batch.
     let mut retry: Vec<(KeyedEvent, u64)> = Vec::new();
+    // The writer's own connection, kept from batch to batch (see
+    // `EventConnection::insert_events_with_deliveries`).
+    let mut conn: Option<EventConnection> = None;
     loop {
         let received = if retry.is_empty() {
             rx.recv_many(&mut msgs, BATCH).await
@@ -622,7 +625,7 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
             sanitize(&mut e.event);
         }
         let deliveries = shared.rules.deliveries_for(batch.iter().map(|k| &k.event));
-        let result = write_batch(&store, &shared, &batch, &deliveries).await;
+        let result = write_batch(&store, &mut conn, &shared, &batch, &deliveries).await;
         if result.is_err() {
             shared
                 .lost
@@ -667,6 +670,7 @@ async fn write_events(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, shared
 /// Stores one batch, or spools it when the store does not answer in time.
 async fn write_batch(
     store: &Store,
+    conn: &mut Option<EventConnection>,
     shared: &Arc<Shared>,
     events: &[KeyedEvent],
     deliveries: &[Delivery],
@@ -674,13 +678,23 @@ async fn write_batch(
     // While the spool holds batches the store refused, newer ones join them
     // there (the replay keeps their order) until the replay catches up.
     if !shared.degraded.load(Ordering::Acquire) {
-        let attempt = tokio::time::timeout(
-            STORE_TIMEOUT,
-            store.insert_events_with_deliveries(events, deliveries),
-        )
+        // Taken out while in use: after an error or a timeout its state is
+        // unknown, and the next batch takes a new one.
+        let kept = conn.take();
+        let attempt = tokio::time::timeout(STORE_TIMEOUT, async {
+            let mut c = match kept {
+                Some(c) => c,
+                None => store.event_connection(true).await?,
+            };
+            c.insert_events_with_deliveries(events, deliveries).await?;
+            Ok::<_, dropgate_store::StoreError>(c)
+        })
         .await;
         match attempt {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(c)) => {
+                *conn = Some(c);
+                return Ok(());
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, events = events.len(), "writing audit events failed")
             }

@@ -530,13 +530,15 @@ async fn outbox(store: &Store) {
         .insert_events_with_deliveries(&small, &[])
         .await
         .unwrap();
+    // The rest on a connection of its own, as the audit writer sends them.
     // With deliveries (already stored above, so still 40 of them): the
     // chunks and the deliveries in one transaction.
-    store
+    let mut writer = store.event_connection(true).await.unwrap();
+    writer
         .insert_events_with_deliveries(&large, &ds)
         .await
         .unwrap();
-    store
+    writer
         .insert_events_with_deliveries(&small[..17], &[])
         .await
         .unwrap();

@@ -21,9 +21,13 @@
 //! worker's LIFO slot (the last one the upload's task woke) and tasks that
 //! yielded (`block_in_place` hands those on first). A call that took over
 //! [`SLOW`], or one still running after it, sends every later one through
-//! `block_in_place` for [`BACK_OFF`]: a disk that stalls costs one stall of
-//! the calls then in progress (at most one worker less than the runtime
-//! has, one on two cores) per back-off.
+//! `block_in_place` for [`BACK_OFF_FACTOR`] times as long as it took (at
+//! most [`BACK_OFF`]): a disk that keeps stalling costs a stall of the calls
+//! then in progress (at most one worker less than the runtime has, one on
+//! two cores) per back-off, about 1% of their time, while one slow call
+//! among thousands of quick ones (ext4 turning a folder's first block
+//! into a hashed index as it fills, 1.1-1.2 ms here) costs a tenth of a
+//! second of hand-offs, not ten seconds of them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,7 +36,11 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// A brief call that took longer than this says the disk is slow now.
 pub(crate) const SLOW: Duration = Duration::from_millis(1);
-/// How long brief calls hand the worker off after a slow one.
+/// After a slow call, brief calls hand the worker off for this many times
+/// as long as it took (so a disk that stays slow holds up the workers
+/// about 1% of the time).
+pub(crate) const BACK_OFF_FACTOR: u32 = 100;
+/// The longest back-off.
 pub(crate) const BACK_OFF: Duration = Duration::from_secs(10);
 
 /// Where a blocking call runs.
@@ -108,10 +116,13 @@ impl OnWorker {
         self.turns.load(Ordering::Acquire) >> COUNT_SHIFT
     }
 
-    /// Brief calls hand off until `BACK_OFF` after `now`.
-    fn back_off(&self, now: Instant) {
+    /// Brief calls hand off for a while after `now`, a call having taken
+    /// `took` (`BACK_OFF_FACTOR` times that, at most `BACK_OFF`).
+    fn back_off(&self, now: Instant, took: Duration) -> Duration {
+        let span = took.saturating_mul(BACK_OFF_FACTOR).min(BACK_OFF);
         self.off_until_us
-            .fetch_max(self.micros(now + BACK_OFF), Ordering::Relaxed);
+            .fetch_max(self.micros(now + span), Ordering::Relaxed);
+        span
     }
 
     /// A turn to run one brief call on a worker of a runtime with `workers`
@@ -123,23 +134,26 @@ impl OnWorker {
             return None;
         }
         let start = now_us.min(START_MASK);
-        // Decided by the closure's last run (it runs again after a lost race).
-        let mut slow = false;
+        // Decided by the closure's last run (it runs again after a lost race):
+        // how long the latest turn in progress has run, if over `SLOW`.
+        let mut slow = None;
         let taken = self
             .turns
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 let (n, latest) = (v >> COUNT_SHIFT, v & START_MASK);
                 // Turns in progress, the latest begun over `SLOW` ago: all
                 // of them are slow, and the disk with them.
-                slow = n > 0 && start.saturating_sub(latest) > SLOW.as_micros() as u64;
+                let running = start.saturating_sub(latest);
+                slow = (n > 0 && running > SLOW.as_micros() as u64).then_some(running);
                 // Never every worker at once: one stays free for the
                 // others' tasks.
-                (!slow && n + 1 < workers as u64)
+                (slow.is_none() && n + 1 < workers as u64)
                     .then(|| ((n + 1) << COUNT_SHIFT) | latest.max(start))
             })
             .is_ok();
-        if slow {
-            self.back_off(now);
+        if let Some(running) = slow {
+            // For as long as it has run so far; its end extends that.
+            self.back_off(now, Duration::from_micros(running));
         }
         // Not `then_some`: a turn made and dropped would give back a count
         // it never took.
@@ -169,15 +183,13 @@ impl Drop for Turn<'_> {
         let took = ended.saturating_duration_since(self.started);
         // The back-off before the turn is given back: no call may start on
         // a worker in between.
-        if took > SLOW {
-            self.on.back_off(ended);
-        }
+        let span = (took > SLOW).then(|| self.on.back_off(ended, took));
         self.on.turns.fetch_sub(1 << COUNT_SHIFT, Ordering::AcqRel);
-        if took > SLOW {
+        if let Some(span) = span {
             tracing::debug!(
                 took_us = took.as_micros() as u64,
-                "a create or commit on a worker was slow: hand-offs for the next {} s",
-                BACK_OFF.as_secs()
+                back_off_ms = span.as_millis() as u64,
+                "a create or commit on a worker was slow: hand-offs for a while"
             );
         }
     }
@@ -218,18 +230,42 @@ mod tests {
         assert_eq!(on.running(), 0);
     }
 
+    /// How long brief calls are off from now on.
+    fn off_for(on: &OnWorker) -> Duration {
+        Duration::from_micros(
+            on.off_until_us
+                .load(Ordering::Relaxed)
+                .saturating_sub(on.micros(Instant::now())),
+        )
+    }
+
     #[test]
     fn a_slow_call_sends_the_next_ones_to_other_threads() {
         let on = OnWorker::new();
         assert_eq!(on.take(2).unwrap().run(|| 7), 7);
-        fresh(&on)
-            .take(2)
-            .unwrap()
-            .run(|| std::thread::sleep(SLOW + Duration::from_millis(2)));
+        let took = SLOW + Duration::from_millis(20);
+        fresh(&on).take(2).unwrap().run(|| std::thread::sleep(took));
         assert!(on.take(2).is_none(), "backing off after a slow call");
         assert!(on.take(8).is_none(), "whatever the workers");
         assert_eq!(on.running(), 0);
         assert!(fresh(&on).take(2).is_some(), "the back-off ends");
+    }
+
+    #[test]
+    fn the_back_off_grows_with_the_slow_call_up_to_a_limit() {
+        let on = OnWorker::new();
+        let now = Instant::now();
+        let short = SLOW + Duration::from_millis(1);
+        assert_eq!(on.back_off(now, short), short * BACK_OFF_FACTOR);
+        let off = off_for(&on);
+        assert!(
+            off <= short * BACK_OFF_FACTOR && off > Duration::ZERO,
+            "{off:?}"
+        );
+        // A longer stall extends it; a shorter one never shortens it.
+        assert_eq!(on.back_off(now, Duration::from_secs(3600)), BACK_OFF);
+        on.back_off(now, short);
+        assert!(off_for(&on) > BACK_OFF - Duration::from_secs(1));
     }
 
     #[test]
@@ -240,7 +276,7 @@ mod tests {
         assert!(on.take(4).is_none(), "the running turn is slow already");
         assert_eq!(on.running(), 1, "the refused turn is not counted");
         assert!(
-            on.off_until_us.load(Ordering::Relaxed) > on.micros(Instant::now()),
+            off_for(&on) > Duration::ZERO,
             "the refusal started a back-off before the slow turn ended"
         );
         drop(stuck);
