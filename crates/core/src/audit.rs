@@ -679,13 +679,20 @@ async fn write_batch(
     // there (the replay keeps their order) until the replay catches up.
     if !shared.degraded.load(Ordering::Acquire) {
         // Taken out while in use: after an error or a timeout its state is
-        // unknown, and the next batch takes a new one.
+        // unknown. A kept connection that fails (the server restarted, an
+        // idle connection dropped on the way) is replaced at once, within
+        // the same time limit: the pool checked a connection before lending
+        // it, a kept one is not. Storing a batch again keeps each event and
+        // delivery once.
         let kept = conn.take();
         let attempt = tokio::time::timeout(STORE_TIMEOUT, async {
-            let mut c = match kept {
-                Some(c) => c,
-                None => store.event_connection(true).await?,
-            };
+            if let Some(mut c) = kept {
+                match c.insert_events_with_deliveries(events, deliveries).await {
+                    Ok(()) => return Ok(c),
+                    Err(e) => tracing::debug!(error = %e, "the audit writer's connection failed; taking a new one"),
+                }
+            }
+            let mut c = store.event_connection(true).await?;
             c.insert_events_with_deliveries(events, deliveries).await?;
             Ok::<_, dropgate_store::StoreError>(c)
         })

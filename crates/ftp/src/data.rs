@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dropgate_ftps::{ControlTls, DataTlsError};
-use rustix::net::RecvFlags;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::server::TlsStream;
@@ -48,25 +47,6 @@ pub(crate) enum OpenError {
     /// (`require_session_reuse`).
     #[error("data connection did not resume the control connection's TLS session")]
     NotResumed,
-}
-
-impl DataStream {
-    /// Whether a clear-text connection is at its end, with nothing left to
-    /// read. Asked after a read that did not fill the buffer: a small
-    /// upload's FIN arrives right behind its bytes, and a short read makes
-    /// tokio wait for a fresh readiness event before the next one, a round
-    /// through the reactor that finding the end here spares. `false` when
-    /// it cannot tell (TLS, bytes waiting, nothing yet, an error: the next
-    /// read reports those).
-    pub(crate) fn at_end(&self) -> bool {
-        match self {
-            DataStream::Plain(s) => matches!(
-                rustix::net::recv(s, &mut [0u8; 1], RecvFlags::PEEK | RecvFlags::DONTWAIT),
-                Ok((0, _))
-            ),
-            DataStream::Tls(_) => false,
-        }
-    }
 }
 
 impl AsyncRead for DataStream {

@@ -282,6 +282,7 @@ impl PendingPassive {
             listener: Incoming {
                 waiting: Some(listener),
                 polled: None,
+                looked: false,
             },
             lease,
             client,
@@ -387,17 +388,23 @@ impl PendingPassive {
 /// so by the time the transfer accepts, the connection is usually waiting in
 /// the backlog: taking it straight away spares registering the listener
 /// (two `epoll_ctl` calls) and the wake-up its connection would cause while
-/// the session still waits for the command.
+/// the session still waits for the command. Only the first call looks
+/// there: a later one (a connection was refused) goes through the reactor,
+/// whose budget makes a flood of connections yield (and the deadline count).
 struct Incoming {
     /// Not registered yet (non-blocking).
     waiting: Option<std::net::TcpListener>,
     /// Registered once a connection had to be waited for.
     polled: Option<TcpListener>,
+    /// The backlog was looked at without the reactor.
+    looked: bool,
 }
 
 impl Incoming {
     async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
-        if let Some(waiting) = &self.waiting {
+        let first = !self.looked;
+        self.looked = true;
+        if let Some(waiting) = self.waiting.as_ref().filter(|_| first) {
             match net::acceptfrom_with(waiting, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
                 Ok((fd, Some(from))) => {
                     let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;

@@ -42,11 +42,6 @@ const THROTTLED_CHUNK: u64 = 64 << 10;
 const COPY_CHUNK: usize = 1 << 20;
 /// Upload buffer size (a second buffer only for uploads larger than one).
 const UPLOAD_CHUNK: usize = 1 << 20;
-/// Up to how many bytes into a chunk a read that did not fill it is
-/// followed by a look for the end of the upload ([`DataStream::at_end`]):
-/// small files end there; later in a large one the look would cost a
-/// syscall a read for nothing.
-const SHORT_READ_PEEK: usize = 64 << 10;
 /// Listing output buffer.
 const LISTING_BUFFER: usize = 64 * 1024;
 /// How long answering an upload's TLS `close_notify` may take.
@@ -590,11 +585,6 @@ async fn fill(
             return Ok(true);
         }
         ctl.progress.fetch_add(n as u64, Ordering::Relaxed);
-        // The start of a chunk (all of a small file): is the client's FIN
-        // already here? (one `recv` instead of a round through the reactor)
-        if buf.len() <= SHORT_READ_PEEK && stream.at_end() {
-            return Ok(true);
-        }
     }
     Ok(false)
 }

@@ -263,13 +263,16 @@ async fn a_client_that_dies_mid_upload_leaves_nothing() {
         let _ = data.shutdown().await;
         drop(data);
     }
-    // 2. Both closed at once, as when a process is killed.
-    let mut c = server.login("u", "pw-u-1").await;
-    let mut data = c.epsv_connect().await;
-    c.expect("STOR killed.bin", 150).await;
-    data.write_all(&vec![2u8; 1_000_000]).await.unwrap();
-    drop(c);
-    drop(data);
+    // 2. Both closed at once, as when a process is killed; a large upload
+    // and a small one (its whole file within the start of one chunk).
+    for (target, len) in [("killed.bin", 1_000_000), ("killed-small.bin", 20_000)] {
+        let mut c = server.login("u", "pw-u-1").await;
+        let mut data = c.epsv_connect().await;
+        c.expect(&format!("STOR {target}"), 150).await;
+        data.write_all(&vec![2u8; len]).await.unwrap();
+        drop(c);
+        drop(data);
+    }
     // 3. The data connection is reset while the control connection stays.
     let mut c = server.login("u", "pw-u-1").await;
     let mut data = c.epsv_connect().await;
@@ -282,7 +285,7 @@ async fn a_client_that_dies_mid_upload_leaves_nothing() {
     c.expect("NOOP", 200).await;
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for gone in ["new.bin", "killed.bin", "reset.bin"] {
+    for gone in ["new.bin", "killed.bin", "killed-small.bin", "reset.bin"] {
         assert!(!home.join(gone).exists(), "{gone} must not exist");
     }
     assert_eq!(
