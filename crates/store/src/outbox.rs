@@ -911,15 +911,8 @@ impl EventConnection {
     /// Stores one event, kept once per key (as
     /// [`Store::insert_events_with_deliveries`] does for a lone event).
     pub async fn insert_event(&mut self, event: &KeyedEvent) -> StoreResult<()> {
-        match &mut self.0 {
-            EventConn::Sqlite(c) => {
-                insert_events!(sqlx::Sqlite, &mut *c, std::slice::from_ref(event))
-            }
-            EventConn::Postgres(c) => {
-                insert_events!(sqlx::Postgres, &mut *c, std::slice::from_ref(event))
-            }
-        }
-        Ok(())
+        self.insert_events_with_deliveries(std::slice::from_ref(event), &[])
+            .await
     }
 }
 
