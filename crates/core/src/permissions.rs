@@ -8,7 +8,8 @@ use dropgate_vfs::VirtualPath;
 /// An account's permissions, pre-parsed for fast checks.
 #[derive(Debug, Clone)]
 pub struct PermissionSet {
-    /// (prefix, permissions), longest prefix first.
+    /// (prefix, permissions with `*` expanded), longest prefix first.
+    /// Expanded once here: every file operation checks at least once.
     rules: Vec<(VirtualPath, BTreeSet<Permission>)>,
 }
 
@@ -18,7 +19,7 @@ impl PermissionSet {
     pub fn new(map: &PermissionMap) -> Self {
         let mut rules: Vec<(VirtualPath, BTreeSet<Permission>)> = map
             .iter()
-            .filter_map(|(p, perms)| VirtualPath::parse(p).ok().map(|vp| (vp, perms.clone())))
+            .filter_map(|(p, perms)| VirtualPath::parse(p).ok().map(|vp| (vp, expand(perms))))
             .collect();
         rules.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_str().len()));
         PermissionSet { rules }
@@ -29,13 +30,13 @@ impl PermissionSet {
         self.rights_at(path).contains(&perm)
     }
 
-    /// Every right granted on `path` (`*` expanded).
-    fn rights_at(&self, path: &VirtualPath) -> BTreeSet<Permission> {
+    /// Every right granted on `path` (`*` expanded); none where no rule covers it.
+    fn rights_at(&self, path: &VirtualPath) -> &BTreeSet<Permission> {
+        static NONE: BTreeSet<Permission> = BTreeSet::new();
         self.rules
             .iter()
             .find(|(prefix, _)| path.starts_with(prefix))
-            .map(|(_, perms)| expand(perms))
-            .unwrap_or_default()
+            .map_or(&NONE, |(_, perms)| perms)
     }
 
     /// Whether every path of the home has the same rights: then where a
@@ -44,7 +45,7 @@ impl PermissionSet {
         // A path no rule covers has no rights; with no rule at `/` that is a
         // second set of rights.
         let root_covered = self.rules.iter().any(|(p, _)| p.is_root());
-        let mut sets = self.rules.iter().map(|(_, perms)| expand(perms));
+        let mut sets = self.rules.iter().map(|(_, perms)| perms);
         let Some(first) = sets.next() else {
             return true;
         };
