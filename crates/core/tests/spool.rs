@@ -213,3 +213,81 @@ async fn a_spooled_batch_that_already_landed_is_kept_once() {
     paths.sort();
     assert_eq!(paths, ["/fresh", "/landed"]);
 }
+
+/// The audit writer keeps one connection from batch to batch, which the
+/// pool no longer checks: when the server ends it (a restart, a proxy's
+/// idle timeout), the batch goes again at once on a new connection instead
+/// of into the spool. PostgreSQL, whose backends can be ended from outside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_replaces_a_connection_the_server_ended() {
+    let Ok(base) = std::env::var("DROPGATE_TEST_POSTGRES_URL") else {
+        eprintln!("DROPGATE_TEST_POSTGRES_URL not set: the writer's PostgreSQL test not run");
+        return;
+    };
+    // A database of its own; the name is ours (not input).
+    let db = format!("dropgate_core_writer_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let exec = |sql: String| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&admin)
+                .await
+                .unwrap()
+        }
+    };
+    exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+    exec(format!("CREATE DATABASE {db}")).await;
+    let url = match base.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/{db}"),
+        None => panic!("bad postgres url"),
+    };
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let mut config = GatewayConfig::new(dir.path().join("files"));
+    config.spool_dir = Some(spool.clone());
+    let gateway = Gateway::new(store.clone(), config);
+
+    // Until `path` is stored; the spool is never used on the way.
+    let stored = |path: &'static str| {
+        let (store, gateway, spool) = (store.clone(), gateway.clone(), spool.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                assert!(!gateway.audit().degraded(), "a batch went to the spool");
+                assert_eq!(spooled(&spool), 0);
+                let events = store
+                    .query_events(&EventQuery {
+                        limit: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                if events.iter().any(|e| e.path.as_deref() == Some(path)) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{path} not stored");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // Through the writer (not stored inline by the caller): it now holds
+    // its connection.
+    gateway.audit().record(event("/before"));
+    stored("/before").await;
+    // Every backend of the database ends: the writer's and the pool's.
+    let ended = exec(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    ))
+    .await;
+    assert!(ended.rows_affected() >= 2, "the backends were not ended");
+    gateway.audit().record(event("/after"));
+    stored("/after").await;
+    assert_eq!(gateway.audit().lost(), 0);
+    drop(gateway);
+    store.close().await;
+    exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+}
