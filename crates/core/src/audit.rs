@@ -363,7 +363,11 @@ impl AuditLog {
         let attempt = tokio::time::timeout(INLINE_TIMEOUT, async {
             let mut conn = match kept {
                 Some(c) => c,
-                None => self.store.event_connection(synced).await?,
+                // Boxed: the pool's acquire is a future of ~8.7 KB, which
+                // would otherwise be part of every future that records an
+                // event (each command's, each transfer's) and be copied
+                // with them; it runs once per kept connection.
+                None => Box::pin(self.store.event_connection(synced)).await?,
             };
             conn.insert_event(event).await?;
             Ok::<_, dropgate_store::StoreError>(conn)
