@@ -314,37 +314,47 @@ async fn a_durable_upload_is_answered_once_its_event_is_in_the_journal() {
         .execute(&mut locker)
         .await
         .unwrap();
-    let body = bytes::Bytes::from(vec![7u8; 100_000]);
-    let up = upload(&session, "/d.bin", false).await;
-    up.write_next(0, body.slice(..60_000)).await.unwrap();
-    let t = Instant::now();
-    let size = up.commit_last(60_000, body.slice(60_000..)).await.unwrap();
-    assert_eq!(size, 100_000);
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    let lines = journal_lines(dir.path());
+    let body: bytes::Bytes = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let want = hex::encode(sha2::Sha256::digest(&body));
-    assert!(
-        lines.iter().any(|l| l["path"] == "/d.bin"
-            && l["sha256"] == want.as_str()
-            && l["kind"] == "upload"),
-        "{lines:?}"
-    );
-    assert!(lines.iter().all(|l| l.get("void").is_none()));
-    assert_eq!(
-        std::fs::read(dir.path().join("files/alice/d.bin")).unwrap(),
-        body
-    );
+    // The last bytes small (hashed before the commit, written by it) and
+    // large (written and hashed first): the same event either way.
+    for (path, split) in [("/d.bin", 60_000), ("/e.bin", 20_000)] {
+        let up = upload(&session, path, false).await;
+        up.write_next(0, body.slice(..split)).await.unwrap();
+        let t = Instant::now();
+        let size = up
+            .commit_last(split as u64, body.slice(split..))
+            .await
+            .unwrap();
+        assert_eq!(size, 100_000);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let lines = journal_lines(dir.path());
+        assert!(
+            lines.iter().any(|l| l["path"] == path
+                && l["sha256"] == want.as_str()
+                && l["bytes"] == 100_000
+                && l["kind"] == "upload"),
+            "{lines:?}"
+        );
+        assert!(lines.iter().all(|l| l.get("void").is_none()));
+        assert_eq!(
+            std::fs::read(dir.path().join(format!("files/alice{path}"))).unwrap(),
+            body
+        );
+    }
 
     // Stored once the lock is gone; a graceful stop leaves no journal.
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     gateway.audit().flush().await;
     let stored = stored_events(&store).await;
-    let up = stored
-        .iter()
-        .find(|e| e.path.as_deref() == Some("/d.bin"))
-        .expect("the upload's event");
-    assert_eq!(up.sha256.as_deref(), Some(want.as_str()));
-    assert_eq!(up.bytes, Some(100_000));
+    for path in ["/d.bin", "/e.bin"] {
+        let up = stored
+            .iter()
+            .find(|e| e.path.as_deref() == Some(path))
+            .expect("the upload's event");
+        assert_eq!(up.sha256.as_deref(), Some(want.as_str()));
+        assert_eq!(up.bytes, Some(100_000));
+    }
     gateway.shutdown().await;
     assert!(journal_files(dir.path()).is_empty());
 }
@@ -356,34 +366,44 @@ async fn a_durable_upload_whose_commit_fails_takes_its_synced_event_back() {
     let (gateway, session) = durable_session(&store, dir.path()).await;
     // An exclusive upload whose name is taken while it runs: the commit's
     // link finds it, after the event was journaled.
-    let up = upload(&session, "/x.txt", true).await;
-    up.write_next(0, bytes::Bytes::from_static(b"mine"))
-        .await
-        .unwrap();
-    std::fs::write(dir.path().join("files/alice/x.txt"), b"theirs").unwrap();
-    assert!(up.commit().await.is_err());
-    assert_eq!(
-        std::fs::read(dir.path().join("files/alice/x.txt")).unwrap(),
-        b"theirs"
-    );
-    let lines = journal_lines(dir.path());
-    let key = lines
-        .iter()
-        .find(|l| l["path"] == "/x.txt" && l["outcome"] == "ok")
-        .and_then(|l| l["key"].as_str())
-        .expect("the event journaled before the commit")
-        .to_owned();
-    assert!(
-        lines.iter().any(|l| l["void"] == key.as_str()),
-        "taken back in the journal: {lines:?}"
-    );
+    // Written before the commit, and written by it (its last bytes).
+    for (path, last) in [("/x.txt", false), ("/y.txt", true)] {
+        let up = upload(&session, path, true).await;
+        let mine = bytes::Bytes::from_static(b"mine");
+        let committed = if last {
+            std::fs::write(dir.path().join(format!("files/alice{path}")), b"theirs").unwrap();
+            up.commit_last(0, mine).await
+        } else {
+            up.write_next(0, mine).await.unwrap();
+            std::fs::write(dir.path().join(format!("files/alice{path}")), b"theirs").unwrap();
+            up.commit().await
+        };
+        assert!(committed.is_err());
+        assert_eq!(
+            std::fs::read(dir.path().join(format!("files/alice{path}"))).unwrap(),
+            b"theirs"
+        );
+        let lines = journal_lines(dir.path());
+        let key = lines
+            .iter()
+            .find(|l| l["path"] == path && l["outcome"] == "ok")
+            .and_then(|l| l["key"].as_str())
+            .expect("the event journaled before the commit")
+            .to_owned();
+        assert!(
+            lines.iter().any(|l| l["void"] == key.as_str()),
+            "taken back in the journal: {lines:?}"
+        );
+    }
     // Never stored as a success, by this run nor by the next one reading
     // the journal after a crash (the file as a killed run leaves it).
     gateway.audit().flush().await;
     let ok_uploads = |events: &[Event]| {
         events
             .iter()
-            .filter(|e| e.path.as_deref() == Some("/x.txt") && e.outcome == Outcome::Ok)
+            .filter(|e| {
+                matches!(e.path.as_deref(), Some("/x.txt" | "/y.txt")) && e.outcome == Outcome::Ok
+            })
             .count()
     };
     assert_eq!(ok_uploads(&stored_events(&store).await), 0);
