@@ -249,11 +249,12 @@ mod unnamed {
     use std::io;
     use std::os::fd::AsRawFd;
     use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use cap_std::fs::Dir;
 
     /// Whether `/proc/self/fd` exists, through which the inode is linked
-    /// (`linkat` with `AT_EMPTY_PATH` would need CAP_DAC_READ_SEARCH).
+    /// where `linkat` with `AT_EMPTY_PATH` is refused.
     fn linkable() -> bool {
         static LINKABLE: OnceLock<bool> = OnceLock::new();
         *LINKABLE.get_or_init(|| std::path::Path::new("/proc/self/fd").is_dir())
@@ -279,9 +280,35 @@ mod unnamed {
         None
     }
 
+    /// Set once `linkat` with `AT_EMPTY_PATH` was refused where the link
+    /// through `/proc` worked: before Linux 6.10 the former needs
+    /// CAP_DAC_READ_SEARCH even for a file this process opened.
+    static NO_EMPTY_PATH: AtomicBool = AtomicBool::new(false);
+
     /// Gives `file` the name `name` in `parent`; fails with `AlreadyExists`
     /// if the name is taken (by anything, a symlink included).
+    ///
+    /// Straight from the descriptor where the kernel allows it: the path
+    /// through `/proc/self/fd` costs a lookup in procfs (measured: docs/
+    /// benchmarks.md, session 30).
     pub(super) fn link(file: &std::fs::File, parent: &Dir, name: &str) -> io::Result<()> {
+        if NO_EMPTY_PATH.load(Ordering::Relaxed) {
+            return link_through_proc(file, parent, name);
+        }
+        match rustix::fs::linkat(file, "", parent, name, rustix::fs::AtFlags::EMPTY_PATH) {
+            Ok(()) => Ok(()),
+            // What the kernel answers without the capability (and for a
+            // folder removed meanwhile, which the other way tells apart).
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+                link_through_proc(file, parent, name)?;
+                NO_EMPTY_PATH.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn link_through_proc(file: &std::fs::File, parent: &Dir, name: &str) -> io::Result<()> {
         let source = format!("/proc/self/fd/{}", file.as_raw_fd());
         rustix::fs::linkat(
             rustix::fs::CWD,
