@@ -23,7 +23,7 @@ use crate::audit::SyncedEvent;
 use crate::bandwidth::AccountThrottles;
 use crate::quota::BusyPath;
 use crate::registry::{Direction, SessionEntry, TransferState};
-use crate::stream_hash::{Hashed, Lent, StreamHash, hashes_inline};
+use crate::stream_hash::{Hashed, Lent, StreamHash};
 use crate::{FsError, FsResult, Gateway, PermissionSet, QuotaGuard};
 
 /// A logged-in session; cheap to clone (all clones are the same session).
@@ -1005,21 +1005,6 @@ pub struct Upload {
 /// in and their event is stored before the reply, as in durable mode.
 pub const HASH_AFTER_REPLY_FROM: u64 = 8 << 20;
 
-/// Runs `commit` beside the sync of `early`'s journaled event, if there is
-/// one, and says how that sync went.
-async fn beside_sync<T>(
-    early: Option<&Early>,
-    commit: impl Future<Output = T>,
-) -> (T, Option<std::io::Result<()>>) {
-    match early.and_then(|e| e.event.as_ref().ok()) {
-        Some(synced) => {
-            let (committed, sync) = tokio::join!(commit, synced.sync());
-            (committed, Some(sync))
-        }
-        None => (commit.await, None),
-    }
-}
-
 /// A completed upload's event prepared before its commit (durable uploads).
 struct Early {
     /// The digest of the bytes written, and how many they are: the event
@@ -1204,13 +1189,11 @@ impl Upload {
             return Err(FsError::Closed);
         }
         // A durable upload's event is synced beside its commit, so its hash
-        // must be whole before the commit. Large last bytes are written
-        // (and hashed on the pool) first: one hand-off more, against a flush
-        // less. Small ones are hashed here, where a hash that small costs
-        // less than the hop, and written by the commit's own call.
+        // must be whole before the commit: the last bytes are written first
+        // (one hand-off more, against a flush less).
         let beside = self.event_beside_commit();
         if beside
-            && let Some((offset, data)) = last.take_if(|(_, d)| !hashes_inline(d))
+            && let Some((offset, data)) = last.take()
             && let Err(e) = self.write_next(offset, data).await
         {
             self.abort(&e.to_string()).await;
@@ -1221,16 +1204,6 @@ impl Upload {
         {
             self.abort(&e.to_string()).await;
             return Err(e);
-        }
-        // Hashed and counted before they are written (the event carries
-        // both): should the write fail, that event is voided below, the
-        // stream stops and the count is taken back.
-        let fed = beside && last.is_some();
-        if fed && let Some((offset, data)) = &last {
-            self.hash.feed(*offset, data).await;
-            self.transfer
-                .bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         let Some(writer) = self.writer.take() else {
             return Err(FsError::Closed);
@@ -1245,21 +1218,14 @@ impl Upload {
         };
         let mut early_synced = None;
         let result = match last {
-            None => {
-                let (committed, sync) = beside_sync(early.as_ref(), writer.commit()).await;
-                early_synced = sync;
-                committed.map_err(LastWrite::Commit)
-            }
-            Some((offset, data)) if fed => {
-                let len = data.len() as u64;
-                let last_write = writer.write_and_commit(offset, data, None);
-                let (result, sync) = beside_sync(early.as_ref(), last_write).await;
-                early_synced = sync;
-                if matches!(result, Err(LastWrite::Write(..))) {
-                    self.transfer.bytes.fetch_sub(len, Ordering::Relaxed);
+            None => match early.as_ref().and_then(|e| e.event.as_ref().ok()) {
+                Some(synced) => {
+                    let (committed, sync) = tokio::join!(writer.commit(), synced.sync());
+                    early_synced = Some(sync);
+                    committed.map_err(LastWrite::Commit)
                 }
-                result
-            }
+                None => writer.commit().await.map_err(LastWrite::Commit),
+            },
             Some((offset, data)) => {
                 let len = data.len() as u64;
                 let lent = self.hash.lend(offset).await;

@@ -24,12 +24,6 @@ use tokio::task::JoinHandle;
 /// Chunks at least this large are hashed on the blocking pool, in parallel
 /// with their write to disk; smaller ones inline (cheaper than the hop).
 const OFFLOAD_MIN: usize = 64 * 1024;
-/// Whether [`StreamHash::feed`] hashes `data` on the calling thread (it is
-/// smaller than [`OFFLOAD_MIN`]).
-pub(crate) fn hashes_inline(data: &[u8]) -> bool {
-    data.len() < OFFLOAD_MIN
-}
-
 /// Most bytes one upload parks ahead of the next expected offset.
 const PARK_MAX: usize = 4 << 20;
 /// Most chunks one upload parks (an SFTP client has at most 64 requests in

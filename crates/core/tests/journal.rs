@@ -316,8 +316,8 @@ async fn a_durable_upload_is_answered_once_its_event_is_in_the_journal() {
         .unwrap();
     let body: bytes::Bytes = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let want = hex::encode(sha2::Sha256::digest(&body));
-    // The last bytes small (hashed before the commit, written by it) and
-    // large (written and hashed first): the same event either way.
+    // Last bytes smaller and larger than a chunk hashed on the pool: the
+    // same event either way, with every byte counted.
     for (path, split) in [("/d.bin", 60_000), ("/e.bin", 20_000)] {
         let up = upload(&session, path, false).await;
         up.write_next(0, body.slice(..split)).await.unwrap();

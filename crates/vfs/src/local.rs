@@ -249,6 +249,7 @@ mod unnamed {
     use std::io;
     use std::os::fd::AsRawFd;
     use std::sync::OnceLock;
+    #[cfg(target_os = "linux")]
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use cap_std::fs::Dir;
@@ -283,6 +284,7 @@ mod unnamed {
     /// Set once `linkat` with `AT_EMPTY_PATH` was refused where the link
     /// through `/proc` worked: before Linux 6.10 the former needs
     /// CAP_DAC_READ_SEARCH even for a file this process opened.
+    #[cfg(target_os = "linux")]
     static NO_EMPTY_PATH: AtomicBool = AtomicBool::new(false);
 
     /// Gives `file` the name `name` in `parent`; fails with `AlreadyExists`
@@ -291,6 +293,7 @@ mod unnamed {
     /// Straight from the descriptor where the kernel allows it: the path
     /// through `/proc/self/fd` costs a procfs lookup (~1.3 µs a link here,
     /// docs/benchmarks.md, session 30).
+    #[cfg(target_os = "linux")]
     pub(super) fn link(file: &std::fs::File, parent: &Dir, name: &str) -> io::Result<()> {
         if NO_EMPTY_PATH.load(Ordering::Relaxed) {
             return link_through_proc(file, parent, name);
@@ -306,6 +309,11 @@ mod unnamed {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn link(file: &std::fs::File, parent: &Dir, name: &str) -> io::Result<()> {
+        link_through_proc(file, parent, name)
     }
 
     fn link_through_proc(file: &std::fs::File, parent: &Dir, name: &str) -> io::Result<()> {
