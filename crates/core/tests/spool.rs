@@ -23,6 +23,17 @@ fn spooled(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// The store's ten newest events.
+async fn latest(store: &Store) -> Vec<Event> {
+    store
+        .query_events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_wait_in_the_spool_while_the_store_is_locked() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,13 +83,7 @@ async fn events_wait_in_the_spool_while_the_store_is_locked() {
     // Replayed within a few seconds, in order; the spool empties.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let events = store
-            .query_events(&EventQuery {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let events = latest(&store).await;
         if events.len() == 3 && spooled(&spool) == 0 && !gateway.audit().degraded() {
             let paths: Vec<_> = events
                 .iter()
@@ -147,13 +152,7 @@ async fn a_spool_file_the_store_cannot_take_is_set_aside_and_the_rest_goes_on() 
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let events = store
-            .query_events(&EventQuery {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let events = latest(&store).await;
         if events.len() == 2 && spooled(&spool) == 0 {
             assert!(
                 events
@@ -200,13 +199,8 @@ async fn a_spooled_batch_that_already_landed_is_kept_once() {
         assert!(Instant::now() < deadline, "spool not replayed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut paths: Vec<String> = store
-        .query_events(&EventQuery {
-            limit: 10,
-            ..Default::default()
-        })
+    let mut paths: Vec<String> = latest(&store)
         .await
-        .unwrap()
         .into_iter()
         .filter_map(|e| e.path)
         .collect();
@@ -258,13 +252,7 @@ async fn the_writer_replaces_a_connection_the_server_ended() {
             loop {
                 assert!(!gateway.audit().degraded(), "a batch went to the spool");
                 assert_eq!(spooled(&spool), 0);
-                let events = store
-                    .query_events(&EventQuery {
-                        limit: 10,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
+                let events = latest(&store).await;
                 if events.iter().any(|e| e.path.as_deref() == Some(path)) {
                     return;
                 }
