@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use dropgate_core::store::{Event, EventQuery, KeyedEvent, Store};
 use dropgate_core::{Gateway, GatewayConfig};
+use dropgate_store::scratch::ScratchPostgres;
 use sqlx::Connection;
 
 fn spooled(dir: &std::path::Path) -> usize {
@@ -214,29 +215,12 @@ async fn a_spooled_batch_that_already_landed_is_kept_once() {
 /// of into the spool. PostgreSQL, whose backends can be ended from outside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_replaces_a_connection_the_server_ended() {
-    let Ok(base) = std::env::var("DROPGATE_TEST_POSTGRES_URL") else {
+    // A database of its own.
+    let Some(db) = ScratchPostgres::create("dropgate_core_writer").await else {
         eprintln!("DROPGATE_TEST_POSTGRES_URL not set: the writer's PostgreSQL test not run");
         return;
     };
-    // A database of its own; the name is ours (not input).
-    let db = format!("dropgate_core_writer_{}", std::process::id());
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    let exec = |sql: String| {
-        let admin = admin.clone();
-        async move {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&admin)
-                .await
-                .unwrap()
-        }
-    };
-    exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
-    exec(format!("CREATE DATABASE {db}")).await;
-    let url = match base.rsplit_once('/') {
-        Some((head, _)) => format!("{head}/{db}"),
-        None => panic!("bad postgres url"),
-    };
-    let store = Store::connect(&url, 2).await.unwrap();
+    let store = Store::connect(db.url(), 2).await.unwrap();
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
@@ -266,16 +250,18 @@ async fn the_writer_replaces_a_connection_the_server_ended() {
     gateway.audit().record(event("/before"));
     stored("/before").await;
     // Every backend of the database ends: the writer's and the pool's.
-    let ended = exec(format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-    ))
-    .await;
+    let ended = db
+        .execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name()
+        ))
+        .await;
     assert!(ended.rows_affected() >= 2, "the backends were not ended");
     gateway.audit().record(event("/after"));
     stored("/after").await;
     assert_eq!(gateway.audit().lost(), 0);
     drop(gateway);
     store.close().await;
-    exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+    db.drop_database().await;
 }

@@ -16,6 +16,8 @@ mod outbox;
 mod password;
 mod queries;
 mod quota_usage;
+#[cfg(any(test, feature = "test-postgres"))]
+pub mod scratch;
 
 pub use queries::secret_digest;
 

@@ -1023,31 +1023,14 @@ mod event_connection_tests {
 
     #[tokio::test]
     async fn postgres_event_connections_flush_only_when_synced() {
-        let Ok(base) = std::env::var("DROPGATE_TEST_POSTGRES_URL") else {
+        let Some(db) = crate::scratch::ScratchPostgres::create("dg_evconn").await else {
             eprintln!("DROPGATE_TEST_POSTGRES_URL not set: not run against PostgreSQL");
             return;
         };
-        let db = format!("dg_evconn_{}", std::process::id());
-        let admin = sqlx::PgPool::connect(&base).await.unwrap();
-        let exec = |sql: String| {
-            let admin = admin.clone();
-            async move {
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&admin)
-                    .await
-                    .unwrap();
-            }
-        };
-        exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
-        exec(format!("CREATE DATABASE {db}")).await;
-        let url = match base.rsplit_once('/') {
-            Some((head, _)) => format!("{head}/{db}"),
-            None => panic!("bad postgres url"),
-        };
-        let store = Store::connect(&url, 2).await.unwrap();
+        let store = Store::connect(db.url(), 2).await.unwrap();
         store.migrate().await.unwrap();
         check(&store, "on", "off").await;
         store.close().await;
-        exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+        db.drop_database().await;
     }
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{Duration, Utc};
+use dropgate_store::scratch::ScratchPostgres;
 use dropgate_store::{
     AttemptResult, Delivery, DeliveryQuery, DeliveryStatus, Event, EventKind, EventQuery,
     EventRule, KeyedEvent, Outcome, Permission, Protocol, RuleAction, RuleFilter, Store,
@@ -696,31 +697,13 @@ async fn sqlite_suite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_suite() {
-    let Ok(base) = std::env::var("DROPGATE_TEST_POSTGRES_URL") else {
+    // A database of its own, so runs never see each other's rows.
+    let Some(db) = ScratchPostgres::create("dropgate_store").await else {
         eprintln!("DROPGATE_TEST_POSTGRES_URL not set: PostgreSQL half of the store suite not run");
         return;
     };
-    // A database of its own, so runs never see each other's rows. The name is
-    // ours (not input), hence the one assembled statement.
-    let db = format!("dropgate_store_{}", std::process::id());
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    let exec = |sql: String| {
-        let admin = admin.clone();
-        async move {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&admin)
-                .await
-                .unwrap()
-        }
-    };
-    exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
-    exec(format!("CREATE DATABASE {db}")).await;
-    let url = match base.rsplit_once('/') {
-        Some((head, _)) => format!("{head}/{db}"),
-        None => panic!("bad postgres url"),
-    };
-    suite(Store::connect(&url, 4).await.unwrap()).await;
-    exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+    suite(Store::connect(db.url(), 4).await.unwrap()).await;
+    db.drop_database().await;
 }
 
 /// Shared keys: the first offer wins, later offers get the stored value.
