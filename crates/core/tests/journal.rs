@@ -267,8 +267,18 @@ async fn durable_session(
     store: &Store,
     dir: &Path,
 ) -> (std::sync::Arc<Gateway>, dropgate_core::Session) {
+    session_of(store, dir, true).await
+}
+
+/// A gateway on local storage (`durable_uploads` as given), its spool under
+/// `dir`, with alice logged in (home `/`, every permission).
+async fn session_of(
+    store: &Store,
+    dir: &Path,
+    durable: bool,
+) -> (std::sync::Arc<Gateway>, dropgate_core::Session) {
     let mut config = GatewayConfig::new(dir.join("files"));
-    config.durable_uploads = true;
+    config.durable_uploads = durable;
     config.spool_dir = Some(dir.join("spool"));
     let gateway = Gateway::new(store.clone(), config);
     let user = dropgate_core::User::new("alice");
@@ -429,4 +439,63 @@ async fn a_durable_upload_whose_commit_fails_takes_its_synced_event_back() {
     assert_eq!(ok_uploads(&adopted), 0, "{adopted:?}");
     gateway.shutdown().await;
     next.shutdown().await;
+}
+
+/// A file's times (FTP `MFMT`, SFTP `SETSTAT`) change no bytes and no
+/// name: the change is answered without waiting for its event (no journal
+/// line, no store: here the store is locked), and the event is stored
+/// once the store answers, in either durability mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_times_are_answered_without_waiting_for_their_event() {
+    for durable in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, url) = open(dir.path()).await;
+        let (gateway, session) = session_of(&store, dir.path(), durable).await;
+        let up = upload(&session, "/t.txt", false).await;
+        up.commit_last(0, bytes::Bytes::from_static(b"times"))
+            .await
+            .unwrap();
+        gateway.audit().flush().await;
+        let lines_before = journal_lines(dir.path()).len();
+
+        let mut locker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut locker)
+            .await
+            .unwrap();
+        let path = dropgate_core::vfs::VirtualPath::parse("/t.txt").unwrap();
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let t = Instant::now();
+        session.set_times(&path, None, Some(when)).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "durable {durable}: answered after {:?}",
+            t.elapsed()
+        );
+        let modified = std::fs::metadata(dir.path().join("files/alice/t.txt"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(modified, when);
+        assert_eq!(
+            journal_lines(dir.path()).len(),
+            lines_before,
+            "durable {durable}: no journal line"
+        );
+
+        sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+        gateway.audit().flush().await;
+        let stored = stored_events(&store).await;
+        let kinds: Vec<&str> = stored
+            .iter()
+            .filter(|e| e.path.as_deref() == Some("/t.txt"))
+            .map(|e| e.kind.as_str())
+            .collect();
+        assert!(
+            kinds.contains(&"upload") && kinds.contains(&"setstat"),
+            "durable {durable}: {kinds:?}"
+        );
+        gateway.shutdown().await;
+        assert_eq!(gateway.audit().lost(), 0);
+    }
 }
