@@ -290,7 +290,7 @@ impl Session {
     /// rule triggers on (a file's times), without waiting for the event to
     /// be stored or journaled: the writer stores it with its next batch, as
     /// it does a refused operation's. What that spares the reply is the
-    /// journal line (or, on PostgreSQL, a commit) before it.
+    /// journal line, or with PostgreSQL a store round trip, before it.
     fn record_queued<T>(&self, kind: EventKind, path: &VirtualPath, r: FsResult<T>) -> FsResult<T> {
         let e = self.outcome_event(kind, path, None, &r);
         self.inner.gateway.audit().record(e);

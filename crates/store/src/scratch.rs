@@ -6,6 +6,8 @@
 //! other's rows, and drop it at the end. The name is ours (a prefix and the
 //! process id, never input), hence the assembled statements.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use sqlx::postgres::{PgPool, PgQueryResult};
 
 /// The variable naming the server's maintenance database (CI sets it).
@@ -25,19 +27,29 @@ impl ScratchPostgres {
     /// is set but refuses (a test failure, not a skip).
     pub async fn create(prefix: &str) -> Option<ScratchPostgres> {
         let base = std::env::var(TEST_POSTGRES_URL).ok()?;
-        let Some((head, _)) = base.rsplit_once('/') else {
-            panic!("{TEST_POSTGRES_URL} is not a postgres://…/database url");
+        assert!(
+            !prefix.is_empty()
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "a scratch database's prefix is [a-z0-9_]+: {prefix}"
+        );
+        // Two tests of one binary never share a name.
+        static MADE: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        );
+        // Checked before anything is made, so that a bad url leaves nothing.
+        let Some(url) = with_database(&base, &name) else {
+            panic!("{TEST_POSTGRES_URL} is not a postgres://host/database url");
         };
-        let name = format!("{prefix}_{}", std::process::id());
         let admin = match PgPool::connect(&base).await {
             Ok(pool) => pool,
             Err(e) => panic!("{TEST_POSTGRES_URL}: cannot connect: {e}"),
         };
-        let scratch = ScratchPostgres {
-            url: format!("{head}/{name}"),
-            admin,
-            name,
-        };
+        let scratch = ScratchPostgres { url, admin, name };
         scratch.drop_if_there().await;
         scratch
             .execute(&format!("CREATE DATABASE {}", scratch.name))
@@ -78,5 +90,46 @@ impl ScratchPostgres {
             self.name
         ))
         .await;
+    }
+}
+
+/// `base` with its database (the url's path) replaced by `name`, its
+/// query (`?host=/run/postgresql`, `?sslmode=…`) kept; `None` when `base`
+/// names no database.
+fn with_database(base: &str, name: &str) -> Option<String> {
+    let (url, query) = match base.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (base, None),
+    };
+    let authority = url.find("://")? + 3;
+    let path = authority + url[authority..].find('/')?;
+    let mut out = format!("{}/{name}", &url[..path]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn the_database_of_a_url_is_replaced_and_its_query_kept() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/test", "x_1").as_deref(),
+            Some("postgres://postgres@127.0.0.1:5432/x_1")
+        );
+        assert_eq!(
+            with_database("postgres:///test?host=/run/postgresql", "x_1").as_deref(),
+            Some("postgres:///x_1?host=/run/postgresql")
+        );
+        assert_eq!(
+            with_database("postgres://u@h/test?sslmode=require", "x_1").as_deref(),
+            Some("postgres://u@h/x_1?sslmode=require")
+        );
+        assert_eq!(with_database("postgres://u@h:5432", "x_1"), None);
+        assert_eq!(with_database("test", "x_1"), None);
     }
 }
