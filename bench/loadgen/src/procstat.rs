@@ -105,12 +105,14 @@ mod tests {
         let before = descriptors(std::process::id()).unwrap_or_default();
         let f = std::fs::File::open("/proc/self/status").ok();
         let after = descriptors(std::process::id()).unwrap_or_default();
-        assert_eq!(
-            descriptors_added(&before, &after),
-            [(
-                "/proc/self/status".replace("self", &std::process::id().to_string()),
-                1
-            )]
+        // Other tests of this binary run on other threads meanwhile and open
+        // sockets and files of their own (even this one, through `sample`):
+        // what this test opened must be among what was added.
+        let status = "/proc/self/status".replace("self", &std::process::id().to_string());
+        let added = descriptors_added(&before, &after);
+        assert!(
+            added.iter().any(|(k, n)| *k == status && *n >= 1),
+            "{added:?}"
         );
         drop(f);
     }
