@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::{run_tool, sha256_hex, tree};
+use dropgate_core::store::{EventKind, Outcome};
 use dropgate_testkit::{require_tool, write_random_file};
 
 async fn ftplib(active: bool) {
@@ -129,6 +130,23 @@ async fn lftp_mirror_up_and_down() {
     );
     assert_eq!(tree(&back), files, "mirror down: local tree differs");
     assert!(home.temporaries().is_empty());
+    // lftp sets each uploaded file's time with MFMT (listed in FEAT where
+    // the storage can set times). Answered without waiting for its event,
+    // the event is still stored: one `setstat` per file.
+    if server.tg.capabilities().set_times {
+        let mut timed: Vec<String> = server
+            .events_of("mirror", EventKind::Setstat)
+            .await
+            .into_iter()
+            .filter(|e| e.outcome == Outcome::Ok)
+            .filter_map(|e| e.path)
+            .collect();
+        timed.sort();
+        timed.dedup();
+        let mut uploaded: Vec<String> = files.iter().map(|(rel, _)| format!("/up/{rel}")).collect();
+        uploaded.sort();
+        assert_eq!(timed, uploaded, "a setstat event per uploaded file");
+    }
     server.stop().await;
 }
 

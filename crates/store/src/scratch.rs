@@ -4,7 +4,7 @@
 //! Tests that run against PostgreSQL whenever `DROPGATE_TEST_POSTGRES_URL`
 //! is set each make a database of their own, so that runs never see each
 //! other's rows, and drop it at the end. The name is ours (a prefix and the
-//! process id, never input), hence the assembled statements.
+//! process id and a count, never input), hence the assembled statements.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -21,7 +21,7 @@ pub struct ScratchPostgres {
 }
 
 impl ScratchPostgres {
-    /// A fresh, empty database `<prefix>_<pid>` (an earlier run's of that
+    /// A fresh, empty database `<prefix>_<pid>_<n>` (an earlier run's of that
     /// name is dropped first), or `None` when [`TEST_POSTGRES_URL`] is not
     /// set: the caller says which test did not run. Panics when the server
     /// is set but refuses (a test failure, not a skip).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use dropgate_core::store::{EventKind, EventQuery};
+use dropgate_core::store::{Event, EventKind, EventQuery};
 use dropgate_core::vfs::UploadMode;
 use dropgate_ftp::{FtpConfig, FtpServer, FtpsTls, TlsMode};
 use dropgate_ftps::TlsSettings;
@@ -255,8 +255,8 @@ impl Server {
         }
     }
 
-    /// Whether any download event for `path` exists.
-    pub async fn has_event(&self, user: &str, kind: EventKind, path: &str) -> bool {
+    /// `user`'s stored events of `kind` (what is queued is stored first).
+    pub async fn events_of(&self, user: &str, kind: EventKind) -> Vec<Event> {
         self.tg.flush_events().await;
         let q = EventQuery {
             username: Some(user.into()),
@@ -264,11 +264,13 @@ impl Server {
             limit: 1000,
             ..Default::default()
         };
-        self.tg
-            .store
-            .query_events(&q)
+        self.tg.store.query_events(&q).await.unwrap()
+    }
+
+    /// Whether any event of `kind` for `path` exists.
+    pub async fn has_event(&self, user: &str, kind: EventKind, path: &str) -> bool {
+        self.events_of(user, kind)
             .await
-            .unwrap()
             .iter()
             .any(|e| e.path.as_deref() == Some(path))
     }
