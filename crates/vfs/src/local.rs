@@ -327,6 +327,41 @@ mod unnamed {
         )
         .map_err(io::Error::from)
     }
+
+    /// Both ways of naming an unnamed file, each called directly (which one
+    /// `link` takes depends on the kernel): the bytes arrive under the
+    /// name, and a taken name is refused, not replaced.
+    #[cfg(all(test, target_os = "linux"))]
+    mod tests {
+        #![allow(clippy::unwrap_used)]
+        use std::io::Write;
+
+        use super::*;
+
+        #[test]
+        fn an_unnamed_file_is_named_through_proc_and_from_its_descriptor() {
+            let dir = tempfile::tempdir().unwrap();
+            let parent = Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+            std::fs::write(dir.path().join("taken"), b"old").unwrap();
+            let ways: [(&str, fn(&std::fs::File, &Dir, &str) -> io::Result<()>); 2] =
+                [("proc", link_through_proc), ("link", link)];
+            for (name, way) in ways {
+                let Some(mut file) = create(&parent) else {
+                    eprintln!("O_TMPFILE refused here: nothing to name");
+                    return;
+                };
+                file.write_all(name.as_bytes()).unwrap();
+                way(&file, &parent, name).unwrap();
+                assert_eq!(
+                    std::fs::read(dir.path().join(name)).unwrap(),
+                    name.as_bytes()
+                );
+                let taken = way(&file, &parent, "taken").unwrap_err();
+                assert_eq!(taken.kind(), io::ErrorKind::AlreadyExists, "{name}");
+                assert_eq!(std::fs::read(dir.path().join("taken")).unwrap(), b"old");
+            }
+        }
+    }
 }
 
 fn random_suffix() -> String {
