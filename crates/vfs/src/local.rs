@@ -343,8 +343,8 @@ mod unnamed {
             let dir = tempfile::tempdir().unwrap();
             let parent = Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
             std::fs::write(dir.path().join("taken"), b"old").unwrap();
-            let ways: [(&str, fn(&std::fs::File, &Dir, &str) -> io::Result<()>); 2] =
-                [("proc", link_through_proc), ("link", link)];
+            type Link = fn(&std::fs::File, &Dir, &str) -> io::Result<()>;
+            let ways: [(&str, Link); 2] = [("proc", link_through_proc), ("link", link)];
             for (name, way) in ways {
                 let Some(mut file) = create(&parent) else {
                     eprintln!("O_TMPFILE refused here: nothing to name");
