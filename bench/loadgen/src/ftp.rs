@@ -8,22 +8,116 @@
 //! clone of the client configuration with a cache of its own: a data
 //! connection then offers a ticket of its own control session and never one
 //! of a neighbour's (which the server would refuse).
+//!
+//! TLS goes through [`FlushingTls`], not suppaftp's own rustls stream: see
+//! there why.
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use suppaftp::Mode;
-use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsStream, ImplAsyncFtpStream};
-use suppaftp::types::FileType;
+use suppaftp::tokio::{AsyncTlsConnector, ImplAsyncFtpStream, TokioTlsStream};
+use suppaftp::types::{FileType, FtpError, FtpResult};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::ConfigError;
 use crate::content;
 
-type Stream = ImplAsyncFtpStream<AsyncRustlsStream>;
+type Stream = ImplAsyncFtpStream<FlushingTls>;
+
+/// A client TLS stream that sends what was written before it reads.
+///
+/// tokio-rustls takes a write's bytes into rustls and sends the records as
+/// far as the socket takes them at that moment; when the socket says "not
+/// now" (a full buffer, or tokio's cooperative budget of the task spent),
+/// the records wait in rustls for the next write or flush, and the write
+/// still reports success. suppaftp sends each command with `write_all` and
+/// no flush, then reads the reply: now and then (about one command in
+/// 10,000 of the load test) the command never left this process, and the
+/// session waited for a reply until its step timed out (a DELE or the EPSV
+/// of an upload "timed out after 30s", with the server idle and silent).
+/// Flushing before every read sends it; a flush with nothing pending costs
+/// nothing.
+#[derive(Debug)]
+pub(crate) struct FlushingTls(TlsStream<TcpStream>);
+
+impl AsyncRead for FlushingTls {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        ready!(Pin::new(&mut self.0).poll_flush(cx))?;
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FlushingTls {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl TokioTlsStream for FlushingTls {
+    type InnerStream = TlsStream<TcpStream>;
+
+    fn tcp_stream(self) -> FtpResult<TcpStream> {
+        Ok(self.0.into_inner().0)
+    }
+
+    fn get_ref(&self) -> &TcpStream {
+        self.0.get_ref().0
+    }
+
+    fn mut_ref(&mut self) -> &mut Self::InnerStream {
+        &mut self.0
+    }
+}
+
+/// Makes [`FlushingTls`] streams (control and data connections).
+struct FlushingConnector(tokio_rustls::TlsConnector);
+
+impl std::fmt::Debug for FlushingConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlushingConnector")
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncTlsConnector for FlushingConnector {
+    type Stream = FlushingTls;
+
+    async fn connect(&self, domain: &str, stream: TcpStream) -> FtpResult<FlushingTls> {
+        let name = ServerName::try_from(domain.to_owned())
+            .map_err(|e| FtpError::SecureError(e.to_string()))?;
+        self.0
+            .connect(name, stream)
+            .await
+            .map(FlushingTls)
+            .map_err(|e| FtpError::SecureError(e.to_string()))
+    }
+}
 
 /// The TCP connect limit (the whole login step has the step limit).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -58,6 +152,17 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
 /// One logged-in FTP or FTPS control connection.
 pub(crate) struct FtpConn {
     ftp: Stream,
+    /// Where the current transfer is (with its data connection's ports),
+    /// for the report when a step runs out of time: the timeout drops the
+    /// step's future, and with it anything the future knew.
+    stage: Stage,
+}
+
+/// The step a transfer is at; shared with the data connection builder.
+type Stage = Arc<Mutex<String>>;
+
+fn set(stage: &Stage, what: String) {
+    *stage.lock().unwrap_or_else(|p| p.into_inner()) = what;
 }
 
 impl FtpConn {
@@ -76,8 +181,7 @@ impl FtpConn {
         if let Some((base, name)) = tls {
             let mut own = (**base).clone();
             own.resumption = rustls::client::Resumption::in_memory_sessions(8);
-            let connector =
-                AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::new(own)));
+            let connector = FlushingConnector(tokio_rustls::TlsConnector::from(Arc::new(own)));
             ftp = ftp
                 .into_secure(connector, name)
                 .await
@@ -90,7 +194,46 @@ impl FtpConn {
             .await
             .map_err(|e| err("TYPE I", e))?;
         ftp.set_mode(Mode::ExtendedPassive);
-        Ok(FtpConn { ftp })
+        let stage = Stage::default();
+        let seen = stage.clone();
+        let ftp = ftp.passive_stream_builder(move |to| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                set(
+                    &seen,
+                    format!("connecting the data connection to port {}", to.port()),
+                );
+                let tcp = TcpStream::connect(to)
+                    .await
+                    .map_err(FtpError::ConnectionError)?;
+                let from = tcp.local_addr().map_or(0, |a| a.port());
+                set(
+                    &seen,
+                    format!(
+                        "transfer command's reply or TLS handshake (data {from}->{})",
+                        to.port()
+                    ),
+                );
+                Ok(tcp)
+            })
+        });
+        Ok(FtpConn { ftp, stage })
+    }
+
+    /// The step the last transfer reached, e.g. "writing data (data
+    /// 41000->46012)".
+    pub(crate) fn stage(&self) -> String {
+        self.stage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Marks the next step of the transfer whose data connection is `ports`.
+    fn next(&self, what: &str) {
+        let mut s = self.stage.lock().unwrap_or_else(|p| p.into_inner());
+        let ports = s
+            .find(" (data ")
+            .map(|i| s[i..].to_owned())
+            .unwrap_or_default();
+        *s = format!("{what}{ports}");
     }
 
     pub(crate) async fn mkdir(&mut self, path: &str) -> Result<(), String> {
@@ -113,28 +256,34 @@ impl FtpConn {
         seed: u64,
         size: u64,
     ) -> Result<[u8; 32], String> {
+        set(&self.stage, "EPSV".into());
         let mut data = self
             .ftp
             .put_with_stream(path)
             .await
             .map_err(|e| err("STOR", e))?;
+        self.next("sending data");
         let digest = content::write(&mut data, seed, size)
             .await
             .map_err(|e| err("STOR data", e))?;
+        self.next("close_notify, the server's end and its 226");
         data.finish().await.map_err(|e| err("STOR reply", e))?;
         Ok(digest)
     }
 
     /// `RETR`: (bytes, SHA-256) once the server has confirmed (226).
     pub(crate) async fn download(&mut self, path: &str) -> Result<(u64, [u8; 32]), String> {
+        set(&self.stage, "EPSV".into());
         let mut data = self
             .ftp
             .retr_as_stream(path)
             .await
             .map_err(|e| err("RETR", e))?;
+        self.next("receiving data");
         let got = content::read(&mut data)
             .await
             .map_err(|e| err("RETR data", e))?;
+        self.next("close and the 226");
         data.finish().await.map_err(|e| err("RETR reply", e))?;
         Ok(got)
     }
@@ -164,7 +313,88 @@ fn parse_list_line(line: &str) -> Option<(String, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_list_line;
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    /// A TLS "FTP server" on loopback that answers one command line with
+    /// `200 ok`, and a client configuration trusting it.
+    async fn server() -> (SocketAddr, Arc<rustls::ClientConfig>) {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = pair.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pair.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = BufReader::new(acceptor.accept(tcp).await.unwrap());
+            let mut line = String::new();
+            tls.read_line(&mut line).await.unwrap();
+            tls.get_mut().write_all(b"200 ok\r\n").await.unwrap();
+            tls.get_mut().flush().await.unwrap();
+        });
+        (addr, Arc::new(client))
+    }
+
+    /// The load test's rare hang, made certain: a command written while the
+    /// task's cooperative budget is spent is taken by rustls but not sent
+    /// (the write still succeeds). Reading the reply must send it first.
+    #[tokio::test]
+    async fn a_command_written_on_a_spent_budget_still_reaches_the_server() {
+        let (addr, client) = server().await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = FlushingConnector(tokio_rustls::TlsConnector::from(client));
+        let mut tls = connector.connect("localhost", tcp).await.unwrap();
+
+        let written = std::future::poll_fn(|cx| {
+            for _ in 0..10_000 {
+                if !tokio::task::coop::has_budget_remaining() {
+                    break;
+                }
+                if let Poll::Ready(spent) = tokio::task::coop::poll_proceed(cx) {
+                    spent.made_progress();
+                }
+            }
+            assert!(
+                !tokio::task::coop::has_budget_remaining(),
+                "this runtime does not budget its tasks"
+            );
+            Poll::Ready(Pin::new(&mut tls).poll_write(cx, b"NOOP\r\n"))
+        })
+        .await;
+        assert!(
+            matches!(written, Poll::Ready(Ok(6))),
+            "the write is taken in full although the socket was not written: {written:?}"
+        );
+        assert!(
+            tls.0.get_ref().1.wants_write(),
+            "the command's record waits in rustls"
+        );
+
+        let mut reply = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut reply))
+            .await
+            .expect("the command was never sent")
+            .unwrap();
+        assert_eq!(&reply, b"200 ok\r\n");
+    }
 
     #[test]
     fn ls_lines() {

@@ -341,6 +341,14 @@ impl Conn {
             Conn::Sftp(c) => c.quit().await,
         }
     }
+
+    /// Where an FTP transfer that failed had got to (empty for SFTP).
+    fn stage(&self) -> String {
+        match self {
+            Conn::Ftp(c) => format!(" [at: {}]", c.stage()),
+            Conn::Sftp(_) => String::new(),
+        }
+    }
 }
 
 /// One step under the step time limit, timed into the report.
@@ -462,9 +470,8 @@ async fn iteration(
     let size = sh.cfg.file_sizes.pick(rng);
     let seed: u64 = rng.random();
 
-    let sent = step(sh, proto, Op::Upload, c.upload(&path, seed, size))
-        .await
-        .map_err(|e| format!("upload {path} ({size} B): {e}"))?;
+    let sent = step(sh, proto, Op::Upload, c.upload(&path, seed, size)).await;
+    let sent = sent.map_err(|e| format!("upload {path} ({size} B): {e}{}", c.stage()))?;
     sh.stats.bytes(proto, size, 0);
     kept.push_back(name.clone());
 
@@ -481,9 +488,8 @@ async fn iteration(
         None => return Err(format!("list {dir}: {name} missing after its upload")),
     }
 
-    let (got, digest) = step(sh, proto, Op::Download, c.download(&path))
-        .await
-        .map_err(|e| format!("download {path}: {e}"))?;
+    let got = step(sh, proto, Op::Download, c.download(&path)).await;
+    let (got, digest) = got.map_err(|e| format!("download {path}: {e}{}", c.stage()))?;
     sh.stats.bytes(proto, 0, got);
     if got != size || digest != sent {
         sh.stats.corrupted(

@@ -119,7 +119,10 @@ pub fn start(
         .arg(&conf)
         .arg("serve")
         .current_dir(dir)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("LOADGEN_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
