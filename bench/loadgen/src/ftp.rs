@@ -353,17 +353,10 @@ mod tests {
         (addr, Arc::new(client))
     }
 
-    /// The load test's rare hang, made certain: a command written while the
-    /// task's cooperative budget is spent is taken by rustls but not sent
-    /// (the write still succeeds). Reading the reply must send it first.
-    #[tokio::test]
-    async fn a_command_written_on_a_spent_budget_still_reaches_the_server() {
-        let (addr, client) = server().await;
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let connector = FlushingConnector(tokio_rustls::TlsConnector::from(client));
-        let mut tls = connector.connect("localhost", tcp).await.unwrap();
-
-        let written = std::future::poll_fn(|cx| {
+    /// Spends the task's cooperative budget, then writes a command in the
+    /// same poll.
+    async fn write_on_a_spent_budget<S: AsyncWrite + Unpin>(tls: &mut S) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
             for _ in 0..10_000 {
                 if !tokio::task::coop::has_budget_remaining() {
                     break;
@@ -376,19 +369,42 @@ mod tests {
                 !tokio::task::coop::has_budget_remaining(),
                 "this runtime does not budget its tasks"
             );
-            Poll::Ready(Pin::new(&mut tls).poll_write(cx, b"NOOP\r\n"))
+            match Pin::new(&mut *tls).poll_write(cx, b"NOOP\r\n") {
+                Poll::Ready(r) => Poll::Ready(r),
+                Poll::Pending => Poll::Ready(Err(io::Error::other("the write was refused"))),
+            }
         })
-        .await;
-        assert!(
-            matches!(written, Poll::Ready(Ok(6))),
-            "the write is taken in full although the socket was not written: {written:?}"
-        );
-        assert!(
-            tls.0.get_ref().1.wants_write(),
-            "the command's record waits in rustls"
-        );
+        .await
+    }
 
+    /// The load test's rare hang, made certain: a command written while the
+    /// task's cooperative budget is spent is taken by rustls but not sent,
+    /// and the write still succeeds. A bare tokio-rustls stream then waits
+    /// for a reply that cannot come; reading through `FlushingTls` sends it.
+    #[tokio::test]
+    async fn a_command_written_on_a_spent_budget_still_reaches_the_server() {
         let mut reply = [0u8; 8];
+
+        let (addr, client) = server().await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut bare = tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(write_on_a_spent_budget(&mut bare).await.unwrap(), 6);
+        assert!(bare.get_ref().1.wants_write(), "the record waits in rustls");
+        let unsent = tokio::time::timeout(Duration::from_millis(300), bare.read_exact(&mut reply));
+        assert!(unsent.await.is_err(), "answered although never flushed");
+        bare.flush().await.unwrap();
+        bare.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"200 ok\r\n");
+
+        let (addr, client) = server().await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = FlushingConnector(tokio_rustls::TlsConnector::from(client));
+        let mut tls = connector.connect("localhost", tcp).await.unwrap();
+        assert_eq!(write_on_a_spent_budget(&mut tls).await.unwrap(), 6);
         tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut reply))
             .await
             .expect("the command was never sent")

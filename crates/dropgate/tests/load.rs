@@ -96,19 +96,13 @@ fn mixed_load_has_no_errors_and_the_server_returns_to_its_baseline() {
     );
     println!("server right after the load: {during}");
 
-    // The server's own complaints and stalled transfers, if any (not
-    // asserted: shown for the record, and for where a failed step stood).
+    // The server's own complaints, if any (not asserted: shown for the record).
     let log = gw.log.lock().unwrap().clone();
     let bad: Vec<&str> = log
         .lines()
-        .filter(|l| {
-            l.contains("ERROR")
-                || l.contains("WARN")
-                || l.contains("panicked")
-                || l.contains("stalled")
-        })
+        .filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("panicked"))
         .collect();
-    println!("server log: {} WARN/ERROR/stall lines", bad.len());
+    println!("server log: {} WARN/ERROR lines", bad.len());
     for l in bad.iter().take(20) {
         println!("  {l}");
     }

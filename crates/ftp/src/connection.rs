@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -518,9 +518,6 @@ impl Connection {
             progress: progress.clone(),
             idle: self.ctx.idle_limit(),
             commit_gate: gate.clone(),
-            step: AtomicU8::new(crate::transfer::Step::Connecting as u8),
-            peer: self.peer,
-            command,
         };
         let local_ip = self.local.ip();
         // Callers refused clear-text data under `tls = required` before 150.

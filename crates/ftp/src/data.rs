@@ -98,43 +98,41 @@ pub(crate) enum DataSetup {
 }
 
 impl DataSetup {
-    /// The TCP side of the data connection. `local_ip` is the control
-    /// connection's local address: active connections come from it. A
-    /// passive connection from another host was refused here already.
-    pub(crate) async fn connect(self, local_ip: IpAddr) -> io::Result<TcpStream> {
-        match self {
-            DataSetup::Passive(pending) => pending.accept().await,
-            DataSetup::Active(addr) => connect_active(local_ip, addr).await,
+    /// Opens the data connection. `local_ip` is the control connection's
+    /// local address: active connections come from it. With `tls` (`PROT
+    /// P`) the connection is then handshaken as the TLS server, whichever
+    /// side connected (RFC 4217 section 7); a passive connection from
+    /// another host was already refused before any TLS. `upload`: the
+    /// client only writes (no TLS 1.3 tickets are sent it would not read).
+    pub(crate) async fn open(
+        self,
+        local_ip: IpAddr,
+        tls: Option<&ControlTls>,
+        upload: bool,
+    ) -> Result<DataStream, OpenError> {
+        let tcp = match self {
+            DataSetup::Passive(pending) => pending.accept().await?,
+            DataSetup::Active(addr) => connect_active(local_ip, addr).await?,
+        };
+        let Some(tls) = tls else {
+            return Ok(DataStream::Plain(tcp));
+        };
+        let handshake = async {
+            if upload {
+                tls.accept_upload(tcp).await
+            } else {
+                tls.accept_data(tcp).await
+            }
+        };
+        match tokio::time::timeout(DATA_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => Ok(DataStream::Tls(Box::new(stream))),
+            Ok(Err(DataTlsError::NotResumed)) => Err(OpenError::NotResumed),
+            Ok(Err(DataTlsError::Handshake(e))) => Err(OpenError::Io(e)),
+            Err(_) => Err(OpenError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "data connection TLS handshake timed out",
+            ))),
         }
-    }
-}
-
-/// The data connection over `tcp`: with `tls` (`PROT P`) handshaken as the
-/// TLS server, whichever side connected (RFC 4217 section 7). `upload`: the
-/// client only writes (no TLS 1.3 tickets are sent it would not read).
-pub(crate) async fn secure(
-    tcp: TcpStream,
-    tls: Option<&ControlTls>,
-    upload: bool,
-) -> Result<DataStream, OpenError> {
-    let Some(tls) = tls else {
-        return Ok(DataStream::Plain(tcp));
-    };
-    let handshake = async {
-        if upload {
-            tls.accept_upload(tcp).await
-        } else {
-            tls.accept_data(tcp).await
-        }
-    };
-    match tokio::time::timeout(DATA_HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(stream)) => Ok(DataStream::Tls(Box::new(stream))),
-        Ok(Err(DataTlsError::NotResumed)) => Err(OpenError::NotResumed),
-        Ok(Err(DataTlsError::Handshake(e))) => Err(OpenError::Io(e)),
-        Err(_) => Err(OpenError::Io(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "data connection TLS handshake timed out",
-        ))),
     }
 }
 

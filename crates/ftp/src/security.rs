@@ -13,7 +13,7 @@
 //!   [`ChannelSecurity::protocol`] then says `Ftps`.
 //! - The implicit listener handshakes before the greeting and starts with
 //!   [`ChannelSecurity::implicit`] (data protected by default, as vsftpd).
-//! - `PROT P`: [`secure`](crate::data::secure) wraps the
+//! - `PROT P`: [`DataSetup::open`](crate::data::DataSetup::open) wraps the
 //!   data connection with `ControlTls::accept_data` (`accept_upload` for
 //!   uploads: no TLS 1.3 tickets the client would never read), which with
 //!   `require_session_reuse` refuses a handshake that did not resume this

@@ -9,10 +9,9 @@
 //! channel, so ABOR, STAT and NOOP are served while it runs; it ends with a
 //! [`TransferOutcome`].
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,9 +49,6 @@ const TLS_CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long an upload waits for its commit question's answer before it
 /// wakes to make sure it was seen (see `client_still_there`).
 const GATE_GUARD: Duration = Duration::from_secs(1);
-/// A transfer that moved no byte and stayed at one step for a whole period
-/// of this is reported once (see [`report_stalls`]).
-const STALL_PERIOD: Duration = Duration::from_secs(10);
 
 /// How a transfer ended.
 pub(crate) enum TransferOutcome {
@@ -144,95 +140,6 @@ pub(crate) struct TransferControl {
     /// Asks the connection whether the client is still there before an
     /// upload is committed (answer `false`: abort).
     pub(crate) commit_gate: Arc<CommitGate>,
-    /// Where the transfer is ([`Step`]), for the stall report.
-    pub(crate) step: AtomicU8,
-    /// The client and the command, for the stall report.
-    pub(crate) peer: SocketAddr,
-    pub(crate) command: &'static str,
-}
-
-/// The steps of a transfer, in order; what a stall report names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Step {
-    /// Waiting for the client's passive connection, or connecting to it.
-    Connecting,
-    /// The data connection's TLS handshake.
-    Handshake,
-    /// Bytes flowing.
-    Moving,
-    /// Ending the data connection (TLS `close_notify`, TCP end).
-    Closing,
-    /// An upload asks its connection whether the client is still there.
-    Checking,
-    /// An upload's commit (last write, sync, link to its name).
-    Committing,
-}
-
-impl Step {
-    const ALL: [Step; 6] = [
-        Step::Connecting,
-        Step::Handshake,
-        Step::Moving,
-        Step::Closing,
-        Step::Checking,
-        Step::Committing,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Step::Connecting => "waiting for the data connection",
-            Step::Handshake => "data connection TLS handshake",
-            Step::Moving => "moving data",
-            Step::Closing => "closing the data connection",
-            Step::Checking => "checking the control connection",
-            Step::Committing => "committing the upload",
-        }
-    }
-}
-
-impl TransferControl {
-    fn enter(&self, step: Step) {
-        self.step.store(step as u8, Ordering::Relaxed);
-    }
-
-    fn step(&self) -> Step {
-        let n = self.step.load(Ordering::Relaxed);
-        Step::ALL
-            .into_iter()
-            .find(|s| *s as u8 == n)
-            .unwrap_or(Step::Connecting)
-    }
-}
-
-/// Reports, once per stall, a transfer that neither moved a byte nor left
-/// its step for a whole [`STALL_PERIOD`] (so 10 to 20 s into the stall),
-/// naming the step: a data connection that never came, a handshake or a
-/// close that hangs, a commit stuck on the disk. Such a transfer otherwise
-/// ends only at a timeout (data `idle_timeout_secs`, 30 s for a connection
-/// or handshake) or when the client gives up, and says nothing of where it
-/// stood. Never returns; polled beside the transfer.
-async fn report_stalls(ctl: &TransferControl) -> Infallible {
-    let mut last = (ctl.step(), ctl.progress.load(Ordering::Relaxed));
-    let mut reported = false;
-    loop {
-        tokio::time::sleep(STALL_PERIOD).await;
-        let now = (ctl.step(), ctl.progress.load(Ordering::Relaxed));
-        if now != last {
-            reported = false;
-        } else if !reported {
-            reported = true;
-            tracing::info!(
-                peer = %ctl.peer,
-                command = ctl.command,
-                step = now.0.name(),
-                bytes = now.1,
-                "data transfer stalled for {} s",
-                STALL_PERIOD.as_secs()
-            );
-        }
-        last = now;
-    }
 }
 
 /// An upload's question to its connection before the commit: is the client
@@ -314,7 +221,7 @@ pub(crate) enum Work {
     },
 }
 
-/// Opens the data connection and runs `work` over it, reporting a stall.
+/// Opens the data connection and runs `work` over it.
 pub(crate) async fn run(
     setup: DataSetup,
     local_ip: IpAddr,
@@ -322,44 +229,10 @@ pub(crate) async fn run(
     work: Work,
     ctl: TransferControl,
 ) -> TransferOutcome {
-    tokio::select! {
-        biased;
-        outcome = run_work(setup, local_ip, tls, work, &ctl) => outcome,
-        never = report_stalls(&ctl) => match never {},
-    }
-}
-
-/// The data connection: TCP, then TLS over it under `PROT P`.
-async fn open(
-    setup: DataSetup,
-    local_ip: IpAddr,
-    tls: Option<&ControlTls>,
-    upload: bool,
-    ctl: &TransferControl,
-) -> Result<DataStream, TransferError> {
-    ctl.enter(Step::Connecting);
-    let tcp = setup
-        .connect(local_ip)
-        .await
-        .map_err(TransferError::Connect)?;
-    ctl.enter(Step::Handshake);
-    let stream = crate::data::secure(tcp, tls, upload).await?;
-    ctl.enter(Step::Moving);
-    Ok(stream)
-}
-
-async fn run_work(
-    setup: DataSetup,
-    local_ip: IpAddr,
-    tls: Option<ControlTls>,
-    work: Work,
-    ctl: &TransferControl,
-) -> TransferOutcome {
-    let upload = matches!(work, Work::Upload { .. });
     let stream = tokio::select! {
         biased;
         _ = ctl.abort.cancelled() => Err(TransferError::Aborted),
-        r = open(setup, local_ip, tls.as_ref(), upload, ctl) => r,
+        r = setup.open(local_ip, tls.as_ref(), matches!(work, Work::Upload { .. })) => r.map_err(TransferError::from),
     };
     match work {
         Work::Download {
@@ -368,7 +241,7 @@ async fn run_work(
             ascii,
         } => {
             let result = match stream {
-                Ok(s) => send_file(s, &download, offset, ascii, ctl).await,
+                Ok(s) => send_file(s, &download, offset, ascii, &ctl).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -388,7 +261,7 @@ async fn run_work(
             done,
         } => {
             let result = match stream {
-                Ok(s) => receive_file(s, &upload, ascii, ctl).await,
+                Ok(s) => receive_file(s, &upload, ascii, &ctl).await,
                 Err(e) => Err(e),
             };
             let (last, closing) = match result {
@@ -400,15 +273,13 @@ async fn run_work(
             };
             // The data connection's end means the end of the file, unless
             // the client died (then its control connection closed as well).
-            ctl.enter(Step::Checking);
-            if !client_still_there(ctl).await {
+            if !client_still_there(&ctl).await {
                 upload.abort("control connection closed").await;
                 return TransferOutcome::Aborted;
             }
             // The last chunk is written by the commit's own blocking call
             // (durable uploads whose event is synced beside the commit: just
             // before it).
-            ctl.enter(Step::Committing);
             let committed = match last {
                 Some((pos, data)) => upload.commit_last(pos, data).await,
                 None => upload.commit().await,
@@ -424,7 +295,7 @@ async fn run_work(
             session,
         } => {
             let result = match stream {
-                Ok(s) => send_listing(s, source, format, &session, ctl).await,
+                Ok(s) => send_listing(s, source, format, &session, &ctl).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -512,7 +383,6 @@ async fn send_file(
             _ => send_copy(&mut stream, download, offset, ascii, ctl).await?,
         }
     }
-    ctl.enter(Step::Closing);
     net(ctl, stream.shutdown()).await
 }
 
@@ -685,7 +555,6 @@ async fn receive_into(
             // (clients such as Python's `unwrap()` wait for it). Best effort:
             // the bytes are all here whatever happens to the socket now.
             if matches!(stream, DataStream::Tls(_)) {
-                ctl.enter(Step::Closing);
                 let _ = tokio::time::timeout(TLS_CLOSE_WAIT, stream.shutdown()).await;
             }
             return Ok((n > 0).then_some((pos, data)));
@@ -733,7 +602,6 @@ async fn send_listing(
     )
     .await?;
     net(ctl, out.flush()).await?;
-    ctl.enter(Step::Closing);
     net(ctl, out.shutdown()).await
 }
 
@@ -868,80 +736,7 @@ mod tests {
             progress: Arc::new(AtomicU64::new(0)),
             idle: Duration::from_secs(30),
             commit_gate: Arc::new(CommitGate::default()),
-            step: AtomicU8::new(Step::Connecting as u8),
-            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
-            command: "STOR",
         }
-    }
-
-    /// Log lines written through `tracing`, kept for the assertions.
-    #[derive(Clone, Default)]
-    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl io::Write for Logs {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Logs {
-        fn stalls(&self) -> Vec<String> {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
-                .lines()
-                .filter(|l| l.contains("stalled"))
-                .map(str::to_owned)
-                .collect()
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_stall_is_reported_once_naming_its_step() {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        let ctl = control();
-        ctl.enter(Step::Handshake);
-        let watch = report_stalls(&ctl);
-        tokio::pin!(watch);
-
-        // Ticks at 10, 20, 30, 40 s; nothing moves until 25 s.
-        let _ = tokio::time::timeout(Duration::from_secs(9), &mut watch).await;
-        assert!(logs.stalls().is_empty(), "reported before a whole period");
-        let _ = tokio::time::timeout(Duration::from_secs(16), &mut watch).await;
-        let once = logs.stalls();
-        assert_eq!(once.len(), 1, "reported once, not at every tick: {once:?}");
-        assert!(
-            once[0].contains("data connection TLS handshake"),
-            "{}",
-            once[0]
-        );
-        assert!(
-            once[0].contains("command=\"STOR\"") || once[0].contains("command=STOR"),
-            "{}",
-            once[0]
-        );
-
-        // Progress (a byte, a new step) ends the stall; a new one is reported again.
-        ctl.progress.fetch_add(1, Ordering::Relaxed);
-        ctl.enter(Step::Moving);
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut watch).await;
-        assert_eq!(logs.stalls().len(), 1, "moved in this period: no report");
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut watch).await;
-        let twice = logs.stalls();
-        assert_eq!(twice.len(), 2, "{twice:?}");
-        assert!(
-            twice[1].contains("moving data") && twice[1].contains("bytes=1"),
-            "{}",
-            twice[1]
-        );
     }
 
     #[test]
