@@ -400,35 +400,21 @@ const INSERT_DELIVERY: &str = "INSERT INTO event_deliveries (id, rule_id, trigge
 /// connection thread (two thread wake-ups), which at a few hundred small
 /// uploads a second cost more CPU than the inserts themselves.
 ///
-/// The rows are padded to a power of two with copies of a keyed event of
-/// the batch (`ON CONFLICT` drops them), so that batches use at most nine
+/// The rows are padded to a power of two, so that batches use at most nine
 /// texts and each stays prepared: preparing the text anew for every batch
 /// took a third of SQLite's work per event (docs/benchmarks.md, session 27).
-/// A batch without keys (spool files older than keys) is inserted as it is,
-/// its text prepared for that one statement. On PostgreSQL each dropped
-/// copy still takes a number from the id sequence; nothing needs ids to be
-/// contiguous (pages are `id < cursor`).
+/// A padding row is all `NULL` and the statement's `WHERE` drops it before
+/// it reaches the table: it costs fifteen `NULL` bindings, where a copy of
+/// a real event (as before session 33) cost its text copied into SQLite
+/// and a probe of the key's index, a third of SQLite's work at the batch
+/// sizes the writer sends.
 macro_rules! insert_events {
     ($db:ty, $conn:expr, $events:expr) => {{
         let events: &[KeyedEvent] = $events;
         debug_assert!(!events.is_empty() && events.len() <= EVENTS_PER_STATEMENT);
-        let filler = events
-            .iter()
-            .rev()
-            .find(|k| k.key.is_some())
-            .map(EventRow::of);
-        let rows = match filler {
-            Some(_) => events.len().next_power_of_two(),
-            None => events.len(),
-        };
-        let padding = filler.into_iter().cycle().take(rows - events.len());
-        let question_marks = <$db as Placeholders>::QUESTION_MARKS;
-        let kept = kept_events_sql(rows, question_marks);
-        let mut q = match kept {
-            Some(sql) => sqlx::query::<$db>(sql),
-            None => sqlx::query::<$db>(sqlx::AssertSqlSafe(events_text(rows, question_marks))),
-        };
-        for r in events.iter().map(EventRow::of).chain(padding) {
+        let rows = events.len().next_power_of_two();
+        let mut q = sqlx::query::<$db>(events_sql(rows, <$db as Placeholders>::QUESTION_MARKS));
+        for r in events.iter().map(EventRow::of) {
             q = q
                 .bind(r.ts)
                 .bind(r.kind)
@@ -446,7 +432,27 @@ macro_rules! insert_events {
                 .bind(r.session_id)
                 .bind(r.key);
         }
-        q.persistent(kept.is_some()).execute($conn).await?;
+        for _ in events.len()..rows {
+            // Typed as the real rows (PostgreSQL declares each parameter's type).
+            let (int, text) = (None::<i64>, None::<Arc<str>>);
+            q = q
+                .bind(int)
+                .bind(text.clone())
+                .bind(text.clone())
+                .bind(text.clone())
+                .bind(text.clone())
+                .bind(text.clone())
+                .bind(text.clone())
+                .bind(int)
+                .bind(int)
+                .bind(text.clone())
+                .bind(text.clone())
+                .bind(text.clone())
+                .bind(text.clone())
+                .bind(text.clone())
+                .bind(text);
+        }
+        q.execute($conn).await?;
     }};
 }
 
@@ -454,8 +460,7 @@ macro_rules! insert_events {
 /// copies a bound `&str` or `&String` into a new `String` inside a new
 /// `Arc` (two allocations a value, a third of all the allocations of a
 /// small upload, docs/benchmarks.md session 33), where an `Arc<str>` is
-/// moved in as it is (one). A padding row binds clones of its filler's.
-#[derive(Clone)]
+/// moved in as it is (one).
 struct EventRow {
     ts: i64,
     kind: Arc<str>,
@@ -546,27 +551,28 @@ impl Placeholders for sqlx::Postgres {
 
 /// The kept text that inserts `rows` events, for a power of two up to
 /// [`EVENTS_PER_STATEMENT`]; built once per dialect.
-fn kept_events_sql(rows: usize, question_marks: bool) -> Option<&'static str> {
+fn events_sql(rows: usize, question_marks: bool) -> &'static str {
     static QUESTION: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     static NUMBERED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    if !rows.is_power_of_two() || rows > EVENTS_PER_STATEMENT {
-        return None;
-    }
+    debug_assert!(rows.is_power_of_two() && rows <= EVENTS_PER_STATEMENT);
     let texts = if question_marks { &QUESTION } else { &NUMBERED };
     let texts = texts.get_or_init(|| {
         (0..=EVENTS_PER_STATEMENT.trailing_zeros())
             .map(|p| events_text(1 << p, question_marks))
             .collect()
     });
-    texts
-        .get(rows.trailing_zeros() as usize)
-        .map(String::as_str)
+    let i = (rows.trailing_zeros() as usize).min(texts.len() - 1);
+    &texts[i]
 }
 
+/// `INSERT ... SELECT` from a `VALUES` list of `rows` rows, the all-`NULL`
+/// ones (padding) left out by the `WHERE`, which an upsert from a `SELECT`
+/// needs anyway (SQLite's parser: "INSERT ... SELECT ... ON CONFLICT" is
+/// ambiguous without one).
 fn events_text(rows: usize, question_marks: bool) -> String {
     const COLUMNS: usize = 15;
     let mut sql = String::from(EVENT_COLUMNS);
-    sql.push_str("VALUES ");
+    sql.push_str("SELECT * FROM (VALUES ");
     for r in 0..rows {
         if r > 0 {
             sql.push_str(", ");
@@ -585,7 +591,7 @@ fn events_text(rows: usize, question_marks: bool) -> String {
         }
         sql.push(')');
     }
-    sql.push_str(" ON CONFLICT (event_key) DO NOTHING");
+    sql.push_str(") AS v WHERE column1 IS NOT NULL ON CONFLICT (event_key) DO NOTHING");
     sql
 }
 
