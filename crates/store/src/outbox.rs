@@ -406,14 +406,21 @@ const INSERT_DELIVERY: &str = "INSERT INTO event_deliveries (id, rule_id, trigge
 /// A padding row is all `NULL` and the statement's `WHERE` drops it before
 /// it reaches the table: it costs fifteen `NULL` bindings, where a copy of
 /// a real event (as before session 33) cost its text copied into SQLite
-/// and a probe of the key's index, a third of SQLite's work at the batch
-/// sizes the writer sends.
+/// and a probe of the key's index (30-40% of the rows bound were padding in
+/// that session's profile).
 macro_rules! insert_events {
     ($db:ty, $conn:expr, $events:expr) => {{
         let events: &[KeyedEvent] = $events;
         debug_assert!(!events.is_empty() && events.len() <= EVENTS_PER_STATEMENT);
         let rows = events.len().next_power_of_two();
-        let mut q = sqlx::query::<$db>(events_sql(rows, <$db as Placeholders>::QUESTION_MARKS));
+        let question_marks = <$db as Placeholders>::QUESTION_MARKS;
+        let kept = kept_events_sql(rows, question_marks);
+        let mut q = match kept {
+            Some(sql) => sqlx::query::<$db>(sql),
+            // Not reached (the callers send at most `EVENTS_PER_STATEMENT`):
+            // a text of its own rather than a kept one with fewer rows.
+            None => sqlx::query::<$db>(sqlx::AssertSqlSafe(events_text(rows, question_marks))),
+        };
         for r in events.iter().map(EventRow::of) {
             q = q
                 .bind(r.ts)
@@ -452,15 +459,17 @@ macro_rules! insert_events {
                 .bind(text.clone())
                 .bind(text);
         }
-        q.execute($conn).await?;
+        q.persistent(kept.is_some()).execute($conn).await?;
     }};
 }
 
-/// An event's values as its `INSERT` binds them, text as `Arc<str>`: sqlx
-/// copies a bound `&str` or `&String` into a new `String` inside a new
-/// `Arc` (two allocations a value, a third of all the allocations of a
-/// small upload, docs/benchmarks.md session 33), where an `Arc<str>` is
-/// moved in as it is (one).
+/// An event's values as its `INSERT` binds them, text as `Arc<str>`: sqlx's
+/// SQLite driver copies a bound `&str` or `&String` into a new `String`
+/// inside a new `Arc` (two allocations a value, a third of all the
+/// allocations of a small upload, docs/benchmarks.md session 33), where an
+/// `Arc<str>` is moved in as it is (one). PostgreSQL's copies any text into
+/// its buffer, so there the `Arc` is one allocation more than a `&str`: next
+/// to a round trip to the server, nothing.
 struct EventRow {
     ts: i64,
     kind: Arc<str>,
@@ -551,18 +560,21 @@ impl Placeholders for sqlx::Postgres {
 
 /// The kept text that inserts `rows` events, for a power of two up to
 /// [`EVENTS_PER_STATEMENT`]; built once per dialect.
-fn events_sql(rows: usize, question_marks: bool) -> &'static str {
+fn kept_events_sql(rows: usize, question_marks: bool) -> Option<&'static str> {
     static QUESTION: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     static NUMBERED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    debug_assert!(rows.is_power_of_two() && rows <= EVENTS_PER_STATEMENT);
+    if !rows.is_power_of_two() || rows > EVENTS_PER_STATEMENT {
+        return None;
+    }
     let texts = if question_marks { &QUESTION } else { &NUMBERED };
     let texts = texts.get_or_init(|| {
         (0..=EVENTS_PER_STATEMENT.trailing_zeros())
             .map(|p| events_text(1 << p, question_marks))
             .collect()
     });
-    let i = (rows.trailing_zeros() as usize).min(texts.len() - 1);
-    &texts[i]
+    texts
+        .get(rows.trailing_zeros() as usize)
+        .map(String::as_str)
 }
 
 /// `INSERT ... SELECT` from a `VALUES` list of `rows` rows, the all-`NULL`

@@ -463,9 +463,9 @@ async fn outbox(store: &Store) {
         "a replayed batch's event is kept once"
     );
     assert_eq!(count("carol").await, 3, "one keyed row and two unkeyed");
-    // A statement's rows are padded to a power of two with copies of a
-    // keyed event of the batch (dropped on conflict), never of an unkeyed
-    // one, which would be stored again; a batch without keys goes in as it is.
+    // A statement's rows are padded to a power of two with all-NULL rows
+    // that its WHERE drops: none of them is stored, and an unkeyed event is
+    // stored once, with keys in the batch or without.
     let named = |user: &str| Event {
         username: user.into(),
         ..event.clone()
