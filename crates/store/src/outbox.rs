@@ -421,7 +421,8 @@ macro_rules! insert_events {
             // a text of its own rather than a kept one with fewer rows.
             None => sqlx::query::<$db>(sqlx::AssertSqlSafe(events_text(rows, question_marks))),
         };
-        for r in events.iter().map(EventRow::of) {
+        let padding = std::iter::repeat_with(EventRow::default).take(rows - events.len());
+        for r in events.iter().map(EventRow::of).chain(padding) {
             q = q
                 .bind(r.ts)
                 .bind(r.kind)
@@ -439,26 +440,6 @@ macro_rules! insert_events {
                 .bind(r.session_id)
                 .bind(r.key);
         }
-        for _ in events.len()..rows {
-            // Typed as the real rows (PostgreSQL declares each parameter's type).
-            let (int, text) = (None::<i64>, None::<Arc<str>>);
-            q = q
-                .bind(int)
-                .bind(text.clone())
-                .bind(text.clone())
-                .bind(text.clone())
-                .bind(text.clone())
-                .bind(text.clone())
-                .bind(text.clone())
-                .bind(int)
-                .bind(int)
-                .bind(text.clone())
-                .bind(text.clone())
-                .bind(text.clone())
-                .bind(text.clone())
-                .bind(text.clone())
-                .bind(text);
-        }
         q.persistent(kept.is_some()).execute($conn).await?;
     }};
 }
@@ -470,20 +451,25 @@ macro_rules! insert_events {
 /// `Arc<str>` is moved in as it is (one). PostgreSQL's copies any text into
 /// its buffer, so there the `Arc` is one allocation more than a `&str`: next
 /// to a round trip to the server, nothing.
+///
+/// Every value is an `Option` so that a padding row is `EventRow::default()`:
+/// all `NULL`, typed as the real rows (PostgreSQL declares each parameter's
+/// type, and a kept statement's types must not change between executions).
+#[derive(Default)]
 struct EventRow {
-    ts: i64,
-    kind: Arc<str>,
-    username: Arc<str>,
-    protocol: Arc<str>,
-    remote_addr: Arc<str>,
+    ts: Option<i64>,
+    kind: Option<Arc<str>>,
+    username: Option<Arc<str>>,
+    protocol: Option<Arc<str>>,
+    remote_addr: Option<Arc<str>>,
     path: Option<Arc<str>>,
     target_path: Option<Arc<str>>,
     bytes: Option<i64>,
     duration_ms: Option<i64>,
-    outcome: Arc<str>,
+    outcome: Option<Arc<str>>,
     sha256: Option<Arc<str>>,
     message: Option<Arc<str>>,
-    node: Arc<str>,
+    node: Option<Arc<str>>,
     session_id: Option<Arc<str>>,
     key: Option<Arc<str>>,
 }
@@ -491,21 +477,22 @@ struct EventRow {
 impl EventRow {
     fn of(k: &KeyedEvent) -> EventRow {
         let e = &k.event;
+        let some = |s: &str| Some(Arc::from(s));
         let text = |s: &Option<String>| s.as_deref().map(Arc::from);
         EventRow {
-            ts: to_ms(e.time),
-            kind: Arc::from(e.kind.as_str()),
-            username: Arc::from(e.username.as_str()),
-            protocol: Arc::from(e.protocol.as_str()),
-            remote_addr: Arc::from(e.remote_addr.as_str()),
+            ts: Some(to_ms(e.time)),
+            kind: some(e.kind.as_str()),
+            username: some(&e.username),
+            protocol: some(&e.protocol),
+            remote_addr: some(&e.remote_addr),
             path: text(&e.path),
             target_path: text(&e.target_path),
             bytes: e.bytes.map(to_i64),
             duration_ms: e.duration_ms.map(to_i64),
-            outcome: Arc::from(e.outcome.as_str()),
+            outcome: some(e.outcome.as_str()),
             sha256: text(&e.sha256),
             message: text(&e.message),
-            node: Arc::from(e.node.as_str()),
+            node: some(&e.node),
             session_id: text(&e.session_id),
             key: text(&k.key),
         }
