@@ -399,6 +399,22 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in declaration order (`ALL[k as usize] == k`).
+    pub const ALL: [EventKind; 12] = [
+        EventKind::Login,
+        EventKind::Logout,
+        EventKind::Upload,
+        EventKind::Download,
+        EventKind::Delete,
+        EventKind::Rename,
+        EventKind::Mkdir,
+        EventKind::Rmdir,
+        EventKind::Setstat,
+        EventKind::Link,
+        EventKind::QuotaExceeded,
+        EventKind::AccountChanged,
+    ];
+
     /// snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -436,6 +452,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order (`ALL[o as usize] == o`).
+    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Failed, Outcome::Denied];
+
     /// snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Db, FieldError, KeyedEvent, Store, StoreError, StoreResult, from_ms, on_pool, to_i64, to_ms,
-    to_u64,
+    Db, EventKind, FieldError, KeyedEvent, Outcome, Protocol, Store, StoreError, StoreResult,
+    from_ms, on_pool, to_i64, to_ms, to_u64,
 };
 
 /// What makes a rule run (SPEC 8).
@@ -481,20 +481,75 @@ impl EventRow {
         let text = |s: &Option<String>| s.as_deref().map(Arc::from);
         EventRow {
             ts: Some(to_ms(e.time)),
-            kind: some(e.kind.as_str()),
+            kind: Some(SharedTexts::get().kind(e.kind)),
             username: some(&e.username),
-            protocol: some(&e.protocol),
+            protocol: Some(SharedTexts::get().protocol(&e.protocol)),
             remote_addr: some(&e.remote_addr),
             path: text(&e.path),
             target_path: text(&e.target_path),
             bytes: e.bytes.map(to_i64),
             duration_ms: e.duration_ms.map(to_i64),
-            outcome: some(e.outcome.as_str()),
+            outcome: Some(SharedTexts::get().outcome(e.outcome)),
             sha256: text(&e.sha256),
             message: text(&e.message),
-            node: some(&e.node),
+            node: Some(SharedTexts::get().node(&e.node)),
             session_id: text(&e.session_id),
             key: text(&k.key),
+        }
+    }
+}
+
+/// The texts that most events repeat (kind, outcome, protocol, this node's
+/// name), made once: binding one of them costs a reference count where a new
+/// `Arc<str>` costs an allocation and its free, four of each per event.
+struct SharedTexts {
+    kinds: Vec<Arc<str>>,
+    outcomes: Vec<Arc<str>>,
+    protocols: Vec<Arc<str>>,
+    /// The first node name seen: a process writes its own node's events
+    /// (a spool taken over from another node's run keeps that node's name).
+    node: std::sync::OnceLock<Arc<str>>,
+}
+
+impl SharedTexts {
+    fn get() -> &'static SharedTexts {
+        static TEXTS: std::sync::LazyLock<SharedTexts> = std::sync::LazyLock::new(|| SharedTexts {
+            kinds: EventKind::ALL.map(|k| Arc::from(k.as_str())).to_vec(),
+            outcomes: Outcome::ALL.map(|o| Arc::from(o.as_str())).to_vec(),
+            protocols: Protocol::ALL.map(|p| Arc::from(p.as_str())).to_vec(),
+            node: std::sync::OnceLock::new(),
+        });
+        &TEXTS
+    }
+
+    fn kind(&self, kind: EventKind) -> Arc<str> {
+        self.kinds
+            .get(kind as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(kind.as_str()))
+    }
+
+    fn outcome(&self, outcome: Outcome) -> Arc<str> {
+        self.outcomes
+            .get(outcome as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(outcome.as_str()))
+    }
+
+    fn protocol(&self, protocol: &str) -> Arc<str> {
+        self.protocols
+            .iter()
+            .find(|p| ***p == *protocol)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(protocol))
+    }
+
+    fn node(&self, node: &str) -> Arc<str> {
+        let first = self.node.get_or_init(|| Arc::from(node));
+        if **first == *node {
+            first.clone()
+        } else {
+            Arc::from(node)
         }
     }
 }
@@ -987,7 +1042,7 @@ impl std::fmt::Debug for EventConnection {
 mod event_connection_tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::{Event, EventKind, EventQuery, Outcome};
+    use crate::{Event, EventQuery};
 
     fn event(path: &str) -> KeyedEvent {
         KeyedEvent::new(Event {
@@ -1007,6 +1062,38 @@ mod event_connection_tests {
             node: "n".into(),
             session_id: None,
         })
+    }
+
+    #[test]
+    fn shared_texts_are_the_names_they_stand_for() {
+        let texts = SharedTexts::get();
+        for (i, k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "EventKind::ALL is in declaration order");
+            assert_eq!(&*texts.kind(*k), k.as_str());
+        }
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "Outcome::ALL is in declaration order");
+            assert_eq!(&*texts.outcome(*o), o.as_str());
+        }
+        for p in Protocol::ALL {
+            assert!(Arc::ptr_eq(
+                &texts.protocol(p.as_str()),
+                &texts.protocol(p.as_str())
+            ));
+            assert_eq!(&*texts.protocol(p.as_str()), p.as_str());
+        }
+        assert_eq!(&*texts.protocol("gopher"), "gopher");
+        // The first node name seen (by any test of this binary) is kept;
+        // another one is still bound as itself.
+        assert_eq!(&*texts.node("node-a"), "node-a");
+        assert_eq!(&*texts.node("node-b"), "node-b");
+        let kept = texts.node.get().cloned().unwrap();
+        assert!(Arc::ptr_eq(&kept, &texts.node(&kept)));
+        let row = EventRow::of(&event("/a"));
+        assert_eq!(row.kind.as_deref(), Some("setstat"));
+        assert_eq!(row.outcome.as_deref(), Some("ok"));
+        assert_eq!(row.protocol.as_deref(), Some("ftp"));
+        assert_eq!(row.node.as_deref(), Some("n"));
     }
 
     #[test]

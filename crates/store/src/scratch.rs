@@ -51,6 +51,7 @@ impl ScratchPostgres {
         };
         let scratch = ScratchPostgres { url, admin, name };
         scratch.drop_if_there().await;
+        scratch.drop_left_behind(prefix).await;
         scratch
             .execute(&format!("CREATE DATABASE {}", scratch.name))
             .await;
@@ -84,6 +85,27 @@ impl ScratchPostgres {
         self.admin.close().await;
     }
 
+    /// Drops this prefix's databases whose process has ended: what a test
+    /// that panicked or was killed before [`Self::drop_database`] left.
+    /// A running process's are kept (tests of several binaries run at once).
+    async fn drop_left_behind(&self, prefix: &str) {
+        let names: Vec<String> = match sqlx::query_scalar("SELECT datname FROM pg_database")
+            .fetch_all(&self.admin)
+            .await
+        {
+            Ok(names) => names,
+            Err(e) => panic!("listing databases: {e}"),
+        };
+        for name in names {
+            if let Some(pid) = scratch_pid(&name, prefix)
+                && !process_runs(pid)
+            {
+                self.execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        }
+    }
+
     async fn drop_if_there(&self) {
         self.execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -91,6 +113,24 @@ impl ScratchPostgres {
         ))
         .await;
     }
+}
+
+/// The process id in `name` when it is a scratch database of `prefix`
+/// (`<prefix>_<pid>_<n>`, nothing else: the name is then safe to assemble
+/// into a statement).
+fn scratch_pid(name: &str, prefix: &str) -> Option<u32> {
+    let (pid, n) = name
+        .strip_prefix(prefix)?
+        .strip_prefix('_')?
+        .split_once('_')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n)).then(|| pid.parse().ok())?
+}
+
+/// Whether process `pid` still runs. Only Linux can tell (by `/proc`);
+/// elsewhere every process is taken to run, so nothing is swept.
+fn process_runs(pid: u32) -> bool {
+    !cfg!(target_os = "linux") || std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// `base` with its database (the url's path) replaced by `name`, its
@@ -113,7 +153,24 @@ fn with_database(base: &str, name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{process_runs, scratch_pid, with_database};
+
+    #[test]
+    fn only_a_prefixs_own_names_are_read_as_scratch_databases() {
+        assert_eq!(scratch_pid("dg_x_123_0", "dg_x"), Some(123));
+        assert_eq!(scratch_pid("dg_x_123_45", "dg_x"), Some(123));
+        assert_eq!(scratch_pid("dg_x_123", "dg_x"), None);
+        assert_eq!(scratch_pid("dg_x_y_123_0", "dg_x"), None);
+        assert_eq!(scratch_pid("dg_x_123_0; DROP", "dg_x"), None);
+        assert_eq!(scratch_pid("dg_xy_123_0", "dg_x"), None);
+        assert_eq!(scratch_pid("test", "dg_x"), None);
+        assert_eq!(scratch_pid("dg_x_99999999999_0", "dg_x"), None);
+    }
+
+    #[test]
+    fn this_process_runs() {
+        assert!(process_runs(std::process::id()));
+    }
 
     #[test]
     fn the_database_of_a_url_is_replaced_and_its_query_kept() {
