@@ -44,6 +44,9 @@ pub(crate) struct SessionEntry {
     pub protocol: String,
     /// Client address.
     pub remote_addr: SocketAddr,
+    /// `remote_addr` as events and snapshots show it, formatted once (every
+    /// event of the session carries it).
+    pub remote_text: String,
     /// Login time.
     pub started_at: DateTime<Utc>,
     /// Cancelled to disconnect the session.
@@ -159,7 +162,7 @@ impl SessionRegistry {
                     id: e.id.clone(),
                     username: e.username.clone(),
                     protocol: e.protocol.clone(),
-                    remote_addr: e.remote_addr.to_string(),
+                    remote_addr: e.remote_text.clone(),
                     node: self.node.clone(),
                     started_at: e.started_at,
                     transfer,
