@@ -2,9 +2,10 @@
 //! RFC 3659 fact lines for MLSD and MLST. Pure functions over metadata; the
 //! streaming lives in `transfer`.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use dropgate_core::vfs::{FileKind, Metadata};
 
 use crate::parse::Facts;
@@ -69,17 +70,69 @@ pub(crate) fn ls_time(t: SystemTime, now: SystemTime) -> String {
         // Up to an hour in the future still counts as recent (clock skew).
         Err(e) => e.duration() < Duration::from_secs(3600),
     };
-    if recent {
-        dt.format("%b %e %H:%M").to_string()
+    let Some(year) = four_digit_year(&dt) else {
+        let pattern = if recent { "%b %e %H:%M" } else { "%b %e  %Y" };
+        return dt.format(pattern).to_string();
+    };
+    let mut s = String::with_capacity(12);
+    s.push_str(MONTHS[dt.month0() as usize]);
+    s.push(' ');
+    if dt.day() < 10 {
+        s.push(' ');
+        push_digits(&mut s, dt.day(), 1);
     } else {
-        dt.format("%b %e  %Y").to_string()
+        push_digits(&mut s, dt.day(), 2);
     }
+    if recent {
+        s.push(' ');
+        push_digits(&mut s, dt.hour(), 2);
+        s.push(':');
+        push_digits(&mut s, dt.minute(), 2);
+    } else {
+        s.push_str("  ");
+        push_digits(&mut s, year, 4);
+    }
+    s
 }
 
 /// `YYYYMMDDHHMMSS` (UTC), the MDTM reply and the `modify` fact.
 pub(crate) fn timeval(t: SystemTime) -> String {
+    let mut s = String::with_capacity(14);
+    push_timeval(&mut s, t);
+    s
+}
+
+/// [`timeval`] appended to `out`. Listings call these once per entry and
+/// every MFMT once, so they are written digit by digit: chrono's `format`
+/// parses its pattern again on every call (about 2,000 instructions, most
+/// of a small upload's MFMT reply). Years beyond four digits, which no
+/// fixed-width field can hold, keep chrono's way of writing them.
+pub(crate) fn push_timeval(out: &mut String, t: SystemTime) {
     let dt: DateTime<Utc> = t.into();
-    dt.format("%Y%m%d%H%M%S").to_string()
+    let Some(year) = four_digit_year(&dt) else {
+        let _ = write!(out, "{}", dt.format("%Y%m%d%H%M%S"));
+        return;
+    };
+    push_digits(out, year, 4);
+    for part in [dt.month(), dt.day(), dt.hour(), dt.minute(), dt.second()] {
+        push_digits(out, part, 2);
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+fn four_digit_year(dt: &DateTime<Utc>) -> Option<u32> {
+    u32::try_from(dt.year()).ok().filter(|y| *y <= 9999)
+}
+
+/// `value`'s last `width` decimal digits, zero-padded.
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10u32.pow(place) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// The facts of one entry followed by `; name` (no line ending), e.g.
@@ -96,10 +149,12 @@ pub(crate) fn facts_line(name: &str, meta: &Metadata, facts: Facts, rights: Entr
         });
     }
     if facts.size && !meta.is_dir() {
-        s.push_str(&format!("size={};", meta.size));
+        let _ = write!(s, "size={};", meta.size);
     }
     if facts.modify {
-        s.push_str(&format!("modify={};", timeval(meta.modified)));
+        s.push_str("modify=");
+        push_timeval(&mut s, meta.modified);
+        s.push(';');
     }
     if facts.perm {
         s.push_str("perm=");
@@ -184,6 +239,33 @@ mod tests {
         );
         let two_digit_day = t + Duration::from_secs(10 * 86400);
         assert_eq!(ls_time(two_digit_day, two_digit_day), "Mar 14 12:05");
+    }
+
+    #[test]
+    fn times_written_by_hand_match_chrono() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(T);
+        let mut times = vec![
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH - Duration::from_secs(1),
+            // 9999-12-31 23:59:59 and one second later (a five-digit year).
+            SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800),
+        ];
+        // Every month and day-of-month width, recent and old, both sides of now.
+        for step in 0..800u64 {
+            times.push(now - Duration::from_secs(step * 86_400 + step * 3_671));
+            times.push(now + Duration::from_secs(step * 37));
+        }
+        for t in times {
+            let dt: DateTime<Utc> = t.into();
+            assert_eq!(timeval(t), dt.format("%Y%m%d%H%M%S").to_string(), "{dt}");
+            let recent = match now.duration_since(t) {
+                Ok(age) => age < RECENT,
+                Err(e) => e.duration() < Duration::from_secs(3600),
+            };
+            let pattern = if recent { "%b %e %H:%M" } else { "%b %e  %Y" };
+            assert_eq!(ls_time(t, now), dt.format(pattern).to_string(), "{dt}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, SystemTime};
 
-use chrono::NaiveDateTime;
+use chrono::{NaiveDate, NaiveDateTime};
 
 /// Longest verb we look at; anything longer is unknown.
 const MAX_VERB: usize = 8;
@@ -486,9 +486,23 @@ pub(crate) fn parse_timeval(s: &str) -> Option<SystemTime> {
     if whole.len() != 14 || !whole.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let t = NaiveDateTime::parse_from_str(whole, "%Y%m%d%H%M%S")
-        .ok()?
-        .and_utc();
+    // By hand where the fields are a valid date and time (chrono's parser
+    // reads its pattern again on every call, once per MFMT); chrono decides
+    // the rest (a leap second's `60`, or a refusal).
+    let field = |at: usize, len: usize| whole.get(at..at + len)?.parse::<u32>().ok();
+    let by_hand = (|| {
+        let year = i32::try_from(field(0, 4)?).ok()?;
+        NaiveDate::from_ymd_opt(year, field(4, 2)?, field(6, 2)?)?.and_hms_opt(
+            field(8, 2)?,
+            field(10, 2)?,
+            field(12, 2)?,
+        )
+    })();
+    let t = match by_hand {
+        Some(t) => t,
+        None => NaiveDateTime::parse_from_str(whole, "%Y%m%d%H%M%S").ok()?,
+    }
+    .and_utc();
     let mut nanos = 0u32;
     if let Some(f) = frac {
         if f.is_empty() || f.len() > 9 || !f.bytes().all(|b| b.is_ascii_digit()) {
@@ -678,6 +692,34 @@ mod tests {
         assert_eq!(p(b"CCC"), Ok(Command::Ccc));
         assert_eq!(p(b"SITE help"), Ok(Command::SiteHelp));
         assert_eq!(p(b"SITE CHMOD 777 x"), Ok(Command::SiteOther));
+    }
+
+    #[test]
+    fn timevals_read_by_hand_match_chrono() {
+        let by_chrono = |s: &str| {
+            let t = NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
+            let secs = u64::try_from(t.and_utc().timestamp()).ok()?;
+            SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+        };
+        for s in [
+            "20240101120000",
+            "19700101000000",
+            "19691231235959",
+            "99991231235959",
+            "00000101000000",
+            "20240229235959",
+            "20230229000000",
+            "20241301000000",
+            "20240100000000",
+            "20240431000000",
+            "20240101240000",
+            "20240101236000",
+            "20240101235960",
+            "20240101235961",
+            "00000000000000",
+        ] {
+            assert_eq!(parse_timeval(s), by_chrono(s), "{s}");
+        }
     }
 
     #[test]
