@@ -1090,11 +1090,16 @@ impl Upload {
                 written
             }
             None => {
-                // Hashed while the write runs (large chunks on another thread).
-                let (written, ()) = tokio::join!(
-                    writer.write_at(offset, data.clone()),
-                    self.hash.feed(offset, &data)
-                );
+                // Hashed while the write runs (large chunks on another
+                // thread; a chunk written in place is hashed after it).
+                let write = async {
+                    if in_order {
+                        writer.write_next_at(offset, data.clone()).await
+                    } else {
+                        writer.write_at(offset, data.clone()).await
+                    }
+                };
+                let (written, ()) = tokio::join!(write, self.hash.feed(offset, &data));
                 written
             }
         };

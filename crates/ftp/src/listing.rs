@@ -64,7 +64,7 @@ pub(crate) fn long_line(name: &str, meta: &Metadata, now: SystemTime) -> String 
 
 /// `Mar  4 12:00` for recent times, `Mar  4  2023` for old or future ones.
 pub(crate) fn ls_time(t: SystemTime, now: SystemTime) -> String {
-    let dt: DateTime<Utc> = t.into();
+    let dt = utc(t);
     let recent = match now.duration_since(t) {
         Ok(age) => age < RECENT,
         // Up to an hour in the future still counts as recent (clock skew).
@@ -108,7 +108,7 @@ pub(crate) fn timeval(t: SystemTime) -> String {
 /// of a small upload's MFMT reply). Years beyond four digits, which no
 /// fixed-width field can hold, keep chrono's way of writing them.
 pub(crate) fn push_timeval(out: &mut String, t: SystemTime) {
-    let dt: DateTime<Utc> = t.into();
+    let dt = utc(t);
     let Some(year) = four_digit_year(&dt) else {
         let _ = write!(out, "{}", dt.format("%Y%m%d%H%M%S"));
         return;
@@ -117,6 +117,29 @@ pub(crate) fn push_timeval(out: &mut String, t: SystemTime) {
     for part in [dt.month(), dt.day(), dt.hour(), dt.minute(), dt.second()] {
         push_digits(out, part, 2);
     }
+}
+
+/// `t` in UTC. chrono's own conversion panics beyond its range (about
+/// 262,000 years either way), which a file's time on disk can be: such
+/// times show as chrono's first or last instant.
+fn utc(t: SystemTime) -> DateTime<Utc> {
+    let (secs, nanos) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => (i64::try_from(d.as_secs()).ok(), d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            let secs = i64::try_from(d.as_secs()).ok().map(|s| -s);
+            match d.subsec_nanos() {
+                0 => (secs, 0),
+                n => (secs.and_then(|s| s.checked_sub(1)), 1_000_000_000 - n),
+            }
+        }
+    };
+    secs.and_then(|s| DateTime::from_timestamp(s, nanos))
+        .unwrap_or(if t < SystemTime::UNIX_EPOCH {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
 }
 
 const MONTHS: [&str; 12] = [
@@ -258,6 +281,7 @@ mod tests {
         }
         for t in times {
             let dt: DateTime<Utc> = t.into();
+            assert_eq!(utc(t), dt);
             assert_eq!(timeval(t), dt.format("%Y%m%d%H%M%S").to_string(), "{dt}");
             let recent = match now.duration_since(t) {
                 Ok(age) => age < RECENT,
@@ -266,6 +290,20 @@ mod tests {
             let pattern = if recent { "%b %e %H:%M" } else { "%b %e  %Y" };
             assert_eq!(ls_time(t, now), dt.format(pattern).to_string(), "{dt}");
         }
+    }
+
+    #[test]
+    fn times_beyond_chronos_range_do_not_panic() {
+        let far = Duration::from_secs(1 << 50);
+        let late = SystemTime::UNIX_EPOCH + far;
+        assert_eq!(utc(late), DateTime::<Utc>::MAX_UTC);
+        assert!(timeval(late).starts_with("+262"), "{}", timeval(late));
+        assert!(!ls_time(late, SystemTime::UNIX_EPOCH).is_empty());
+        let early = SystemTime::UNIX_EPOCH - far;
+        assert_eq!(utc(early), DateTime::<Utc>::MIN_UTC);
+        assert!(!timeval(early).is_empty());
+        let just_before = SystemTime::UNIX_EPOCH - Duration::from_millis(1500);
+        assert_eq!(utc(just_before).timestamp_millis(), -1500);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Moving bytes over a data connection: downloads (zero-copy `sendfile` for
 //! local files in binary mode over clear-text connections; TLS ones copy
 //! through rustls and end with `close_notify`), uploads (large reused
-//! buffers, one disk write in flight while the next buffer fills; over TLS
+//! buffers, one disk write in flight while the next buffer fills, or, for a
+//! page-cache chunk copied in place, while the kernel buffers it; over TLS
 //! an end without `close_notify` is a truncation and fails with 426), and
 //! listings streamed straight from the directory reader.
 //!
@@ -559,7 +560,10 @@ async fn receive_into(
             }
             return Ok((n > 0).then_some((pos, data)));
         }
-        // One disk write in flight while the next buffer fills.
+        // One disk write in flight while the next buffer fills. A
+        // page-cache chunk is copied in place (`write_next_at`): then the
+        // fill starts after it, the kernel's socket buffer taking what
+        // arrives meanwhile, and an ABOR waits for that copy.
         let (_, at_end) = tokio::try_join!(
             disk(ctl, upload.write_next(pos, data)),
             fill(stream, &mut next, ctl)

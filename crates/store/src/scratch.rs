@@ -89,6 +89,10 @@ impl ScratchPostgres {
     /// that panicked or was killed before [`Self::drop_database`] left.
     /// A running process's are kept (tests of several binaries run at once).
     async fn drop_left_behind(&self, prefix: &str) {
+        // Without a /proc of our own no process can be told to run.
+        if !cfg!(target_os = "linux") || !std::path::Path::new("/proc/self").exists() {
+            return;
+        }
         let names: Vec<String> = match sqlx::query_scalar("SELECT datname FROM pg_database")
             .fetch_all(&self.admin)
             .await
@@ -98,10 +102,17 @@ impl ScratchPostgres {
         };
         for name in names {
             if let Some(pid) = scratch_pid(&name, prefix)
+                && pid != std::process::id()
                 && !process_runs(pid)
             {
-                self.execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
+                // Best effort: one we may not drop (another role's) stays.
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&self.admin)
+                    .await
+                {
+                    eprintln!("leaving database {name}: {e}");
+                }
             }
         }
     }
@@ -127,10 +138,12 @@ fn scratch_pid(name: &str, prefix: &str) -> Option<u32> {
     (digits(pid) && digits(n)).then(|| pid.parse().ok())?
 }
 
-/// Whether process `pid` still runs. Only Linux can tell (by `/proc`);
-/// elsewhere every process is taken to run, so nothing is swept.
+/// Whether process `pid` still runs, by `/proc` (the sweep runs only where
+/// that exists). Processes in another PID namespace or on another machine
+/// that share the server are not seen: point such runs at servers of
+/// their own.
 fn process_runs(pid: u32) -> bool {
-    !cfg!(target_os = "linux") || std::path::Path::new(&format!("/proc/{pid}")).exists()
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// `base` with its database (the url's path) replaced by `name`, its

@@ -50,7 +50,9 @@ pub(crate) enum Blocking {
     /// calling worker when [`OnWorker`] allows it, else as `Short`.
     Brief,
     /// On this thread with `block_in_place`: the worker's other tasks move
-    /// to another thread, so a slow call stalls only its own session.
+    /// to another thread, so a slow call stalls only its own session. Its
+    /// own task waits whole: futures joined or selected beside the call
+    /// (a socket read, a cancellation) are not polled until it returns.
     Short,
     /// On the blocking pool: may take a while (a sync, a prefix copy).
     Long,

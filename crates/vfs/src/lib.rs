@@ -322,10 +322,18 @@ pub enum Found {
 pub trait FileWriter: Send + Sync {
     /// Writes all of `data` at `offset` (offsets are absolute in the final file).
     async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()>;
-    /// Writes like [`FileWriter::write_at`] and hands the same bytes to
-    /// `inspect` where the write runs (a local file: on the same blocking
-    /// thread), so that a caller digesting an upload pays one thread hand-off
-    /// per chunk instead of two. `inspect` runs whether or not the write
+    /// Writes like [`FileWriter::write_at`] for a caller that writes front
+    /// to back and waits for each write before it goes on (FTP): a local
+    /// page-cache upload then writes a large chunk in place, on the thread
+    /// that received it, and the call cannot be cancelled until the copy
+    /// into memory is done.
+    async fn write_next_at(&self, offset: u64, data: Bytes) -> VfsResult<()> {
+        self.write_at(offset, data).await
+    }
+    /// Writes like [`FileWriter::write_next_at`] and hands the same bytes to
+    /// `inspect` where the write runs (a local file: on the same thread),
+    /// so that a caller digesting an upload pays one thread hand-off per
+    /// chunk instead of two. `inspect` runs whether or not the write
     /// succeeds.
     async fn write_at_inspect(
         &self,

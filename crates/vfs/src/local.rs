@@ -1056,14 +1056,14 @@ fn write_data(
 }
 
 impl LocalWriter {
-    /// Where a write of `len` bytes runs. A page-cache upload's large chunk
-    /// (1 MiB from FTP) is a copy into memory: it runs in place
-    /// (`block_in_place`) on the thread that just received it, whose cache
-    /// still holds it; on the blocking pool another core read it all again
-    /// from memory (measured: 1.26x the upload rate in place,
-    /// docs/benchmarks.md session 34). Smaller writes (SFTP's, up to 256 KiB,
-    /// many in flight) stay on the pool, where one hand-off does not cost a
-    /// worker's; a durable write can wait for the device: the pool too.
+    /// Where a front-to-back write of `len` bytes runs (`write_next_at`,
+    /// `write_at_inspect`). A page-cache upload's large chunk (1 MiB from
+    /// FTP) is a copy into memory: it runs in place (`block_in_place`) on
+    /// the thread that just received it, whose cache still holds it; on the
+    /// blocking pool another core read it all again from memory (12% less
+    /// server CPU a GiB in place, docs/benchmarks.md session 34). Smaller
+    /// writes stay on the pool, where one hand-off does not cost a worker's;
+    /// a durable write can wait for the device: the pool too.
     fn write_blocking(&self, len: usize) -> Blocking {
         if !self.durable && (MIN_IN_PLACE_WRITE..=MAX_SHORT_WRITE).contains(&len) {
             Blocking::Short
@@ -1217,6 +1217,13 @@ impl Drop for LocalWriter {
 #[async_trait]
 impl FileWriter for LocalWriter {
     async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()> {
+        let file = self.file.clone();
+        let (writeback, uncached) = (self.writeback.clone(), self.uncached.clone());
+        self.wrote.store(true, Ordering::Relaxed);
+        blocking(move || Ok(write_data(&file, &uncached, &writeback, &data, offset)?)).await
+    }
+
+    async fn write_next_at(&self, offset: u64, data: Bytes) -> VfsResult<()> {
         let file = self.file.clone();
         let (writeback, uncached) = (self.writeback.clone(), self.uncached.clone());
         self.wrote.store(true, Ordering::Relaxed);

@@ -10,6 +10,14 @@
 //! `O_DIRECT` wrote the same GiB to the same disk at 1,250-1,580 MB/s with a
 //! tenth of the CPU (docs/benchmarks.md, session 14).
 //!
+//! Which way is faster depends on the disk, and no probe chooses: on
+//! session 33's VM a buffered write synced once was 1.19x as fast as
+//! `O_DIRECT`, on session 34's `O_DIRECT` was 1.1x (recycled pages) to 6x
+//! (fresh ones) as fast as buffered. Always direct loses at most the smaller
+//! of those, keeps a durable upload from evicting other files' cache, and a
+//! probe at every start would write tens of MiB and still misjudge a memory
+//! state that changes with use.
+//!
 //! Only the 4 KiB-aligned middle of a large write goes this way; the head and
 //! tail of a write that starts or ends off a block boundary (a resumed or
 //! ASCII upload, the last bytes of a file) and every small write stay

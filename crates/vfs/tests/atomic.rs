@@ -997,6 +997,65 @@ async fn durable_large_uploads_land_whole_whatever_their_alignment() {
     }
 }
 
+/// A page-cache upload written front to back (`write_next_at`, FTP's way)
+/// lands whole on a multi-thread runtime, where its 512 KiB-1 MiB chunks are
+/// copied in place (`block_in_place`) and the others on the blocking pool,
+/// while other tasks on the runtime go on (two uploads interleaved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_cache_uploads_written_in_place_land_whole() {
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 253) as u8 ^ seed).collect()
+    }
+    for mode in ALL_MODES {
+        let j = Jail::new();
+        let s: &dyn Storage = &j.storage;
+        let sizes = [
+            1 << 20,
+            512 << 10,
+            (512 << 10) - 1,
+            (1 << 20) + 1,
+            4096,
+            1 << 20,
+        ];
+        let upload = |name: &'static str, seed: u8| {
+            let f = vp(name);
+            async move {
+                let w = s
+                    .create(
+                        &f,
+                        CreateOptions {
+                            durable: false,
+                            ..opts(mode, WriteStart::Truncate, false)
+                        },
+                    )
+                    .await
+                    .unwrap();
+                let mut expect = Vec::new();
+                for (i, len) in sizes.iter().enumerate() {
+                    let chunk = pattern(*len, seed ^ i as u8);
+                    w.write_next_at(expect.len() as u64, Bytes::from(chunk.clone()))
+                        .await
+                        .unwrap();
+                    expect.extend_from_slice(&chunk);
+                    tokio::task::yield_now().await;
+                }
+                let committed = w.commit().await.unwrap();
+                assert_eq!(committed.size, expect.len() as u64, "{mode:?}");
+                expect
+            }
+        };
+        let (a, b) = tokio::join!(upload("/a.bin", 1), upload("/b.bin", 2));
+        assert!(
+            std::fs::read(j.home.join("a.bin")).unwrap() == a,
+            "{mode:?}"
+        );
+        assert!(
+            std::fs::read(j.home.join("b.bin")).unwrap() == b,
+            "{mode:?}"
+        );
+    }
+}
+
 /// A committed upload's content reader holds dropgate's own truncation of
 /// that file by path back until it is dropped (the SHA-256 of an upload
 /// answered from the page cache is read from it after the reply), in the
