@@ -477,22 +477,23 @@ struct EventRow {
 impl EventRow {
     fn of(k: &KeyedEvent) -> EventRow {
         let e = &k.event;
+        let shared = SharedTexts::get();
         let some = |s: &str| Some(Arc::from(s));
         let text = |s: &Option<String>| s.as_deref().map(Arc::from);
         EventRow {
             ts: Some(to_ms(e.time)),
-            kind: Some(SharedTexts::get().kind(e.kind)),
+            kind: Some(shared.kind(e.kind)),
             username: some(&e.username),
-            protocol: Some(SharedTexts::get().protocol(&e.protocol)),
+            protocol: Some(shared.protocol(&e.protocol)),
             remote_addr: some(&e.remote_addr),
             path: text(&e.path),
             target_path: text(&e.target_path),
             bytes: e.bytes.map(to_i64),
             duration_ms: e.duration_ms.map(to_i64),
-            outcome: Some(SharedTexts::get().outcome(e.outcome)),
+            outcome: Some(shared.outcome(e.outcome)),
             sha256: text(&e.sha256),
             message: text(&e.message),
-            node: Some(SharedTexts::get().node(&e.node)),
+            node: Some(shared.node(&e.node)),
             session_id: text(&e.session_id),
             key: text(&k.key),
         }

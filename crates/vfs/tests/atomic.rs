@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use dropgate_vfs::{
-    CreateOptions, LocalStorage, Replaced, Storage, TEMP_PREFIX, UploadMode, VfsError, VirtualPath,
-    WriteStart, sweep_stale_temporaries,
+    LocalStorage, Replaced, Storage, TEMP_PREFIX, UploadMode, VfsError, VirtualPath, WriteStart,
+    sweep_stale_temporaries,
 };
 
 const OLD: &[u8] = b"old content, 0123456789";
@@ -930,9 +930,6 @@ async fn reads_follow_the_file_whatever_its_cache_state() {
 /// holds exactly the bytes written and the inspector saw them in order.
 #[tokio::test]
 async fn durable_large_uploads_land_whole_whatever_their_alignment() {
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
-    }
     for mode in ALL_MODES {
         let j = Jail::new();
         let s: &dyn Storage = &j.storage;
@@ -954,13 +951,7 @@ async fn durable_large_uploads_land_whole_whatever_their_alignment() {
         assert!(w.waits_for_device(keep, 1 << 20), "{mode:?}");
         assert!(!w.waits_for_device(keep, 4096), "{mode:?}");
         let cached = s
-            .create(
-                &vp("/cached.bin"),
-                CreateOptions {
-                    durable: false,
-                    ..opts(mode, WriteStart::Truncate, false)
-                },
-            )
+            .create(&vp("/cached.bin"), page_cache_opts(mode))
             .await
             .unwrap();
         assert!(!cached.waits_for_device(0, 1 << 20), "{mode:?}");
@@ -1003,9 +994,6 @@ async fn durable_large_uploads_land_whole_whatever_their_alignment() {
 /// while other tasks on the runtime go on (two uploads interleaved).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_cache_uploads_written_in_place_land_whole() {
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i % 253) as u8 ^ seed).collect()
-    }
     for mode in ALL_MODES {
         let j = Jail::new();
         let s: &dyn Storage = &j.storage;
@@ -1020,16 +1008,7 @@ async fn page_cache_uploads_written_in_place_land_whole() {
         let upload = |name: &'static str, seed: u8| {
             let f = vp(name);
             async move {
-                let w = s
-                    .create(
-                        &f,
-                        CreateOptions {
-                            durable: false,
-                            ..opts(mode, WriteStart::Truncate, false)
-                        },
-                    )
-                    .await
-                    .unwrap();
+                let w = s.create(&f, page_cache_opts(mode)).await.unwrap();
                 let mut expect = Vec::new();
                 for (i, len) in sizes.iter().enumerate() {
                     let chunk = pattern(*len, seed ^ i as u8);
@@ -1071,16 +1050,7 @@ async fn a_committed_uploads_content_stays_as_committed_while_it_is_read_back() 
         let j = Jail::new();
         let s = std::sync::Arc::new(j.storage.clone());
         let f = vp("/up.bin");
-        let w = s
-            .create(
-                &f,
-                CreateOptions {
-                    durable: false,
-                    ..opts(mode, WriteStart::Truncate, false)
-                },
-            )
-            .await
-            .unwrap();
+        let w = s.create(&f, page_cache_opts(mode)).await.unwrap();
         assert_eq!(w.stable_content(), mode != UploadMode::Direct, "{mode:?}");
         w.write_at(0, Bytes::from(data.clone())).await.unwrap();
         let committed = w.commit().await.unwrap();

@@ -785,10 +785,7 @@ async fn swapping_a_folder_for_an_escaping_symlink_never_leaks() {
                 if i % 4 == 1 {
                     // A page-cache upload into the swapped folder: it lands
                     // inside or is refused (checked at the end).
-                    let o = CreateOptions {
-                        durable: false,
-                        ..opts(UploadMode::Atomic, WriteStart::Truncate, false)
-                    };
+                    let o = page_cache_opts(UploadMode::Atomic);
                     if let Ok(w) = storage.create(&d.join("new").unwrap(), o).await {
                         let _ = w
                             .write_and_commit(0, Bytes::from_static(b"new"), None)

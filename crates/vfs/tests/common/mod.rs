@@ -224,6 +224,19 @@ pub fn opts(mode: UploadMode, start: WriteStart, exclusive: bool) -> CreateOptio
     }
 }
 
+/// A new upload answered from the page cache (`durable_uploads = false`).
+pub fn page_cache_opts(mode: UploadMode) -> CreateOptions {
+    CreateOptions {
+        durable: false,
+        ..opts(mode, WriteStart::Truncate, false)
+    }
+}
+
+/// `len` bytes that differ with `seed` and do not repeat within a block.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
 /// Writes `data` as a whole new file and commits it.
 pub async fn upload(
     s: &dyn Storage,
