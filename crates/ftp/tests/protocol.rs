@@ -246,6 +246,42 @@ async fn abor_and_noop_and_stat_during_an_upload() {
     server.stop().await;
 }
 
+/// STAT's progress of an upload once it shows `bytes`, or fails after WAIT.
+async fn stat_until(c: &mut common::Client, bytes: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = c.expect("STAT", 213).await;
+        if r.text.contains(&format!(" {bytes} bytes")) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_that_pauses_is_read_as_its_bytes_come() {
+    // Past its first chunk an upload's socket wakes the reader only once
+    // half a MiB has arrived; a client that then sends a little and waits
+    // must still have those bytes taken (and shown) at once, not when more
+    // come or the idle timeout ends the transfer.
+    let server = common::start().await;
+    let home = server.user("u", "pw-u-1").await;
+    let mut c = server.login("u", "pw-u-1").await;
+    let mut data = c.epsv_connect().await;
+    c.expect("STOR paused.bin", 150).await;
+    let body: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    data.write_all(&body[..1_499_000]).await.unwrap();
+    stat_until(&mut c, 1_499_000).await;
+    // The reader now waits with the mark up.
+    data.write_all(&body[1_499_000..]).await.unwrap();
+    stat_until(&mut c, 1_500_000).await;
+    drop(data);
+    assert_eq!(c.reply().await.code, 226);
+    assert_eq!(std::fs::read(home.join("paused.bin")).unwrap(), body);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_dies_mid_upload_leaves_nothing() {
     let server = common::start().await;
