@@ -1326,14 +1326,6 @@ def limits_table(b):
                     extra = (f"| {m.title} | {SERVER_INFO[dg]['mode']} | {txt} | the fastest peer's "
                              f"per-file time ({best:.0f} files/s) + the commit above | {both:.0f} | "
                              f"{v / both:.2f} |")
-                    # and + the commit with the upload's audit event synced beside it, which a
-                    # durable upload needs before its reply too (the journal, the third flush)
-                    ev = lim.get("small_sync_event", 0)
-                    if ev > 0:
-                        all3 = 1 / (1 / best + 1 / ev)
-                        extra += (f"\n| {m.title} | {SERVER_INFO[dg]['mode']} | {txt} | the fastest peer's "
-                                  f"per-file time + the commit with the event's journal synced beside it "
-                                  f"({ev:.0f} files/s) | {all3:.0f} | {v / all3:.2f} |")
             elif durable and lim["big_sync"] < lim["receive_hash"]:
                 name, limit = "write + one fdatasync", lim["big_sync"]
             else:
@@ -1394,39 +1386,22 @@ def disk_limits(b):
         os.sync()
         return BIG_MB * MiB / dt / 1e6
 
-    def small(sync, journal=False):
-        # journal: a durable upload's audit event is also on disk before the reply, appended
-        # to a journal file and synced by another thread beside the file's own two syncs
-        # (crates/core/src/audit_journal.rs); a line of about an event's size here, synced the
-        # same way, so the limit counts the flush the design needs as well
+    def small(sync):
         data = chunk[:SMALL_KB * 1024]
-        line = b"x" * 600 + b"\n"
         dirfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        log = os.open(os.path.join(d, "journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if journal else -1
-        beside = ThreadPoolExecutor(1) if journal else None
         t = time.perf_counter()
         for i in range(SMALL_FILES):
             tmp, final = os.path.join(d, f".t{i}"), os.path.join(d, f"f{i}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.write(fd, data)
-            event = None
-            if beside is not None:
-                os.write(log, line)
-                event = beside.submit(os.fdatasync, log)
             if sync:
                 os.fdatasync(fd)
             os.rename(tmp, final)
             if sync:
                 os.fsync(dirfd)
             os.close(fd)
-            if event is not None:
-                event.result()
         dt = time.perf_counter() - t
         os.close(dirfd)
-        if beside is not None:
-            beside.shutdown()
-            os.close(log)
-            os.unlink(os.path.join(d, "journal"))
         for i in range(SMALL_FILES):
             os.unlink(os.path.join(d, f"f{i}"))
         return SMALL_FILES / dt
@@ -1502,7 +1477,6 @@ def disk_limits(b):
     r = {k: statistics.median(f() for _ in range(3)) for k, f in (
         ("big", lambda: big(False)), ("big_sync", lambda: big(True)), ("big_direct", lambda: big(True, direct=True)),
         ("small", lambda: small(False)), ("small_sync", lambda: small(True)),
-        ("small_sync_event", lambda: small(True, journal=True)),
         ("sha256", sha256), ("receive", lambda: receive(False)),
         ("receive_hash", lambda: receive(True)))}
     shutil.rmtree(d, ignore_errors=True)
@@ -1513,9 +1487,7 @@ def disk_limits(b):
         f"{r['big_sync']:.0f} MB/s with one fdatasync at the end, {r['big_direct']:.0f} MB/s written "
         f"O_DIRECT (around the page cache, as dropgate writes durable uploads) with one fdatasync; {SMALL_FILES} x {SMALL_KB} KiB "
         f"create+write+rename {r['small']:.0f} files/s, {r['small_sync']:.0f} files/s with dropgate's "
-        f"fdatasync + folder fsync per file (dropgate answers an upload only after them; the peers do not sync), "
-        f"{r['small_sync_event']:.0f} files/s when an appended journal line is synced beside them per file "
-        f"(a durable upload's audit event, synced on another thread while the file's syncs run). "
+        f"fdatasync + folder fsync per file (dropgate answers an upload only after them; the peers do not sync). "
         f"SHA-256 on one core (OpenSSL, 1 MiB updates): {r['sha256']:.0f} MB/s, the most a single "
         f"upload can reach here while dropgate hashes it as it streams. Receiving {human_size(BIG_MB * MiB)} "
         f"over loopback (a sendfile client; a receiver that reads 1 MiB at a time and writes it, "

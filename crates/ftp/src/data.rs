@@ -37,26 +37,61 @@ pub(crate) enum DataStream {
 }
 
 impl DataStream {
-    /// Asks the kernel to report the connection readable only once `bytes`
-    /// have arrived, or its end (`SO_RCVLOWAT`; 1 is the default). A reader
-    /// that drains the socket faster than the client fills it otherwise
-    /// sleeps and is woken for every segment, and the client pays each
-    /// wake-up: curl spent 0.66 s of CPU a GiB sending to us against 0.50
-    /// with a mark of 512 KiB, and the upload ran 1.3x as fast
-    /// (docs/benchmarks.md, session 35). Linux caps the value at
-    /// half the socket's largest receive buffer and grows the buffer to
-    /// hold it. Best effort: a refusal only means more wake-ups.
-    pub(crate) fn set_low_water(&self, bytes: usize) {
-        let tcp = match self {
-            DataStream::Plain(s) => s,
-            DataStream::Tls(s) => s.get_ref().0,
-        };
-        set_rcvlowat(tcp, bytes);
+    /// Asks the kernel to report a clear-text connection readable only once
+    /// `bytes` have arrived, or its end (`SO_RCVLOWAT`; 1 is the default). A
+    /// reader that drains the socket faster than the client fills it
+    /// otherwise sleeps and is woken for every segment, and the client pays
+    /// each wake-up: curl spent 0.66 s of CPU a GiB sending to us against
+    /// 0.50 with a mark of 512 KiB, and the upload ran 1.3x as fast
+    /// (docs/benchmarks.md, session 35). Linux caps the value at half the
+    /// socket's largest receive buffer, grows the buffer to hold it (and
+    /// then clamps the window to the mark until autotuning raises it).
+    ///
+    /// Only where taking the mark down wakes a reader already waiting
+    /// (Linux 5.8 and later, [`low_water_works`]): before 4.18 lowering it
+    /// woke nobody, and a client waiting for us with its last bytes under
+    /// the mark would hang until the idle timeout. TLS connections keep the
+    /// default: no gain was measured there, and a TLS client that waits for
+    /// our `close_notify` would wait out the patience on every upload.
+    /// Best effort: a refusal only means more wake-ups. `false`: not set
+    /// (TLS, an older kernel, refused).
+    pub(crate) fn set_low_water(&self, bytes: usize) -> bool {
+        match self {
+            DataStream::Plain(tcp) if low_water_works() => set_rcvlowat(tcp, bytes),
+            _ => false,
+        }
+    }
+}
+
+/// Whether this kernel wakes a waiting reader when `SO_RCVLOWAT` goes down
+/// and after the 5.8 fixes of its hangs: checked once.
+#[cfg(target_os = "linux")]
+fn low_water_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let uname = rustix::system::uname();
+        kernel_at_least(&uname.release().to_string_lossy(), (5, 8))
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn low_water_works() -> bool {
+    false
+}
+
+/// Whether a kernel release such as `6.18.44-fc-v1272` is `min` or later.
+fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
     }
 }
 
 #[cfg(target_os = "linux")]
-fn set_rcvlowat(tcp: &TcpStream, bytes: usize) {
+fn set_rcvlowat(tcp: &TcpStream, bytes: usize) -> bool {
     use std::os::fd::AsRawFd;
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     // Neither rustix nor socket2 wraps SO_RCVLOWAT; it is one plain call.
@@ -75,11 +110,13 @@ fn set_rcvlowat(tcp: &TcpStream, bytes: usize) {
     if rc != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), "SO_RCVLOWAT refused");
     }
+    rc == 0
 }
 
-/// Elsewhere every segment wakes the reader.
 #[cfg(not(target_os = "linux"))]
-fn set_rcvlowat(_tcp: &TcpStream, _bytes: usize) {}
+fn set_rcvlowat(_tcp: &TcpStream, _bytes: usize) -> bool {
+    false
+}
 
 /// Why no data connection could be opened.
 #[derive(Debug, thiserror::Error)]
@@ -198,4 +235,61 @@ async fn connect_active(local_ip: IpAddr, to: SocketAddr) -> io::Result<TcpStrea
     tokio::time::timeout(ACTIVE_CONNECT_TIMEOUT, socket.connect(to))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "active connect timed out"))?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn kernel_releases_are_compared_by_major_and_minor() {
+        assert!(kernel_at_least("6.18.44-fc-v1272", (5, 8)));
+        assert!(kernel_at_least("5.8.0", (5, 8)));
+        assert!(kernel_at_least("5.10.0-28-amd64", (5, 8)));
+        assert!(!kernel_at_least("5.7.19", (5, 8)));
+        assert!(!kernel_at_least("4.19.0-26-amd64", (5, 8)));
+        assert!(!kernel_at_least("", (5, 8)));
+        assert!(!kernel_at_least("garbage", (5, 8)));
+    }
+
+    #[cfg(target_os = "linux")]
+    fn rcvlowat(tcp: &TcpStream) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        #[allow(unsafe_code)]
+        // SAFETY: a live descriptor, and a live `c_int` with its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                tcp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_low_water_mark_goes_up_and_down_on_a_clear_text_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let stream = DataStream::Plain(server);
+        let DataStream::Plain(tcp) = &stream else {
+            unreachable!()
+        };
+        assert_eq!(rcvlowat(tcp), 1);
+        let set = stream.set_low_water(512 << 10);
+        assert_eq!(set, low_water_works());
+        assert_eq!(rcvlowat(tcp), if set { 512 << 10 } else { 1 });
+        stream.set_low_water(1);
+        assert_eq!(rcvlowat(tcp), 1);
+    }
 }

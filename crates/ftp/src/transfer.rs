@@ -3,8 +3,9 @@
 //! through rustls and end with `close_notify`), uploads (large reused
 //! buffers, one disk write in flight while the next buffer fills, or, for a
 //! page-cache chunk copied in place, while the kernel buffers it; past the
-//! first chunk the socket wakes us every half MiB, not every segment; over
-//! TLS an end without `close_notify` is a truncation and fails with 426), and
+//! first chunk a clear-text socket wakes us every half MiB, not every
+//! segment; over TLS an end without `close_notify` is a truncation and
+//! fails with 426), and
 //! listings streamed straight from the directory reader.
 //!
 //! A transfer is a [`TransferTask`] the connection polls beside its control
@@ -44,16 +45,17 @@ const THROTTLED_CHUNK: u64 = 64 << 10;
 const COPY_CHUNK: usize = 1 << 20;
 /// Upload buffer size (a second buffer only for uploads larger than one).
 const UPLOAD_CHUNK: usize = 1 << 20;
-/// Once an upload has filled a whole chunk, its data socket wakes the
-/// reader only when this much has arrived (or the end): see
+/// Once a clear-text upload has filled a whole chunk, its data socket wakes
+/// the reader only when this much has arrived (or the end): see
 /// [`DataStream::set_low_water`]. Measured on 1 GiB FTP uploads into the
 /// page cache: 128 KiB helped little, 512 KiB and 1 MiB alike (session 35).
 const LOW_WATER: usize = 512 << 10;
-/// How long a read waits for [`LOW_WATER`] before taking the mark down: a
-/// client that sends slower than that (256 MB/s), pauses, or waits for our
-/// TLS `close_notify` before it closes, is read as its bytes come. The mark
-/// goes up again at the next chunk: a slow client costs at most this wait
-/// a chunk, while its bytes keep arriving in the socket's buffer.
+/// How long a read waits for [`LOW_WATER`] before taking the mark down: the
+/// bytes of a client that sends slower than that (about 260 MB/s) or
+/// pauses are read within 2-3 ms (tokio's timer counts whole
+/// milliseconds). The mark goes up again at the next chunk, so a slow
+/// client costs that delay once a chunk, while its bytes keep arriving in
+/// the socket's buffer.
 const LOW_WATER_PATIENCE: Duration = Duration::from_millis(2);
 /// Listing output buffer.
 const LISTING_BUFFER: usize = 64 * 1024;
@@ -549,9 +551,8 @@ async fn receive_into(
     // chunk (most small uploads) never needs the second.
     let mut current = BytesMut::new();
     let mut next = BytesMut::new();
-    // Off for the first chunk: most uploads fit in one, and a client that
-    // then waits for something (a TLS client for our `close_notify`) would
-    // wait out the patience for every file.
+    // Off for the first chunk: most uploads fit in one, and their ends
+    // should not wait out the patience.
     let mut low_water = LowWater::Down;
     let mut eof = fill(stream, &mut current, ctl, &mut low_water).await?;
     loop {
@@ -602,15 +603,15 @@ enum LowWater {
 
 impl LowWater {
     fn raise(&mut self, stream: &DataStream) {
-        if *self == LowWater::Down {
-            stream.set_low_water(LOW_WATER);
+        if *self == LowWater::Down && stream.set_low_water(LOW_WATER) {
             *self = LowWater::Up;
         }
     }
 
     fn lower(&mut self, stream: &DataStream) {
-        if *self == LowWater::Up {
-            stream.set_low_water(1);
+        // Should the kernel refuse, the mark stays up and every read keeps
+        // its patience (and tries again): never a wait without a bound.
+        if *self == LowWater::Up && stream.set_low_water(1) {
             *self = LowWater::Down;
         }
     }
@@ -639,9 +640,10 @@ async fn fill(
                 match net(ctl, patient).await? {
                     Some(n) => n,
                     None => {
-                        // Slow, paused, or waiting for us: read what comes.
+                        // Slow or paused: read what comes, from the next
+                        // read on.
                         low_water.lower(stream);
-                        net(ctl, stream.read_buf(buf)).await?
+                        continue;
                     }
                 }
             }

@@ -261,21 +261,28 @@ async fn stat_until(c: &mut common::Client, bytes: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_that_pauses_is_read_as_its_bytes_come() {
-    // Past its first chunk an upload's socket wakes the reader only once
-    // half a MiB has arrived; a client that then sends a little and waits
-    // must still have those bytes taken (and shown) at once, not when more
-    // come or the idle timeout ends the transfer.
+    // Past its first 1 MiB chunk a clear-text upload's socket wakes the
+    // reader only once half a MiB has arrived; a client that then sends a
+    // little and waits must still have those bytes taken (and shown) within
+    // milliseconds, not when more come or the idle timeout ends the
+    // transfer; and the same again after the next chunk put the mark back.
+    const CHUNK: usize = 1 << 20;
     let server = common::start().await;
     let home = server.user("u", "pw-u-1").await;
     let mut c = server.login("u", "pw-u-1").await;
     let mut data = c.epsv_connect().await;
     c.expect("STOR paused.bin", 150).await;
-    let body: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
-    data.write_all(&body[..1_499_000]).await.unwrap();
-    stat_until(&mut c, 1_499_000).await;
-    // The reader now waits with the mark up.
-    data.write_all(&body[1_499_000..]).await.unwrap();
-    stat_until(&mut c, 1_500_000).await;
+    let body: Vec<u8> = (0..2 * CHUNK + 3_000).map(|i| (i % 251) as u8).collect();
+    // STAT is answered by the task that counted these bytes, after it went
+    // on to the next chunk: the mark is up from here.
+    data.write_all(&body[..CHUNK]).await.unwrap();
+    stat_until(&mut c, CHUNK).await;
+    let mut sent = CHUNK;
+    for end in [CHUNK + 1_000, 2 * CHUNK + 2_000, 2 * CHUNK + 3_000] {
+        data.write_all(&body[sent..end]).await.unwrap();
+        sent = end;
+        stat_until(&mut c, sent).await;
+    }
     drop(data);
     assert_eq!(c.reply().await.code, 226);
     assert_eq!(std::fs::read(home.join("paused.bin")).unwrap(), body);
