@@ -297,10 +297,25 @@ fn ftp_and_sftp_uploads_each_send_one_signed_webhook() {
 
 #[test]
 fn a_delivery_survives_sigkill_and_is_delivered_once_after_restart() {
-    // Reserve a port for the receiver, which is down at first.
-    let reserved = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = reserved.local_addr().unwrap().port();
-    drop(reserved);
+    // Reserve a port for the receiver, which is down at first: a socket
+    // bound to it but not listening refuses connections and holds the port
+    // (a listener dropped and bound again later lost it now and then to
+    // another test's outgoing connection, which took it as its own port).
+    let reserved = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(
+        &reserved,
+        &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+    )
+    .unwrap();
+    let port = SocketAddr::try_from(rustix::net::getsockname(&reserved).unwrap())
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}/hook");
     let (gw, token) = setup(ALLOW_LOOPBACK);
     create_rule(
@@ -320,11 +335,8 @@ fn a_delivery_survives_sigkill_and_is_delivered_once_after_restart() {
 
     let gw = Gateway::start_in(dir, ALLOW_LOOPBACK);
     let token = gw.token();
-    let receiver = Receiver::start_on(
-        TcpListener::bind(("127.0.0.1", port)).expect("the reserved port is free again"),
-        200,
-        None,
-    );
+    rustix::net::listen(&reserved, 128).expect("listen on the reserved port");
+    let receiver = Receiver::start_on(TcpListener::from(reserved), 200, None);
     let hits = receiver.wait_hits(1, Duration::from_secs(90));
     let body: Value = serde_json::from_slice(&hits[0].body).unwrap();
     assert_eq!(body["sha256"], sha.as_str());
