@@ -193,15 +193,7 @@ async fn stat_then_abor_during_a_large_upload() {
     c.expect("STOR up.bin", 150).await;
     let sent = 12 * MIB;
     d.write_all(&bytes(sent, 4)).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = c.expect("STAT", 213).await;
-        if r.text.contains(&format!("{sent} bytes")) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.stat_until(sent).await;
     c.send("ABOR").await;
     assert_eq!(c.reply().await.code, 426);
     assert_eq!(c.reply().await.code, 226);

@@ -218,15 +218,7 @@ async fn abor_and_noop_and_stat_during_an_upload() {
     c.expect("STOR up.bin", 150).await;
     data.write_all(&vec![7u8; 300_000]).await.unwrap();
     c.expect("NOOP", 200).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = c.expect("STAT", 213).await;
-        if r.text.contains("300000 bytes") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.stat_until(300_000).await;
     // A command other than ABOR/STAT/NOOP/QUIT waits for the transfer.
     c.send("PWD").await;
     c.send("ABOR").await;
@@ -246,19 +238,6 @@ async fn abor_and_noop_and_stat_during_an_upload() {
     server.stop().await;
 }
 
-/// STAT's progress of an upload once it shows `bytes`, or fails after WAIT.
-async fn stat_until(c: &mut common::Client, bytes: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = c.expect("STAT", 213).await;
-        if r.text.contains(&format!(" {bytes} bytes")) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_that_pauses_is_read_as_its_bytes_come() {
     // Past its first 1 MiB chunk a clear-text upload's socket wakes the
@@ -276,12 +255,12 @@ async fn a_large_upload_that_pauses_is_read_as_its_bytes_come() {
     // STAT is answered by the task that counted these bytes, after it went
     // on to the next chunk: the mark is up from here.
     data.write_all(&body[..CHUNK]).await.unwrap();
-    stat_until(&mut c, CHUNK).await;
+    c.stat_until(CHUNK).await;
     let mut sent = CHUNK;
     for end in [CHUNK + 1_000, 2 * CHUNK + 2_000, 2 * CHUNK + 3_000] {
         data.write_all(&body[sent..end]).await.unwrap();
         sent = end;
-        stat_until(&mut c, sent).await;
+        c.stat_until(sent).await;
     }
     drop(data);
     assert_eq!(c.reply().await.code, 226);

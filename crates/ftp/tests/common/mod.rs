@@ -389,6 +389,21 @@ impl Client {
         r
     }
 
+    /// Asks STAT until the transfer in progress reports `bytes` received;
+    /// fails after [`WAIT`].
+    #[allow(dead_code)] // not every test binary polls a transfer
+    pub async fn stat_until(&mut self, bytes: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let r = self.expect("STAT", 213).await;
+            if r.text.contains(&format!(" {bytes} bytes")) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn login(&mut self, user: &str, password: &str) {
         self.expect(&format!("USER {user}"), 331).await;
         self.expect(&format!("PASS {password}"), 230).await;
