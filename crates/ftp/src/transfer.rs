@@ -419,16 +419,29 @@ async fn send_zero_copy(
     };
     // Bytes taken from the account's rate limit and not sent yet.
     let mut paid = 0u64;
+    // tokio learns that a new socket is writable only from its reactor's
+    // next look at epoll: waiting for that put a trip through the scheduler
+    // (about 30 us) before every small download's bytes. A fresh
+    // connection's buffer is empty, so the first `sendfile` goes straight to
+    // the non-blocking socket; only a full buffer (EAGAIN) waits for
+    // readiness, which `try_io` then clears as usual.
+    let mut first = true;
     while pos < len {
-        net(ctl, tcp.writable()).await?;
+        if !first {
+            net(ctl, tcp.writable()).await?;
+        }
         if paid == 0 {
             paid = (len - pos).min(chunk);
             download.throttle(paid).await;
         }
         let want = usize::try_from(paid.min(len - pos)).unwrap_or(usize::MAX);
-        let sent = tcp.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(tcp, file, Some(&mut pos), want).map_err(io::Error::from)
-        });
+        let mut send =
+            || rustix::fs::sendfile(tcp, file, Some(&mut pos), want).map_err(io::Error::from);
+        let sent = if std::mem::take(&mut first) {
+            send()
+        } else {
+            tcp.try_io(Interest::WRITABLE, send)
+        };
         match sent {
             // The file shrank after it was opened: send what there is.
             Ok(0) => break,
