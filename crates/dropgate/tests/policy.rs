@@ -462,6 +462,13 @@ fn bandwidth_limits_hold_on_every_protocol_and_are_shared() {
         let b = s.spawn(|| timed_curl(&["-k", "-o", "/dev/null", &format!("{sftp}/up2.bin")]));
         (a.join().unwrap(), b.join().unwrap())
     });
+    // Shared, each takes about twice as long as alone: the two must overlap
+    // for most of the span (accounts with a bucket each would pass the rate
+    // below if one login came seconds after the other).
+    assert!(
+        a.0.max(b.0) < a.1.min(b.1) - 1.5,
+        "the downloads barely overlapped: FTP {a:.2?} s, SFTP {b:.2?} s"
+    );
     let together = a.1.max(b.1) - a.0.min(b.0);
     let rate = 2.0 * SIZE as f64 / together / (1024.0 * 1024.0);
     assert!(

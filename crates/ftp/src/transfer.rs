@@ -421,10 +421,10 @@ async fn send_zero_copy(
     let mut paid = 0u64;
     // tokio learns that a new socket is writable only from its reactor's
     // next look at epoll: waiting for that put a trip through the scheduler
-    // (about 30 us) before every small download's bytes. A fresh
-    // connection's buffer is empty, so the first `sendfile` goes straight to
-    // the non-blocking socket; only a full buffer (EAGAIN) waits for
-    // readiness, which `try_io` then clears as usual.
+    // before every small download's bytes. A fresh connection's buffer is
+    // empty, so the first `sendfile` goes straight to the non-blocking
+    // socket; what it could not send (a partial send, EAGAIN) waits for
+    // readiness, which `try_io` clears when it is stale.
     let mut first = true;
     while pos < len {
         if !first {
