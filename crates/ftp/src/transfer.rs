@@ -370,6 +370,16 @@ async fn net<T>(
     }
 }
 
+/// Waits for the account's download rate, giving up on abort: at a low
+/// limit one chunk's wait lasts seconds, and ABOR must not wait it out.
+async fn paced(ctl: &TransferControl, wait: impl Future<Output = ()>) -> Result<(), TransferError> {
+    tokio::select! {
+        biased;
+        _ = ctl.abort.cancelled() => Err(TransferError::Aborted),
+        () = wait => Ok(()),
+    }
+}
+
 /// Awaits storage I/O, giving up on abort.
 async fn disk<T>(
     ctl: &TransferControl,
@@ -432,7 +442,7 @@ async fn send_zero_copy(
         }
         if paid == 0 {
             paid = (len - pos).min(chunk);
-            download.throttle(paid).await;
+            paced(ctl, download.throttle(paid)).await?;
         }
         let want = usize::try_from(paid.min(len - pos)).unwrap_or(usize::MAX);
         let mut send =
@@ -496,7 +506,7 @@ async fn send_copy(
             }
             None => &chunk,
         };
-        download.throttle(chunk.len() as u64).await;
+        paced(ctl, download.throttle(chunk.len() as u64)).await?;
         let (written, following) =
             tokio::join!(net(ctl, stream.write_all(out)), disk(ctl, read(next)));
         written?;

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Options, WAIT, connect_from, temporaries};
 use dropgate_core::store::{Permission, User};
@@ -1107,5 +1107,32 @@ async fn an_upload_only_drop_box_is_usable() {
     assert_eq!(r.code, 550);
     c.expect("CDUP", 250).await;
     c.expect("PWD", 257).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abor_stops_a_rate_limited_download_at_once() {
+    let server = common::start().await;
+    let mut user = User::new("slow");
+    user.bandwidth.download_kib_s = 16;
+    server.tg.add_user_with(user, Some("pw-s-1")).await;
+    std::fs::write(server.home("slow").join("big.bin"), vec![7u8; 1 << 20]).unwrap();
+    let mut c = server.login("slow", "pw-s-1").await;
+    let d = c.epsv_connect().await;
+    c.expect("RETR big.bin", 150).await;
+    // The first 64 KiB wait about 4 s for a 16 KiB/s limit: ABOR comes
+    // during that wait and must not wait it out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    c.send("ABOR").await;
+    assert_eq!(c.reply().await.code, 426);
+    assert_eq!(c.reply().await.code, 226);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "ABOR answered after {took:?}"
+    );
+    c.expect("NOOP", 200).await;
+    drop(d);
     server.stop().await;
 }
