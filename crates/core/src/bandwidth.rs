@@ -32,6 +32,11 @@ pub(crate) struct Throttle {
     limiter: Limiter,
     clock: MonotonicClock,
     burst: u32,
+    /// Waiters take their turn in the order they came (tokio's mutex is
+    /// fair): the limiter alone lets whoever wakes first win, so one of an
+    /// SFTP client's 64 pipelined reads could wait a minute while later ones
+    /// went ahead, and its in-order reply held up all the others.
+    queue: tokio::sync::Mutex<()>,
 }
 
 impl Throttle {
@@ -49,11 +54,13 @@ impl Throttle {
             limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
             burst,
+            queue: tokio::sync::Mutex::new(()),
         }))
     }
 
-    /// Waits until `bytes` may move.
+    /// Waits until `bytes` may move, after those who asked before.
     pub(crate) async fn take(&self, bytes: u64) {
+        let _turn = self.queue.lock().await;
         let mut left = bytes;
         while left > 0 {
             let n = u32::try_from(left.min(u64::from(self.burst))).unwrap_or(self.burst);
@@ -142,6 +149,39 @@ mod tests {
         tokio::join!(run(ta), run(tb));
         let secs = started.elapsed().as_secs_f64();
         assert!((1.7..2.4).contains(&secs), "{secs}");
+    }
+
+    #[tokio::test]
+    async fn waiters_take_their_turn_in_the_order_they_came() {
+        let tracker = BandwidthTracker::default();
+        let limits = Bandwidth {
+            upload_kib_s: 0,
+            download_kib_s: 512,
+        };
+        let t = tracker
+            .for_account("x", limits)
+            .download
+            .unwrap_or_else(|| unreachable!());
+        // The burst spent, one transfer asks for a whole burst (1/8 s of the
+        // rate), then 16 others for 4 KiB each. Without the queue the small
+        // ones, needing less, kept slipping ahead of the large one.
+        t.take(64 * 1024).await;
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..17 {
+            let (t, done) = (t.clone(), done.clone());
+            let bytes = if i == 0 { 64 * 1024 } else { 4 * 1024 };
+            tasks.push(tokio::spawn(async move {
+                t.take(bytes).await;
+                done.lock().unwrap_or_else(|p| p.into_inner()).push(i);
+            }));
+            tokio::task::yield_now().await;
+        }
+        for task in tasks {
+            task.await.unwrap_or_else(|_| unreachable!());
+        }
+        let order = done.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(order, (0..17).collect::<Vec<_>>());
     }
 
     #[test]

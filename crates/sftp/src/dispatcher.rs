@@ -237,6 +237,18 @@ impl SessionState {
         lock(&self.handles).remove(&id)
     }
 
+    /// Runs `op` unless the channel or the connection ends first (then
+    /// `None`): for waits that can last long, such as a rate-limited read or
+    /// write, so that a cut connection ends its session at once instead of
+    /// after every request in flight had its turn.
+    pub(crate) async fn unless_gone<T>(&self, op: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => None,
+            v = op => Some(v),
+        }
+    }
+
     async fn send(&self, reply: Outgoing) {
         tokio::select! {
             // Err: the writer is gone (channel closed); nobody is listening.

@@ -390,7 +390,13 @@ async fn on_handle(
             if data.is_empty() {
                 return Err(Failure(StatusCode::Eof, "End of file"));
             }
-            d.throttle(data.len() as u64).await;
+            if state
+                .unless_gone(d.throttle(data.len() as u64))
+                .await
+                .is_none()
+            {
+                return Err(FsError::Closed.into());
+            }
             d.add_bytes(data.len() as u64);
             Ok(codec::encode_data(id, &data))
         }
@@ -413,7 +419,9 @@ async fn on_handle(
             } else {
                 offset
             };
-            match w.upload.write_at(at, data).await {
+            // (A rate-limited write waits its turn inside.)
+            let written = state.unless_gone(w.upload.write_at(at, data)).await;
+            match written.unwrap_or(Err(FsError::Closed)) {
                 Ok(()) => {
                     let reached = at.saturating_add(len);
                     w.end

@@ -388,6 +388,55 @@ os._exit(0)
     h.stop().await;
 }
 
+/// At a low rate limit, reads and writes in flight wait many seconds for
+/// their turn; a cut connection must not keep the session (and its slot in
+/// `max_sessions`) alive until they all had it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_does_not_wait_out_rate_limited_requests() {
+    let mut h = Harness::start().await;
+    let mut user = User::new("rita");
+    user.bandwidth.download_kib_s = 16;
+    user.bandwidth.upload_kib_s = 16;
+    h.tg.add_user_with(user, Some("pw-r-1")).await;
+    std::fs::write(h.home("rita").join("big.bin"), vec![7u8; 2 << 20]).unwrap();
+    let body = r#"
+t = connect("rita", password="pw-r-1")
+s = paramiko.SFTPClient.from_transport(t)
+w = s.open("up.bin", "wb")
+w.set_pipelined(True)
+r = s.open("big.bin", "rb")
+r.prefetch()            # asks for all 2 MiB at once: 64 reads of 32 KiB
+for i in range(8):
+    w.write(os.urandom(32 * 1024))
+time.sleep(1.0)
+print("asked", flush=True)
+t.sock.shutdown(socket.SHUT_RDWR)
+os._exit(0)
+"#;
+    let out = script(&h, body, &[]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("asked"),
+        "{}",
+        text(&out)
+    );
+    // 2 MiB at 16 KiB/s would take two minutes to read out.
+    let cut = std::time::Instant::now();
+    assert!(
+        wait_for(10, || h.tg.gateway.sessions().list().is_empty()).await,
+        "the session outlived its connection by waiting out its rate limit"
+    );
+    let took = cut.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "session ended after {took:?}"
+    );
+    assert!(
+        !h.home("rita").join("up.bin").exists(),
+        "an unfinished upload appeared under its final name"
+    );
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissions_and_quota_map_to_statuses() {
     let mut h = Harness::start_on_storage_under_test().await;
