@@ -1074,9 +1074,7 @@ impl Upload {
         let Some(writer) = &self.writer else {
             return Err(FsError::Closed);
         };
-        // A write that waits for the device is hashed beside it instead, and
-        // that hash runs on while the caller receives the next chunk.
-        let lent = if in_order && !writer.waits_for_device(offset, data.len()) {
+        let lent = if in_order {
             self.hash.lend(offset).await
         } else {
             None

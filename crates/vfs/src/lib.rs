@@ -18,7 +18,6 @@ mod path;
 #[cfg(feature = "s3")]
 mod s3;
 mod seal;
-mod uncached;
 mod writeback;
 
 use std::io;
@@ -343,14 +342,6 @@ pub trait FileWriter: Send + Sync {
     ) -> VfsResult<()> {
         inspect(&data);
         self.write_at(offset, data).await
-    }
-    /// Whether a write of `len` bytes at `offset` waits for the device (a
-    /// durable upload's large write around the page cache, see
-    /// `uncached`). A caller digesting the upload should then hash beside
-    /// the write, letting the hash run on while the next chunk arrives,
-    /// rather than after it in one call ([`FileWriter::write_at_inspect`]).
-    fn waits_for_device(&self, _offset: u64, _len: usize) -> bool {
-        false
     }
     /// Truncates or extends the upload's content to `len` (SFTP fsetstat size,
     /// scp overwriting a longer file), before it is committed.

@@ -23,7 +23,6 @@ use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 
 use crate::brief::{self, Blocking};
 use crate::seal::{self, Seal};
-use crate::uncached;
 use crate::writeback::WriteBack;
 use crate::{
     Committed, CreateOptions, DirEntry, DirSource, DirStream, FileKind, FileReader, FileWriter,
@@ -609,7 +608,6 @@ impl Storage for LocalStorage {
                 },
                 wrote: AtomicBool::new(false),
                 writeback: Arc::new(WriteBack::new(opts.durable)),
-                uncached: Arc::new(uncached::Lazy::new(opts.durable)),
                 finished: false,
             }) as Box<dyn FileWriter>)
         })
@@ -1026,33 +1024,21 @@ struct LocalWriter {
     found: Found,
     /// Whether any byte was written (atomic_resume keeps only real partials).
     wrote: AtomicBool,
+    /// A durable upload's write-behind (nothing for a page-cache one).
     writeback: Arc<WriteBack>,
-    /// Durable uploads' large writes go around the page cache.
-    uncached: Arc<uncached::Lazy>,
     finished: bool,
 }
 
-/// Writes `data` at `offset` of an upload's `file`: the aligned middle of a
-/// large write direct when `uncached` allows, the rest buffered, whose
-/// write-back is then started early.
+/// Writes `data` at `offset` of an upload's `file`, through the page cache,
+/// and feeds the upload's write-behind.
 fn write_data(
     file: &std::fs::File,
-    uncached: &uncached::Lazy,
     writeback: &WriteBack,
     data: &[u8],
     offset: u64,
 ) -> io::Result<()> {
-    let buffered = match uncached.for_write(file, offset, data.len()) {
-        Some(direct) => direct.write_all_at(file, data, offset)?,
-        None => {
-            file.write_all_at(data, offset)?;
-            data.len()
-        }
-    };
-    if buffered > 0 {
-        writeback.wrote(file, buffered as u64);
-    }
-    Ok(())
+    file.write_all_at(data, offset)?;
+    writeback.wrote(file, offset, data.len() as u64)
 }
 
 impl LocalWriter {
@@ -1218,18 +1204,18 @@ impl Drop for LocalWriter {
 impl FileWriter for LocalWriter {
     async fn write_at(&self, offset: u64, data: Bytes) -> VfsResult<()> {
         let file = self.file.clone();
-        let (writeback, uncached) = (self.writeback.clone(), self.uncached.clone());
+        let writeback = self.writeback.clone();
         self.wrote.store(true, Ordering::Relaxed);
-        blocking(move || Ok(write_data(&file, &uncached, &writeback, &data, offset)?)).await
+        blocking(move || Ok(write_data(&file, &writeback, &data, offset)?)).await
     }
 
     async fn write_next_at(&self, offset: u64, data: Bytes) -> VfsResult<()> {
         let file = self.file.clone();
-        let (writeback, uncached) = (self.writeback.clone(), self.uncached.clone());
+        let writeback = self.writeback.clone();
         self.wrote.store(true, Ordering::Relaxed);
         let how = self.write_blocking(data.len());
         brief::run(how, move || {
-            Ok(write_data(&file, &uncached, &writeback, &data, offset)?)
+            Ok(write_data(&file, &writeback, &data, offset)?)
         })
         .await
         .map_err(|e| VfsError::Io(io::Error::other(e)))?
@@ -1237,20 +1223,16 @@ impl FileWriter for LocalWriter {
 
     async fn write_at_inspect(&self, offset: u64, data: Bytes, inspect: Inspect) -> VfsResult<()> {
         let file = self.file.clone();
-        let (writeback, uncached) = (self.writeback.clone(), self.uncached.clone());
+        let writeback = self.writeback.clone();
         self.wrote.store(true, Ordering::Relaxed);
         let how = self.write_blocking(data.len());
         brief::run(how, move || {
-            let written = write_data(&file, &uncached, &writeback, &data, offset);
+            let written = write_data(&file, &writeback, &data, offset);
             inspect(&data);
             Ok(written?)
         })
         .await
         .map_err(|e| VfsError::Io(io::Error::other(e)))?
-    }
-
-    fn waits_for_device(&self, offset: u64, len: usize) -> bool {
-        self.uncached.would_use(offset, len)
     }
 
     async fn set_len(&self, len: u64) -> VfsResult<()> {
@@ -1307,7 +1289,7 @@ impl FileWriter for LocalWriter {
         };
         brief::run(how, move || {
             self.wrote.store(true, Ordering::Relaxed);
-            let written = write_data(&self.file, &self.uncached, &self.writeback, &data, offset);
+            let written = write_data(&self.file, &self.writeback, &data, offset);
             if let Some(inspect) = inspect {
                 inspect(&data);
             }

@@ -924,12 +924,14 @@ async fn reads_follow_the_file_whatever_its_cache_state() {
     assert!(tail.iter().all(|&b| b == 9));
 }
 
-/// Durable uploads write the aligned middle of large writes around the page
-/// cache (`O_DIRECT`) and the rest buffered: whatever the alignment of the
-/// resume point and of each write, in every upload mode, the committed file
-/// holds exactly the bytes written and the inspector saw them in order.
+/// Durable uploads are written behind (their pages written back while the
+/// client sends and dropped from the page cache 32 MiB behind the furthest
+/// write): whatever the alignment of the resume point and of each write, a
+/// rewrite of a range already dropped, and in every upload mode, the
+/// committed file holds exactly the bytes written and the inspector saw
+/// them in order.
 #[tokio::test]
-async fn durable_large_uploads_land_whole_whatever_their_alignment() {
+async fn durable_large_uploads_land_whole_through_the_write_behind() {
     for mode in ALL_MODES {
         let j = Jail::new();
         let s: &dyn Storage = &j.storage;
@@ -938,28 +940,20 @@ async fn durable_large_uploads_land_whole_whatever_their_alignment() {
         let old = pattern(3 << 20, 200);
         std::fs::write(&on_disk, &old).unwrap();
         // Resumed at an odd offset, then written in the chunk sizes FTP's
-        // receive loop and ASCII conversion produce, the last one through
-        // write_and_commit.
+        // receive loop and ASCII conversion produce, far enough past the
+        // write-behind's reach that it settles several windows, the last
+        // one through write_and_commit.
         let keep = 1_000_003u64;
         let w = s
             .create(&f, opts(mode, WriteStart::ResumeAt(keep), false))
             .await
             .unwrap();
         let mut expect = old[..keep as usize].to_vec();
-        // The chunks FTP writes wait for the device (the caller hashes
-        // beside them); small ones do not, nor any of a page-cache upload.
-        assert!(w.waits_for_device(keep, 1 << 20), "{mode:?}");
-        assert!(!w.waits_for_device(keep, 4096), "{mode:?}");
-        let cached = s
-            .create(&vp("/cached.bin"), page_cache_opts(mode))
-            .await
-            .unwrap();
-        assert!(!cached.waits_for_device(0, 1 << 20), "{mode:?}");
-        cached.abort().await;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sizes = [1 << 20, (1 << 20) + 5, 1 << 20, 300_000, 4096, 1 << 20];
-        for (i, len) in sizes.iter().enumerate() {
-            let chunk = pattern(*len, i as u8);
+        for i in 0..80 {
+            let len = sizes[i % sizes.len()];
+            let chunk = pattern(len, i as u8);
             let seen = seen.clone();
             w.write_at_inspect(
                 expect.len() as u64,
@@ -970,6 +964,18 @@ async fn durable_large_uploads_land_whole_whatever_their_alignment() {
             .unwrap();
             expect.extend_from_slice(&chunk);
         }
+        assert!(
+            expect.len() > 48 << 20,
+            "the write-behind settled something"
+        );
+        // An SFTP client rewriting a range long written back and dropped.
+        let again = pattern(100_000, 77);
+        let at = (2 << 20) + 13;
+        w.write_at(at as u64, Bytes::from(again.clone()))
+            .await
+            .unwrap();
+        let inspected = expect[keep as usize..].to_vec();
+        expect[at..at + again.len()].copy_from_slice(&again);
         let last = pattern((1 << 20) + 99, 99);
         let committed = w
             .write_and_commit(expect.len() as u64, Bytes::from(last.clone()), None)
@@ -982,7 +988,7 @@ async fn durable_large_uploads_land_whole_whatever_their_alignment() {
             "{mode:?}: the committed file differs from what was written"
         );
         assert!(
-            seen.lock().unwrap()[..] == expect[keep as usize..expect.len() - last.len()],
+            seen.lock().unwrap()[..] == inspected[..],
             "{mode:?}: the inspector saw other bytes"
         );
     }
