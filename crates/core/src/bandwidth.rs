@@ -58,15 +58,18 @@ impl Throttle {
         }))
     }
 
-    /// Waits until `bytes` may move, after those who asked before.
+    /// Waits until `bytes` may move, after those who asked before. A take
+    /// larger than a burst queues again for each burst-sized piece, so
+    /// concurrent transfers of the account alternate instead of one large
+    /// read holding the others back for its whole wait.
     pub(crate) async fn take(&self, bytes: u64) {
-        let _turn = self.queue.lock().await;
         let mut left = bytes;
         while left > 0 {
             let n = u32::try_from(left.min(u64::from(self.burst))).unwrap_or(self.burst);
             let Some(cells) = NonZeroU32::new(n) else {
                 return;
             };
+            let _turn = self.queue.lock().await;
             loop {
                 match self.limiter.check_n(cells) {
                     Ok(Ok(())) => break,
