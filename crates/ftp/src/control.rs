@@ -10,6 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use dropgate_ftps::AckNow;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::reply::Reply;
@@ -21,8 +22,15 @@ pub(crate) const MAX_LINE: usize = 8192;
 const READ_CHUNK: u64 = 4096;
 
 /// Anything a control connection can run over (TCP today, TLS with FTPS).
-pub(crate) trait ControlIo: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> ControlIo for T {}
+/// [`AckNow`] lets the `AUTH TLS` handshake reach the TCP socket inside.
+pub(crate) trait ControlIo: AsyncRead + AsyncWrite + AckNow + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + AckNow + Send + Unpin> ControlIo for T {}
+
+impl AckNow for Box<dyn ControlIo> {
+    fn ack_now(&self) {
+        (**self).ack_now();
+    }
+}
 
 /// The control connection's byte stream.
 pub(crate) type ControlStream = Box<dyn ControlIo>;

@@ -321,6 +321,121 @@ impl Ftps {
     }
 }
 
+/// Writes one TLS record per `write` with Nagle's algorithm left on, as
+/// GnuTLS clients (lftp) do: each record then waits until the one before it
+/// is acknowledged.
+struct RecordAtATime(TcpStream);
+
+impl tokio::io::AsyncRead for RecordAtATime {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for RecordAtATime {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        // A record: type, version (2), length (2), then the length's bytes.
+        let record = match buf {
+            [_, _, _, hi, lo, ..] => 5 + usize::from(u16::from_be_bytes([*hi, *lo])),
+            _ => buf.len(),
+        };
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, &buf[..record.min(buf.len())])
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// The client's `Finished` waits for the ACK of its `ChangeCipherSpec`
+/// (see [`RecordAtATime`]) while the server waits for the `Finished`: Linux
+/// delays that ACK by at least 40 ms, which every control and data
+/// connection of such a client paid. The fastest of several handshakes,
+/// each with one reply or one file after it, stays well under that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_do_not_wait_for_delayed_acks() {
+    let server = start(TlsMode::Optional, true).await;
+    let home = server.user("u", "pw-u-1").await;
+    std::fs::write(home.join("f.txt"), b"hello").unwrap();
+    let cfg = client_config(false);
+    let name = ServerName::try_from("localhost").unwrap();
+    let (mut control, mut data) = (Duration::MAX, Duration::MAX);
+    for _ in 0..5 {
+        let mut plain = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
+        assert_eq!(read_reply(&mut plain).await.unwrap().code, 220);
+        plain.get_mut().write_all(b"AUTH TLS\r\n").await.unwrap();
+        assert_eq!(read_reply(&mut plain).await.unwrap().code, 234);
+        let started = std::time::Instant::now();
+        let tls = TlsConnector::from(cfg.clone())
+            .connect(name.clone(), RecordAtATime(plain.into_inner()))
+            .await
+            .unwrap();
+        let mut c = BufReader::new(tls);
+        let mut expect = async |line: &str, code: u16| {
+            c.get_mut()
+                .write_all(format!("{line}\r\n").as_bytes())
+                .await
+                .unwrap();
+            let r = read_reply(&mut c).await.expect("a reply");
+            assert_eq!(r.code, code, "{line:?} -> {}", r.text);
+            r.text
+        };
+        expect("PBSZ 0", 200).await;
+        control = control.min(started.elapsed());
+        expect("USER u", 331).await;
+        expect("PASS pw-u-1", 230).await;
+        expect("PROT P", 200).await;
+        let epsv = expect("EPSV", 229).await;
+        let port: u16 = epsv
+            .split("(|||")
+            .nth(1)
+            .and_then(|s| s.split('|').next())
+            .and_then(|p| p.parse().ok())
+            .expect("EPSV port");
+        let d = TcpStream::connect((server.addr.ip(), port)).await.unwrap();
+        expect("RETR f.txt", 150).await;
+        let started = std::time::Instant::now();
+        let mut tls = TlsConnector::from(cfg.clone())
+            .connect(name.clone(), RecordAtATime(d))
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(HandshakeKind::Resumed)
+        );
+        let mut got = Vec::new();
+        tokio::time::timeout(WAIT, tls.read_to_end(&mut got))
+            .await
+            .expect("data in time")
+            .expect("download ends with close_notify");
+        data = data.min(started.elapsed());
+        assert_eq!(got, b"hello");
+        assert_eq!(read_reply(&mut c).await.unwrap().code, 226);
+    }
+    assert!(
+        control < Duration::from_millis(25) && data < Duration::from_millis(25),
+        "fastest control handshake + PBSZ {control:?}, data handshake + 5 bytes {data:?}"
+    );
+}
+
 async fn events(
     server: &Server,
     user: &str,

@@ -11,9 +11,12 @@
 //! Must not: parse FTP commands or touch accounts and files — the FTP
 //! listener (`dropgate-ftp`) drives these streams.
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::Poll;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -57,6 +60,59 @@ pub enum DataTlsError {
     /// The handshake did not resume this control connection's TLS session.
     #[error("data connection did not resume the control connection's TLS session")]
     NotResumed,
+}
+
+/// A transport a TLS handshake can ask to acknowledge what it has read at
+/// once, instead of after the kernel's delayed-ACK timer.
+///
+/// Why: GnuTLS clients (lftp) send their `ChangeCipherSpec` and `Finished`,
+/// and then their first command or a small file, as separate small writes
+/// with Nagle's algorithm on, so each waits until the one before is
+/// acknowledged. Linux delays that ACK up to 40 ms once the server has
+/// answered anything (the `ServerHello`), so every control and every data
+/// connection handshake paid ~40 ms. The handshakes here re-arm
+/// `TCP_QUICKACK` after each step; the option does not stick, so plain
+/// transfers keep the kernel's usual delayed ACKs.
+pub trait AckNow {
+    /// Sends the ACK for data already read now. Not a TCP socket: nothing.
+    fn ack_now(&self) {}
+}
+
+impl AckNow for tokio::net::TcpStream {
+    fn ack_now(&self) {
+        // Best effort: a socket that refuses it only loses the shortcut.
+        let _ = rustix::net::sockopt::set_tcp_quickack(self, true);
+    }
+}
+
+/// A TLS stream on top of a TCP stream is past its handshake.
+impl<IO> AckNow for TlsStream<IO> {}
+/// In-memory streams (tests) have no ACKs.
+impl AckNow for tokio::io::DuplexStream {}
+impl<T> AckNow for std::io::Cursor<T> {}
+
+/// The TLS server handshake, acknowledging each step of the client at once
+/// (see [`AckNow`]), the last one too: the client's next small write (a
+/// command, a small upload) would otherwise wait for that ACK.
+async fn handshake<IO>(config: Arc<ServerConfig>, io: IO) -> io::Result<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + AckNow + Unpin,
+{
+    let mut accept = TlsAcceptor::from(config).accept(io);
+    std::future::poll_fn(|cx| {
+        let step = Pin::new(&mut accept).poll(cx);
+        match &step {
+            Poll::Pending => {
+                if let Some(io) = accept.get_ref() {
+                    io.ack_now();
+                }
+            }
+            Poll::Ready(Ok(stream)) => stream.get_ref().0.ack_now(),
+            Poll::Ready(Err(_)) => {}
+        }
+        step
+    })
+    .await
 }
 
 /// Where certificates come from and how strict data channels are.
@@ -160,16 +216,16 @@ impl ControlTls {
     /// implicit listener).
     pub async fn accept_control<IO>(&self, io: IO) -> io::Result<TlsStream<IO>>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: AsyncRead + AsyncWrite + AckNow + Unpin,
     {
-        TlsAcceptor::from(self.config.clone()).accept(io).await
+        handshake(self.config.clone(), io).await
     }
 
     /// Handshakes a data connection; with session reuse required, refuses any
     /// handshake that did not resume this control connection's session.
     pub async fn accept_data<IO>(&self, io: IO) -> Result<TlsStream<IO>, DataTlsError>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: AsyncRead + AsyncWrite + AckNow + Unpin,
     {
         Self::accept_with(self.config.clone(), self.require_reuse, io).await
     }
@@ -182,7 +238,7 @@ impl ControlTls {
     /// ticket anyway.
     pub async fn accept_upload<IO>(&self, io: IO) -> Result<TlsStream<IO>, DataTlsError>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: AsyncRead + AsyncWrite + AckNow + Unpin,
     {
         Self::accept_with(self.upload_config.clone(), self.require_reuse, io).await
     }
@@ -193,10 +249,9 @@ impl ControlTls {
         io: IO,
     ) -> Result<TlsStream<IO>, DataTlsError>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: AsyncRead + AsyncWrite + AckNow + Unpin,
     {
-        let stream = TlsAcceptor::from(config)
-            .accept(io)
+        let stream = handshake(config, io)
             .await
             .map_err(DataTlsError::Handshake)?;
         if require_reuse && stream.get_ref().1.handshake_kind() != Some(HandshakeKind::Resumed) {

@@ -293,7 +293,7 @@ async fn serve_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let conn = ConnShared::new(peer, shared.budget.connection());
-    let stream = KillableStream::new(tcp, conn.kill.clone());
+    let stream = KillableStream::new(tcp, conn.clone());
     let handler = SshHandler::new(shared.gateway.clone(), conn.clone());
     let grace_end = Instant::now() + shared.gateway.login_grace();
     tracing::debug!(%peer, "SSH connection");
@@ -361,20 +361,33 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 /// A TCP stream that fails every read and write once `kill` is cancelled:
 /// ends a connection from outside even when russh's loop is not listening.
+///
+/// Until the login has succeeded it also acknowledges what it reads at once
+/// (`TCP_QUICKACK`, re-armed after every read because Linux drops back to
+/// delayed ACKs as soon as we answer). Clients that leave Nagle's algorithm on
+/// (OpenSSH's `sftp` and `scp`, paramiko) send their `KEXINIT` and then hold
+/// their small `KEX_ECDH_INIT` until the `KEXINIT` is acknowledged; we have
+/// nothing to send in between (our `KEXINIT` went out first), so without this
+/// every such login waited out the 40 ms delayed-ACK timer. After the login the
+/// exchange is request and reply, whose replies carry the ACKs.
 struct KillableStream {
     inner: TcpStream,
-    kill: CancellationToken,
+    conn: Arc<ConnShared>,
+    /// Still re-arming `TCP_QUICKACK` (cleared at the login, or if the socket
+    /// refuses the option).
+    quick_acks: bool,
     read_kill: Pin<Box<WaitForCancellationFutureOwned>>,
     write_kill: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl KillableStream {
-    fn new(inner: TcpStream, kill: CancellationToken) -> Self {
+    fn new(inner: TcpStream, conn: Arc<ConnShared>) -> Self {
         KillableStream {
             inner,
-            read_kill: Box::pin(kill.clone().cancelled_owned()),
-            write_kill: Box::pin(kill.clone().cancelled_owned()),
-            kill,
+            quick_acks: true,
+            read_kill: Box::pin(conn.kill.clone().cancelled_owned()),
+            write_kill: Box::pin(conn.kill.clone().cancelled_owned()),
+            conn,
         }
     }
 
@@ -384,6 +397,22 @@ impl KillableStream {
         cx: &mut Context<'_>,
     ) -> bool {
         kill.is_cancelled() || fut.as_mut().poll(cx).is_ready()
+    }
+
+    /// Sends the ACK of what was just read now instead of up to 40 ms later,
+    /// while the login is under way.
+    fn ack_at_once(&mut self) {
+        if !self.quick_acks {
+            return;
+        }
+        if self
+            .conn
+            .authenticated
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || rustix::net::sockopt::set_tcp_quickack(&self.inner, true).is_err()
+        {
+            self.quick_acks = false;
+        }
     }
 }
 
@@ -401,10 +430,15 @@ impl AsyncRead for KillableStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if Self::killed(&this.kill, &mut this.read_kill, cx) {
+        if Self::killed(&this.conn.kill, &mut this.read_kill, cx) {
             return Poll::Ready(Err(aborted()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.ack_at_once();
+        }
+        read
     }
 }
 
@@ -415,7 +449,7 @@ impl AsyncWrite for KillableStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if Self::killed(&this.kill, &mut this.write_kill, cx) {
+        if Self::killed(&this.conn.kill, &mut this.write_kill, cx) {
             return Poll::Ready(Err(aborted()));
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
@@ -423,7 +457,7 @@ impl AsyncWrite for KillableStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if Self::killed(&this.kill, &mut this.write_kill, cx) {
+        if Self::killed(&this.conn.kill, &mut this.write_kill, cx) {
             return Poll::Ready(Err(aborted()));
         }
         Pin::new(&mut this.inner).poll_flush(cx)
@@ -431,7 +465,7 @@ impl AsyncWrite for KillableStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.kill.is_cancelled() {
+        if this.conn.kill.is_cancelled() {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
