@@ -430,6 +430,7 @@ async fn tls_handshakes_do_not_wait_for_delayed_acks() {
         assert_eq!(got, b"hello");
         assert_eq!(read_reply(&mut c).await.unwrap().code, 226);
     }
+    eprintln!("fastest control handshake + PBSZ {control:?}, data handshake + 5 bytes {data:?}");
     assert!(
         control < Duration::from_millis(25) && data < Duration::from_millis(25),
         "fastest control handshake + PBSZ {control:?}, data handshake + 5 bytes {data:?}"
