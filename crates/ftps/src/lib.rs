@@ -68,7 +68,7 @@ pub enum DataTlsError {
 /// Why: GnuTLS clients (lftp) send their `ChangeCipherSpec` and `Finished`,
 /// and then their first command or a small file, as separate small writes
 /// with Nagle's algorithm on, so each waits until the one before is
-/// acknowledged. Linux delays that ACK up to 40 ms once the server has
+/// acknowledged. Linux delays that ACK by 40 ms or more once the server has
 /// answered anything (the `ServerHello`), so every control and every data
 /// connection handshake paid ~40 ms. The handshakes here re-arm
 /// `TCP_QUICKACK` after each step; the option does not stick, so plain

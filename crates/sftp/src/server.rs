@@ -399,7 +399,7 @@ impl KillableStream {
         kill.is_cancelled() || fut.as_mut().poll(cx).is_ready()
     }
 
-    /// Sends the ACK of what was just read now instead of up to 40 ms later,
+    /// Sends the ACK of what was just read now instead of 40 ms or more later,
     /// while the login is under way.
     fn ack_at_once(&mut self) {
         if !self.quick_acks {

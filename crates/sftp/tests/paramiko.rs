@@ -439,7 +439,7 @@ os._exit(0)
 
 /// paramiko, like OpenSSH's `sftp`, leaves Nagle's algorithm on: it holds its
 /// `KEX_ECDH_INIT` until its `KEXINIT` is acknowledged, so a server that
-/// delays that ACK (Linux does by up to 40 ms once it has answered anything)
+/// delays that ACK (Linux does, by 40 ms or more, once it has answered anything)
 /// makes every login wait. The key exchange alone takes a few ms here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_exchange_does_not_wait_for_a_delayed_ack() {
