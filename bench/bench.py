@@ -23,6 +23,7 @@ import platform
 import re
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -1291,7 +1292,8 @@ def report(b, started, finished):
 def limits_table(b):
     """dropgate's upload rows against what this machine allows, measured in the same run by
     disk_limits: `durable` 1 GiB uploads against one write + fdatasync and against a hashing
-    receiver (whichever is lower binds), `page cache` ones against the hashing receiver, and
+    receiver (whichever is lower binds), `page cache` ones against the hashing receiver (FTPS:
+    the TLS receiver, which does not hash: a page-cache upload is hashed after its reply), and
     `durable` small files against the per-file commit with dropgate's two syncs."""
     lim = b.limits
     if not lim:
@@ -1326,6 +1328,12 @@ def limits_table(b):
                     extra = (f"| {m.title} | {SERVER_INFO[dg]['mode']} | {txt} | the fastest peer's "
                              f"per-file time ({best:.0f} files/s) + the commit above | {both:.0f} | "
                              f"{v / both:.2f} |")
+            elif key == "ftps_ul" and not (durable and lim["big_sync"] < lim["receive_tls_hash"]):
+                # a durable upload is hashed before its reply, a page-cache one after it
+                if durable:
+                    name, limit = "loopback TLS receive + SHA-256 + write", lim["receive_tls_hash"]
+                else:
+                    name, limit = "loopback TLS receive + write", lim["receive_tls"]
             elif durable and lim["big_sync"] < lim["receive_hash"]:
                 name, limit = "write + one fdatasync", lim["big_sync"]
             else:
@@ -1438,13 +1446,15 @@ def disk_limits(b):
         h.hexdigest()
         return BIG_MB * MiB / (time.perf_counter() - t) / 1e6
 
-    def receive(hashing):
+    def receive(hashing, tls=False):
         # The least a server does to take an upload over loopback: one process sends the file
         # with sendfile (less CPU than curl), another receives it in 1 MiB reads and writes it
         # (pwrite) into the data's filesystem, hashing it first with OpenSSL's SHA-256 when
         # `hashing`. Client and receiver share the CPUs as in the measurements, so this is
         # the upload rate a hashing (dropgate) or non-hashing (the peers) server can reach
-        # here; no sync.
+        # here; no sync. `tls`: the same over TLS 1.3 with the peers' certificate (Python's
+        # ssl, OpenSSL on both ends, the cipher curl gets); the sender reads the file in 1 MiB
+        # pieces and encrypts them as curl does: the FTPS rows' limits.
         src = os.path.join(BASE, "client", "big.bin")
         path = os.path.join(d, "received")
         prime_page_cache()  # as before every upload step
@@ -1456,12 +1466,29 @@ def disk_limits(b):
             code = 1
             try:
                 with socket.create_connection(srv.getsockname()) as c, open(src, "rb") as f:
-                    c.sendfile(f)
+                    if tls:
+                        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                        ctx.check_hostname = False
+                        ctx.verify_mode = ssl.CERT_NONE
+                        with ctx.wrap_socket(c) as t:
+                            piece = bytearray(MiB)
+                            while n := f.readinto(piece):
+                                t.sendall(memoryview(piece)[:n])
+                            try:
+                                t.unwrap()  # our close_notify; the receiver closes without one
+                            except OSError:
+                                pass
+                    else:
+                        c.sendfile(f)
                 code = 0
             finally:
                 os._exit(code)
         conn, _ = srv.accept()
         srv.close()
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(os.path.join(BASE, "tls", "cert.pem"), os.path.join(BASE, "tls", "key.pem"))
+            conn = ctx.wrap_socket(conn, server_side=True)
         buf = bytearray(MiB)
         view = memoryview(buf)
         h = hashlib.sha256()
@@ -1472,7 +1499,10 @@ def disk_limits(b):
             while True:
                 n = 0
                 while n < MiB:
-                    k = conn.recv_into(view[n:])
+                    try:
+                        k = conn.recv_into(view[n:])
+                    except ssl.SSLZeroReturnError:  # the sender's close_notify
+                        k = 0
                     if k == 0:
                         break
                     n += k
@@ -1490,9 +1520,44 @@ def disk_limits(b):
             os.close(fd)
             _, status = os.waitpid(pid, 0)
             os.unlink(path)
-        if status != 0:
+        if status != 0 or off != BIG_MB * MiB:
             raise StepError("the loopback sender failed")
         return off / dt / 1e6
+
+    def wakeup(cpu_b, rounds=5000):
+        # One byte back and forth through two pipes between this process (CPU 0) and a child
+        # (CPU `cpu_b`): microseconds a round trip, two wake-ups. Every hand-off between
+        # threads (a server's network reader, its hashing and writing threads, the client)
+        # pays one; on a VM whose idle CPUs must be woken by the host it is many times the
+        # cost on one CPU.
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.sched_setaffinity(0, {cpu_b})
+                for _ in range(rounds):
+                    os.read(r1, 1)
+                    os.write(w2, b"x")
+                code = 0
+            finally:
+                os._exit(code)
+        mask = os.sched_getaffinity(0)
+        try:
+            os.sched_setaffinity(0, {0})
+            time.sleep(0.05)
+            t = time.perf_counter()
+            for _ in range(rounds):
+                os.write(w1, b"x")
+                os.read(r2, 1)
+            dt = time.perf_counter() - t
+        finally:
+            os.sched_setaffinity(0, mask)
+            os.waitpid(pid, 0)
+            for fd in (r1, w1, r2, w2):
+                os.close(fd)
+        return dt / rounds * 1e6
 
     say("== disk and hash limits (same filesystem as the servers' data)")
     r = {k: statistics.median(f() for _ in range(3)) for k, f in (
@@ -1500,7 +1565,10 @@ def disk_limits(b):
         ("big_direct", lambda: big(True, direct=True)),
         ("small", lambda: small(False)), ("small_sync", lambda: small(True)),
         ("sha256", sha256), ("receive", lambda: receive(False)),
-        ("receive_hash", lambda: receive(True)))}
+        ("receive_hash", lambda: receive(True)), ("receive_tls", lambda: receive(False, tls=True)),
+        ("receive_tls_hash", lambda: receive(True, tls=True)),
+        ("wake_same_us", lambda: wakeup(0)),
+        *((("wake_cross_us", lambda: wakeup(1)),) if 1 in os.sched_getaffinity(0) else ()))}
     shutil.rmtree(d, ignore_errors=True)
     say(f"   {r}")
     b.notes.append(
@@ -1517,7 +1585,12 @@ def disk_limits(b):
         f"over loopback (a sendfile client; a receiver that reads 1 MiB at a time and writes it, "
         f"client and receiver on the same CPUs): {r['receive']:.0f} MB/s, {r['receive_hash']:.0f} MB/s "
         f"when the receiver also hashes every chunk (SHA-256) as dropgate does: the upload limits of a "
-        f"non-hashing and of a hashing server on this machine.")
+        f"non-hashing and of a hashing server on this machine. The same over TLS 1.3 (OpenSSL on both "
+        f"ends, the sender reading and encrypting 1 MiB pieces as curl does): {r['receive_tls']:.0f} MB/s, "
+        f"{r['receive_tls_hash']:.0f} MB/s hashing: the FTPS uploads' limits. A wake-up (a pipe round "
+        f"trip between two processes): {r['wake_same_us']:.1f} us on one CPU"
+        + (f", {r['wake_cross_us']:.1f} us between CPU 0 and CPU 1, paid by every hand-off between "
+           f"threads on different CPUs" if "wake_cross_us" in r else "") + ".")
     b.limits = r
 
 
@@ -1541,7 +1614,7 @@ def measure():
     for g in ("ftp", "ftps", "sftp", "small", "sessions", "memory", "listing"):
         if g in ONLY:
             groups[g]()
-    if "ftp" in ONLY or "small" in ONLY:
+    if {"ftp", "ftps", "small"} & set(ONLY):
         try:
             disk_limits(b)
         except Exception as e:  # noqa: BLE001 -- the table is printed without the limits
