@@ -1328,14 +1328,16 @@ def limits_table(b):
                     extra = (f"| {m.title} | {SERVER_INFO[dg]['mode']} | {txt} | the fastest peer's "
                              f"per-file time ({best:.0f} files/s) + the commit above | {both:.0f} | "
                              f"{v / both:.2f} |")
-            elif key == "ftps_ul" and not (durable and lim["big_sync"] < lim["receive_tls_hash"]):
-                # a durable upload is hashed before its reply, a page-cache one after it
-                if durable:
-                    name, limit = "loopback TLS receive + SHA-256 + write", lim["receive_tls_hash"]
-                else:
-                    name, limit = "loopback TLS receive + write", lim["receive_tls"]
-            elif durable and lim["big_sync"] < lim["receive_hash"]:
-                name, limit = "write + one fdatasync", lim["big_sync"]
+            elif durable:
+                # hashed before its reply: the hashing receiver, or the disk if it is slower
+                name, limit = (("loopback TLS receive + SHA-256 + write", lim["receive_tls_hash"])
+                               if key == "ftps_ul" else
+                               ("loopback receive + SHA-256 + write", lim["receive_hash"]))
+                if lim["big_sync"] < limit:
+                    name, limit = "write + one fdatasync", lim["big_sync"]
+            elif key == "ftps_ul":
+                # hashed after its reply
+                name, limit = "loopback TLS receive + write", lim["receive_tls"]
             else:
                 name, limit = "loopback receive + SHA-256 + write", lim["receive_hash"]
             if durable and not key.startswith("small") and lim.get("big_behind", 0) > 0:
@@ -1524,39 +1526,45 @@ def disk_limits(b):
             raise StepError("the loopback sender failed")
         return off / dt / 1e6
 
+    cpus = sorted(os.sched_getaffinity(0))
+
     def wakeup(cpu_b, rounds=5000):
-        # One byte back and forth through two pipes between this process (CPU 0) and a child
-        # (CPU `cpu_b`): microseconds a round trip, two wake-ups. Every hand-off between
-        # threads (a server's network reader, its hashing and writing threads, the client)
-        # pays one; on a VM whose idle CPUs must be woken by the host it is many times the
-        # cost on one CPU.
-        r1, w1 = os.pipe()
-        r2, w2 = os.pipe()
+        # One byte back and forth through two pipes between this process (on the first CPU it
+        # may use) and a child (on `cpu_b`): microseconds a round trip, two wake-ups. Every
+        # hand-off between threads (a server's network reader, its hashing and writing
+        # threads, the client) pays one; on a VM whose idle CPUs must be woken by the host it
+        # is many times the cost on one CPU.
+        from_parent, to_child = os.pipe()
+        from_child, to_parent = os.pipe()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                os.close(to_child)
+                os.close(from_child)
                 os.sched_setaffinity(0, {cpu_b})
-                for _ in range(rounds):
-                    os.read(r1, 1)
-                    os.write(w2, b"x")
+                # the parent's end closing (it failed) ends this with EOF, not a hang
+                while os.read(from_parent, 1):
+                    os.write(to_parent, b"x")
                 code = 0
             finally:
                 os._exit(code)
+        os.close(from_parent)
+        os.close(to_parent)
         mask = os.sched_getaffinity(0)
         try:
-            os.sched_setaffinity(0, {0})
+            os.sched_setaffinity(0, {cpus[0]})
             time.sleep(0.05)
             t = time.perf_counter()
             for _ in range(rounds):
-                os.write(w1, b"x")
-                os.read(r2, 1)
+                os.write(to_child, b"x")
+                os.read(from_child, 1)
             dt = time.perf_counter() - t
         finally:
             os.sched_setaffinity(0, mask)
+            os.close(to_child)
+            os.close(from_child)
             os.waitpid(pid, 0)
-            for fd in (r1, w1, r2, w2):
-                os.close(fd)
         return dt / rounds * 1e6
 
     say("== disk and hash limits (same filesystem as the servers' data)")
@@ -1567,8 +1575,8 @@ def disk_limits(b):
         ("sha256", sha256), ("receive", lambda: receive(False)),
         ("receive_hash", lambda: receive(True)), ("receive_tls", lambda: receive(False, tls=True)),
         ("receive_tls_hash", lambda: receive(True, tls=True)),
-        ("wake_same_us", lambda: wakeup(0)),
-        *((("wake_cross_us", lambda: wakeup(1)),) if 1 in os.sched_getaffinity(0) else ()))}
+        ("wake_same_us", lambda: wakeup(cpus[0])),
+        *((("wake_cross_us", lambda: wakeup(cpus[1])),) if len(cpus) > 1 else ()))}
     shutil.rmtree(d, ignore_errors=True)
     say(f"   {r}")
     b.notes.append(
@@ -1589,7 +1597,7 @@ def disk_limits(b):
         f"ends, the sender reading and encrypting 1 MiB pieces as curl does): {r['receive_tls']:.0f} MB/s, "
         f"{r['receive_tls_hash']:.0f} MB/s hashing: the FTPS uploads' limits. A wake-up (a pipe round "
         f"trip between two processes): {r['wake_same_us']:.1f} us on one CPU"
-        + (f", {r['wake_cross_us']:.1f} us between CPU 0 and CPU 1, paid by every hand-off between "
+        + (f", {r['wake_cross_us']:.1f} us between two CPUs, paid by every hand-off between "
            f"threads on different CPUs" if "wake_cross_us" in r else "") + ".")
     b.limits = r
 
