@@ -20,6 +20,7 @@ import mmap
 import multiprocessing
 import os
 import platform
+import random
 import re
 import shutil
 import socket
@@ -246,6 +247,7 @@ def settle(name, limit=20.0):
         if (now - last) / hz < 0.005:
             return
         last = now
+    say(f"   {name}: still busy {limit:.0f} s after the step (the next step shares the CPU with it)")
 
 
 def server_mem(name):
@@ -734,9 +736,41 @@ def fmt(v):
     return f"{v:.2f}"
 
 
+# Seed of the servers' order in rounds 2 and later (see round_orders).
+ORDER_SEED = os.environ.get("ORDER_SEED", "16")
+
+
+def round_orders(servers, rounds):
+    """The order of the servers in each round. Round 1 keeps the given order; each later
+    round is the shuffle (seeded, so a rerun repeats it) in which the fewest servers follow
+    the same server as in an earlier round, the previous round's last counting as the first's
+    predecessor. A server measured right after another inherits what that one leaves behind
+    (session 39: the FTP small-file download round right after unFTP's 90-second round ran
+    0.7x, the same server 0.97x without unFTP); a fixed order puts that on one server in
+    every round, a changing one spreads it over the rounds, where the median sees it."""
+    rng = random.Random(f"{ORDER_SEED}:{' '.join(servers)}")
+    orders, seen, last = [list(servers)], set(), None
+    for r in range(rounds):
+        if r > 0:
+            best = None
+            for _ in range(500):
+                cand = list(servers)
+                rng.shuffle(cand)
+                repeats = len(set(zip([last] + cand[:-1], cand)) & seen)
+                if best is None or repeats < best[0]:
+                    best = (repeats, cand)
+                if repeats == 0:
+                    break
+            orders.append(best[1])
+        order = orders[r]
+        seen |= set(zip([last] + order[:-1], order))
+        last = order[-1]
+    return orders[:rounds]
+
+
 def rounds_over(servers):
-    for r in range(1, ROUNDS + 1):
-        for s in servers:
+    for r, order in enumerate(round_orders(servers, ROUNDS), 1):
+        for s in order:
             yield r, s
 
 
