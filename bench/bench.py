@@ -606,11 +606,12 @@ class Bench:
             return
         if server in self.failed.get(key, {}) or server in self.na.get(key, {}):
             return
-        if key in UPLOAD_KEYS:
-            # Every upload step starts with no dirty data in the page cache: otherwise a
-            # server that syncs (dropgate's durable mode) waits behind the write-back of
-            # whatever the servers measured before it left unsynced.
-            os.sync()
+        # Every step starts with no dirty data in the page cache: otherwise a server that
+        # syncs (dropgate's durable mode) waits behind the write-back of whatever the steps
+        # before it left unsynced, and any server shares the CPU and the disk with the
+        # flusher writing back what the previous step's client downloaded (after unFTP's
+        # 90-second small-file round, the files of its last 30 s).
+        os.sync()
         if key in BULK_UPLOAD_KEYS:
             prime_page_cache()
         try:
