@@ -1239,7 +1239,7 @@ def report(b, started, finished):
         f"## dropgate vs peers — {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}"
         f"{' (--quick smoke run: sizes too small to compare)' if os.environ.get('QUICK') == '1' else ''}",
         "",
-        f"Medians of {ROUNDS} round(s), servers measured in turn (A B A B …) on 127.0.0.1 with the same "
+        f"Medians of {ROUNDS} round(s), servers measured in turn (round 1 in the listed order, later rounds in a seeded shuffle that changes who follows whom) on 127.0.0.1 with the same "
         "account, data and clients. MB = 10^6 bytes. **Ratio = dropgate / peer**: for MB/s, files/s and "
         "sessions/s higher is better, so a ratio above 1 favours dropgate; for ms, s, kB, MiB and error "
         "counts lower is better, so a ratio below 1 favours dropgate.",
