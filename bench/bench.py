@@ -749,6 +749,8 @@ def round_orders(servers, rounds):
     (session 39: the FTP small-file download round right after unFTP's 90-second round ran
     0.7x, the same server 0.97x without unFTP); a fixed order puts that on one server in
     every round, a changing one spreads it over the rounds, where the median sees it."""
+    if not servers:
+        return [[] for _ in range(rounds)]
     rng = random.Random(f"{ORDER_SEED}:{' '.join(servers)}")
     orders, seen, last = [list(servers)], set(), None
     for r in range(rounds):
