@@ -1672,7 +1672,7 @@ def disk_limits(b):
             f"The same per-file commit measured right before each durable one-at-a-time FTP small-file "
             f"upload round (the disk as that round met it): "
             f"{', '.join(f'{v:.0f}' for v in b.commit_samples)} files/s, median "
-            f"{r['small_sync_group']:.0f}; the limits table sets that row against this median.")
+            f"{r['small_sync_group']:.0f}; the limits table sets the durable small-file rows against this median.")
     b.limits = r
 
 
