@@ -1136,3 +1136,232 @@ async fn abor_stops_a_rate_limited_download_at_once() {
     drop(d);
     server.stop().await;
 }
+
+/// A large zero-copy download (many `sendfile` calls, each after the
+/// socket became writable again) arrives whole and in order, from a REST
+/// offset too, with STAT and the sessions list counting as it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_download_arrives_whole_and_is_counted_as_it_goes() {
+    let server = common::start().await;
+    let home = server.user("u", "pw-u-1").await;
+    let data = dropgate_testkit::write_random_file(&home.join("big.bin"), 40 << 20, 9);
+    let mut c = server.login("u", "pw-u-1").await;
+    let (got, r) = c.retr("big.bin").await;
+    assert_eq!(r.code, 226, "{}", r.text);
+    assert!(
+        got == data,
+        "{} of {} bytes, or not the same",
+        got.len(),
+        data.len()
+    );
+    let from = (20 << 20) + 3;
+    c.expect(&format!("REST {from}"), 350).await;
+    let (got, r) = c.retr("big.bin").await;
+    assert_eq!(r.code, 226, "{}", r.text);
+    assert!(got == data[from..], "{} bytes from {from}", got.len());
+
+    // Progress while it runs: read 32 MiB of a 1 GiB file, then both
+    // counts are at least that.
+    std::fs::File::create(home.join("huge.bin"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mut d = c.epsv_connect().await;
+    c.expect("RETR huge.bin", 150).await;
+    let mut buf = vec![0u8; 32 << 20];
+    d.read_exact(&mut buf).await.unwrap();
+    let r = c.expect("STAT", 213).await;
+    let counted: u64 = r
+        .text
+        .split(" bytes so far")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {:?}", r.text));
+    assert!(counted >= 32 << 20, "{}", r.text);
+    let listed = server.tg.gateway.sessions().list();
+    let bytes = listed
+        .iter()
+        .find_map(|s| s.transfer.as_ref())
+        .map(|t| t.bytes)
+        .expect("the download in the sessions list");
+    assert!(bytes >= 32 << 20, "{bytes}");
+    c.expect("ABOR", 426).await;
+    assert_eq!(c.reply().await.code, 226);
+    drop(d);
+    server.stop().await;
+}
+
+/// ABOR while the download waits for a full socket (the client stopped
+/// reading): answered at once, twice in a row, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abor_wakes_a_download_blocked_on_a_full_socket() {
+    let server = common::start().await;
+    let home = server.user("u", "pw-u-1").await;
+    std::fs::File::create(home.join("huge.bin"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mut c = server.login("u", "pw-u-1").await;
+    for _ in 0..2 {
+        let mut d = c.epsv_connect().await;
+        c.expect("RETR huge.bin", 150).await;
+        let mut buf = vec![0u8; 24 << 20];
+        d.read_exact(&mut buf).await.unwrap();
+        // Both socket buffers fill: the sender waits for room.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        c.send("ABOR").await;
+        assert_eq!(c.reply().await.code, 426);
+        assert_eq!(c.reply().await.code, 226);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "ABOR answered after {took:?}"
+        );
+        // The data connection ends (no more than what was buffered).
+        let rest = tokio::time::timeout(WAIT, async {
+            let mut n = 0usize;
+            loop {
+                match d.read(&mut buf).await {
+                    Ok(0) | Err(_) => return n,
+                    Ok(k) => n += k,
+                }
+            }
+        })
+        .await
+        .expect("the data connection closed");
+        assert!(rest < 64 << 20, "{rest} bytes after ABOR");
+        c.expect("NOOP", 200).await;
+    }
+    server.stop().await;
+}
+
+/// A client that stops reading a large download meets the idle limit:
+/// 426, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_large_download_fails_after_the_idle_limit() {
+    let server = common::start_with(Options {
+        idle_timeout: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let home = server.user("u", "pw-u-1").await;
+    std::fs::File::create(home.join("huge.bin"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mut c = server.login("u", "pw-u-1").await;
+    let d = c.epsv_connect().await;
+    c.expect("RETR huge.bin", 150).await;
+    let started = Instant::now();
+    let r = c.reply().await;
+    let took = started.elapsed();
+    assert_eq!(r.code, 426, "{}", r.text);
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(9),
+        "426 after {took:?}"
+    );
+    c.expect("NOOP", 200).await;
+    drop(d);
+    server.stop().await;
+}
+
+/// More large downloads at once than the runtime has workers, all started
+/// before any is read: every one arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_large_downloads_all_arrive_whole() {
+    let server = common::start().await;
+    let home = server.user("u", "pw-u-1").await;
+    let data = dropgate_testkit::write_random_file(&home.join("big.bin"), 20 << 20, 11);
+    let n = 6;
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let mut c = server.login("u", "pw-u-1").await;
+        let d = c.epsv_connect().await;
+        c.expect("RETR big.bin", 150).await;
+        clients.push((c, d));
+    }
+    // All have started (each sent its first socketful) before any is read.
+    let reads = clients.into_iter().map(|(mut c, mut d)| async move {
+        let mut got = Vec::new();
+        tokio::time::timeout(WAIT, d.read_to_end(&mut got))
+            .await
+            .expect("data in time")
+            .expect("read data");
+        (got, c.reply().await.code)
+    });
+    for (got, code) in spawn_all(reads).await {
+        assert_eq!(code, 226);
+        assert!(
+            got == data,
+            "{} of {} bytes, or not the same",
+            got.len(),
+            data.len()
+        );
+    }
+    server.stop().await;
+}
+
+/// Runs the futures at once, each as a task; their outputs in order.
+async fn spawn_all<F: std::future::Future + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+/// The client goes away in the middle of a large download, data connection
+/// first (426), then both at once, several times: every session ends, and
+/// a download after them is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_download_ends_its_session() {
+    let server = common::start().await;
+    let home = server.user("u", "pw-u-1").await;
+    std::fs::File::create(home.join("huge.bin"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mut buf = vec![0u8; 20 << 20];
+    let mut c = server.login("u", "pw-u-1").await;
+    let mut d = c.epsv_connect().await;
+    c.expect("RETR huge.bin", 150).await;
+    d.read_exact(&mut buf).await.unwrap();
+    d.set_zero_linger().unwrap();
+    drop(d);
+    assert_eq!(c.reply().await.code, 426);
+    c.expect("NOOP", 200).await;
+    drop(c);
+    let n = 4;
+    for _ in 0..n {
+        let mut c = server.login("u", "pw-u-1").await;
+        let mut d = c.epsv_connect().await;
+        c.expect("RETR huge.bin", 150).await;
+        d.read_exact(&mut buf).await.unwrap();
+        drop(c);
+        drop(d);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !server.tg.gateway.sessions().list().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions left: {}",
+            server.tg.gateway.sessions().list().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And a large download after them is whole.
+    let data = dropgate_testkit::write_random_file(&home.join("big.bin"), 20 << 20, 12);
+    let mut c = server.login("u", "pw-u-1").await;
+    let (got, r) = c.retr("big.bin").await;
+    assert_eq!(r.code, 226);
+    assert!(got == data);
+    server.stop().await;
+}
