@@ -183,9 +183,8 @@ async fn commands_before_login_are_refused() {
 async fn abor_mid_download_then_the_session_goes_on() {
     let server = common::start().await;
     let home = server.user("u", "pw-u-1").await;
-    // A large (sparse) file: the transfer is far from done when ABOR comes.
-    let f = std::fs::File::create(home.join("huge.bin")).unwrap();
-    f.set_len(1 << 30).unwrap();
+    // The transfer is far from done when ABOR comes.
+    huge_file(&home);
     let mut c = server.login("u", "pw-u-1").await;
     let mut data = c.epsv_connect().await;
     c.expect("RETR huge.bin", 150).await;
@@ -1123,15 +1122,7 @@ async fn abor_stops_a_rate_limited_download_at_once() {
     // The first 64 KiB wait about 4 s for a 16 KiB/s limit: ABOR comes
     // during that wait and must not wait it out.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    c.send("ABOR").await;
-    assert_eq!(c.reply().await.code, 426);
-    assert_eq!(c.reply().await.code, 226);
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "ABOR answered after {took:?}"
-    );
+    abor_answered_at_once(&mut c).await;
     c.expect("NOOP", 200).await;
     drop(d);
     server.stop().await;
@@ -1162,10 +1153,7 @@ async fn a_large_download_arrives_whole_and_is_counted_as_it_goes() {
 
     // Progress while it runs: read 32 MiB of a 1 GiB file, then both
     // counts are at least that.
-    std::fs::File::create(home.join("huge.bin"))
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
+    huge_file(&home);
     let mut d = c.epsv_connect().await;
     c.expect("RETR huge.bin", 150).await;
     let mut buf = vec![0u8; 32 << 20];
@@ -1198,10 +1186,7 @@ async fn a_large_download_arrives_whole_and_is_counted_as_it_goes() {
 async fn abor_wakes_a_download_blocked_on_a_full_socket() {
     let server = common::start().await;
     let home = server.user("u", "pw-u-1").await;
-    std::fs::File::create(home.join("huge.bin"))
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
+    huge_file(&home);
     let mut c = server.login("u", "pw-u-1").await;
     for _ in 0..2 {
         let mut d = c.epsv_connect().await;
@@ -1210,15 +1195,7 @@ async fn abor_wakes_a_download_blocked_on_a_full_socket() {
         d.read_exact(&mut buf).await.unwrap();
         // Both socket buffers fill: the sender waits for room.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let started = Instant::now();
-        c.send("ABOR").await;
-        assert_eq!(c.reply().await.code, 426);
-        assert_eq!(c.reply().await.code, 226);
-        let took = started.elapsed();
-        assert!(
-            took < Duration::from_secs(2),
-            "ABOR answered after {took:?}"
-        );
+        abor_answered_at_once(&mut c).await;
         // The data connection ends (no more than what was buffered).
         let rest = tokio::time::timeout(WAIT, async {
             let mut n = 0usize;
@@ -1247,10 +1224,7 @@ async fn a_stalled_large_download_fails_after_the_idle_limit() {
     })
     .await;
     let home = server.user("u", "pw-u-1").await;
-    std::fs::File::create(home.join("huge.bin"))
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
+    huge_file(&home);
     let mut c = server.login("u", "pw-u-1").await;
     let d = c.epsv_connect().await;
     c.expect("RETR huge.bin", 150).await;
@@ -1274,24 +1248,26 @@ async fn parallel_large_downloads_all_arrive_whole() {
     let server = common::start().await;
     let home = server.user("u", "pw-u-1").await;
     let data = dropgate_testkit::write_random_file(&home.join("big.bin"), 20 << 20, 11);
-    let n = 6;
     let mut clients = Vec::new();
-    for _ in 0..n {
+    for _ in 0..6 {
         let mut c = server.login("u", "pw-u-1").await;
         let d = c.epsv_connect().await;
         c.expect("RETR big.bin", 150).await;
         clients.push((c, d));
     }
     // All have started (each sent its first socketful) before any is read.
-    let reads = clients.into_iter().map(|(mut c, mut d)| async move {
-        let mut got = Vec::new();
-        tokio::time::timeout(WAIT, d.read_to_end(&mut got))
-            .await
-            .expect("data in time")
-            .expect("read data");
-        (got, c.reply().await.code)
-    });
-    for (got, code) in spawn_all(reads).await {
+    let mut reads = tokio::task::JoinSet::new();
+    for (mut c, mut d) in clients {
+        reads.spawn(async move {
+            let mut got = Vec::new();
+            tokio::time::timeout(WAIT, d.read_to_end(&mut got))
+                .await
+                .expect("data in time")
+                .expect("read data");
+            (got, c.reply().await.code)
+        });
+    }
+    for (got, code) in reads.join_all().await {
         assert_eq!(code, 226);
         assert!(
             got == data,
@@ -1303,21 +1279,6 @@ async fn parallel_large_downloads_all_arrive_whole() {
     server.stop().await;
 }
 
-/// Runs the futures at once, each as a task; their outputs in order.
-async fn spawn_all<F: std::future::Future + Send + 'static>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output>
-where
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
-}
-
 /// The client goes away in the middle of a large download, data connection
 /// first (426), then both at once, several times: every session ends, and
 /// a download after them is whole.
@@ -1325,10 +1286,7 @@ where
 async fn a_client_gone_mid_download_ends_its_session() {
     let server = common::start().await;
     let home = server.user("u", "pw-u-1").await;
-    std::fs::File::create(home.join("huge.bin"))
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
+    huge_file(&home);
     let mut buf = vec![0u8; 20 << 20];
     let mut c = server.login("u", "pw-u-1").await;
     let mut d = c.epsv_connect().await;
@@ -1339,8 +1297,7 @@ async fn a_client_gone_mid_download_ends_its_session() {
     assert_eq!(c.reply().await.code, 426);
     c.expect("NOOP", 200).await;
     drop(c);
-    let n = 4;
-    for _ in 0..n {
+    for _ in 0..4 {
         let mut c = server.login("u", "pw-u-1").await;
         let mut d = c.epsv_connect().await;
         c.expect("RETR huge.bin", 150).await;
@@ -1364,4 +1321,27 @@ async fn a_client_gone_mid_download_ends_its_session() {
     assert_eq!(r.code, 226);
     assert!(got == data);
     server.stop().await;
+}
+
+/// A sparse 1 GiB `huge.bin` in `home`: a download far from done whenever
+/// the test acts.
+fn huge_file(home: &std::path::Path) {
+    std::fs::File::create(home.join("huge.bin"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+}
+
+/// Sends ABOR during a transfer: 426 for the transfer, then 226, within
+/// two seconds.
+async fn abor_answered_at_once(c: &mut common::Client) {
+    let started = Instant::now();
+    c.send("ABOR").await;
+    assert_eq!(c.reply().await.code, 426);
+    assert_eq!(c.reply().await.code, 226);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "ABOR answered after {took:?}"
+    );
 }
