@@ -1042,20 +1042,15 @@ fn write_data(
 }
 
 impl LocalWriter {
-    /// Where a front-to-back write of `len` bytes runs (`write_next_at`,
-    /// `write_at_inspect`). A page-cache upload's large chunk (1 MiB from
-    /// FTP) is a copy into memory: it runs in place (`block_in_place`) on
-    /// the thread that just received it, whose cache still holds it; on the
-    /// blocking pool another core read it all again from memory (12% less
-    /// server CPU a GiB in place, docs/benchmarks.md session 34). Smaller
-    /// writes stay on the pool, where one hand-off does not cost a worker's;
-    /// a durable write can wait for the device: the pool too.
-    fn write_blocking(&self, len: usize) -> Blocking {
-        if !self.durable && (MIN_IN_PLACE_WRITE..=MAX_SHORT_WRITE).contains(&len) {
-            Blocking::Short
-        } else {
-            Blocking::Long
-        }
+    /// Where this upload's front-to-back write of `len` bytes at `offset`
+    /// runs (`write_next_at`, `write_at_inspect`): see [`front_write`].
+    fn write_blocking(&self, offset: u64, len: usize) -> Blocking {
+        front_write(
+            self.durable,
+            offset,
+            len,
+            self.writeback.fills_window(len as u64),
+        )
     }
 
     /// What the final name holds right now (not following a symlink).
@@ -1213,7 +1208,7 @@ impl FileWriter for LocalWriter {
         let file = self.file.clone();
         let writeback = self.writeback.clone();
         self.wrote.store(true, Ordering::Relaxed);
-        let how = self.write_blocking(data.len());
+        let how = self.write_blocking(offset, data.len());
         brief::run(how, move || {
             Ok(write_data(&file, &writeback, &data, offset)?)
         })
@@ -1225,7 +1220,7 @@ impl FileWriter for LocalWriter {
         let file = self.file.clone();
         let writeback = self.writeback.clone();
         self.wrote.store(true, Ordering::Relaxed);
-        let how = self.write_blocking(data.len());
+        let how = self.write_blocking(offset, data.len());
         brief::run(how, move || {
             let written = write_data(&file, &writeback, &data, offset);
             inspect(&data);
@@ -1343,6 +1338,31 @@ impl LocalWriter {
 /// A replaced file larger than this makes its upload's commit not brief.
 const LARGE_REPLACED: u64 = 16 << 20;
 
+/// Where a front-to-back write of `len` bytes at `offset` runs, `fills`
+/// saying whether it completes a write-behind window (which may wait for
+/// the device).
+///
+/// A page-cache upload's large chunk (1 MiB from FTP) is a copy into
+/// memory: it runs in place (`block_in_place`) on the thread that just
+/// received it, whose cache still holds it; on the blocking pool another core
+/// read it all again from memory (12% less server CPU a GiB in place,
+/// docs/benchmarks.md session 34). An upload's first write of at most
+/// [`BRIEF_WRITE`] (all of a small file) is a copy into the page cache in
+/// either mode (durable uploads are written behind, not `O_DIRECT`, since
+/// session 37): brief, so a small durable upload does not pay a hand-off for
+/// it before its commit (session 43). Other smaller writes stay on the pool,
+/// where one hand-off does not cost a worker's; a durable write that starts
+/// write-back can wait for the device: the pool too.
+fn front_write(durable: bool, offset: u64, len: usize, fills: bool) -> Blocking {
+    if offset == 0 && len <= BRIEF_WRITE && !fills {
+        Blocking::Brief
+    } else if !durable && (MIN_IN_PLACE_WRITE..=MAX_SHORT_WRITE).contains(&len) {
+        Blocking::Short
+    } else {
+        Blocking::Long
+    }
+}
+
 /// The largest last write of an upload that runs on the worker itself
 /// (see [`brief`]).
 const BRIEF_WRITE: usize = 64 << 10;
@@ -1449,6 +1469,30 @@ mod tests {
         drop(w);
         assert_eq!(std::fs::read(home.join("old")).unwrap(), b"PART");
         assert!(temporaries(&home).is_empty());
+    }
+
+    #[test]
+    fn small_first_writes_are_brief_in_either_mode() {
+        for durable in [true, false] {
+            // All of a small file: a copy into the page cache.
+            assert_eq!(front_write(durable, 0, 4096, false), Blocking::Brief);
+            assert_eq!(front_write(durable, 0, BRIEF_WRITE, false), Blocking::Brief);
+            // Not the first write, larger, or starting write-back: not brief.
+            assert_ne!(front_write(durable, 4096, 4096, false), Blocking::Brief);
+            assert_ne!(
+                front_write(durable, 0, BRIEF_WRITE + 1, false),
+                Blocking::Brief
+            );
+            assert_eq!(front_write(durable, 0, 4096, true), Blocking::Long);
+        }
+        // A page-cache chunk of 512 KiB-1 MiB runs where it was received; a
+        // durable one, which may start write-back, on the pool.
+        assert_eq!(front_write(false, 1 << 20, 1 << 20, false), Blocking::Short);
+        assert_eq!(front_write(true, 1 << 20, 1 << 20, false), Blocking::Long);
+        assert_eq!(
+            front_write(false, 0, 4096 + BRIEF_WRITE, false),
+            Blocking::Long
+        );
     }
 
     #[test]

@@ -65,6 +65,12 @@ impl WriteBack {
         }
     }
 
+    /// Whether writing `len` more bytes would fill the window, so that
+    /// [`WriteBack::wrote`] starts write-back and may wait for the device.
+    pub(crate) fn fills_window(&self, len: u64) -> bool {
+        !self.off && self.pending.load(Ordering::Acquire).saturating_add(len) >= WINDOW
+    }
+
     /// Records `len` bytes just written at `offset` of `file`; once a window
     /// has filled, starts their write-back and settles the pages behind.
     /// Called on a blocking thread: waiting for the device here is the
@@ -198,6 +204,25 @@ mod tests {
         assert_eq!(back.len(), 48 << 20);
         assert_eq!(&back[4096..4101], b"again");
         assert!(back[..4096].iter().all(|b| *b == 5));
+    }
+
+    #[test]
+    fn says_which_write_fills_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("upload")).unwrap();
+        let w = WriteBack::new(true);
+        assert!(!w.fills_window(4096));
+        assert!(w.fills_window(WINDOW));
+        w.wrote(&file, 0, WINDOW - 4096).unwrap();
+        assert!(!w.fills_window(4095));
+        assert!(w.fills_window(4096));
+        // That write starts write-back and empties the window.
+        w.wrote(&file, WINDOW - 4096, 4096).unwrap();
+        assert!(!w.fills_window(4096));
+        assert!(
+            !WriteBack::new(false).fills_window(WINDOW),
+            "nothing to fill"
+        );
     }
 
     #[test]
