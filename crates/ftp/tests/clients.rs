@@ -130,6 +130,26 @@ async fn lftp_mirror_up_and_down() {
     );
     assert_eq!(tree(&back), files, "mirror down: local tree differs");
     assert!(home.temporaries().is_empty());
+    // Every upload's event carries its content's SHA-256: durable uploads
+    // (the default) of up to 64 KiB are written and hashed in one brief
+    // call on the worker, larger ones chunk by chunk on the pool.
+    let mut hashed: Vec<(String, String)> = server
+        .events_of("mirror", EventKind::Upload)
+        .await
+        .into_iter()
+        .filter(|e| e.outcome == Outcome::Ok)
+        .filter_map(|e| Some((e.path?, e.sha256?)))
+        .collect();
+    hashed.sort();
+    let mut expected: Vec<(String, String)> = files
+        .iter()
+        .map(|(rel, body)| (format!("/up/{rel}"), sha256_hex(body)))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        hashed, expected,
+        "an upload event with the right SHA-256 per file"
+    );
     // lftp sets each uploaded file's time with MFMT (listed in FEAT where
     // the storage can set times). Answered without waiting for its event,
     // the event is still stored: one `setstat` per file.

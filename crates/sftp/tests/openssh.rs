@@ -47,6 +47,9 @@ async fn sftp_batch_put_get_resume_rename_remove() {
     let big = write_random_file(&h.work("big.bin"), 5 * 1024 * 1024 + 123, 1);
     std::fs::write(h.work("half.bin"), &big[..2 * 1024 * 1024]).unwrap();
     std::fs::write(h.work("regot.bin"), &big[..1024 * 1024 + 7]).unwrap();
+    // All of it in the upload's first write (written and hashed in one
+    // brief call).
+    std::fs::write(h.work("small.bin"), &big[..4096]).unwrap();
 
     let out = batch(
         &h,
@@ -61,6 +64,7 @@ async fn sftp_batch_put_get_resume_rename_remove() {
          reput big.bin dir/resume.bin\n\
          reget dir/moved.bin regot.bin\n\
          put -f big.bin dir/synced.bin\n\
+         put small.bin dir/small.bin\n\
          ls -l dir\n",
     )
     .await;
@@ -101,6 +105,11 @@ async fn sftp_batch_put_get_resume_rename_remove() {
         h.upload_sha256("alice", "/dir/big.bin").await,
         sha256_hex(&big)
     );
+    assert_eq!(home.read("dir/small.bin").await, &big[..4096]);
+    assert_eq!(
+        h.upload_sha256("alice", "/dir/small.bin").await,
+        sha256_hex(&big[..4096])
+    );
 
     // Rename refuses to replace (SFTP v3 semantics), remove and rmdir work.
     // `rename -l` is the plain v3 RENAME (refuses to replace); the default
@@ -116,6 +125,7 @@ async fn sftp_batch_put_get_resume_rename_remove() {
          get dir/resume.bin other-back.bin\n\
          rm dir/resume.bin\n\
          rm dir/synced.bin\n\
+         rm dir/small.bin\n\
          rmdir dir\n",
     )
     .await;

@@ -1045,9 +1045,12 @@ impl LocalWriter {
     /// Where this upload's front-to-back write of `len` bytes at `offset`
     /// runs (`write_next_at`, `write_at_inspect`): see [`front_write`].
     fn write_blocking(&self, offset: u64, len: usize) -> Blocking {
+        // The first bytes of a new (or truncated) file: no page of it needs
+        // reading from the disk first.
+        let first = offset == 0 && self.initial_len == 0;
         front_write(
             self.durable,
-            offset,
+            first,
             len,
             self.writeback.fills_window(len as u64),
         )
@@ -1338,9 +1341,9 @@ impl LocalWriter {
 /// A replaced file larger than this makes its upload's commit not brief.
 const LARGE_REPLACED: u64 = 16 << 20;
 
-/// Where a front-to-back write of `len` bytes at `offset` runs, `fills`
-/// saying whether it completes a write-behind window (which may wait for
-/// the device).
+/// Where a front-to-back write of `len` bytes runs: `first` says it starts a
+/// new or truncated file, `fills` that it completes a write-behind window
+/// (which may wait for the device).
 ///
 /// A page-cache upload's large chunk (1 MiB from FTP) is a copy into
 /// memory: it runs in place (`block_in_place`) on the thread that just
@@ -1353,8 +1356,8 @@ const LARGE_REPLACED: u64 = 16 << 20;
 /// it before its commit (session 43). Other smaller writes stay on the pool,
 /// where one hand-off does not cost a worker's; a durable write that starts
 /// write-back can wait for the device: the pool too.
-fn front_write(durable: bool, offset: u64, len: usize, fills: bool) -> Blocking {
-    if offset == 0 && len <= BRIEF_WRITE && !fills {
+fn front_write(durable: bool, first: bool, len: usize, fills: bool) -> Blocking {
+    if first && len <= BRIEF_WRITE && !fills {
         Blocking::Brief
     } else if !durable && (MIN_IN_PLACE_WRITE..=MAX_SHORT_WRITE).contains(&len) {
         Blocking::Short
@@ -1475,24 +1478,22 @@ mod tests {
     fn small_first_writes_are_brief_in_either_mode() {
         for durable in [true, false] {
             // All of a small file: a copy into the page cache.
-            assert_eq!(front_write(durable, 0, 4096, false), Blocking::Brief);
-            assert_eq!(front_write(durable, 0, BRIEF_WRITE, false), Blocking::Brief);
-            // Not the first write, larger, or starting write-back: not brief.
-            assert_ne!(front_write(durable, 4096, 4096, false), Blocking::Brief);
-            assert_ne!(
-                front_write(durable, 0, BRIEF_WRITE + 1, false),
+            assert_eq!(front_write(durable, true, 4096, false), Blocking::Brief);
+            assert_eq!(
+                front_write(durable, true, BRIEF_WRITE, false),
                 Blocking::Brief
             );
-            assert_eq!(front_write(durable, 0, 4096, true), Blocking::Long);
+            // A later write, a larger one, or one starting write-back: the pool.
+            assert_eq!(front_write(durable, false, 4096, false), Blocking::Long);
+            let larger = front_write(durable, true, BRIEF_WRITE + 1, false);
+            assert_eq!(larger, Blocking::Long);
+            assert_eq!(front_write(durable, true, 4096, true), Blocking::Long);
         }
         // A page-cache chunk of 512 KiB-1 MiB runs where it was received; a
         // durable one, which may start write-back, on the pool.
-        assert_eq!(front_write(false, 1 << 20, 1 << 20, false), Blocking::Short);
-        assert_eq!(front_write(true, 1 << 20, 1 << 20, false), Blocking::Long);
-        assert_eq!(
-            front_write(false, 0, 4096 + BRIEF_WRITE, false),
-            Blocking::Long
-        );
+        assert_eq!(front_write(false, false, 1 << 20, false), Blocking::Short);
+        assert_eq!(front_write(false, true, 1 << 20, false), Blocking::Short);
+        assert_eq!(front_write(true, false, 1 << 20, false), Blocking::Long);
     }
 
     #[test]
