@@ -456,10 +456,7 @@ impl PrivatePostgres {
             .output()
             .unwrap();
         pg_ok("initdb", &out);
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = port_below_the_ephemeral_range();
         let pg = PrivatePostgres { dir, bin, port };
         pg.pg_ctl_start();
         pg
@@ -488,7 +485,12 @@ impl PrivatePostgres {
         );
         let log = self.dir.path().join("log");
         let out = self.pg_ctl(&["-w", "-o", &options, "-l", log.to_str().unwrap(), "start"]);
-        pg_ok("pg_ctl start", &out);
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     pub fn stop(&self) {
@@ -503,6 +505,35 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let _ = self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
     }
+}
+
+/// A free port for a server process that binds it itself, and again after
+/// a restart: below the kernel's ephemeral range, so that no other test's
+/// outgoing connection (whose source ports come from that range) can take
+/// it between our check and its bind, or while it is down. A port taken
+/// from `bind(":0")` and released did get taken that way (CI, session 43).
+fn port_below_the_ephemeral_range() -> u16 {
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low / 2, low);
+    let mut seed = 1 | std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..1000 {
+        // xorshift: a different port each try.
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let port = (from + seed % (to - from)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {from} and {to}");
 }
 
 fn pg_ok(what: &str, out: &Output) {
